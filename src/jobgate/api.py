@@ -1,0 +1,314 @@
+"""The HTTP API: a thin layer over `JobQueue`, errors in the contract's shape.
+
+Every job route is owner-only (an admin sees all); someone else's job is a 404, so ids do
+not leak. No input yields a 500: every refusal is a 4xx with a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from jobgate.auth import AuthError, user_for_bearer
+from jobgate.config import Settings
+from jobgate.kinds import ArgumentError
+from jobgate.model import FINAL, IllegalMove, Job, State, parse_iso
+from jobgate.queue import JobQueue
+from jobgate.store import store_for_url
+from jobgate.store.base import Conflict, NotFound, QueueFull, User
+from jobgate.worker import Worker
+
+log = logging.getLogger("jobgate.api")
+
+
+class ApiError(Exception):
+    """An error response: status, a stable code, a message for people."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+class SubmitBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(min_length=1, max_length=64)
+    args: dict[str, Any] = Field(default_factory=dict)
+    priority: int | None = Field(default=None, ge=-1000, le=1000)
+    run_at: str | float | None = None
+    unique_key: str | None = Field(default=None, min_length=1, max_length=200)
+    depends_on: list[str] | None = None
+    webhook_url: str | None = None
+
+
+class CleanBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    older_than_s: float = Field(default=0, ge=0)
+
+
+@dataclass
+class App:
+    """What the routes share: set up by the lifespan, reached through `request.app.state`."""
+
+    settings: Settings
+    queue: JobQueue
+    worker: Worker | None
+    started_at: float
+
+
+def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
+    """The ASGI app: opens the store at start-up, runs an embedded worker unless told not to."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = store_for_url(settings.storage.url, settings.storage.durability)
+        queue = JobQueue(settings, store)
+        await queue.open()
+        worker = Worker(queue) if run_worker else None
+        task = asyncio.create_task(worker.run()) if worker else None
+        app.state.jg = App(settings, queue, worker, time.time())
+        try:
+            yield
+        finally:
+            if worker is not None and task is not None:
+                worker.stop()
+                await task
+            await queue.close()
+
+    app = FastAPI(title="jobgate", version="0.1.0", lifespan=lifespan,
+                  description="A job queue for heavy, long-running work shared by many people.")
+    _install_errors(app)
+    _install_routes(app, settings)
+    return app
+
+
+def _jg(request: Request) -> App:
+    state: App = request.app.state.jg
+    return state
+
+
+async def _user(request: Request,
+                authorization: Annotated[str | None, Header()] = None) -> User:
+    jg = _jg(request)
+    if not jg.settings.auth.enabled:
+        return User(jg.settings.auth.anonymous_user, admin=True)
+    try:
+        return await user_for_bearer(jg.queue.store, authorization)
+    except AuthError as exc:
+        raise ApiError(401, "unauthorized", str(exc)) from None
+
+
+CurrentUser = Annotated[User, Depends(_user)]
+
+
+async def _own_job(request: Request, job_id: str, user: User) -> Job:
+    job = await _jg(request).queue.get(job_id) if len(job_id) <= 64 else None
+    if job is None or (job.owner != user.name and not user.admin):
+        raise ApiError(404, "not_found", f"no job {job_id}")
+    return job
+
+
+def _install_routes(app: FastAPI, settings: Settings) -> None:
+    @app.post("/api/jobs", status_code=201, tags=["jobs"])
+    async def submit(body: SubmitBody, request: Request, user: CurrentUser,
+                     idempotency_key: Annotated[str | None, Header(max_length=200)] = None
+                     ) -> Response:
+        """Submit a job; a repeated `Idempotency-Key` returns the first job (200)."""
+        jg = _jg(request)
+        if body.depends_on:
+            raise ApiError(422, "unsupported", "depends_on is not supported yet",
+                           field="depends_on")
+        if body.webhook_url:
+            raise ApiError(422, "unsupported", "webhook_url is not supported yet",
+                           field="webhook_url")
+        spec = jg.queue.kind(body.kind)
+        if body.priority is not None and body.priority > spec.priority and not user.admin:
+            raise ApiError(403, "forbidden", "only an admin may raise a job's priority")
+        run_at = _parse_run_at(body.run_at)
+        job, created = await jg.queue.submit(
+            user.name, body.kind, body.args, priority=body.priority, run_at=run_at,
+            unique_key=body.unique_key, idempotency_key=idempotency_key)
+        return JSONResponse(jg.queue.to_json(job), status_code=201 if created else 200)
+
+    @app.get("/api/jobs", tags=["jobs"])
+    async def list_jobs(
+        request: Request, user: CurrentUser,
+        state: State | None = None, kind: str | None = None, owner: str | None = None,
+        cursor: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> dict[str, Any]:
+        """The caller's jobs, newest first (an admin: anyone's, or `owner`'s)."""
+        jg = _jg(request)
+        if owner is not None and owner != user.name and not user.admin:
+            raise ApiError(403, "forbidden", "only an admin may list other users' jobs")
+        who = owner if owner is not None else (None if user.admin else user.name)
+        page = await jg.queue.store.list_jobs(who, state, kind, cursor, limit)
+        return {"jobs": [jg.queue.to_json(j) for j in page.jobs], "next": page.next}
+
+    @app.get("/api/jobs/{job_id}", tags=["jobs"])
+    async def get_job(job_id: str, request: Request, user: CurrentUser) -> dict[str, Any]:
+        return _jg(request).queue.to_json(await _own_job(request, job_id, user))
+
+    @app.post("/api/jobs/{job_id}/cancel", tags=["jobs"])
+    async def cancel(job_id: str, request: Request, user: CurrentUser) -> dict[str, Any]:
+        """Cancel a queued job, or stop a running one's process (SIGTERM, then SIGKILL)."""
+        jg = _jg(request)
+        await _own_job(request, job_id, user)
+        wait_s = jg.settings.worker.cancel_grace_s + 2 if jg.worker else 0
+        return jg.queue.to_json(await jg.queue.cancel(job_id, wait_s=wait_s))
+
+    @app.post("/api/jobs/{job_id}/retry", tags=["jobs"])
+    async def retry(job_id: str, request: Request, user: CurrentUser) -> dict[str, Any]:
+        jg = _jg(request)
+        await _own_job(request, job_id, user)
+        return jg.queue.to_json(await jg.queue.retry(job_id))
+
+    @app.delete("/api/jobs/{job_id}", status_code=204, tags=["jobs"])
+    async def delete(job_id: str, request: Request, user: CurrentUser) -> Response:
+        job = await _own_job(request, job_id, user)
+        if job.state not in FINAL:
+            raise ApiError(409, "illegal_state",
+                           f"job {job_id} is {job.state.value}: cancel it before deleting")
+        await _jg(request).queue.delete(job_id)
+        return Response(status_code=204)
+
+    @app.get("/api/jobs/{job_id}/logs", tags=["jobs"])
+    async def logs(job_id: str, request: Request, user: CurrentUser,
+                   after: Annotated[int, Query(ge=0)] = 0,
+                   limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> dict[str, Any]:
+        """Log lines numbered from 1; pass the last `n` you have as `after`."""
+        job = await _own_job(request, job_id, user)
+        lines = await _jg(request).queue.store.logs(job_id, after, limit)
+        return {"lines": [{"n": n, "line": line} for n, line in lines],
+                "next": lines[-1][0] if lines else after, "state": job.state.value}
+
+    @app.get("/api/jobs/{job_id}/outputs/{name:path}", tags=["jobs"])
+    async def output(job_id: str, name: str, request: Request, user: CurrentUser) -> Response:
+        await _own_job(request, job_id, user)
+        folder = _jg(request).queue.job_dir(job_id).resolve()
+        path = (folder / name).resolve()
+        if not path.is_relative_to(folder) or not path.is_file():
+            raise ApiError(404, "not_found", f"job {job_id} has no output {name!r}")
+        return FileResponse(path, filename=Path(name).name)
+
+    @app.get("/api/kinds", tags=["queue"])
+    async def kinds(request: Request, user: CurrentUser) -> dict[str, Any]:
+        """The kinds this server runs, with their argument schemas."""
+        return {"kinds": [k.schema() for k in settings.kinds.values()]}
+
+    @app.get("/api/queue", tags=["queue"])
+    async def queue_stats(request: Request, user: CurrentUser) -> dict[str, Any]:
+        jg = _jg(request)
+        stats = await jg.queue.stats()
+        return {
+            **{s.value: stats.counts.get(s.value, 0) for s in State},
+            "max_running": settings.limits.max_running,
+            "memory_reserved_mb": stats.memory_reserved_mb,
+            "memory_budget_mb": settings.limits.memory_budget_mb,
+            "throughput_per_min": stats.finished_last_min,
+            "avg_duration_s": stats.avg_duration_s,
+            "success_rate": stats.success_rate,
+        }
+
+    @app.post("/api/clean", tags=["queue"])
+    async def clean(body: CleanBody, request: Request, user: CurrentUser) -> dict[str, Any]:
+        """Delete finished jobs older than `older_than_s` (an admin: everyone's)."""
+        count = await _jg(request).queue.clean(body.older_than_s,
+                                               None if user.admin else user.name)
+        return {"deleted": count}
+
+    @app.get("/health", tags=["health"])
+    async def health(request: Request) -> Response:
+        jg = _jg(request)
+        try:
+            await asyncio.wait_for(jg.queue.store.next_run_at(), 5)
+        except Exception as exc:  # any database trouble means not ready
+            return JSONResponse({"status": "unavailable", "database": str(exc)}, 503)
+        return JSONResponse({
+            "status": "ok",
+            "database": "ok",
+            "worker": jg.worker.name if jg.worker else None,
+            "running": len(jg.worker.running) if jg.worker else None,
+            "uptime_s": round(time.time() - jg.started_at, 1),
+        })
+
+
+def _parse_run_at(value: str | float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return parse_iso(value)
+    except ValueError:
+        raise ApiError(422, "invalid_argument", "run_at: expected an ISO-8601 time",
+                       field="run_at") from None
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    headers = {}
+    if status == 429:
+        headers["Retry-After"] = str(extra.pop("retry_after_s", 5))
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status,
+                        headers=headers)
+
+
+def _install_errors(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message, **exc.extra)
+
+    @app.exception_handler(ArgumentError)
+    async def argument_error(request: Request, exc: ArgumentError) -> JSONResponse:
+        return _error(422, "invalid_argument", str(exc), field=exc.field)
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
+        return _error(429, "queue_full", str(exc))
+
+    @app.exception_handler(IllegalMove)
+    async def illegal(request: Request, exc: IllegalMove) -> JSONResponse:
+        return _error(409, "illegal_state", str(exc))
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return _error(404, "not_found", str(exc))
+
+    @app.exception_handler(Conflict)
+    async def conflict(request: Request, exc: Conflict) -> JSONResponse:
+        return _error(409, "conflict", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        status = 400 if first.get("type") == "json_invalid" else 422
+        message = f"{where}: {first.get('msg', 'invalid')}" if where else \
+            str(first.get("msg", "invalid request"))
+        return _error(status, "invalid_request", message, field=where or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return _error(exc.status_code, codes.get(exc.status_code, "http_error"),
+                      str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _error(500, "internal", "internal error; the server log has the details")

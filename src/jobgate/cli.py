@@ -1,0 +1,400 @@
+"""The `jobgate` command: parses arguments into Settings or API calls, nothing more.
+
+Client commands talk to the API at `JOBGATE_URL` with `JOBGATE_TOKEN`. Every error is one
+line on stderr and a non-zero exit: 1 for a refused request or a failed job, 2 for bad
+usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import httpx
+
+from jobgate.config import DEFAULT_PORT, ConfigError, Settings, load_settings, parse_duration
+
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+_FINAL = ("completed", "failed", "cancelled")
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except CliError as exc:
+        print(f"jobgate: {exc}", file=sys.stderr)
+        sys.exit(exc.code)
+    except (ConfigError, ValueError) as exc:
+        print(f"jobgate: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+# --- server-side commands ----------------------------------------------------------------
+
+def _settings(args: argparse.Namespace, **sections: dict[str, Any]) -> Settings:
+    config = args.config or os.environ.get("JOBGATE_CONFIG")
+    if config is None and os.path.exists("jobgate.toml"):
+        config = "jobgate.toml"
+    overrides = dict(sections)
+    if getattr(args, "db", None):
+        overrides.setdefault("storage", {})["url"] = _db_url(args.db)
+    return load_settings(config, overrides=overrides)
+
+
+def _db_url(value: str) -> str:
+    return value if "://" in value else f"sqlite:///{value}"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from jobgate.api import create_app
+
+    settings = _settings(args, server={"host": args.host, "port": args.port})
+    app = create_app(settings, run_worker=not args.no_worker)
+    print(f"jobgate: serving on http://{settings.server.host}:{settings.server.port} "
+          f"({settings.storage.url}, {len(settings.kinds)} kinds)", file=sys.stderr)
+    uvicorn.run(app, host=settings.server.host, port=settings.server.port,
+                log_level=args.log_level, access_log=False)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+
+    from jobgate.queue import JobQueue
+    from jobgate.store import store_for_url
+    from jobgate.worker import Worker
+
+    settings = _settings(args, worker={"slots": args.slots, "name": args.name})
+
+    async def run() -> None:
+        queue = JobQueue(settings, store_for_url(settings.storage.url,
+                                                 settings.storage.durability))
+        await queue.open()
+        worker = Worker(queue)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        print(f"jobgate: worker {worker.name} with {worker.slots} slots", file=sys.stderr)
+        try:
+            await worker.run()
+        finally:
+            await queue.close()
+
+    asyncio.run(run())
+    return 0
+
+
+def _local(args: argparse.Namespace, action: Callable[[Any], Any]) -> Any:
+    """Run `action(store)` against the configured database directly (admin commands)."""
+    from jobgate.store import store_for_url
+
+    settings = _settings(args)
+
+    async def run() -> Any:
+        store = store_for_url(settings.storage.url, settings.storage.durability)
+        await store.open()
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    from jobgate.auth import check_name, hash_password
+    from jobgate.store.base import Conflict
+
+    name = check_name(args.name)
+    password_hash = None
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+        if len(password) < 8:
+            raise CliError("password must be at least 8 characters", 2)
+        password_hash = hash_password(password)
+    try:
+        _local(args, lambda store: store.add_user(name, password_hash, args.admin))
+    except Conflict as exc:
+        raise CliError(str(exc)) from None
+    print(f"added user {name}{' (admin)' if args.admin else ''}")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from jobgate.auth import new_token
+    from jobgate.store.base import NotFound
+
+    try:
+        token = _local(args, lambda store: new_token(store, args.name))
+    except NotFound as exc:
+        raise CliError(f"{exc}: add it first with `jobgate user add {args.name}`") from None
+    print(f"new API token for {args.name} (shown once; export it as JOBGATE_TOKEN):")
+    print(token)
+    return 0
+
+
+# --- client commands ---------------------------------------------------------------------
+
+class Client:
+    def __init__(self) -> None:
+        self.url = os.environ.get("JOBGATE_URL", DEFAULT_URL).rstrip("/")
+        token = os.environ.get("JOBGATE_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach jobgate at {self.url} ({exc.__class__.__name__}): "
+                           "is `jobgate serve` running? (JOBGATE_URL)") from None
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text.strip()[:200] or response.reason_phrase
+            raise CliError(f"{message} (HTTP {response.status_code})")
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+
+def _parse_kv(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"expected key=value, got {pair!r}", 2)
+        out[key] = value
+    return out
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    client = Client()
+    body: dict[str, Any] = {"kind": args.kind, "args": _parse_kv(args.args)}
+    if args.priority is not None:
+        body["priority"] = args.priority
+    if args.unique_key:
+        body["unique_key"] = args.unique_key
+    job = client.call("POST", "/api/jobs", json=body)
+    where = f", position {job['position']}" if job.get("position") else ""
+    print(f"{job['id']} {job['state']}{where}")
+    if args.watch:
+        return _watch(client, job["id"])
+    return 0
+
+
+def _watch(client: Client, job_id: str) -> int:
+    """Follow a job to its end with a progress line; the exit code says how it ended."""
+    started = time.monotonic()
+    tty = sys.stderr.isatty()
+    last = ""
+    while True:
+        job = client.call("GET", f"/api/jobs/{job_id}")
+        line = _progress_line(job, time.monotonic() - started)
+        if line != last:
+            print(("\r\x1b[2K" if tty else "") + line, end="" if tty else "\n",
+                  file=sys.stderr, flush=True)
+            last = line
+        if job["state"] in _FINAL:
+            if tty:
+                print(file=sys.stderr)
+            if job["state"] == "failed" and job.get("error"):
+                print(f"jobgate: {job['error'].splitlines()[-1]}", file=sys.stderr)
+            return 0 if job["state"] == "completed" else 1
+        time.sleep(0.5)
+
+
+def _progress_line(job: dict[str, Any], elapsed_s: float) -> str:
+    state = job["state"]
+    if state == "queued":
+        where = f"position {job['position']}" if job.get("position") else "waiting"
+        return f"{state:9} {where} {job.get('message') or ''} [{elapsed_s:.0f}s]"
+    pct = job.get("progress")
+    bar = ""
+    if pct is not None:
+        filled = int(pct / 5)
+        bar = "[" + "#" * filled + "-" * (20 - filled) + f"] {pct:5.1f}% "
+    return f"{state:9} {bar}{job.get('message') or ''} [{elapsed_s:.0f}s]".rstrip()
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    client = Client()
+    params = {k: v for k, v in (("state", args.state), ("kind", args.kind),
+                                ("owner", args.owner), ("limit", args.limit)) if v}
+    page = client.call("GET", "/api/jobs", params=params)
+    if args.json:
+        print(json.dumps(page, indent=2))
+        return 0
+    print(f"{'ID':26}  {'KIND':12} {'OWNER':10} {'STATE':9} {'POS':>4} {'PROG':>5}  MESSAGE")
+    for job in page["jobs"]:
+        pos = job["position"] or ""
+        prog = f"{job['progress']:.0f}%" if job["progress"] is not None else ""
+        message = (job.get("error") or job.get("message") or "").splitlines()
+        print(f"{job['id']:26}  {job['kind'][:12]:12} {job['owner'][:10]:10} {job['state']:9} "
+              f"{pos!s:>4} {prog:>5}  {(message[-1] if message else '')[:60]}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    print(json.dumps(Client().call("GET", f"/api/jobs/{args.id}"), indent=2))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    client = Client()
+    after = 0
+    while True:
+        page = client.call("GET", f"/api/jobs/{args.id}/logs", params={"after": after})
+        for line in page["lines"]:
+            print(line["line"], flush=True)
+        after = page["next"]
+        if not args.follow or (page["state"] in _FINAL and not page["lines"]):
+            return 0
+        if not page["lines"]:
+            time.sleep(0.5)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    job = Client().call("POST", f"/api/jobs/{args.id}/cancel")
+    print(f"{job['id']} {job['state']}{' (stopping)' if job['state'] == 'running' else ''}")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    job = Client().call("POST", f"/api/jobs/{args.id}/retry")
+    print(f"{job['id']} {job['state']}" + (f", position {job['position']}"
+                                           if job.get("position") else ""))
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    stats = Client().call("GET", "/api/queue")
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    for key, value in stats.items():
+        print(f"{key:20} {value if value is not None else '-'}")
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    try:
+        health = Client().call("GET", "/health")
+    except CliError as exc:
+        print(f"jobgate: unhealthy: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(health))
+    return 0 if health.get("status") == "ok" else 1
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    older = parse_duration(args.older_than, "--older-than") if args.older_than else 0.0
+    result = Client().call("POST", "/api/clean", json={"older_than_s": older})
+    print(f"deleted {result['deleted']} finished jobs")
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="jobgate", description="A job queue for heavy work.")
+    p.set_defaults(func=lambda a: p.print_help())
+    sub = p.add_subparsers(metavar="COMMAND", parser_class=_Parser)
+
+    def server_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config",
+                        help="jobgate.toml (default: $JOBGATE_CONFIG or ./jobgate.toml)")
+        sp.add_argument("--db", help="database: a SQLite file or URL (default: ./jobgate.db)")
+
+    sp = sub.add_parser("serve", help="API, dashboard and an embedded worker")
+    server_opts(sp)
+    sp.add_argument("--host")
+    sp.add_argument("--port", type=int)
+    sp.add_argument("--no-worker", action="store_true", help="API only")
+    sp.add_argument("--log-level", default="warning",
+                    choices=["critical", "error", "warning", "info", "debug"])
+    sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("worker", help="a worker node only")
+    server_opts(sp)
+    sp.add_argument("--slots", type=int)
+    sp.add_argument("--name")
+    sp.set_defaults(func=cmd_worker)
+
+    sp = sub.add_parser("submit", help="submit a job")
+    sp.add_argument("kind")
+    sp.add_argument("args", nargs="*", metavar="key=value")
+    sp.add_argument("--priority", type=int)
+    sp.add_argument("--unique-key")
+    sp.add_argument("--watch", action="store_true", help="follow it to the end")
+    sp.set_defaults(func=cmd_submit)
+
+    sp = sub.add_parser("ls", help="list jobs")
+    sp.add_argument("--state", choices=["queued", "running", *_FINAL])
+    sp.add_argument("--kind")
+    sp.add_argument("--owner")
+    sp.add_argument("--limit", type=int)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_ls)
+
+    for name, func, text in (("show", cmd_show, "one job as JSON"),
+                             ("cancel", cmd_cancel, "cancel a queued or running job"),
+                             ("retry", cmd_retry, "queue a failed or cancelled job again")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("id")
+        sp.set_defaults(func=func)
+
+    sp = sub.add_parser("logs", help="a job's log")
+    sp.add_argument("id")
+    sp.add_argument("--follow", "-f", action="store_true")
+    sp.set_defaults(func=cmd_logs)
+
+    sp = sub.add_parser("stats", help="queue statistics")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_stats)
+
+    sp = sub.add_parser("health", help="exit 0 if the server is healthy")
+    sp.set_defaults(func=cmd_health)
+
+    sp = sub.add_parser("clean", help="delete finished jobs, their logs and outputs")
+    sp.add_argument("--older-than", help="e.g. 7d, 12h (default: all finished)")
+    sp.set_defaults(func=cmd_clean)
+
+    sp = sub.add_parser("user", help="manage users")
+    usub = sp.add_subparsers(metavar="ACTION", required=True, parser_class=_Parser)
+    ua = usub.add_parser("add", help="add a user")
+    server_opts(ua)
+    ua.add_argument("name")
+    ua.add_argument("--admin", action="store_true")
+    ua.add_argument("--password-stdin", action="store_true")
+    ua.set_defaults(func=cmd_user_add)
+
+    sp = sub.add_parser("token", help="print a new API token for a user (last line)")
+    server_opts(sp)
+    sp.add_argument("name")
+    sp.set_defaults(func=cmd_token)
+    return p

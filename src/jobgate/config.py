@@ -1,0 +1,298 @@
+"""Settings: one typed object with defaults, read from `jobgate.toml` and `JOBGATE_*`.
+
+Every key can be overridden by `JOBGATE_<SECTION>_<KEY>` (`JOBGATE_LIMITS_MAX_RUNNING=2`);
+`JOBGATE_DB` is short for `JOBGATE_STORAGE_URL`. A bad value is refused with its key and
+the reason as a ConfigError, which the CLI prints as one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jobgate.kinds import Kind, parse_kind
+
+DEFAULT_DB_URL = "sqlite:///jobgate.db"
+DEFAULT_PORT = 8077
+DEFAULT_MAX_RUNNING = 2
+DEFAULT_LEASE_S = 30.0
+
+
+class ConfigError(ValueError):
+    """An invalid setting: the message names the key and the reason."""
+
+
+class Duration(float):
+    """Seconds, written in config as a number or as "90s", "5m", "1h30m", "7d"."""
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object, key: str) -> float:
+    """Seconds from a number or a string like "1h30m"; ConfigError otherwise."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a duration like '30s' or '1h', got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative")
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        try:
+            return parse_duration(float(text), key)
+        except ValueError:
+            pass
+        parts = _DURATION_PART.findall(text)
+        if parts and "".join(n + u for n, u in parts) == text:
+            return sum(float(n) * _UNIT_S[u] for n, u in parts)
+    raise ConfigError(f"{key}: expected a duration like '30s', '5m' or '1h', got {value!r}")
+
+
+_WEEK = Duration(7 * 86400)
+_HOUR = Duration(3600)
+
+
+@dataclass
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    data_dir: str = "./jobgate-data"  # jobs' folders and their outputs
+    input_dir: str = "."  # where `path` arguments must stay
+    allowed_origins: list[str] = field(default_factory=list)
+    max_request_kb: int = 256
+
+
+@dataclass
+class StorageSettings:
+    url: str = DEFAULT_DB_URL
+    # "full" fsyncs every commit, so an acknowledged job survives power loss; "normal"
+    # keeps it across a crash of jobgate but may lose the last commits on power loss.
+    durability: str = "full"
+
+
+@dataclass
+class LimitsSettings:
+    max_running: int = DEFAULT_MAX_RUNNING
+    max_queued: int | None = None
+    per_user_running: int | None = None
+    per_user_queued: int | None = None
+    memory_budget_mb: int | None = None
+    min_free_memory_mb: int | None = None
+    start_timeout: Duration | None = None
+
+
+@dataclass
+class RetentionSettings:
+    finished: Duration = _WEEK  # finished jobs, logs and outputs kept this long
+    per_user_history: int | None = None  # at most this many finished jobs per user
+    events: Duration = _HOUR
+
+
+@dataclass
+class AuthSettings:
+    # Without auth every request acts as `anonymous_user`, an admin: only for a machine
+    # nobody else can reach.
+    enabled: bool = True
+    anonymous_user: str = "admin"
+
+
+@dataclass
+class WorkerSettings:
+    name: str = ""  # node id; defaults to the host name and pid
+    slots: int | None = None  # jobs this node runs at once; default: limits.max_running
+    lease_s: float = DEFAULT_LEASE_S
+    cancel_grace_s: float = 5.0  # SIGTERM, then SIGKILL after this
+    log_max_lines: int = 10_000  # per job; later lines are counted, not kept
+    poll_s: float = 2.0  # longest sleep between looks at the database
+
+
+@dataclass
+class Settings:
+    """Everything jobgate can be told. Build with `load_settings`."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    kinds: dict[str, Kind] = field(default_factory=dict)
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    @functools.cached_property
+    def data_path(self) -> Path:
+        return (self.base_dir / self.server.data_dir).resolve()
+
+    @functools.cached_property
+    def input_path(self) -> Path:
+        return (self.base_dir / self.server.input_dir).resolve()
+
+    @property
+    def slots(self) -> int:
+        return self.worker.slots or self.limits.max_running
+
+
+_SECTIONS = {
+    "server": ServerSettings,
+    "storage": StorageSettings,
+    "limits": LimitsSettings,
+    "retention": RetentionSettings,
+    "auth": AuthSettings,
+    "worker": WorkerSettings,
+}
+
+
+def load_settings(
+    path: str | Path | None = None,
+    env: typing.Mapping[str, str] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Settings:
+    """Read the TOML file (if any), then environment overrides, then explicit overrides.
+
+    `overrides` is what the CLI parsed (`{"server": {"port": 9000}}`); it wins over all.
+    """
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    base_dir = Path.cwd()
+    if path is not None:
+        file = Path(path)
+        try:
+            data = tomllib.loads(file.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{file}: no such config file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+        base_dir = file.resolve().parent
+    for name, value in env.items():
+        if not name.startswith("JOBGATE_") or not value:
+            continue
+        rest = name.removeprefix("JOBGATE_").lower()
+        if rest == "db":
+            data.setdefault("storage", {})["url"] = value
+            continue
+        for section in _SECTIONS:
+            if rest.startswith(section + "_"):
+                data.setdefault(section, {})[rest.removeprefix(section + "_")] = _env_value(value)
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+
+    settings = Settings(base_dir=base_dir)
+    for section, section_data in data.items():
+        if section == "kinds":
+            if not isinstance(section_data, dict):
+                raise ConfigError("kinds: expected a table of kinds")
+            for kind_name, spec in section_data.items():
+                settings.kinds[kind_name] = parse_kind(kind_name, spec, ConfigError)
+            continue
+        cls = _SECTIONS.get(section)
+        if cls is None:
+            known = ", ".join([*_SECTIONS, "kinds"])
+            raise ConfigError(f"{section}: unknown section (known: {known})")
+        if not isinstance(section_data, dict):
+            raise ConfigError(f"{section}: expected a table")
+        setattr(settings, section, _build(cls, section, section_data))
+    _check(settings)
+    return settings
+
+
+def _env_value(text: str) -> Any:
+    """An environment value as TOML would read it, falling back to the plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _build(cls: type[Any], section: str, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(
+                f"{section}.{key}: unknown key (known: {', '.join(sorted(fields))})"
+            )
+        kwargs[key] = _coerce(hints[key], value, f"{section}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "off")):
+            return None
+        return _coerce(inner[0], value, key)
+    if hint is Duration:
+        return Duration(parse_duration(value, key))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if typing.get_origin(hint) is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+    raise ConfigError(f"{key}: unsupported setting type")  # pragma: no cover
+
+
+def _check(settings: Settings) -> None:
+    positive = {
+        "server.port": settings.server.port,
+        "limits.max_running": settings.limits.max_running,
+        "limits.max_queued": settings.limits.max_queued,
+        "limits.per_user_running": settings.limits.per_user_running,
+        "limits.per_user_queued": settings.limits.per_user_queued,
+        "limits.memory_budget_mb": settings.limits.memory_budget_mb,
+        "worker.slots": settings.worker.slots,
+        "worker.log_max_lines": settings.worker.log_max_lines,
+        "retention.per_user_history": settings.retention.per_user_history,
+    }
+    for key, value in positive.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}: must be at least 1, got {value}")
+    if not 0 < settings.server.port < 65536:
+        raise ConfigError(f"server.port: must be between 1 and 65535, got {settings.server.port}")
+    if settings.worker.lease_s < 1:
+        raise ConfigError(
+            f"worker.lease_s: must be at least 1 second, got {settings.worker.lease_s}")
+    if settings.storage.durability not in ("full", "normal"):
+        raise ConfigError(
+            f"storage.durability: must be 'full' or 'normal', got {settings.storage.durability!r}"
+        )
+    url = settings.storage.url
+    if not (url.startswith("sqlite://") or url.startswith(("postgresql://", "postgres://"))):
+        raise ConfigError(f"storage.url: must start with sqlite:/// or postgresql://, got {url!r}")
+    budget = settings.limits.memory_budget_mb
+    for kind in settings.kinds.values():
+        if budget is not None and kind.memory_mb > budget:
+            raise ConfigError(
+                f"kinds.{kind.name}.memory_mb: {kind.memory_mb} is more than "
+                f"limits.memory_budget_mb ({budget}); such a job could never start"
+            )

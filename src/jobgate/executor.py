@@ -1,0 +1,314 @@
+"""Running one job: a command in its own process group, or a Python function.
+
+The executor only runs and reports (progress, log lines, the end as a `RunResult`); the
+worker persists what it reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import ctypes
+import inspect
+import json
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from jobgate.kinds import Kind, load_function, render_argv
+from jobgate.model import Job
+from jobgate.queue import RunResult
+
+ProgressFn = Callable[[float | None, str | None], None]
+LogFn = Callable[[str], None]
+
+_STDERR_TAIL_LINES = 20
+_MEMORY_SAMPLE_S = 0.5
+_READ_CHUNK = 65536
+_MAX_LINE = 8192
+
+try:
+    _libc: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - not Linux
+    _libc = None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL if the worker dies (Linux only).
+
+    Children the command starts itself are reaped from the stored process group when a
+    worker recovers the job after a crash.
+    """
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class NonRetryable(Exception):
+    """Raise from a Python job to fail it without retry, whatever attempts remain."""
+
+
+class JobContext:
+    """What a Python job's function receives first."""
+
+    def __init__(self, job: Job, output_dir: Path, progress: ProgressFn, log: LogFn,
+                 cancel: asyncio.Event, loop: asyncio.AbstractEventLoop) -> None:
+        self.job_id = job.id
+        self.attempt = job.attempt
+        self.owner = job.owner
+        self._output_dir = output_dir
+        self._progress, self._log, self._cancel, self._loop = progress, log, cancel, loop
+
+    @property
+    def output_dir(self) -> Path:
+        """The job's own folder: files written here become its outputs."""
+        self._output_dir.mkdir(parents=True, exist_ok=True)
+        return self._output_dir
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the job was cancelled or timed out: stop soon and return."""
+        return self._cancel.is_set()
+
+    def progress(self, percent: float | None = None, message: str | None = None) -> None:
+        """Report progress (0-100) and/or a short message; cheap to call often."""
+        self._call(self._progress, percent, message)
+
+    def log(self, line: str) -> None:
+        """Add a line to the job's log."""
+        self._call(self._log, str(line))
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            fn(*args)
+        else:
+            self._loop.call_soon_threadsafe(fn, *args)
+
+
+def _outputs(folder: Path) -> tuple[str, ...]:
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                        if p.is_file()))
+
+
+async def run(job: Job, kind: Kind, folder: Path, progress: ProgressFn, log: LogFn,
+              cancel: asyncio.Event, grace_s: float, threads: concurrent.futures.Executor,
+              on_pid: Callable[[int], Awaitable[None]] | None = None) -> RunResult:
+    """Run a job to its end; `cancel` being set stops it (SIGTERM, then SIGKILL)."""
+    if kind.argv is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        result = await _run_command(job, kind, folder, progress, log, cancel, grace_s, on_pid)
+    else:
+        result = await _run_python(job, kind, folder, progress, log, cancel, threads)
+    if result.outputs:
+        return result
+    return RunResult(**{**result.__dict__, "outputs": _outputs(folder)})
+
+
+# --- commands ---------------------------------------------------------------------------
+
+async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn, log: LogFn,
+                       cancel: asyncio.Event, grace_s: float,
+                       on_pid: Callable[[int], Awaitable[None]] | None) -> RunResult:
+    argv = render_argv(kind, job.args, folder, job.id)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=folder, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+    except OSError as exc:
+        return RunResult(ok=False, error=f"cannot start {argv[0]}: {exc.strerror or exc}",
+                         retryable=False)
+    if on_pid is not None:
+        await on_pid(proc.pid)
+    tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
+    peak = _Peak(proc.pid)
+
+    def on_line(line: str, is_err: bool) -> None:
+        log(line)
+        if is_err:
+            tail.append(line)
+        if kind.progress is not None and (m := kind.progress.search(line)):
+            groups = m.groupdict()
+            percent = None
+            if groups.get("percent") is not None:
+                try:
+                    percent = max(0.0, min(100.0, float(groups["percent"])))
+                except ValueError:
+                    percent = None
+            progress(percent, groups.get("message"))
+
+    assert proc.stdout is not None and proc.stderr is not None
+    readers = asyncio.gather(_read_lines(proc.stdout, lambda s: on_line(s, False)),
+                             _read_lines(proc.stderr, lambda s: on_line(s, True)))
+    sampler = asyncio.create_task(peak.sample_until(proc))
+    waiter = asyncio.create_task(proc.wait())
+    stopper = asyncio.create_task(cancel.wait())
+    timed_out = False
+    done, _ = await asyncio.wait({waiter, stopper}, timeout=kind.timeout_s,
+                                 return_when=asyncio.FIRST_COMPLETED)
+    if waiter not in done:
+        timed_out = stopper not in done
+        await _stop_group(proc, grace_s)
+    stopper.cancel()
+    # Whatever is left of the group goes too: a leader's children must not outlive it.
+    _killpg(proc.pid, signal.SIGKILL)
+    await waiter
+    await readers
+    sampler.cancel()
+    peak_mb = peak.peak_mb
+    code = proc.returncode
+    if timed_out:
+        return RunResult(ok=False, error=f"timed out after {_human(kind.timeout_s or 0)}",
+                         exit_code=code, timed_out=True, peak_memory_mb=peak_mb)
+    if cancel.is_set():
+        return RunResult(ok=False, cancelled=True, exit_code=code, peak_memory_mb=peak_mb)
+    if code == 0:
+        return RunResult(ok=True, exit_code=0, peak_memory_mb=peak_mb)
+    reason = f"exit code {code}" if code is not None and code >= 0 else \
+        f"killed by signal {-(code or 0)}"
+    detail = "\n".join(tail)
+    return RunResult(ok=False, error=f"{reason}: {detail}" if detail else reason,
+                     exit_code=code, peak_memory_mb=peak_mb)
+
+
+async def _read_lines(stream: asyncio.StreamReader, on_line: Callable[[str], None]) -> None:
+    """Split output on \\n and \\r (progress bars redraw with \\r); very long lines are cut."""
+    pending = b""
+    while chunk := await stream.read(_READ_CHUNK):
+        pending += chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            if raw:
+                on_line(raw[:_MAX_LINE].decode("utf-8", "replace"))
+        if len(pending) > _MAX_LINE:
+            on_line(pending[:_MAX_LINE].decode("utf-8", "replace"))
+            pending = b""
+    if pending:
+        on_line(pending[:_MAX_LINE].decode("utf-8", "replace"))
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+async def _stop_group(proc: asyncio.subprocess.Process, grace_s: float) -> None:
+    _killpg(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), grace_s)
+    except TimeoutError:
+        _killpg(proc.pid, signal.SIGKILL)
+
+
+class _Peak:
+    """Peak resident memory of a process tree, sampled."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_mb: float | None = None
+
+    def sample(self) -> None:
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                continue
+        mb = round(total / 1048576, 1)
+        if mb and (self.peak_mb is None or mb > self.peak_mb):
+            self.peak_mb = mb
+
+    async def sample_until(self, proc: asyncio.subprocess.Process) -> None:
+        while proc.returncode is None:
+            self.sample()
+            await asyncio.sleep(_MEMORY_SAMPLE_S)
+
+
+def reap_group(pgid: int, started_at: float | None) -> bool:
+    """Kill what is left of a lost worker's job: its process group, if still ours."""
+    for p in psutil.process_iter(["pid", "create_time"]):
+        try:
+            if os.getpgid(p.pid) != pgid:
+                continue
+        except (ProcessLookupError, PermissionError):
+            continue
+        if started_at is not None and p.info["create_time"] < started_at - 2:
+            continue  # an older process that reused the number: not ours
+        _killpg(pgid, signal.SIGKILL)
+        return True
+    return False
+
+
+def _human(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
+# --- Python functions -------------------------------------------------------------------
+
+async def _run_python(job: Job, kind: Kind, folder: Path, progress: ProgressFn, log: LogFn,
+                      cancel: asyncio.Event,
+                      threads: concurrent.futures.Executor) -> RunResult:
+    assert kind.function is not None
+    loop = asyncio.get_running_loop()
+    func = load_function(kind.function, f"kinds.{kind.name}.function", RuntimeError)
+    ctx = JobContext(job, folder, progress, log, cancel, loop)
+    if inspect.iscoroutinefunction(func):
+        task: asyncio.Future[Any] = asyncio.ensure_future(func(ctx, **job.args))
+    else:
+        task = asyncio.wrap_future(threads.submit(func, ctx, **job.args))
+    stopper = asyncio.ensure_future(cancel.wait())
+    started = time.monotonic()
+    done, _ = await asyncio.wait({task, stopper}, timeout=kind.timeout_s,
+                                 return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task not in done:
+        timed_out = not cancel.is_set()
+        cancel.set()  # a sync function sees ctx.cancelled; an async one is cancelled
+        task.cancel()
+        if timed_out:
+            return RunResult(ok=False, timed_out=True,
+                             error=f"timed out after {_human(kind.timeout_s or 0)}")
+        return RunResult(ok=False, cancelled=True)
+    try:
+        value = task.result()
+    except asyncio.CancelledError:
+        return RunResult(ok=False, cancelled=True)
+    except NonRetryable as exc:
+        return RunResult(ok=False, error=str(exc) or "failed", retryable=False)
+    except Exception as exc:
+        log(f"[jobgate] {type(exc).__name__}: {exc} after {time.monotonic() - started:.1f} s")
+        return RunResult(ok=False, error=f"{type(exc).__name__}: {exc}")
+    if cancel.is_set():
+        return RunResult(ok=False, cancelled=True)
+    return RunResult(ok=True, result=_jsonable(value))
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value

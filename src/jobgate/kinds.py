@@ -1,0 +1,406 @@
+"""Kinds: named job types, their argument schemas and command templates.
+
+A command kind fills each `{name}` of its argv template with one validated argument, so
+one argument is always exactly one argv element and never reaches a shell. A Python kind
+names a function `package.module:function` that receives a `JobContext` and the arguments.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import ipaddress
+import math
+import re
+import socket
+import string
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ARG_TYPES = ("string", "integer", "number", "boolean", "url", "path")
+#: Placeholders every command kind may use without declaring them.
+BUILTIN_PLACEHOLDERS = frozenset({"output_dir", "job_id"})
+
+
+class ArgumentError(ValueError):
+    """An argument the kind's schema refuses; `field` names it (HTTP 422)."""
+
+    def __init__(self, field_name: str | None, message: str) -> None:
+        super().__init__(f"{field_name}: {message}" if field_name else message)
+        self.field = field_name
+        self.reason = message
+
+
+@dataclass(frozen=True)
+class ArgSpec:
+    type: str = "string"
+    default: Any = None
+    required: bool = True
+    pattern: str | None = None
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[Any, ...] | None = None
+    description: str = ""
+    max_length: int = 4096
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A registered job type; `argv` for a command kind, `function` for a Python kind."""
+
+    name: str
+    argv: tuple[str, ...] | None = None
+    function: str | None = None
+    args: dict[str, ArgSpec] = field(default_factory=dict)
+    progress: re.Pattern[str] | None = None
+    timeout_s: float | None = None
+    max_attempts: int = 1
+    backoff_s: float = 5.0  # first retry delay; doubles per attempt, with jitter
+    backoff_max_s: float = 3600.0
+    retry_on_exit_codes: tuple[int, ...] | None = None  # None: any failure is retryable
+    memory_mb: int = 0
+    max_running: int | None = None
+    priority: int = 0
+    allow_private_urls: bool = False
+    description: str = ""
+
+    def schema(self) -> dict[str, Any]:
+        """The argument schema as JSON, for the API and the dashboard's forms."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "type": "command" if self.argv else "python",
+            "max_attempts": self.max_attempts,
+            "memory_mb": self.memory_mb,
+            "timeout_s": self.timeout_s,
+            "args": {
+                name: {
+                    "type": a.type,
+                    "required": a.required,
+                    "default": a.default,
+                    "pattern": a.pattern,
+                    "min": a.min,
+                    "max": a.max,
+                    "choices": list(a.choices) if a.choices else None,
+                    "description": a.description,
+                }
+                for name, a in self.args.items()
+            },
+        }
+
+
+_KIND_KEYS = {
+    "argv", "function", "args", "progress", "timeout", "max_attempts", "backoff",
+    "backoff_max", "retry_on_exit_codes", "memory_mb", "max_running", "priority",
+    "allow_private_urls", "description",
+}
+_ARG_KEYS = {"type", "default", "pattern", "min", "max", "choices", "description", "max_length"}
+
+
+def parse_kind(name: str, spec: Any, error: Callable[[str], Exception]) -> Kind:
+    """Build a Kind from its `[kinds.NAME]` table; `error(msg)` makes the exception to raise."""
+    from jobgate.config import parse_duration  # config imports this module
+
+    key = f"kinds.{name}"
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+        raise error(f"{key}: a kind's name may use letters, digits, '_', '-' and '.'")
+    if not isinstance(spec, dict):
+        raise error(f"{key}: expected a table")
+    for k in spec:
+        if k not in _KIND_KEYS:
+            raise error(f"{key}.{k}: unknown key (known: {', '.join(sorted(_KIND_KEYS))})")
+    if ("argv" in spec) == ("function" in spec):
+        raise error(f"{key}: set exactly one of argv (a command) or function (Python)")
+
+    def want(k: str, typ: type | tuple[type, ...], what: str) -> Any:
+        value = spec.get(k)
+        if value is not None and (not isinstance(value, typ) or (isinstance(value, bool) and
+                                  typ is not bool)):
+            raise error(f"{key}.{k}: expected {what}, got {value!r}")
+        return value
+
+    args_spec = want("args", dict, "a table of arguments") or {}
+    args = {a: _parse_arg(f"{key}.args.{a}", s, error) for a, s in args_spec.items()}
+
+    argv: tuple[str, ...] | None = None
+    function = want("function", str, "'package.module:function'")
+    if "argv" in spec:
+        raw = spec["argv"]
+        if not isinstance(raw, list) or not raw or not all(isinstance(x, str) for x in raw):
+            raise error(f"{key}.argv: expected a non-empty list of strings")
+        for element in raw:
+            for placeholder in _placeholders(element, f"{key}.argv", error):
+                if placeholder not in args and placeholder not in BUILTIN_PLACEHOLDERS:
+                    raise error(
+                        f"{key}.argv: {{{placeholder}}} names no argument declared in "
+                        f"[{key}.args]"
+                    )
+        argv = tuple(raw)
+    else:
+        assert function is not None
+        func = load_function(function, f"{key}.function", error)
+        if not args:
+            args = _args_from_signature(func, f"{key}.function", error)
+
+    progress = None
+    if (pattern := want("progress", str, "a regular expression")) is not None:
+        try:
+            progress = re.compile(pattern)
+        except re.error as exc:
+            raise error(f"{key}.progress: invalid regular expression: {exc}") from None
+        if "percent" not in progress.groupindex and "message" not in progress.groupindex:
+            raise error(f"{key}.progress: needs a named group (?P<percent>…) or (?P<message>…)")
+
+    def duration(k: str) -> float | None:
+        return None if spec.get(k) is None else parse_duration(spec[k], f"{key}.{k}")
+
+    max_attempts = want("max_attempts", int, "an integer") or 1
+    if max_attempts < 1:
+        raise error(f"{key}.max_attempts: must be at least 1")
+    codes = want("retry_on_exit_codes", list, "a list of exit codes")
+    if codes is not None and not all(isinstance(c, int) for c in codes):
+        raise error(f"{key}.retry_on_exit_codes: expected a list of integers")
+    memory_mb = want("memory_mb", int, "an integer (megabytes)") or 0
+    max_running = want("max_running", int, "an integer")
+    if memory_mb < 0 or (max_running is not None and max_running < 1):
+        raise error(f"{key}: memory_mb must be >= 0 and max_running >= 1")
+    return Kind(
+        name=name,
+        argv=argv,
+        function=function,
+        args=args,
+        progress=progress,
+        timeout_s=duration("timeout"),
+        max_attempts=max_attempts,
+        backoff_s=duration("backoff") or 5.0,
+        backoff_max_s=duration("backoff_max") or 3600.0,
+        retry_on_exit_codes=tuple(codes) if codes is not None else None,
+        memory_mb=memory_mb,
+        max_running=max_running,
+        priority=want("priority", int, "an integer") or 0,
+        allow_private_urls=bool(want("allow_private_urls", bool, "true or false")),
+        description=want("description", str, "a string") or "",
+    )
+
+
+def _placeholders(text: str, key: str, error: Callable[[str], Exception]) -> list[str]:
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        raise error(f"{key}: bad placeholder in {text!r}: {exc}") from None
+    names = []
+    for _, name, spec, conv in parsed:
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conv:
+            raise error(f"{key}: placeholder {{{name}}} must be a plain {{name}}")
+        names.append(name)
+    return names
+
+
+def _parse_arg(key: str, spec: Any, error: Callable[[str], Exception]) -> ArgSpec:
+    if not isinstance(spec, dict):
+        raise error(f"{key}: expected a table like {{ type = \"string\" }}")
+    for k in spec:
+        if k not in _ARG_KEYS:
+            raise error(f"{key}.{k}: unknown key (known: {', '.join(sorted(_ARG_KEYS))})")
+    typ = spec.get("type", "string")
+    if typ not in ARG_TYPES:
+        raise error(f"{key}.type: must be one of {', '.join(ARG_TYPES)}, got {typ!r}")
+    pattern = spec.get("pattern")
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as exc:
+            raise error(f"{key}.pattern: invalid regular expression: {exc}") from None
+    choices = spec.get("choices")
+    if choices is not None and not isinstance(choices, list):
+        raise error(f"{key}.choices: expected a list")
+    for bound in ("min", "max"):
+        if spec.get(bound) is not None and not isinstance(spec[bound], int | float):
+            raise error(f"{key}.{bound}: expected a number")
+    arg = ArgSpec(
+        type=typ,
+        default=spec.get("default"),
+        required="default" not in spec,
+        pattern=pattern,
+        min=spec.get("min"),
+        max=spec.get("max"),
+        choices=tuple(choices) if choices is not None else None,
+        description=str(spec.get("description", "")),
+        max_length=int(spec.get("max_length", 4096)),
+    )
+    if arg.default is not None and typ not in ("path", "url"):
+        try:
+            _check_value(arg, "default", arg.default)
+        except ArgumentError as exc:
+            raise error(f"{key}.default: {exc.reason}") from None
+    return arg
+
+
+def load_function(
+    target: str, key: str, error: Callable[[str], Exception]
+) -> Callable[..., Any]:
+    """Import `package.module:function`."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise error(f"{key}: expected 'package.module:function', got {target!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import failure is a config error, shown in one line
+        raise error(f"{key}: cannot import {module_name}: {exc}") from None
+    func = getattr(module, attr, None)
+    if not callable(func):
+        raise error(f"{key}: {module_name} has no function {attr}")
+    return func  # type: ignore[no-any-return]
+
+
+_ANNOTATION_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string",
+                     "int": "integer", "float": "number", "bool": "boolean", "str": "string"}
+
+
+def _args_from_signature(
+    func: Callable[..., Any], key: str, error: Callable[[str], Exception]
+) -> dict[str, ArgSpec]:
+    """A Python kind without [args] takes its schema from the function's signature."""
+    params = list(inspect.signature(func).parameters.values())[1:]  # the first is ctx
+    args = {}
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        typ = _ANNOTATION_TYPES.get(p.annotation, "string")
+        has_default = p.default is not p.empty
+        args[p.name] = ArgSpec(type=typ, default=p.default if has_default else None,
+                               required=not has_default)
+    return args
+
+
+# --- validation of submitted arguments -------------------------------------------------
+
+def validate_args(
+    kind: Kind, args: Any, input_dir: Path, resolve: bool = True
+) -> dict[str, Any]:
+    """Arguments checked against the kind's schema, defaults filled; ArgumentError if not.
+
+    `resolve=False` skips the DNS look-up of `url` arguments (for re-validation).
+    """
+    if not isinstance(args, dict):
+        raise ArgumentError(None, "args must be an object")
+    unknown = sorted(set(args) - set(kind.args))
+    if unknown:
+        known = ", ".join(kind.args) or "none"
+        raise ArgumentError(unknown[0], f"unknown argument for kind {kind.name} (known: {known})")
+    out: dict[str, Any] = {}
+    for name, spec in kind.args.items():
+        if args.get(name) is None:
+            if spec.required:
+                raise ArgumentError(name, "is required")
+            out[name] = spec.default
+            if spec.default is None:
+                continue
+        else:
+            out[name] = args[name]
+        value = _check_value(spec, name, out[name])
+        if spec.type == "path":
+            value = _check_path(name, value, input_dir)
+        elif spec.type == "url" and resolve:
+            _check_url_host(name, value, kind.allow_private_urls)
+        out[name] = value
+    return out
+
+
+def _check_value(spec: ArgSpec, name: str, value: Any) -> Any:
+    typ = spec.type
+    if typ == "boolean":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ArgumentError(name, f"expected true or false, got {value!r}")
+    if typ in ("integer", "number"):
+        if isinstance(value, str):
+            try:
+                value = int(value) if typ == "integer" else float(value)
+            except ValueError:
+                what = "an integer" if typ == "integer" else "a number"
+                raise ArgumentError(name, f"expected {what}, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ArgumentError(name, f"expected a number, got {value!r}")
+        if typ == "integer" and not (isinstance(value, int) or float(value).is_integer()):
+            raise ArgumentError(name, f"expected an integer, got {value!r}")
+        if typ == "integer":
+            value = int(value)
+        elif not math.isfinite(value):
+            raise ArgumentError(name, "must be a finite number")
+        if spec.min is not None and value < spec.min:
+            raise ArgumentError(name, f"must be at least {spec.min:g}")
+        if spec.max is not None and value > spec.max:
+            raise ArgumentError(name, f"must be at most {spec.max:g}")
+    else:
+        if not isinstance(value, str):
+            raise ArgumentError(name, f"expected a string, got {value!r}")
+        if len(value) > spec.max_length:
+            raise ArgumentError(name, f"is longer than {spec.max_length} characters")
+        if "\x00" in value:
+            raise ArgumentError(name, "must not contain NUL characters")
+        if typ == "string" and value.startswith("-"):
+            # A leading dash would be read as an option by most programs.
+            raise ArgumentError(name, "must not start with '-'")
+        if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
+            raise ArgumentError(name, f"does not match the pattern {spec.pattern}")
+        if typ == "url":
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ArgumentError(name, "expected an http:// or https:// URL with a host")
+    if spec.choices is not None and value not in spec.choices:
+        raise ArgumentError(name, f"must be one of {', '.join(map(str, spec.choices))}")
+    return value
+
+
+def _check_path(name: str, value: str, input_dir: Path) -> str:
+    path = (input_dir / value).resolve()
+    if not path.is_relative_to(input_dir):
+        raise ArgumentError(name, "must stay inside the input folder")
+    if not path.exists():
+        raise ArgumentError(name, f"no such file in the input folder: {value}")
+    return str(path)
+
+
+def _check_url_host(name: str, url: str, allow_private: bool) -> None:
+    host = urlsplit(url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError):
+        raise ArgumentError(name, f"cannot resolve host {host!r}") from None
+    if allow_private:
+        return
+    for info in infos:
+        addr = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if (addr.is_loopback or addr.is_private or addr.is_link_local or addr.is_reserved
+                or addr.is_multicast or addr.is_unspecified):
+            raise ArgumentError(name, f"host {host!r} is a private or local address")
+
+
+def render_argv(kind: Kind, args: dict[str, Any], output_dir: Path, job_id: str) -> list[str]:
+    """The argv of a command job: each placeholder filled with one argument's text."""
+    assert kind.argv is not None
+    values = {**{k: _text(v) for k, v in args.items()}, "output_dir": str(output_dir),
+              "job_id": job_id}
+    out = []
+    for element in kind.argv:
+        parts = []
+        for literal, name, _, _ in string.Formatter().parse(element):
+            parts.append(literal)
+            if name is not None:
+                parts.append(values.get(name, ""))
+        out.append("".join(parts))
+    return out
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)

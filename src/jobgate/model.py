@@ -1,0 +1,183 @@
+"""The job, its states, the legal moves between them and the dispatch order."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class State(StrEnum):
+    """Where a job is in its life. Values are the JSON names of the contract."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED})
+ACTIVE = frozenset({State.QUEUED, State.RUNNING})
+
+#: The only moves a job may make; every store write is checked against this table.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.QUEUED: frozenset({State.RUNNING, State.CANCELLED, State.FAILED}),
+    State.RUNNING: frozenset({State.COMPLETED, State.FAILED, State.CANCELLED, State.QUEUED}),
+    State.COMPLETED: frozenset(),
+    State.FAILED: frozenset({State.QUEUED}),
+    State.CANCELLED: frozenset({State.QUEUED}),
+}
+# queued→failed exists for `start_timeout` and failed dependencies: a job that can never
+# start must end, and "cancelled" would wrongly say somebody asked for it.
+
+
+class IllegalMove(Exception):
+    """A state change the transition table forbids (HTTP 409)."""
+
+    def __init__(self, job_id: str, src: State, dst: State) -> None:
+        super().__init__(f"job {job_id} is {src.value}: cannot move it to {dst.value}")
+        self.job_id, self.src, self.dst = job_id, src, dst
+
+
+def check_move(job_id: str, src: State, dst: State) -> None:
+    """Raise IllegalMove unless TRANSITIONS allows src → dst."""
+    if dst not in TRANSITIONS[src]:
+        raise IllegalMove(job_id, src, dst)
+
+
+def event_type(src: State | None, dst: State) -> str:
+    """The event a transition emits: `job.retrying` for running→queued, else `job.<dst>`."""
+    if src is State.RUNNING and dst is State.QUEUED:
+        return "job.retrying"
+    return {
+        State.QUEUED: "job.queued",
+        State.RUNNING: "job.started",
+        State.COMPLETED: "job.completed",
+        State.FAILED: "job.failed",
+        State.CANCELLED: "job.cancelled",
+    }[dst]
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_id(now_s: float | None = None) -> str:
+    """A 26-character ULID: 48 bits of milliseconds, 80 random bits; sorts by creation."""
+    ms = int((time.time() if now_s is None else now_s) * 1000)
+    n = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[n & 31])
+        n >>= 5
+    return "".join(reversed(chars))
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as ISO-8601 UTC with milliseconds, or None."""
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def parse_iso(text: str) -> float:
+    """ISO-8601 (a naive time is taken as UTC) to epoch seconds; ValueError if malformed."""
+    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.timestamp()
+
+
+DispatchKey = tuple[int, int, str]
+
+
+@dataclass
+class Job:
+    """One unit of work. Times are epoch seconds; `to_json` renders the contract's shape."""
+
+    id: str
+    kind: str
+    owner: str
+    args: dict[str, Any]
+    priority: int = 0
+    state: State = State.QUEUED
+    progress: float | None = None
+    message: str | None = None
+    attempt: int = 0
+    max_attempts: int = 1
+    created_at: float = 0.0
+    run_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: Any = None
+    error: str | None = None
+    worker: str | None = None
+    memory_mb: int = 0
+    peak_memory_mb: float | None = None
+    depends_on: list[str] = field(default_factory=list)
+    unique_key: str | None = None
+    outputs: list[str] = field(default_factory=list)
+    # Bookkeeping the contract does not show.
+    vt: int = 0  # virtual time for fair sharing between users; see scheduler.py
+    lease_token: int = 0  # fencing token: bumped by every claim, checked by every finish
+    lease_expires_at: float | None = None
+    cancel_requested: bool = False
+    pid: int | None = None  # process group of a running command, to reap orphans
+    idempotency_key: str | None = None
+
+    @property
+    def dispatch_key(self) -> DispatchKey:
+        """Sort key of the dispatch order: priority first, then fair turn, then age."""
+        return (-self.priority, self.vt, self.id)
+
+    def to_json(self, position: int | None = None) -> dict[str, Any]:
+        """The job as the API and events show it."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "owner": self.owner,
+            "args": self.args,
+            "priority": self.priority,
+            "state": self.state.value,
+            "position": position if self.state is State.QUEUED else None,
+            "progress": self.progress,
+            "message": self.message,
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "created_at": iso(self.created_at),
+            "run_at": iso(self.run_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "result": self.result,
+            "error": self.error,
+            "worker": self.worker,
+            "memory_mb": self.memory_mb,
+            "peak_memory_mb": self.peak_memory_mb,
+            "depends_on": self.depends_on,
+            "unique_key": self.unique_key,
+            "outputs": self.outputs,
+        }
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened, in the contract's shape once `to_json` renders it."""
+
+    seq: int
+    type: str
+    ts: float
+    job_id: str | None
+    owner: str | None
+    data: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "seq": self.seq, "ts": iso(self.ts)}
+        if self.job_id is not None:
+            out["job_id"] = self.job_id
+        out.update(self.data)
+        return out

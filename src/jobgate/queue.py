@@ -1,0 +1,192 @@
+"""The domain verbs: submit, cancel, retry, delete, clean, and what a run's end means.
+
+`JobQueue` does the bookkeeping once, above the storage seam: it checks kinds and
+arguments, applies the queue quota, decides between retry and failure, and keeps the
+position index and the event bus in step with the store's committed events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobgate.config import Settings
+from jobgate.events import EventBus
+from jobgate.kinds import ArgumentError, Kind, validate_args
+from jobgate.model import FINAL, Event, Job, State, new_id
+from jobgate.positions import PositionIndex
+from jobgate.scheduler import Limits, backoff_s
+from jobgate.store.base import Outcome, Quota, Stats, Store
+
+
+class UnknownKind(ArgumentError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__("kind", f"unknown kind {name!r} (known: {', '.join(known) or 'none'})")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What the executor saw of one run; `finish` decides what it means for the job."""
+
+    ok: bool
+    result: Any = None
+    error: str | None = None
+    exit_code: int | None = None
+    cancelled: bool = False
+    timed_out: bool = False
+    retryable: bool = True
+    peak_memory_mb: float | None = None
+    outputs: tuple[str, ...] = ()
+
+
+class JobQueue:
+    """One deployment's queue: the settings, the store, positions and in-process events."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.bus = EventBus()
+        self.positions = PositionIndex()
+        self.limits = Limits(
+            max_running=settings.limits.max_running,
+            per_user_running=settings.limits.per_user_running,
+            memory_budget_mb=settings.limits.memory_budget_mb,
+            kind_max_running={k.name: k.max_running for k in settings.kinds.values()
+                              if k.max_running is not None},
+        )
+        self.quota = Quota(settings.limits.max_queued, settings.limits.per_user_queued)
+
+    async def open(self) -> None:
+        self.store.listen(self._on_events)
+        await self.store.open()
+        self.positions.load(await self.store.queued_keys())
+        self.settings.data_path.mkdir(parents=True, exist_ok=True)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    def _on_events(self, events: list[Event]) -> None:
+        self.positions.apply(events)
+        self.bus.publish(events)
+
+    # --- verbs --------------------------------------------------------------------------
+    def kind(self, name: str) -> Kind:
+        kind = self.settings.kinds.get(name)
+        if kind is None:
+            raise UnknownKind(name, sorted(self.settings.kinds))
+        return kind
+
+    async def submit(
+        self,
+        owner: str,
+        kind: str,
+        args: dict[str, Any] | None = None,
+        *,
+        priority: int | None = None,
+        run_at: float | None = None,
+        unique_key: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Queue a job; returns (job, created). ArgumentError for bad input, QueueFull."""
+        spec = self.kind(kind)
+        args = args or {}
+        if any(a.type == "url" for a in spec.args.values()):
+            # Resolving a host name blocks: keep it off the event loop.
+            args = await asyncio.to_thread(validate_args, spec, args, self.settings.input_path)
+        else:
+            args = validate_args(spec, args, self.settings.input_path)
+        now = time.time()
+        job = Job(
+            id=new_id(now),
+            kind=kind,
+            owner=owner,
+            args=args,
+            priority=spec.priority if priority is None else priority,
+            max_attempts=spec.max_attempts,
+            created_at=now,
+            run_at=max(now, run_at) if run_at is not None else now,
+            memory_mb=spec.memory_mb,
+            unique_key=unique_key,
+            idempotency_key=idempotency_key,
+        )
+        return await self.store.submit(job, self.quota)
+
+    async def get(self, job_id: str) -> Job | None:
+        return await self.store.get(job_id)
+
+    def position(self, job: Job) -> int | None:
+        return self.positions.position(job.id) if job.state is State.QUEUED else None
+
+    def to_json(self, job: Job) -> dict[str, Any]:
+        return job.to_json(self.position(job))
+
+    async def cancel(self, job_id: str, wait_s: float = 0.0) -> Job:
+        """Cancel a queued job now, or ask the worker of a running one to stop it.
+
+        With `wait_s`, wait that long for a running job's process to be gone.
+        """
+        with self.bus.subscribe(lambda e: (e.job_id == job_id and e.type == "job.cancelled")
+                                or (e.job_id == job_id and e.type in _ENDS)) as sub:
+            job = await self.store.cancel(job_id)
+            if job.state is State.RUNNING and wait_s > 0:
+                try:
+                    await asyncio.wait_for(sub.get(), wait_s)
+                except TimeoutError:
+                    return job
+                return await self.store.get(job_id) or job
+        return job
+
+    async def retry(self, job_id: str) -> Job:
+        return await self.store.retry(job_id)
+
+    async def delete(self, job_id: str) -> Job:
+        job = await self.store.delete(job_id)
+        self._remove_folder(job_id)
+        return job
+
+    async def clean(self, older_than_s: float, owner: str | None = None) -> int:
+        """Delete finished jobs older than `older_than_s`, their logs and outputs."""
+        keep = self.settings.retention.per_user_history
+        ids = await self.store.finished_before(time.time() - older_than_s, owner, keep)
+        count = await self.store.delete_many(ids)
+        for job_id in ids:
+            self._remove_folder(job_id)
+        return count
+
+    async def stats(self) -> Stats:
+        return await self.store.stats()
+
+    # --- what the worker reports -------------------------------------------------------
+    def job_dir(self, job_id: str) -> Path:
+        return self.settings.data_path / "jobs" / job_id
+
+    def _remove_folder(self, job_id: str) -> None:
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def outcome(self, job: Job, run: RunResult) -> Outcome:
+        """What a run's end means for the job: completed, failed, cancelled or a retry."""
+        common: dict[str, Any] = {"peak_memory_mb": run.peak_memory_mb,
+                                  "outputs": list(run.outputs)}
+        if run.cancelled:
+            return Outcome(State.CANCELLED, error=None, message="cancelled", **common)
+        if run.ok:
+            return Outcome(State.COMPLETED, result=run.result, message="completed", **common)
+        spec = self.settings.kinds.get(job.kind)
+        retryable = run.retryable and spec is not None and job.attempt < job.max_attempts
+        if retryable and spec is not None and spec.retry_on_exit_codes is not None:
+            retryable = run.exit_code in spec.retry_on_exit_codes
+        if retryable and spec is not None:
+            delay = backoff_s(job.attempt, spec.backoff_s, spec.backoff_max_s, random.random())
+            return Outcome(State.QUEUED, error=run.error, retry_at=time.time() + delay,
+                           message=f"attempt {job.attempt} failed; retrying in {delay:.1f} s",
+                           **common)
+        return Outcome(State.FAILED, error=run.error, message="failed", **common)
+
+
+_ENDS = frozenset({"job.completed", "job.failed", "job.cancelled", "job.retrying"})
+FINAL_STATES = FINAL

@@ -1,0 +1,101 @@
+"""Admission: which queued jobs may start now. Pure functions, no I/O.
+
+Dispatch order is `Job.dispatch_key`: priority (higher first), then virtual time `vt`,
+then id. `vt` is how users share the queue fairly: a new job gets
+`max(clock, the owner's last queued vt) + 1`, where `clock` is the largest vt ever
+claimed. So a user's jobs are numbered 1, 2, 3… from the present moment on, and the queue
+takes the first job of every user before the second of any: a user with 50 queued jobs
+does not starve one with 1, and within one user it is first in, first out. A retried job
+gets a new vt the same way, which puts it behind its owner's peers.
+
+The keys never change while a job waits, so a job's position is its rank among the
+queued keys, kept in an order-statistic index (`positions.py`) instead of counted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from jobgate.model import Job
+
+
+def next_vt(clock: int, owner_last_vt: int | None) -> int:
+    """The virtual time of a job entering the queue now."""
+    return max(clock, owner_last_vt or 0) + 1
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What may run at once, across every node of one database."""
+
+    max_running: int
+    per_user_running: int | None = None
+    memory_budget_mb: int | None = None
+    kind_max_running: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Running:
+    """What runs now: counts by owner and kind, and the memory they reserve."""
+
+    total: int = 0
+    memory_mb: int = 0
+    by_owner: Counter[str] = field(default_factory=Counter)
+    by_kind: Counter[str] = field(default_factory=Counter)
+
+    def add(self, owner: str, kind: str, memory_mb: int, count: int = 1) -> None:
+        self.total += count
+        self.memory_mb += memory_mb
+        self.by_owner[owner] += count
+        self.by_kind[kind] += count
+
+
+def free_slots(limits: Limits, running: Running, slots: int) -> int:
+    """How many jobs a node with `slots` free slots may claim at most."""
+    return max(0, min(slots, limits.max_running - running.total))
+
+
+def blocked(limits: Limits, running: Running) -> tuple[set[str], set[str]]:
+    """Owners and kinds that are at their limit, so no job of theirs can start."""
+    owners = set()
+    if limits.per_user_running is not None:
+        owners = {o for o, n in running.by_owner.items() if n >= limits.per_user_running}
+    kinds = {k for k, cap in limits.kind_max_running.items() if running.by_kind[k] >= cap}
+    return owners, kinds
+
+
+def admit(candidates: list[Job], limits: Limits, running: Running, slots: int) -> list[Job]:
+    """The candidates (in dispatch order) that may start now, honouring every limit.
+
+    `running` is updated with the admitted jobs.
+    """
+    chosen: list[Job] = []
+    room = free_slots(limits, running, slots)
+    for job in candidates:
+        if len(chosen) >= room:
+            break
+        if limits.per_user_running is not None and (
+            running.by_owner[job.owner] >= limits.per_user_running
+        ):
+            continue
+        cap = limits.kind_max_running.get(job.kind)
+        if cap is not None and running.by_kind[job.kind] >= cap:
+            continue
+        if limits.memory_budget_mb is not None and (
+            running.memory_mb + job.memory_mb > limits.memory_budget_mb
+        ):
+            continue
+        running.add(job.owner, job.kind, job.memory_mb)
+        chosen.append(job)
+    return chosen
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float, jitter: float) -> float:
+    """Exponential backoff before retry number `attempt` (1 = first retry).
+
+    `jitter` in [0, 1) spreads retries of many jobs failing together ("full jitter" on
+    the upper half, so a retry never comes sooner than half the nominal delay).
+    """
+    nominal: float = min(max_s, base_s * 2 ** max(0, attempt - 1))
+    return nominal / 2 + nominal / 2 * jitter

@@ -1,0 +1,217 @@
+"""The storage seam: what every backend persists and claims atomically.
+
+The domain verbs in `queue.py` do the bookkeeping; a backend turns each call into one
+transaction, checks every state change against `model.TRANSITIONS`, and writes the event
+of every change in that same transaction, so an event exists exactly when its change does.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobgate.model import DispatchKey, Event, Job, State
+from jobgate.scheduler import Limits
+
+
+class StoreError(Exception):
+    """Base of the errors a store raises on purpose."""
+
+
+class NotFound(StoreError):
+    """No such job (or user)."""
+
+
+class QueueFull(StoreError):
+    """A queue limit refuses the job (HTTP 429)."""
+
+
+class Conflict(StoreError):
+    """A name or key already taken (HTTP 409)."""
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Limits checked when a job enters the queue."""
+
+    max_queued: int | None = None
+    per_user_queued: int | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a running job ended, reported by its worker and persisted by `finish`."""
+
+    state: State
+    result: Any = None
+    error: str | None = None
+    message: str | None = None
+    peak_memory_mb: float | None = None
+    outputs: list[str] = field(default_factory=list)
+    retry_at: float | None = None  # set when the job goes back to the queue
+    hand_back: bool = False  # going back because its worker stops: the attempt is not counted
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    admin: bool
+    password_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    jobs: list[Job]
+    next: str | None
+
+
+@dataclass(frozen=True)
+class Stats:
+    counts: dict[str, int]
+    memory_reserved_mb: int
+    finished_last_min: int
+    avg_duration_s: float | None
+    success_rate: float | None
+
+
+EventListener = Callable[[list[Event]], None]
+
+
+class Store(ABC):
+    """One database. Backends: `SqliteStore`, and PostgreSQL next (same conformance tests)."""
+
+    #: The backend can wake other processes itself (LISTEN/NOTIFY); SQLite cannot, so
+    #: other processes read its event outbox by cursor.
+    supports_notify: bool = False
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and migrate; events committed from now on reach `listen` callbacks."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    def listen(self, callback: EventListener) -> None:
+        """Call `callback` (on the event loop that opened the store) with every committed
+        event of this database, in `seq` order, including other processes' events."""
+
+    # --- jobs -----------------------------------------------------------------------
+    @abstractmethod
+    async def submit(self, job: Job, quota: Quota) -> tuple[Job, bool]:
+        """Insert a queued job (vt assigned here). Returns (job, created): an existing job
+        with the same owner and idempotency key, or an active one with the same
+        unique_key, is returned instead of a new one. QueueFull past the quota."""
+
+    @abstractmethod
+    async def get(self, job_id: str) -> Job | None: ...
+
+    @abstractmethod
+    async def list_jobs(
+        self,
+        owner: str | None,
+        state: State | None = None,
+        kind: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> Page:
+        """Newest first; `before` is the `next` cursor of the previous page."""
+
+    @abstractmethod
+    async def claim(
+        self, worker: str, slots: int, limits: Limits, lease_s: float, kinds: list[str]
+    ) -> list[Job]:
+        """Atomically move up to `slots` ready jobs (of `kinds`) to running, in dispatch
+        order, honouring `limits` across every node."""
+
+    @abstractmethod
+    async def renew(self, worker: str, leases: dict[str, int], lease_s: float) -> set[str]:
+        """Extend the leases of running jobs {id: token}; returns the ids this worker must
+        stop: lease lost (the token moved on) or cancel requested."""
+
+    @abstractmethod
+    async def set_pid(self, job_id: str, token: int, pid: int | None) -> None: ...
+
+    @abstractmethod
+    async def finish(self, job_id: str, token: int, outcome: Outcome) -> Job | None:
+        """Persist how a running job ended, if `token` still holds its lease; None if not."""
+
+    @abstractmethod
+    async def progress(
+        self, job_id: str, token: int, percent: float | None, message: str | None
+    ) -> None: ...
+
+    @abstractmethod
+    async def append_logs(self, job_id: str, lines: list[str], cap: int) -> None:
+        """Add log lines; past `cap` lines per job, lines are counted but not kept."""
+
+    @abstractmethod
+    async def logs(self, job_id: str, after: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
+        """(n, line) with n > after; a final line tells how many were not kept."""
+
+    @abstractmethod
+    async def cancel(self, job_id: str) -> Job:
+        """Queued: cancelled now. Running: cancel requested, the worker ends it."""
+
+    @abstractmethod
+    async def retry(self, job_id: str) -> Job:
+        """Failed or cancelled → queued again, attempts counted afresh."""
+
+    @abstractmethod
+    async def delete(self, job_id: str) -> Job:
+        """Delete a finished job with its logs; IllegalMove if it is not finished."""
+
+    @abstractmethod
+    async def recover(self, lost_workers: Collection[str] = ()) -> list[Job]:
+        """Running jobs whose lease expired, or whose worker is known dead: queued again
+        while attempts remain (and not cancel-requested), else failed with "worker lost".
+        The jobs returned carry the `pid` their lost worker had recorded."""
+
+    @abstractmethod
+    async def expire_queued(self, start_timeout_s: float) -> list[Job]:
+        """Fail jobs still queued `start_timeout_s` after they became ready."""
+
+    @abstractmethod
+    async def finished_before(
+        self, ts: float, owner: str | None = None, keep_per_user: int | None = None
+    ) -> list[str]:
+        """Ids of finished jobs to clean: finished before `ts`, or past the per-user cap."""
+
+    @abstractmethod
+    async def delete_many(self, job_ids: list[str]) -> int: ...
+
+    # --- the queue ------------------------------------------------------------------
+    @abstractmethod
+    async def queued_keys(self) -> list[tuple[DispatchKey, float]]:
+        """(dispatch key, run_at) of every queued job, to rebuild the position index."""
+
+    @abstractmethod
+    async def next_run_at(self) -> float | None:
+        """The earliest run_at among queued jobs (to sleep until it, not poll)."""
+
+    @abstractmethod
+    async def stats(self) -> Stats: ...
+
+    @abstractmethod
+    async def running_jobs(self, worker: str | None = None) -> list[Job]: ...
+
+    @abstractmethod
+    async def events_after(self, seq: int, limit: int = 1000) -> list[Event]: ...
+
+    @abstractmethod
+    async def prune_events(self, before_ts: float) -> int: ...
+
+    # --- users ----------------------------------------------------------------------
+    @abstractmethod
+    async def add_user(self, name: str, password_hash: str | None, admin: bool) -> User: ...
+
+    @abstractmethod
+    async def get_user(self, name: str) -> User | None: ...
+
+    @abstractmethod
+    async def add_token(self, user: str, token_hash: str) -> None: ...
+
+    @abstractmethod
+    async def user_for_token(self, token_hash: str) -> User | None: ...

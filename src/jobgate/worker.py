@@ -1,0 +1,290 @@
+"""The worker: a claim loop gated by free slots, plus a few named side loops.
+
+- claim loop: claims as many ready jobs as it has free slots, in one transaction; sleeps
+  until an event (a job queued, a job ended anywhere) or the next `run_at`, never polling
+  tighter than `worker.poll_s`.
+- lease renewal: its own thread with its own event loop, so a job that hogs this process's
+  event loop cannot starve it; a lease it finds lost stops the job.
+- reporter: writes buffered progress and log lines of every running job a few times a
+  second, so a chatty job costs a few writes, not one per line.
+- recovery: requeues (or fails) jobs whose worker died, and reaps their process groups.
+- start timeout and retention: fail jobs queued too long; clean old jobs and events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from jobgate import executor
+from jobgate.model import Event, Job, State
+from jobgate.queue import JobQueue, RunResult
+from jobgate.store.base import Outcome
+
+log = logging.getLogger("jobgate.worker")
+
+_REPORT_S = 0.25
+_RETENTION_S = 300.0
+_WAKE_TYPES = frozenset({"job.queued", "job.retrying", "job.completed", "job.failed",
+                         "job.cancelled"})
+
+
+def default_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class _Run:
+    job: Job
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    lost: bool = False  # the lease went to someone else: report nothing more
+    logs: list[str] = field(default_factory=list)
+    progress: tuple[float | None, str | None] | None = None
+
+
+class Worker:
+    """Runs jobs of one `JobQueue` with up to `slots` at a time."""
+
+    def __init__(self, queue: JobQueue, name: str | None = None, slots: int | None = None):
+        self.queue = queue
+        self.settings = queue.settings
+        self.name = name or self.settings.worker.name or default_name()
+        self.slots = slots or self.settings.slots
+        self._runs: dict[str, _Run] = {}
+        self._wake = asyncio.Event()
+        self._threads = concurrent.futures.ThreadPoolExecutor(self.slots, "jobgate-job")
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._renewer: threading.Thread | None = None
+
+    @property
+    def running(self) -> list[Job]:
+        return [r.job for r in self._runs.values()]
+
+    async def run(self) -> None:
+        """Work until `stop()`; then hand running jobs back to the queue."""
+        loop = asyncio.get_running_loop()
+        sub = self.queue.bus.subscribe(self._wants, buffer=100_000)
+        self._renewer = threading.Thread(target=self._renew_thread, args=(loop,),
+                                         name="jobgate-lease", daemon=True)
+        self._renewer.start()
+        side = [asyncio.create_task(c, name=n) for n, c in self._side_loops(sub).items()]
+        try:
+            await self._recover(startup=True)
+            await self._claim_loop()
+        finally:
+            for task in side:
+                task.cancel()
+            await asyncio.gather(*side, return_exceptions=True)
+            sub.close()
+            await self._hand_back()
+            self._threads.shutdown(wait=False, cancel_futures=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _side_loops(self, sub: Any) -> dict[str, Coroutine[Any, Any, None]]:
+        loops = {
+            "events": self._event_loop(sub),
+            "reporter": self._report_loop(),
+            "recovery": self._recovery_loop(),
+            "retention": self._retention_loop(),
+        }
+        if self.settings.limits.start_timeout is not None:
+            loops["start-timeout"] = self._start_timeout_loop(self.settings.limits.start_timeout)
+        return loops
+
+    # --- claiming -----------------------------------------------------------------------
+    async def _claim_loop(self) -> None:
+        kinds = sorted(self.settings.kinds)
+        lease_s = self.settings.worker.lease_s
+        while not self._stop.is_set():
+            free = self.slots - len(self._runs)
+            self._wake.clear()
+            if free > 0:
+                jobs = await self.queue.store.claim(self.name, free, self.queue.limits, lease_s,
+                                                    kinds)
+                for job in jobs:
+                    self._start(job)
+                if jobs:
+                    continue
+            await self._sleep(free > 0)
+
+    async def _sleep(self, idle: bool) -> None:
+        timeout = self.settings.worker.poll_s
+        if idle:
+            next_at = await self.queue.store.next_run_at()
+            if next_at is not None and next_at > time.time():
+                timeout = min(timeout, next_at - time.time() + 0.001)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _wants(self, event: Event) -> bool:
+        return event.type in _WAKE_TYPES or bool(event.data.get("cancel_requested"))
+
+    async def _event_loop(self, sub: Any) -> None:
+        while True:
+            event = await sub.get()
+            if event.data.get("cancel_requested"):
+                run = self._runs.get(event.job_id or "")
+                if run is not None:
+                    run.cancel.set()
+            else:
+                self._wake.set()
+
+    def _start(self, job: Job) -> None:
+        run = _Run(job)
+        self._runs[job.id] = run
+        self._spawn(self._execute(run))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, run: _Run) -> None:
+        job = run.job
+        kind = self.settings.kinds[job.kind]
+        token = job.lease_token
+
+        def progress(percent: float | None, message: str | None) -> None:
+            run.progress = (percent, message)
+
+        async def on_pid(pid: int) -> None:
+            await self.queue.store.set_pid(job.id, token, pid)
+
+        try:
+            result = await executor.run(
+                job, kind, self.queue.job_dir(job.id), progress, run.logs.append, run.cancel,
+                self.settings.worker.cancel_grace_s, self._threads, on_pid)
+        except Exception as exc:  # a bug or a broken kind must still end the job
+            log.exception("job %s crashed the executor", job.id)
+            result = RunResult(ok=False, error=f"internal error: {exc}", retryable=False)
+        try:
+            if not run.lost:
+                await self._report(run)
+                if self._stop.is_set() and result.cancelled and not job.cancel_requested \
+                        and not await self._cancel_requested(job.id):
+                    outcome = Outcome(State.QUEUED, retry_at=time.time(), hand_back=True,
+                                      message="handed back: its worker stopped")
+                else:
+                    outcome = self.queue.outcome(job, result)
+                await self.queue.store.finish(job.id, token, outcome)
+        finally:
+            self._runs.pop(job.id, None)
+            self._wake.set()
+
+    async def _cancel_requested(self, job_id: str) -> bool:
+        current = await self.queue.store.get(job_id)
+        return current is not None and current.cancel_requested
+
+    async def _hand_back(self) -> None:
+        """On stop: stop running jobs and give them back to the queue, uncounted."""
+        for run in self._runs.values():
+            run.cancel.set()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- reporting ----------------------------------------------------------------------
+    async def _report(self, run: _Run) -> None:
+        store, job = self.queue.store, run.job
+        if run.logs:
+            lines, run.logs[:] = list(run.logs), []
+            await store.append_logs(job.id, lines, self.settings.worker.log_max_lines)
+        if run.progress is not None:
+            (percent, message), run.progress = run.progress, None
+            await store.progress(job.id, job.lease_token, percent, message)
+
+    async def _report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_REPORT_S)
+            pending = [r for r in self._runs.values() if (r.logs or r.progress) and not r.lost]
+            if pending:
+                await asyncio.gather(*(self._report(r) for r in pending))
+
+    # --- leases -------------------------------------------------------------------------
+    def _renew_thread(self, main: asyncio.AbstractEventLoop) -> None:
+        asyncio.run(self._renew_loop(main))
+
+    async def _renew_loop(self, main: asyncio.AbstractEventLoop) -> None:
+        lease_s = self.settings.worker.lease_s
+        while not self._stop.is_set():
+            await asyncio.sleep(lease_s / 3)
+            leases = {r.job.id: r.job.lease_token for r in list(self._runs.values())}
+            if not leases:
+                continue
+            try:
+                stop = await self.queue.store.renew(self.name, leases, lease_s)
+            except Exception:
+                log.exception("lease renewal failed; trying again")
+                continue
+            if stop:
+                main.call_soon_threadsafe(self._stop_runs, stop)
+
+    def _stop_runs(self, job_ids: set[str]) -> None:
+        for job_id in job_ids:
+            run = self._runs.get(job_id)
+            if run is None:
+                continue
+            run.cancel.set()
+            # Cancel requested: the worker still ends it as cancelled. Lease lost: the job
+            # belongs to someone else now, so this worker reports nothing more.
+            self._spawn(self._check_lost(run))
+
+    async def _check_lost(self, run: _Run) -> None:
+        current = await self.queue.store.get(run.job.id)
+        if current is None or current.lease_token != run.job.lease_token or \
+                current.state is not State.RUNNING:
+            run.lost = True
+
+    # --- recovery, timeouts, retention --------------------------------------------------
+    async def _recover(self, startup: bool = False) -> None:
+        lost = []
+        if startup:
+            lost = [j.worker for j in await self.queue.store.running_jobs()
+                    if j.worker and _dead_local_worker(j.worker, self.name)]
+        for job in await self.queue.store.recover(lost):
+            log.warning("recovered job %s from lost worker %s", job.id, job.worker)
+            if job.pid and job.worker and _is_local(job.worker):
+                executor.reap_group(job.pid, job.started_at)
+
+    async def _recovery_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(1.0, self.settings.worker.lease_s / 3))
+            await self._recover()
+
+    async def _start_timeout_loop(self, timeout_s: float) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, max(0.2, timeout_s / 4)))
+            await self.queue.store.expire_queued(timeout_s)
+
+    async def _retention_loop(self) -> None:
+        retention = self.settings.retention
+        while True:
+            await self.queue.clean(retention.finished)
+            await self.queue.store.prune_events(time.time() - retention.events)
+            await asyncio.sleep(_RETENTION_S)
+
+
+def _is_local(worker: str) -> bool:
+    return worker.rpartition(":")[0] == socket.gethostname()
+
+
+def _dead_local_worker(worker: str, me: str) -> bool:
+    """A worker of this host named `host:pid` whose process is gone (a crash, kill -9)."""
+    if worker == me or not _is_local(worker):
+        return False
+    pid = worker.rpartition(":")[2]
+    return pid.isdigit() and not psutil.pid_exists(int(pid))

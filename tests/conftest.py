@@ -1,0 +1,226 @@
+"""Shared fixtures: real SQLite files, real `jobgate serve` processes, real subprocesses.
+
+Each test gets its own folder, database file and server; a server fixture starts a real
+`python -m jobgate serve` on a free loopback port and waits for /health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from jobgate.auth import hash_password, new_token
+from jobgate.config import Settings, load_settings
+from jobgate.queue import JobQueue
+from jobgate.store import store_for_url
+from jobgate.worker import Worker
+
+# Kinds the tests use; `tests/kinds.py` holds the Python ones.
+TEST_KINDS = """
+[kinds.noop]
+function = "jobgate.demo:noop"
+
+[kinds.sleep]
+argv = ["sleep", "{seconds}"]
+[kinds.sleep.args]
+seconds = { type = "number", min = 0, max = 600, default = 1 }
+
+[kinds.steps]
+argv = [
+    "sh", "-c",
+    "for i in $(seq 1 $0); do echo \\"progress=$((i * 100 / $0)) step $i\\"; sleep $1; done",
+    "{count}", "{delay}",
+]
+progress = 'progress=(?P<percent>[0-9.]+) (?P<message>.*)'
+[kinds.steps.args]
+count = { type = "integer", min = 1, max = 1000, default = 5 }
+delay = { type = "number", min = 0, max = 10, default = 0.1 }
+
+[kinds.fail]
+argv = ["sh", "-c", "echo doing >&1; echo \\"boom $0\\" >&2; exit $1", "{label}", "{code}"]
+max_attempts = 3
+backoff = "0.2s"
+[kinds.fail.args]
+label = { type = "string", default = "x" }
+code = { type = "integer", default = 3 }
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(params=["sqlite"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every backend the storage conformance suite must pass (PostgreSQL joins later)."""
+    return f"sqlite:///{tmp_path / 'jobgate.db'}"
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, db_url: str) -> Callable[..., Settings]:
+    """Settings from TOML text added to a test base (own data dir, input dir, database)."""
+
+    def make(extra: str = "", kinds: str = TEST_KINDS) -> Settings:
+        (tmp_path / "input").mkdir(exist_ok=True)
+        path = tmp_path / "jobgate.toml"
+        path.write_text(
+            f'[server]\ndata_dir = "{tmp_path / "data"}"\ninput_dir = "{tmp_path / "input"}"\n'
+            f'[storage]\nurl = "{db_url}"\n' + textwrap.dedent(extra) + kinds
+        )
+        return load_settings(path, env={})
+
+    return make
+
+
+@pytest.fixture
+async def open_queue() -> AsyncIterator[Callable[[Settings], Any]]:
+    """Opens a JobQueue (and optionally a worker) on the given settings; closes them after."""
+    opened: list[tuple[JobQueue, Worker | None, asyncio.Task[None] | None]] = []
+
+    async def open_(settings: Settings, worker: bool = True, **worker_kw: Any
+                    ) -> tuple[JobQueue, Worker | None]:
+        queue = JobQueue(settings, store_for_url(settings.storage.url))
+        await queue.open()
+        w = Worker(queue, **worker_kw) if worker else None
+        task = asyncio.create_task(w.run()) if w else None
+        opened.append((queue, w, task))
+        return queue, w
+
+    yield open_
+    for queue, w, task in reversed(opened):
+        if w is not None and task is not None:
+            w.stop()
+            await task
+        await queue.close()
+
+
+async def wait_state(queue: JobQueue, job_id: str, *states: str, timeout_s: float = 30) -> Any:
+    """Wait (on events, polling as a fallback) until the job is in one of `states`."""
+    deadline = time.monotonic() + timeout_s
+    with queue.bus.subscribe(lambda e: e.job_id == job_id) as sub:
+        while True:
+            job = await queue.get(job_id)
+            if job is not None and job.state.value in states:
+                return job
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"job {job_id} is {job and job.state}, not {states}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sub.get(), min(remaining, 0.5))
+
+
+class Server:
+    """A real `jobgate serve` process with users alice (admin), bob and carol."""
+
+    def __init__(self, folder: Path, config: str) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        (folder / "input").mkdir(exist_ok=True)
+        self.config = folder / "jobgate.toml"
+        self.config.write_text(
+            f'[server]\nport = {self.port}\ndata_dir = "{folder / "data"}"\n'
+            f'input_dir = "{folder / "input"}"\n'
+            f'[storage]\nurl = "sqlite:///{folder / "jobgate.db"}"\n' + textwrap.dedent(config)
+        )
+        self.tokens: dict[str, str] = {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = folder / "serve.log"
+
+    def env(self, user: str | None = None) -> dict[str, str]:
+        env = {**os.environ, "JOBGATE_URL": self.url, "JOBGATE_CONFIG": str(self.config)}
+        env.pop("JOBGATE_TOKEN", None)
+        if user is not None:
+            env["JOBGATE_TOKEN"] = self.tokens[user]
+        return env
+
+    def add_users(self) -> None:
+        async def add() -> None:
+            settings = load_settings(self.config, env={})
+            store = store_for_url(settings.storage.url)
+            await store.open()
+            for name in ("alice", "bob", "carol"):
+                await store.add_user(name, hash_password(f"{name}-password"), name == "alice")
+                self.tokens[name] = await new_token(store, name)
+            await store.close()
+
+        asyncio.run(add())
+
+    def start(self, *extra: str) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "jobgate", "serve", *extra], cwd=self.folder,
+                env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"jobgate serve exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("jobgate serve did not become healthy in 30 s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
+
+    def client(self, user: str | None = "alice") -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def cli(self, *args: str, user: str | None = "alice", input: str | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "jobgate", *args], env=self.env(user), cwd=self.folder,
+            capture_output=True, text=True, input=input, timeout=60,
+        )
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """`start_server(config_toml)` → a running Server; stopped after the test."""
+    servers: list[Server] = []
+
+    def start(config: str = "", kinds: str = TEST_KINDS) -> Server:
+        folder = tmp_path / f"server{len(servers)}"
+        folder.mkdir()
+        server = Server(folder, config + kinds)
+        server.add_users()
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
