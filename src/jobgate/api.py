@@ -92,6 +92,16 @@ def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
                   description="A job queue for heavy, long-running work shared by many people.")
     _install_errors(app)
     _install_routes(app, settings)
+    limit = settings.server.max_request_kb * 1024
+
+    @app.middleware("http")
+    async def body_limit(request: Request, call_next: Any) -> Response:
+        length = request.headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > limit:
+            return _error(413, "too_large", f"request body over {limit // 1024} KB")
+        response: Response = await call_next(request)
+        return response
+
     return app
 
 

@@ -16,8 +16,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-import httpx
-
 from jobgate.config import DEFAULT_PORT, ConfigError, Settings, load_settings, parse_duration
 
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
@@ -156,12 +154,16 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 class Client:
     def __init__(self) -> None:
+        import httpx  # only client commands pay for it
+
         self.url = os.environ.get("JOBGATE_URL", DEFAULT_URL).rstrip("/")
         token = os.environ.get("JOBGATE_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:

@@ -42,7 +42,16 @@ class EventBus:
 
     def __init__(self) -> None:
         self._subs: set[Subscription] = set()
+        self._callbacks: list[Callable[[Event], None]] = []
         self.last_seq = 0
+
+    def on(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Call `callback(event)` for every event, synchronously; returns an unsubscriber.
+
+        For cheap in-process reactions (waking the worker); a callback must not block.
+        """
+        self._callbacks.append(callback)
+        return lambda: self._callbacks.remove(callback)
 
     def subscribe(
         self, accept: Callable[[Event], bool] = lambda e: True, buffer: int = DEFAULT_BUFFER
@@ -54,6 +63,8 @@ class EventBus:
     def publish(self, events: list[Event]) -> None:
         for event in events:
             self.last_seq = max(self.last_seq, event.seq)
+            for callback in self._callbacks:
+                callback(event)
             for sub in list(self._subs):
                 if not sub.accept(event):
                     continue

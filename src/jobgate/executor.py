@@ -273,7 +273,10 @@ async def _run_python(job: Job, kind: Kind, folder: Path, progress: ProgressFn, 
                       threads: concurrent.futures.Executor) -> RunResult:
     assert kind.function is not None
     loop = asyncio.get_running_loop()
-    func = load_function(kind.function, f"kinds.{kind.name}.function", RuntimeError)
+    func = _functions.get(kind.function)
+    if func is None:
+        func = _functions[kind.function] = load_function(
+            kind.function, f"kinds.{kind.name}.function", RuntimeError)
     ctx = JobContext(job, folder, progress, log, cancel, loop)
     if inspect.iscoroutinefunction(func):
         task: asyncio.Future[Any] = asyncio.ensure_future(func(ctx, **job.args))
@@ -304,6 +307,9 @@ async def _run_python(job: Job, kind: Kind, folder: Path, progress: ProgressFn, 
     if cancel.is_set():
         return RunResult(ok=False, cancelled=True)
     return RunResult(ok=True, result=_jsonable(value))
+
+
+_functions: dict[str, Callable[..., Any]] = {}  # imported once per process
 
 
 def _jsonable(value: Any) -> Any:

@@ -75,11 +75,11 @@ class Worker:
     async def run(self) -> None:
         """Work until `stop()`; then hand running jobs back to the queue."""
         loop = asyncio.get_running_loop()
-        sub = self.queue.bus.subscribe(self._wants, buffer=100_000)
+        unsubscribe = self.queue.bus.on(self._on_event)
         self._renewer = threading.Thread(target=self._renew_thread, args=(loop,),
                                          name="jobgate-lease", daemon=True)
         self._renewer.start()
-        side = [asyncio.create_task(c, name=n) for n, c in self._side_loops(sub).items()]
+        side = [asyncio.create_task(c, name=n) for n, c in self._side_loops().items()]
         try:
             await self._recover(startup=True)
             await self._claim_loop()
@@ -87,7 +87,7 @@ class Worker:
             for task in side:
                 task.cancel()
             await asyncio.gather(*side, return_exceptions=True)
-            sub.close()
+            unsubscribe()
             await self._hand_back()
             self._threads.shutdown(wait=False, cancel_futures=True)
 
@@ -95,9 +95,8 @@ class Worker:
         self._stop.set()
         self._wake.set()
 
-    def _side_loops(self, sub: Any) -> dict[str, Coroutine[Any, Any, None]]:
+    def _side_loops(self) -> dict[str, Coroutine[Any, Any, None]]:
         loops = {
-            "events": self._event_loop(sub),
             "reporter": self._report_loop(),
             "recovery": self._recovery_loop(),
             "retention": self._retention_loop(),
@@ -131,18 +130,14 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
-    def _wants(self, event: Event) -> bool:
-        return event.type in _WAKE_TYPES or bool(event.data.get("cancel_requested"))
-
-    async def _event_loop(self, sub: Any) -> None:
-        while True:
-            event = await sub.get()
-            if event.data.get("cancel_requested"):
-                run = self._runs.get(event.job_id or "")
-                if run is not None:
-                    run.cancel.set()
-            else:
-                self._wake.set()
+    def _on_event(self, event: Event) -> None:
+        """Wake the claim loop when a job is queued or ends anywhere; stop cancelled runs."""
+        if event.type in _WAKE_TYPES:
+            self._wake.set()
+        elif event.type == "job.progress" and event.data.get("cancel_requested"):
+            run = self._runs.get(event.job_id or "")
+            if run is not None:
+                run.cancel.set()
 
     def _start(self, job: Job) -> None:
         run = _Run(job)

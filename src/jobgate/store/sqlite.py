@@ -50,7 +50,7 @@ from jobgate.store.base import (
 
 T = TypeVar("T")
 _BATCH_MAX = 512  # operations per transaction
-_IDLE_CHECK_S = 0.2  # how often an idle connection looks for other processes' events
+_IDLE_CHECK_S = 0.05  # how often an idle connection looks for other processes' events
 _BUSY_TIMEOUT_MS = 5000
 log = logging.getLogger("jobgate.store")
 _FINAL = tuple(s.value for s in FINAL)
