@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobgate.auth import AuthError, user_for_bearer
@@ -47,7 +48,7 @@ class SubmitBody(BaseModel):
     kind: str = Field(min_length=1, max_length=64)
     args: dict[str, Any] = Field(default_factory=dict)
     priority: int | None = Field(default=None, ge=-1000, le=1000)
-    run_at: str | float | None = None
+    run_at: StrictStr | StrictInt | StrictFloat | None = None
     unique_key: str | None = Field(default=None, min_length=1, max_length=200)
     depends_on: list[str] | None = None
     webhook_url: str | None = None
@@ -92,17 +93,52 @@ def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
                   description="A job queue for heavy, long-running work shared by many people.")
     _install_errors(app)
     _install_routes(app, settings)
-    limit = settings.server.max_request_kb * 1024
-
-    @app.middleware("http")
-    async def body_limit(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length", "0")
-        if not length.isdigit() or int(length) > limit:
-            return _error(413, "too_large", f"request body over {limit // 1024} KB")
-        response: Response = await call_next(request)
-        return response
-
+    app.add_middleware(_BodyLimit, limit_bytes=settings.server.max_request_kb * 1024)
     return app
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _BodyLimit:
+    """Refuse request bodies over the limit with 413, by Content-Length or as they stream."""
+
+    def __init__(self, app: Any, limit_bytes: int) -> None:
+        self.app, self.limit = app, limit_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = _error(413, "too_large", f"request body over {self.limit // 1024} KB")
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.limit:
+            await too_large(scope, receive, send)
+            return
+        seen = 0
+        started = exceeded = False
+
+        async def counting_receive() -> Any:
+            nonlocal seen, exceeded
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                exceeded = True
+                raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message: Any) -> None:
+            nonlocal started
+            if exceeded and not started:
+                return  # the app's answer to a body cut short gives way to the 413 below
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        with contextlib.suppress(_BodyTooLarge):
+            await self.app(scope, counting_receive, guarded_send)
+        if exceeded and not started:
+            await too_large(scope, receive, send)
 
 
 def _jg(request: Request) -> App:
@@ -134,7 +170,8 @@ async def _own_job(request: Request, job_id: str, user: User) -> Job:
 def _install_routes(app: FastAPI, settings: Settings) -> None:
     @app.post("/api/jobs", status_code=201, tags=["jobs"])
     async def submit(body: SubmitBody, request: Request, user: CurrentUser,
-                     idempotency_key: Annotated[str | None, Header(max_length=200)] = None
+                     idempotency_key: Annotated[str | None,
+                                                Header(min_length=1, max_length=200)] = None
                      ) -> Response:
         """Submit a job; a repeated `Idempotency-Key` returns the first job (200)."""
         jg = _jg(request)
@@ -256,16 +293,21 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
         })
 
 
+_LAST_TIME_S = 253402300799.0  # 9999-12-31T23:59:59Z
+
+
 def _parse_run_at(value: str | float | None) -> float | None:
     if value is None:
         return None
-    if isinstance(value, int | float):
-        return float(value)
     try:
-        return parse_iso(value)
-    except ValueError:
-        raise ApiError(422, "invalid_argument", "run_at: expected an ISO-8601 time",
-                       field="run_at") from None
+        ts = float(value) if isinstance(value, int | float) else parse_iso(value)
+    except (ValueError, OverflowError):
+        ts = math.nan
+    if not 0 <= ts <= _LAST_TIME_S:
+        raise ApiError(422, "invalid_argument",
+                       "run_at: expected an ISO-8601 time (or epoch seconds) before year 10000",
+                       field="run_at")
+    return ts
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:

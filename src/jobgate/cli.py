@@ -11,6 +11,8 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -66,11 +68,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from jobgate.api import create_app
 
     settings = _settings(args, server={"host": args.host, "port": args.port})
+    host, port = settings.server.host, settings.server.port
+    # Bind before anything else: a second server on a busy port must not touch the database.
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     app = create_app(settings, run_worker=not args.no_worker)
-    print(f"jobgate: serving on http://{settings.server.host}:{settings.server.port} "
-          f"({settings.storage.url}, {len(settings.kinds)} kinds)", file=sys.stderr)
-    uvicorn.run(app, host=settings.server.host, port=settings.server.port,
-                log_level=args.log_level, access_log=False)
+    print(f"jobgate: serving on http://{host}:{port} ({settings.storage.url}, "
+          f"{len(settings.kinds)} kinds)", file=sys.stderr)
+    config = uvicorn.Config(app, log_level=args.log_level, access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 
@@ -158,14 +169,23 @@ class Client:
 
         self.url = os.environ.get("JOBGATE_URL", DEFAULT_URL).rstrip("/")
         token = os.environ.get("JOBGATE_TOKEN")
+        if token is not None and not (token.isascii() and token.isprintable()):
+            raise CliError("JOBGATE_TOKEN is not a valid token: it has characters a token "
+                           "never has (print a new one with `jobgate token NAME`)", 2)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        try:
+            self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+            self.http.build_request("GET", "/health")
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise CliError(f"JOBGATE_URL is not a valid URL ({self.url!r}): {exc}", 2) from None
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         import httpx
 
         try:
             response = self.http.request(method, path, **kwargs)
+        except httpx.InvalidURL as exc:
+            raise CliError(f"JOBGATE_URL is not a valid URL ({self.url!r}): {exc}", 2) from None
         except httpx.HTTPError as exc:
             raise CliError(f"cannot reach jobgate at {self.url} ({exc.__class__.__name__}): "
                            "is `jobgate serve` running? (JOBGATE_URL)") from None
@@ -178,6 +198,16 @@ class Client:
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
+
+
+_JOB_ID = re.compile(r"[0-9A-Za-z]{1,64}")
+
+
+def _job_id(text: str) -> str:
+    """A job id as it may appear in a URL path; anything else cannot name a job."""
+    if not _JOB_ID.fullmatch(text):
+        raise CliError(f"no job {text[:80]!r}")
+    return text
 
 
 def _parse_kv(pairs: list[str]) -> dict[str, Any]:
@@ -258,7 +288,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    print(json.dumps(Client().call("GET", f"/api/jobs/{args.id}"), indent=2))
+    print(json.dumps(Client().call("GET", f"/api/jobs/{_job_id(args.id)}"), indent=2))
     return 0
 
 
@@ -266,7 +296,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     client = Client()
     after = 0
     while True:
-        page = client.call("GET", f"/api/jobs/{args.id}/logs", params={"after": after})
+        page = client.call("GET", f"/api/jobs/{_job_id(args.id)}/logs", params={"after": after})
         for line in page["lines"]:
             print(line["line"], flush=True)
         after = page["next"]
@@ -277,13 +307,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    job = Client().call("POST", f"/api/jobs/{args.id}/cancel")
+    job = Client().call("POST", f"/api/jobs/{_job_id(args.id)}/cancel")
     print(f"{job['id']} {job['state']}{' (stopping)' if job['state'] == 'running' else ''}")
     return 0
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    job = Client().call("POST", f"/api/jobs/{args.id}/retry")
+    job = Client().call("POST", f"/api/jobs/{_job_id(args.id)}/retry")
     print(f"{job['id']} {job['state']}" + (f", position {job['position']}"
                                            if job.get("position") else ""))
     return 0

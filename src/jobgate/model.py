@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -65,10 +66,30 @@ def event_type(src: State | None, dst: State) -> str:
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
+class _IdClock:
+    """Keeps ids of one process increasing within a millisecond (a monotonic ULID)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.last = 0
+
+    def next(self, ms: int) -> int:
+        with self.lock:
+            n = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+            if n <= self.last:
+                n = self.last + 1  # same (or an earlier) millisecond: count up from the last
+            self.last = n
+            return n
+
+
+_ids = _IdClock()
+
+
 def new_id(now_s: float | None = None) -> str:
-    """A 26-character ULID: 48 bits of milliseconds, 80 random bits; sorts by creation."""
+    """A 26-character ULID: 48 bits of milliseconds, 80 random bits; sorts by creation,
+    also among ids made in the same millisecond by one process."""
     ms = int((time.time() if now_s is None else now_s) * 1000)
-    n = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    n = _ids.next(ms)
     chars = []
     for _ in range(26):
         chars.append(_CROCKFORD[n & 31])

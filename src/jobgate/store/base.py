@@ -102,8 +102,9 @@ class Store(ABC):
     @abstractmethod
     async def submit(self, job: Job, quota: Quota) -> tuple[Job, bool]:
         """Insert a queued job (vt assigned here). Returns (job, created): an existing job
-        with the same owner and idempotency key, or an active one with the same
-        unique_key, is returned instead of a new one. QueueFull past the quota."""
+        with the same owner and idempotency key, or an active one of the same
+        owner with the same unique_key, is returned instead of a new one. QueueFull past the
+        quota."""
 
     @abstractmethod
     async def get(self, job_id: str) -> Job | None: ...

@@ -360,8 +360,8 @@ class SqliteStore(Store):
                 if same:
                     return same[0], False
             if job.unique_key is not None:
-                same = _select(tx, "unique_key = ? AND state IN ('queued', 'running')",
-                               (job.unique_key,))
+                same = _select(tx, "owner = ? AND unique_key = ? "
+                               "AND state IN ('queued', 'running')", (job.owner, job.unique_key))
                 if same:
                     return same[0], False
             # Counting stops at the limit, so a deep queue costs no more than a full one.

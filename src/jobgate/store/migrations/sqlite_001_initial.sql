@@ -37,7 +37,7 @@ CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE state = 'running';
 CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 CREATE UNIQUE INDEX jobs_idempotency ON jobs (owner, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
-CREATE INDEX jobs_unique_key ON jobs (unique_key) WHERE unique_key IS NOT NULL;
+CREATE INDEX jobs_unique_key ON jobs (owner, unique_key) WHERE unique_key IS NOT NULL;
 
 CREATE TABLE logs (
     job_id TEXT NOT NULL,

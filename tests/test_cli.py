@@ -1,0 +1,358 @@
+"""The real `jobgate` command against a real `jobgate serve`.
+
+One server is shared by the module; each test looks only at the jobs it makes. Carol is
+kept for the `clean` test, which deletes all of her finished jobs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import TEST_KINDS, Server, free_port
+
+JOB_LINE = re.compile(r"^(?P<id>[0-9A-HJKMNP-TV-Z]{26}) (?P<state>queued|running|completed)")
+UNKNOWN_ID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
+STATS_KEYS = {
+    "queued", "running", "max_running", "completed", "failed", "cancelled",
+    "memory_reserved_mb", "memory_budget_mb", "throughput_per_min", "avg_duration_s",
+    "success_rate",
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("cli"), "[limits]\nmax_running = 4\n" + TEST_KINDS)
+    srv.add_users()
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def bob(server: Server) -> Iterator[httpx.Client]:
+    with server.client("bob") as http:
+        yield http
+
+
+def jobgate(server: Server, *args: str, user: str | None = "bob", input: str | None = None,
+            **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m jobgate ARGS` in the server's folder; `env` adds or replaces variables."""
+    return subprocess.run(
+        [sys.executable, "-m", "jobgate", *args], env={**server.env(user), **env},
+        cwd=server.folder, capture_output=True, text=True, input=input, timeout=60,
+    )
+
+
+def submitted(result: subprocess.CompletedProcess[str]) -> str:
+    """The job id `jobgate submit` printed first."""
+    match = JOB_LINE.match(result.stdout.splitlines()[0])
+    assert match, result.stdout
+    return match["id"]
+
+
+def later() -> str:
+    return (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+
+
+def wait_for(http: httpx.Client, job_id: str, *states: str, timeout_s: float = 30
+             ) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job: dict[str, Any] = http.get(f"/api/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} stayed {job['state']}, not {states}")
+        time.sleep(0.05)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0, result
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+# --- users and tokens --------------------------------------------------------------------
+
+def test_user_add_and_token_give_a_working_api_token(server):
+    added = jobgate(server, "user", "add", "dave", "--password-stdin",
+                    input="correct horse battery\n", user=None)
+    assert added.returncode == 0, added.stderr
+    assert "dave" in added.stdout
+
+    issued = jobgate(server, "token", "dave", user=None)
+    assert issued.returncode == 0, issued.stderr
+    token = issued.stdout.strip().splitlines()[-1]
+    assert token.startswith("jg_") and " " not in token
+
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}) as dave:
+        assert dave.get("/api/jobs").json() == {"jobs": [], "next": None}
+        submitted_job = dave.post("/api/jobs", json={"kind": "noop"}).json()
+        assert submitted_job["owner"] == "dave"
+        assert dave.get("/api/jobs", params={"owner": "alice"}).status_code == 403
+
+    listed = jobgate(server, "ls", JOBGATE_TOKEN=token)
+    assert listed.returncode == 0, listed.stderr
+    assert submitted_job["id"] in listed.stdout
+
+
+def test_an_admin_made_by_user_add_sees_everyones_jobs(server, bob):
+    job = bob.post("/api/jobs", json={"kind": "noop"}).json()
+    assert jobgate(server, "user", "add", "erin", "--admin", user=None).returncode == 0
+    token = jobgate(server, "token", "erin", user=None).stdout.strip().splitlines()[-1]
+
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}) as erin:
+        bobs = erin.get("/api/jobs", params={"owner": "bob"})
+    assert bobs.status_code == 200
+    assert job["id"] in {j["id"] for j in bobs.json()["jobs"]}
+
+
+def test_each_token_is_new_and_the_old_ones_keep_working(server):
+    first = jobgate(server, "token", "bob", user=None).stdout.strip().splitlines()[-1]
+    second = jobgate(server, "token", "bob", user=None).stdout.strip().splitlines()[-1]
+
+    assert first != second
+    for token in (first, second, server.tokens["bob"]):
+        assert jobgate(server, "ls", JOBGATE_TOKEN=token).returncode == 0
+
+
+# --- jobs --------------------------------------------------------------------------------
+
+def test_submit_prints_the_id_and_state(server, bob):
+    result = jobgate(server, "submit", "steps", "count=2", "delay=0")
+
+    assert result.returncode == 0, result.stderr
+    job_id = submitted(result)
+    job = bob.get(f"/api/jobs/{job_id}").json()
+    assert job["owner"] == "bob"
+    assert job["args"] == {"count": 2, "delay": 0}
+    assert wait_for(bob, job_id, "completed", "failed")["state"] == "completed"
+
+
+def test_submit_watch_follows_a_job_to_its_end(server, bob):
+    result = jobgate(server, "submit", "steps", "count=4", "delay=0.2", "--watch")
+
+    assert result.returncode == 0, result.stderr
+    job_id = submitted(result)
+    assert "completed" in result.stderr.splitlines()[-1]
+    assert "100.0%" in result.stderr
+    assert bob.get(f"/api/jobs/{job_id}").json()["state"] == "completed"
+
+
+def test_submit_watch_exits_1_when_the_job_fails(server, bob):
+    result = jobgate(server, "submit", "fail", "label=oops", "--watch")
+
+    assert result.returncode == 1, result.stderr
+    job_id = submitted(result)
+    assert "boom oops" in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr
+    assert bob.get(f"/api/jobs/{job_id}").json()["state"] == "failed"
+
+
+def test_ls_show_and_logs(server, bob):
+    job = bob.post("/api/jobs", json={"kind": "steps", "args": {"count": 2, "delay": 0}}).json()
+    wait_for(bob, job["id"], "completed")
+
+    listed = jobgate(server, "ls")
+    assert listed.returncode == 0, listed.stderr
+    [row] = [line for line in listed.stdout.splitlines() if line.startswith(job["id"])]
+    assert row.split()[1:4] == ["steps", "bob", "completed"]
+    assert jobgate(server, "ls", "--state", "queued").stdout.count(job["id"]) == 0
+    as_json = json.loads(jobgate(server, "ls", "--json").stdout)
+    assert job["id"] in {j["id"] for j in as_json["jobs"]}
+
+    shown = jobgate(server, "show", job["id"])
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["id"] == job["id"]
+    assert json.loads(shown.stdout)["state"] == "completed"
+
+    logs = jobgate(server, "logs", job["id"])
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout.splitlines() == ["progress=50 step 1", "progress=100 step 2"]
+
+
+def test_ls_of_one_user_does_not_show_anothers_jobs(server, bob):
+    job = bob.post("/api/jobs", json={"kind": "noop"}).json()
+
+    assert job["id"] in jobgate(server, "ls", user="bob").stdout
+    assert job["id"] not in jobgate(server, "ls", user="carol").stdout
+    assert job["id"] in jobgate(server, "ls", "--owner", "bob", user="alice").stdout
+
+
+def test_logs_follow_ends_when_the_job_ends(server, bob):
+    job = bob.post("/api/jobs", json={"kind": "steps", "args": {"count": 5, "delay": 0.2}}
+                   ).json()
+
+    result = jobgate(server, "logs", job["id"], "--follow")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"progress={i * 20} step {i}" for i in range(1, 6)]
+    assert bob.get(f"/api/jobs/{job['id']}").json()["state"] == "completed"
+
+
+def test_cancel_and_retry(server, bob):
+    job = bob.post("/api/jobs", json={"kind": "steps", "args": {"count": 1, "delay": 0},
+                                      "run_at": later()}).json()
+
+    cancelled = jobgate(server, "cancel", job["id"])
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout.split() == [job["id"], "cancelled"]
+    assert bob.get(f"/api/jobs/{job['id']}").json()["state"] == "cancelled"
+
+    retried = jobgate(server, "retry", job["id"])
+    assert retried.returncode == 0, retried.stderr
+    assert retried.stdout.startswith(f"{job['id']} queued")
+    assert wait_for(bob, job["id"], "completed", "failed")["state"] == "completed"
+
+
+def test_cancel_stops_a_running_job(server, bob):
+    job = bob.post("/api/jobs", json={"kind": "sleep", "args": {"seconds": 300}}).json()
+    wait_for(bob, job["id"], "running")
+
+    result = jobgate(server, "cancel", job["id"])
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[:2] in ([job["id"], "cancelled"], [job["id"], "running"])
+    assert wait_for(bob, job["id"], "cancelled", "completed", "failed")["state"] == "cancelled"
+
+
+def test_stats_show_the_queue(server):
+    text = jobgate(server, "stats")
+    assert text.returncode == 0, text.stderr
+    assert {line.split()[0] for line in text.stdout.splitlines()} == STATS_KEYS
+
+    as_json = jobgate(server, "stats", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    stats = json.loads(as_json.stdout)
+    assert set(stats) == STATS_KEYS
+    assert stats["max_running"] == 4
+
+
+def test_health_exits_0_when_the_server_is_up_and_1_when_it_is_not(server):
+    up = jobgate(server, "health")
+    assert up.returncode == 0, up.stderr
+    assert json.loads(up.stdout)["status"] == "ok"
+
+    down = jobgate(server, "health", JOBGATE_URL=f"http://127.0.0.1:{free_port()}")
+    assert down.returncode == 1
+    assert "cannot reach" in assert_one_line_error(down)
+
+
+def test_clean_deletes_finished_jobs_of_the_caller(server, bob):
+    with server.client("carol") as carol:
+        done = [carol.post("/api/jobs", json={"kind": "noop"}).json()["id"] for _ in range(2)]
+        waiting = carol.post("/api/jobs", json={"kind": "noop", "run_at": later()}).json()
+        bobs = bob.post("/api/jobs", json={"kind": "noop"}).json()
+        for job_id in done:
+            wait_for(carol, job_id, "completed")
+        wait_for(bob, bobs["id"], "completed")
+
+        result = jobgate(server, "clean", "--older-than", "0s", user="carol")
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "deleted 2 finished jobs"
+        for job_id in done:
+            assert carol.get(f"/api/jobs/{job_id}").status_code == 404
+        assert carol.get(f"/api/jobs/{waiting['id']}").json()["state"] == "queued"
+    assert bob.get(f"/api/jobs/{bobs['id']}").json()["state"] == "completed", \
+        "someone else's jobs stay"
+
+    kept = jobgate(server, "clean", "--older-than", "7d", user="bob")
+    assert kept.stdout.strip() == "deleted 0 finished jobs"
+    assert bob.get(f"/api/jobs/{bobs['id']}").status_code == 200
+
+
+# --- errors: one line on stderr, a non-zero exit, never a traceback -----------------------
+
+# (arguments, user, extra environment, stdin, exit code, a piece of the message)
+CLI_ERRORS = [
+    pytest.param(["ls"], "bob", {"JOBGATE_URL": "http://127.0.0.1:{free}"}, None, 1,
+                 "cannot reach jobgate", id="no server"),
+    pytest.param(["ls"], "bob", {"JOBGATE_TOKEN": "jg_bogus"}, None, 1, "invalid token",
+                 id="bad token"),
+    pytest.param(["ls"], None, {}, None, 1, "missing authorization", id="no token"),
+    pytest.param(["ls"], "bob", {"JOBGATE_URL": "http://[::1"}, None, 2, "JOBGATE_URL",
+                 id="malformed JOBGATE_URL"),
+    pytest.param(["ls"], "bob", {"JOBGATE_TOKEN": "t\u00f6ken"}, None, 2, "JOBGATE_TOKEN",
+                 id="non-ascii token"),
+    pytest.param(["submit", "nope"], "bob", {}, None, 1, "unknown kind 'nope'",
+                 id="unknown kind"),
+    pytest.param(["submit", "steps", "count=abc"], "bob", {}, None, 1,
+                 "count: expected an integer", id="bad argument"),
+    pytest.param(["submit", "steps", "colour=red"], "bob", {}, None, 1,
+                 "colour: unknown argument", id="unknown argument"),
+    pytest.param(["submit", "steps", "count"], "bob", {}, None, 2, "expected key=value",
+                 id="key without ="),
+    pytest.param(["submit", "steps", "=3"], "bob", {}, None, 2, "expected key=value",
+                 id="value without key"),
+    pytest.param(["submit", "noop", "--priority", "9"], "bob", {}, None, 1, "admin",
+                 id="priority above the default"),
+    pytest.param(["submit"], "bob", {}, None, 2, "kind", id="submit without kind"),
+    pytest.param(["frobnicate"], "bob", {}, None, 2, "invalid choice", id="unknown command"),
+    pytest.param(["ls", "--state", "done"], "bob", {}, None, 2, "invalid choice",
+                 id="unknown state"),
+    pytest.param(["ls", "--limit", "many"], "bob", {}, None, 2, "invalid int",
+                 id="limit not a number"),
+    pytest.param(["show", UNKNOWN_ID], "bob", {}, None, 1, f"no job {UNKNOWN_ID}",
+                 id="show unknown job"),
+    pytest.param(["logs", UNKNOWN_ID], "bob", {}, None, 1, "no job", id="logs unknown job"),
+    pytest.param(["cancel", UNKNOWN_ID], "bob", {}, None, 1, "no job",
+                 id="cancel unknown job"),
+    pytest.param(["retry", "x" * 500], "bob", {}, None, 1, "no job", id="retry a long id"),
+    pytest.param(["show", "../queue"], "bob", {}, None, 1, "no job",
+                 id="show an id that is a path"),
+    pytest.param(["clean", "--older-than", "soon"], "bob", {}, None, 2, "--older-than",
+                 id="bad --older-than"),
+    pytest.param(["clean", "--older-than", "-1d"], "bob", {}, None, 2, "--older-than",
+                 id="negative --older-than"),
+    pytest.param(["serve", "--config", "bad.toml"], None, {}, None, 2, "limits.max_runing",
+                 id="config with an unknown key"),
+    pytest.param(["serve", "--config", "broken.toml"], None, {}, None, 2, "not valid toml",
+                 id="config not toml"),
+    pytest.param(["serve", "--config", "missing.toml"], None, {}, None, 2, "missing.toml",
+                 id="config missing"),
+    pytest.param(["serve", "--config", "busy.toml", "--port", "{port}"], None, {}, None, 1,
+                 "{port}",
+                 id="port in use"),
+    pytest.param(["user", "add", "bob"], None, {}, None, 1, "bob", id="duplicate user"),
+    pytest.param(["user", "add", "bad name!"], None, {}, None, 2, "bad user name",
+                 id="bad user name"),
+    pytest.param(["user", "add", "zed", "--password-stdin"], None, {}, "short\n", 2,
+                 "at least 8 characters", id="short password"),
+    pytest.param(["token", "nobody"], None, {}, None, 1, "nobody", id="token for no user"),
+]
+
+
+@pytest.mark.parametrize(("args", "user", "env", "stdin", "code", "message"), CLI_ERRORS)
+def test_an_error_is_one_line_on_stderr_and_a_nonzero_exit(
+        server, args, user, env, stdin, code, message):
+    (server.folder / "bad.toml").write_text("[limits]\nmax_runing = 2\n")
+    (server.folder / "broken.toml").write_text("[limits\nmax_running = 2\n")
+    # A valid config with a database of its own, so a second `serve` touches no test's jobs.
+    (server.folder / "busy.toml").write_text(
+        f'[storage]\nurl = "sqlite:///{server.folder / "busy.db"}"\n'
+        f'[server]\ndata_dir = "{server.folder / "busy-data"}"\n')
+    fill = {"free": str(free_port()), "port": str(server.port)}
+    args = [a.format(**fill) for a in args]
+    env = {k: v.format(**fill) for k, v in env.items()}
+    message = message.format(**fill)
+
+    result = jobgate(server, *args, user=user, input=stdin, **env)
+
+    line = assert_one_line_error(result)
+    assert result.returncode == code, result.stderr
+    assert message.lower() in line.lower(), line
+    assert result.stdout == "" or args[0] == "serve", result.stdout
