@@ -273,12 +273,15 @@ def _check(settings: Settings) -> None:
         "worker.slots": settings.worker.slots,
         "worker.log_max_lines": settings.worker.log_max_lines,
         "retention.per_user_history": settings.retention.per_user_history,
+        "limits.min_free_memory_mb": settings.limits.min_free_memory_mb,
     }
     for key, value in positive.items():
         if value is not None and value < 1:
             raise ConfigError(f"{key}: must be at least 1, got {value}")
     if not 0 < settings.server.port < 65536:
         raise ConfigError(f"server.port: must be between 1 and 65535, got {settings.server.port}")
+    if settings.limits.start_timeout is not None and settings.limits.start_timeout <= 0:
+        raise ConfigError("limits.start_timeout: must be at least 1 ms (leave it out for none)")
     if settings.worker.lease_s < 1:
         raise ConfigError(
             f"worker.lease_s: must be at least 1 second, got {settings.worker.lease_s}")

@@ -157,13 +157,13 @@ def parse_kind(name: str, spec: Any, error: Callable[[str], Exception]) -> Kind:
     def duration(k: str) -> float | None:
         return None if spec.get(k) is None else parse_duration(spec[k], f"{key}.{k}")
 
-    max_attempts = want("max_attempts", int, "an integer") or 1
-    if max_attempts < 1:
-        raise error(f"{key}.max_attempts: must be at least 1")
+    max_attempts = _default(want("max_attempts", int, "an integer"), 1)
+    if not 1 <= max_attempts <= 1000:
+        raise error(f"{key}.max_attempts: must be at least 1 and at most 1000, got {max_attempts}")
     codes = want("retry_on_exit_codes", list, "a list of exit codes")
     if codes is not None and not all(isinstance(c, int) for c in codes):
         raise error(f"{key}.retry_on_exit_codes: expected a list of integers")
-    memory_mb = want("memory_mb", int, "an integer (megabytes)") or 0
+    memory_mb = _default(want("memory_mb", int, "an integer (megabytes)"), 0)
     max_running = want("max_running", int, "an integer")
     if memory_mb < 0 or (max_running is not None and max_running < 1):
         raise error(f"{key}: memory_mb must be >= 0 and max_running >= 1")
@@ -175,15 +175,19 @@ def parse_kind(name: str, spec: Any, error: Callable[[str], Exception]) -> Kind:
         progress=progress,
         timeout_s=duration("timeout"),
         max_attempts=max_attempts,
-        backoff_s=duration("backoff") or 5.0,
-        backoff_max_s=duration("backoff_max") or 3600.0,
+        backoff_s=_default(duration("backoff"), 5.0),
+        backoff_max_s=_default(duration("backoff_max"), 3600.0),
         retry_on_exit_codes=tuple(codes) if codes is not None else None,
         memory_mb=memory_mb,
         max_running=max_running,
-        priority=want("priority", int, "an integer") or 0,
+        priority=_default(want("priority", int, "an integer"), 0),
         allow_private_urls=bool(want("allow_private_urls", bool, "true or false")),
         description=want("description", str, "a string") or "",
     )
+
+
+def _default(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def _placeholders(text: str, key: str, error: Callable[[str], Exception]) -> list[str]:
@@ -220,8 +224,12 @@ def _parse_arg(key: str, spec: Any, error: Callable[[str], Exception]) -> ArgSpe
     if choices is not None and not isinstance(choices, list):
         raise error(f"{key}.choices: expected a list")
     for bound in ("min", "max"):
-        if spec.get(bound) is not None and not isinstance(spec[bound], int | float):
+        value = spec.get(bound)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise error(f"{key}.{bound}: expected a number")
+    max_length = spec.get("max_length", 4096)
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise error(f"{key}.max_length: expected a positive integer, got {max_length!r}")
     arg = ArgSpec(
         type=typ,
         default=spec.get("default"),
@@ -231,7 +239,7 @@ def _parse_arg(key: str, spec: Any, error: Callable[[str], Exception]) -> ArgSpe
         max=spec.get("max"),
         choices=tuple(choices) if choices is not None else None,
         description=str(spec.get("description", "")),
-        max_length=int(spec.get("max_length", 4096)),
+        max_length=max_length,
     )
     if arg.default is not None and typ not in ("path", "url"):
         try:
@@ -364,6 +372,8 @@ def _check_path(name: str, value: str, input_dir: Path) -> str:
     path = (input_dir / value).resolve()
     if not path.is_relative_to(input_dir):
         raise ArgumentError(name, "must stay inside the input folder")
+    if path == input_dir:
+        raise ArgumentError(name, "must name a file or folder inside the input folder")
     if not path.exists():
         raise ArgumentError(name, f"no such file in the input folder: {value}")
     return str(path)

@@ -1,12 +1,15 @@
 """Admission: which queued jobs may start now. Pure functions, no I/O.
 
 Dispatch order is `Job.dispatch_key`: priority (higher first), then virtual time `vt`,
-then id. `vt` is how users share the queue fairly: a new job gets
-`max(clock, the owner's last queued vt) + 1`, where `clock` is the largest vt ever
-claimed. So a user's jobs are numbered 1, 2, 3… from the present moment on, and the queue
-takes the first job of every user before the second of any: a user with 50 queued jobs
-does not starve one with 1, and within one user it is first in, first out. A retried job
-gets a new vt the same way, which puts it behind its owner's peers.
+then id. `vt` is how users share the queue fairly. Within one priority, a job entering
+the queue gets `max(head, last + 1)`: `head` is the smallest vt still queued (the turn
+being served now) and `last` the owner's largest vt among its queued and running jobs.
+So a user's jobs are numbered from the current turn on, and the queue takes the first
+job of every user before the second of any: a user with 50 queued jobs does not starve
+one with 1, a user whose jobs run now does not jump ahead again, and within one user it
+is first in, first out. A retried job gets a new vt the same way, behind its owner's
+peers. Nothing is remembered beyond the jobs in the table, so a high-priority job or a
+job admitted past a capped kind does not push anyone's turn.
 
 The keys never change while a job waits, so a job's position is its rank among the
 queued keys, kept in an order-statistic index (`positions.py`) instead of counted.
@@ -20,9 +23,9 @@ from dataclasses import dataclass, field
 from jobgate.model import Job
 
 
-def next_vt(clock: int, owner_last_vt: int | None) -> int:
-    """The virtual time of a job entering the queue now."""
-    return max(clock, owner_last_vt or 0) + 1
+def next_vt(head_vt: int | None, owner_last_vt: int | None) -> int:
+    """The virtual time of a job entering the queue now (see the module's docstring)."""
+    return max(head_vt or 1, (owner_last_vt or 0) + 1)
 
 
 @dataclass(frozen=True)
@@ -97,5 +100,6 @@ def backoff_s(attempt: int, base_s: float, max_s: float, jitter: float) -> float
     `jitter` in [0, 1) spreads retries of many jobs failing together ("full jitter" on
     the upper half, so a retry never comes sooner than half the nominal delay).
     """
-    nominal: float = min(max_s, base_s * 2 ** max(0, attempt - 1))
+    doublings = min(max(0, attempt - 1), 60)  # past that, max_s wins anyway
+    nominal: float = min(max_s, base_s * 2**doublings)
     return nominal / 2 + nominal / 2 * jitter

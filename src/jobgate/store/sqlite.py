@@ -50,6 +50,7 @@ from jobgate.store.base import (
 
 T = TypeVar("T")
 _BATCH_MAX = 512  # operations per transaction
+_CLAIM_ROUNDS = 4  # reads of candidates per claim, when limits exclude some on the way
 _IDLE_CHECK_S = 0.05  # how often an idle connection looks for other processes' events
 _BUSY_TIMEOUT_MS = 5000
 log = logging.getLogger("jobgate.store")
@@ -378,7 +379,7 @@ class SqliteStore(Store):
                 ).fetchone()[0]
                 if n >= quota.per_user_queued:
                     raise QueueFull(f"queue full for {job.owner}: {n}/{quota.per_user_queued}")
-            job.vt = _owner_vt(tx, job.owner)
+            job.vt = _owner_vt(tx, job.owner, job.priority)
             job.state = State.QUEUED
             tx.conn.execute(f"INSERT INTO jobs ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
                             _job_values(job))
@@ -428,28 +429,23 @@ class SqliteStore(Store):
             ):
                 running.add(owner, kind, mem, n)
             room = free_slots(limits, running, slots)
-            if room == 0 or not kinds:
-                return []
-            owners, full_kinds = blocked(limits, running)
-            open_kinds = [k for k in kinds if k not in full_kinds]
-            if not open_kinds:
-                return []
-            where = f"state = 'queued' AND run_at <= ? AND kind IN ({_placeholders(open_kinds)})"
-            params: list[Any] = [tx.now, *open_kinds]
-            if owners:
-                where += f" AND owner NOT IN ({_placeholders(owners)})"
-                params.extend(owners)
-            if limits.memory_budget_mb is not None:
-                where += " AND memory_mb <= ?"
-                params.append(limits.memory_budget_mb - running.memory_mb)
-            # Admission looks at a few columns of the first rows; only the chosen are read whole.
-            candidates = [
-                Job(id=i, kind=k, owner=o, args={}, priority=p, vt=vt, memory_mb=m)
-                for i, k, o, p, vt, m in tx.conn.execute(
-                    f"SELECT id, kind, owner, priority, vt, memory_mb FROM jobs WHERE {where} "
-                    "ORDER BY priority DESC, vt, id LIMIT ?", (*params, room * 2 + 8))
-            ]
-            ids = [j.id for j in admit(candidates, limits, running, room)]
+            admitted: list[Job] = []
+            seen: set[str] = set()
+            # Admission reads a few columns of the first candidates; when limits filled up
+            # on the way (a user or kind reached its cap), it reads on past them.
+            for _ in range(_CLAIM_ROUNDS):
+                want = room - len(admitted)
+                owners, full_kinds = blocked(limits, running)
+                open_kinds = [k for k in kinds if k not in full_kinds]
+                if want <= 0 or not open_kinds:
+                    break
+                candidates = [j for j in _candidates(tx, open_kinds, owners, limits, running,
+                                                     want * 2 + 8) if j.id not in seen]
+                if not candidates:
+                    break
+                seen.update(j.id for j in candidates)
+                admitted += admit(candidates, limits, running, want)
+            ids = [j.id for j in admitted]
             chosen = sorted(_select(tx, f"id IN ({_placeholders(ids)})", tuple(ids)),
                             key=lambda j: j.dispatch_key)
             for job in chosen:
@@ -457,9 +453,6 @@ class SqliteStore(Store):
                         finished_at=None, worker=worker, lease_token=job.lease_token + 1,
                         lease_expires_at=tx.now + lease_s, progress=None, message=None,
                         error=None, result=None, cancel_requested=False, pid=None)
-            if chosen:
-                tx.conn.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'vt_clock'",
-                                (max(j.vt for j in chosen),))
             return chosen
 
         return await self._call(op)
@@ -501,7 +494,7 @@ class SqliteStore(Store):
                       "message": outcome.message, "peak_memory_mb": outcome.peak_memory_mb}
             if outcome.state is State.QUEUED:
                 assert outcome.retry_at is not None
-                return tx.move(job, State.QUEUED, vt=_owner_vt(tx, job.owner),
+                return tx.move(job, State.QUEUED, vt=_owner_vt(tx, job.owner, job.priority),
                                run_at=outcome.retry_at, worker=None,
                                attempt=job.attempt - 1 if outcome.hand_back else job.attempt,
                                lease_token=job.lease_token + 1, **common)
@@ -588,9 +581,11 @@ class SqliteStore(Store):
     async def retry(self, job_id: str) -> Job:
         def op(tx: _Tx) -> Job:
             job = _one(tx, job_id)
-            check_move(job.id, job.state, State.QUEUED)
-            return tx.move(job, State.QUEUED, vt=_owner_vt(tx, job.owner), run_at=tx.now,
-                           attempt=0, finished_at=None, started_at=None, error=None,
+            if job.state not in (State.FAILED, State.CANCELLED):
+                # running→queued is the worker's move (a retry after failure), not a user's
+                raise IllegalMove(job.id, job.state, State.QUEUED)
+            return tx.move(job, State.QUEUED, vt=_owner_vt(tx, job.owner, job.priority),
+                           run_at=tx.now, attempt=0, finished_at=None, started_at=None, error=None,
                            result=None, progress=None, message="retried by hand", worker=None,
                            cancel_requested=False, lease_expires_at=None)
 
@@ -620,9 +615,9 @@ class SqliteStore(Store):
                     tx.move(job, State.CANCELLED, finished_at=tx.now,
                             message="cancelled (worker lost)", **common)
                 elif job.attempt < job.max_attempts:
-                    tx.move(job, State.QUEUED, vt=_owner_vt(tx, job.owner), run_at=tx.now,
-                            worker=None, message="recovered after its worker was lost",
-                            **common)
+                    tx.move(job, State.QUEUED, vt=_owner_vt(tx, job.owner, job.priority),
+                            run_at=tx.now, worker=None,
+                            message="recovered after its worker was lost", **common)
                 else:
                     tx.move(job, State.FAILED, finished_at=tx.now, error="worker lost",
                             message="worker lost", **common)
@@ -761,11 +756,33 @@ class SqliteStore(Store):
         return await self._call(op, write=False)
 
 
-def _owner_vt(tx: _Tx, owner: str) -> int:
-    clock = tx.conn.execute("SELECT value FROM meta WHERE key = 'vt_clock'").fetchone()[0]
-    last = tx.conn.execute("SELECT max(vt) FROM jobs WHERE owner = ? AND state = 'queued'",
-                           (owner,)).fetchone()[0]
-    return next_vt(clock, last)
+def _candidates(tx: _Tx, kinds: list[str], owners: set[str], limits: Limits,
+                running: Running, limit: int) -> list[Job]:
+    """The first ready queued jobs in dispatch order that no limit excludes outright."""
+    where = f"state = 'queued' AND run_at <= ? AND kind IN ({_placeholders(kinds)})"
+    params: list[Any] = [tx.now, *kinds]
+    if owners:
+        where += f" AND owner NOT IN ({_placeholders(owners)})"
+        params.extend(owners)
+    if limits.memory_budget_mb is not None:
+        where += " AND memory_mb <= ?"
+        params.append(limits.memory_budget_mb - running.memory_mb)
+    return [
+        Job(id=i, kind=k, owner=o, args={}, priority=p, vt=vt, memory_mb=m)
+        for i, k, o, p, vt, m in tx.conn.execute(
+            f"SELECT id, kind, owner, priority, vt, memory_mb FROM jobs WHERE {where} "
+            "ORDER BY priority DESC, vt, id LIMIT ?", (*params, limit))
+    ]
+
+
+def _owner_vt(tx: _Tx, owner: str, priority: int) -> int:
+    """The fair turn of a job of `owner` entering the queue at `priority` (scheduler.py)."""
+    head = tx.conn.execute("SELECT min(vt) FROM jobs WHERE state = 'queued' AND priority = ?",
+                           (priority,)).fetchone()[0]
+    last = tx.conn.execute(
+        "SELECT max(vt) FROM jobs WHERE owner = ? AND state IN ('queued', 'running') "
+        "AND priority = ?", (owner, priority)).fetchone()[0]
+    return next_vt(head, last)
 
 
 def _delete(tx: _Tx, job_ids: list[str]) -> int:

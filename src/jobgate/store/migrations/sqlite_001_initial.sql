@@ -31,7 +31,7 @@ CREATE TABLE jobs (
 );
 -- The dispatch order, over queued jobs only: claiming reads its first rows.
 CREATE INDEX jobs_dispatch ON jobs (priority DESC, vt, id) WHERE state = 'queued';
-CREATE INDEX jobs_owner_state ON jobs (owner, state, vt);
+CREATE INDEX jobs_owner_state ON jobs (owner, state, priority, vt);
 CREATE INDEX jobs_run_at ON jobs (run_at) WHERE state = 'queued';
 CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE state = 'running';
 CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
@@ -56,12 +56,6 @@ CREATE TABLE events (
     data   TEXT NOT NULL
 );
 CREATE INDEX events_ts ON events (ts);
-
-CREATE TABLE meta (
-    key   TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-INSERT INTO meta (key, value) VALUES ('vt_clock', 0);
 
 CREATE TABLE users (
     name          TEXT PRIMARY KEY,

@@ -1,0 +1,177 @@
+"""Admission (pure functions): every limit alone and together, fair turns, backoff."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from jobgate.model import Job, new_id
+from jobgate.scheduler import Limits, Running, admit, backoff_s, blocked, free_slots, next_vt
+
+
+def job(owner: str = "alice", kind: str = "noop", memory_mb: int = 0) -> Job:
+    return Job(id=new_id(), kind=kind, owner=owner, args={}, memory_mb=memory_mb)
+
+
+def names(jobs: list[Job], everyone: list[Job]) -> list[int]:
+    """Indexes of `jobs` in `everyone`, to compare admissions by position."""
+    return [everyone.index(j) for j in jobs]
+
+
+# --- admit ---------------------------------------------------------------------------------
+
+def test_admit_takes_candidates_in_order_up_to_the_slots():
+    candidates = [job() for _ in range(5)]
+    chosen = admit(candidates, Limits(max_running=10), Running(), slots=3)
+    assert chosen == candidates[:3]
+
+
+def test_admit_honours_global_max_running_counting_what_runs():
+    running = Running()
+    running.add("bob", "noop", 0, count=2)
+    candidates = [job() for _ in range(5)]
+    chosen = admit(candidates, Limits(max_running=3), running, slots=5)
+    assert chosen == candidates[:1]
+    assert running.total == 3
+
+
+def test_admit_nothing_when_full_or_no_slots():
+    running = Running()
+    running.add("bob", "noop", 0, count=3)
+    assert admit([job()], Limits(max_running=3), running, slots=5) == []
+    assert admit([job()], Limits(max_running=3), Running(), slots=0) == []
+
+
+def test_admit_honours_per_user_running_and_skips_to_other_users():
+    running = Running()
+    running.add("alice", "noop", 0)
+    cands = [job("alice"), job("alice"), job("bob"), job("bob"), job("carol")]
+    chosen = admit(cands, Limits(max_running=10, per_user_running=2), running, slots=10)
+    assert names(chosen, cands) == [0, 2, 3, 4]
+    assert running.by_owner == {"alice": 2, "bob": 2, "carol": 1}
+
+
+def test_admit_honours_per_kind_max_running():
+    running = Running()
+    running.add("bob", "compress", 0)
+    cands = [job(kind="compress"), job(kind="download"), job(kind="compress"),
+             job(kind="download")]
+    limits = Limits(max_running=10, kind_max_running={"compress": 2, "download": 1})
+    chosen = admit(cands, limits, running, slots=10)
+    assert names(chosen, cands) == [0, 1]
+    assert running.by_kind == {"compress": 2, "download": 1}
+
+
+def test_admit_honours_the_memory_budget_and_lets_smaller_jobs_through():
+    running = Running()
+    running.add("bob", "noop", 300)
+    cands = [job(memory_mb=500), job(memory_mb=400), job(memory_mb=200), job(memory_mb=0)]
+    chosen = admit(cands, Limits(max_running=10, memory_budget_mb=1000), running, slots=10)
+    assert names(chosen, cands) == [0, 2, 3]
+    assert running.memory_mb == 1000
+
+
+def test_admit_a_job_exactly_filling_the_budget():
+    chosen = admit([job(memory_mb=1000)], Limits(max_running=1, memory_budget_mb=1000),
+                   Running(), slots=1)
+    assert len(chosen) == 1
+
+
+def test_admit_with_every_limit_at_once():
+    running = Running()
+    running.add("alice", "compress", 400)
+    cands = [
+        job("alice", "compress", 100),   # 0: compress is at its cap of 1
+        job("alice", "noop", 100),       # 1: ok, alice now at 2
+        job("alice", "noop", 100),       # 2: alice at her cap of 2
+        job("bob", "noop", 600),         # 3: 400 + 100 + 600 > 1000
+        job("bob", "noop", 300),         # 4: ok, budget now 800
+        job("carol", "noop", 100),       # 5: ok, global cap of 4 reached
+        job("carol", "noop", 0),         # 6: no room left
+    ]
+    limits = Limits(max_running=4, per_user_running=2, memory_budget_mb=1000,
+                    kind_max_running={"compress": 1})
+    chosen = admit(cands, limits, running, slots=10)
+    assert names(chosen, cands) == [1, 4, 5]
+    assert running.total == 4 and running.memory_mb == 900
+
+
+def test_admit_never_breaks_a_limit_over_random_inputs():
+    rng = random.Random(1234)
+    for _ in range(300):
+        limits = Limits(
+            max_running=rng.randint(1, 6),
+            per_user_running=rng.choice([None, 1, 2]),
+            memory_budget_mb=rng.choice([None, 500, 1000]),
+            kind_max_running=rng.choice([{}, {"a": 1}, {"a": 2, "b": 1}]),
+        )
+        running = Running()
+        cands = [job(rng.choice("xyz"), rng.choice("abc"), rng.choice([0, 100, 300]))
+                 for _ in range(rng.randint(0, 12))]
+        chosen = admit(cands, limits, running, slots=rng.randint(0, 6))
+        assert running.total == len(chosen) <= limits.max_running
+        if limits.per_user_running is not None:
+            assert max(running.by_owner.values(), default=0) <= limits.per_user_running
+        if limits.memory_budget_mb is not None:
+            assert running.memory_mb <= limits.memory_budget_mb
+        for kind, cap in limits.kind_max_running.items():
+            assert running.by_kind[kind] <= cap
+        assert [c for c in cands if c in chosen] == chosen  # order kept
+
+
+def test_free_slots_and_blocked():
+    running = Running()
+    running.add("alice", "compress", 0, count=2)
+    limits = Limits(max_running=3, per_user_running=2, kind_max_running={"compress": 2,
+                                                                         "other": 1})
+    assert free_slots(limits, running, slots=5) == 1
+    assert free_slots(limits, running, slots=0) == 0
+    assert free_slots(Limits(max_running=1), running, slots=5) == 0
+    assert blocked(limits, running) == ({"alice"}, {"compress"})
+    assert blocked(Limits(max_running=3), running) == (set(), set())
+
+
+# --- fair turns ----------------------------------------------------------------------------
+
+def test_next_vt_numbers_a_users_jobs_from_the_turn_being_served():
+    assert next_vt(head_vt=None, owner_last_vt=None) == 1  # an empty queue
+    assert next_vt(head_vt=None, owner_last_vt=3) == 4  # behind the owner's running jobs
+    assert next_vt(head_vt=10, owner_last_vt=None) == 10  # a newcomer joins the current turn
+    assert next_vt(head_vt=10, owner_last_vt=3) == 10  # an old job gives no head start
+    assert next_vt(head_vt=10, owner_last_vt=12) == 13  # behind the owner's own queue
+
+
+def test_next_vt_interleaves_users_first_in_first_out():
+    """alice queues 5, then bob 1 and carol 2: everybody's first job before anyone's second."""
+    last: dict[str, int] = {}
+    queue: list[tuple[int, int, str]] = []
+    for seq, owner in enumerate(["alice"] * 5 + ["bob"] + ["carol"] * 2):
+        head = min((vt for vt, _, _ in queue), default=None)
+        vt = next_vt(head, last.get(owner))
+        last[owner] = vt
+        queue.append((vt, seq, owner))
+    order = [owner for _, _, owner in sorted(queue)]
+    assert order == ["alice", "bob", "carol", "alice", "carol", "alice", "alice", "alice"]
+
+
+# --- backoff -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("attempt", "nominal"), [(0, 5), (1, 5), (2, 10), (3, 20), (4, 40)])
+def test_backoff_doubles_and_jitter_stays_within_half_to_full(attempt, nominal):
+    assert backoff_s(attempt, 5, 3600, jitter=0.0) == nominal / 2
+    assert backoff_s(attempt, 5, 3600, jitter=0.5) == pytest.approx(nominal * 0.75)
+    assert backoff_s(attempt, 5, 3600, jitter=0.999) < nominal
+    rng = random.Random(attempt)
+    for _ in range(200):
+        assert nominal / 2 <= backoff_s(attempt, 5, 3600, rng.random()) < nominal
+
+
+def test_backoff_is_capped_by_max():
+    assert backoff_s(30, 5, 60, jitter=0.0) == 30
+    assert backoff_s(30, 5, 60, jitter=0.999) < 60
+
+
+def test_backoff_does_not_overflow_on_huge_attempt_counts():
+    # Kinds pass seconds as floats; max_attempts has no upper bound in the config.
+    assert backoff_s(2000, 5.0, 60.0, jitter=0.5) == 45.0
