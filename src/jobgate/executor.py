@@ -33,6 +33,7 @@ _STDERR_TAIL_LINES = 20
 _MEMORY_SAMPLE_S = 0.5
 _READ_CHUNK = 65536
 _MAX_LINE = 8192
+_PIPE_DRAIN_S = 2.0  # how long output may stay open after the job's process tree is gone
 
 try:
     _libc: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
@@ -123,12 +124,15 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
                        cancel: asyncio.Event, grace_s: float,
                        on_pid: Callable[[int], Awaitable[None]] | None) -> RunResult:
     argv = render_argv(kind, job.args, folder, job.id)
+    loop = asyncio.get_running_loop()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=folder, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True, preexec_fn=_die_with_parent,
+        transport, protocol = await loop.subprocess_exec(
+            lambda: _Protocol(loop), *argv, cwd=folder, env=_job_env(job.id),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
+        proc = asyncio.subprocess.Process(transport, protocol, loop)
     except OSError as exc:
         return RunResult(ok=False, error=f"cannot start {argv[0]}: {exc.strerror or exc}",
                          retryable=False)
@@ -155,19 +159,27 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
     readers = asyncio.gather(_read_lines(proc.stdout, lambda s: on_line(s, False)),
                              _read_lines(proc.stderr, lambda s: on_line(s, True)))
     sampler = asyncio.create_task(peak.sample_until(proc))
-    waiter = asyncio.create_task(proc.wait())
-    stopper = asyncio.create_task(cancel.wait())
+    waiter = protocol.exited
+    stopper: asyncio.Future[Any] = asyncio.ensure_future(cancel.wait())
     timed_out = False
-    done, _ = await asyncio.wait({waiter, stopper}, timeout=kind.timeout_s,
+    done, _ = await asyncio.wait([waiter, stopper], timeout=kind.timeout_s,
                                  return_when=asyncio.FIRST_COMPLETED)
     if waiter not in done:
         timed_out = stopper not in done
-        await _stop_group(proc, grace_s)
+        peak.sample()  # know the whole tree before stopping it
+        await _stop_group(proc.pid, waiter, grace_s)
     stopper.cancel()
-    # Whatever is left of the group goes too: a leader's children must not outlive it.
+    # Whatever is left goes too: the group, and descendants that left it (setsid).
     _killpg(proc.pid, signal.SIGKILL)
+    peak.kill_descendants()
     await waiter
-    await readers
+    await asyncio.to_thread(kill_marked, job.id)
+    try:
+        await asyncio.wait_for(readers, _PIPE_DRAIN_S)
+    except TimeoutError:
+        log(f"[jobgate] output still open {_PIPE_DRAIN_S:g} s after the job ended; "
+            "stopped reading")
+    transport.close()
     sampler.cancel()
     peak_mb = peak.peak_mb
     code = proc.returncode
@@ -201,25 +213,72 @@ async def _read_lines(stream: asyncio.StreamReader, on_line: Callable[[str], Non
         on_line(pending[:_MAX_LINE].decode("utf-8", "replace"))
 
 
+_JOB_ENV = "JOBGATE_JOB_ID"
+
+
+def _job_env(job_id: str) -> dict[str, str]:
+    """The server's environment without jobgate's own settings, plus the job's id: every
+    process the job starts inherits it, which finds them even after they left its group."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBGATE_")}
+    env[_JOB_ENV] = job_id
+    return env
+
+
+def kill_marked(job_id: str) -> int:
+    """SIGKILL every process that carries this job's id in its environment."""
+    killed = 0
+    me = os.getpid()
+    for p in psutil.process_iter():
+        if p.pid == me:
+            continue
+        try:
+            if p.environ().get(_JOB_ENV) == job_id:
+                p.kill()
+                killed += 1
+        except psutil.Error:
+            continue
+    return killed
+
+
 def _killpg(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
 
-async def _stop_group(proc: asyncio.subprocess.Process, grace_s: float) -> None:
-    _killpg(proc.pid, signal.SIGTERM)
+async def _stop_group(pgid: int, exited: asyncio.Future[None], grace_s: float) -> None:
+    _killpg(pgid, signal.SIGTERM)
     try:
-        await asyncio.wait_for(proc.wait(), grace_s)
+        await asyncio.wait_for(asyncio.shield(exited), grace_s)
     except TimeoutError:
-        _killpg(proc.pid, signal.SIGKILL)
+        _killpg(pgid, signal.SIGKILL)
+
+
+class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's stream protocol plus a future for the process's exit alone: `wait()` also
+    waits for the output pipes, which a detached child could hold open forever."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=_READ_CHUNK, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
 
 
 class _Peak:
-    """Peak resident memory of a process tree, sampled."""
+    """Peak resident memory of a process tree, sampled; remembers every descendant seen."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.peak_mb: float | None = None
+        self.seen: dict[int, psutil.Process] = {}
+
+    def kill_descendants(self) -> None:
+        for p in self.seen.values():
+            with contextlib.suppress(psutil.Error):
+                p.kill()  # psutil checks it is still the same process (pid reuse)
 
     def sample(self) -> None:
         try:
@@ -227,6 +286,8 @@ class _Peak:
             procs = [root, *root.children(recursive=True)]
         except psutil.Error:
             return
+        for p in procs[1:]:
+            self.seen.setdefault(p.pid, p)
         total = 0
         for p in procs:
             try:
@@ -243,8 +304,14 @@ class _Peak:
             await asyncio.sleep(_MEMORY_SAMPLE_S)
 
 
+def reap(job_id: str, pgid: int | None, started_at: float | None) -> bool:
+    """Kill what is left of a lost worker's job: its processes, and its group if still ours."""
+    found = kill_marked(job_id) > 0
+    return reap_group(pgid, started_at) or found if pgid else found
+
+
 def reap_group(pgid: int, started_at: float | None) -> bool:
-    """Kill what is left of a lost worker's job: its process group, if still ours."""
+    """Kill a lost job's process group, if it is still the job's."""
     for p in psutil.process_iter(["pid", "create_time"]):
         try:
             if os.getpgid(p.pid) != pgid:

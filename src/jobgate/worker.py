@@ -140,6 +140,12 @@ class Worker:
                 run.cancel.set()
 
     def _start(self, job: Job) -> None:
+        stale = self._runs.get(job.id)
+        if stale is not None:
+            # This worker lost the job's lease (it could not renew in time) and has just
+            # claimed it again: the old run must stop and report nothing.
+            stale.lost = True
+            stale.cancel.set()
         run = _Run(job)
         self._runs[job.id] = run
         self._spawn(self._execute(run))
@@ -178,7 +184,8 @@ class Worker:
                     outcome = self.queue.outcome(job, result)
                 await self.queue.store.finish(job.id, token, outcome)
         finally:
-            self._runs.pop(job.id, None)
+            if self._runs.get(job.id) is run:
+                del self._runs[job.id]
             self._wake.set()
 
     async def _cancel_requested(self, job_id: str) -> bool:
@@ -252,8 +259,8 @@ class Worker:
                     if j.worker and _dead_local_worker(j.worker, self.name)]
         for job in await self.queue.store.recover(lost):
             log.warning("recovered job %s from lost worker %s", job.id, job.worker)
-            if job.pid and job.worker and _is_local(job.worker):
-                executor.reap_group(job.pid, job.started_at)
+            if job.worker and _is_local(job.worker):
+                await asyncio.to_thread(executor.reap, job.id, job.pid, job.started_at)
 
     async def _recovery_loop(self) -> None:
         while True:

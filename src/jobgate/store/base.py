@@ -168,7 +168,7 @@ class Store(ABC):
     async def recover(self, lost_workers: Collection[str] = ()) -> list[Job]:
         """Running jobs whose lease expired, or whose worker is known dead: queued again
         while attempts remain (and not cancel-requested), else failed with "worker lost".
-        The jobs returned carry the `pid` their lost worker had recorded."""
+        The jobs returned carry the `pid` and `worker` of the run that was lost."""
 
     @abstractmethod
     async def expire_queued(self, start_timeout_s: float) -> list[Job]:

@@ -608,7 +608,7 @@ class SqliteStore(Store):
             out = []
             for job in _select(tx, "state = 'running' AND (lease_expires_at < ? OR worker IN "
                                f"({_placeholders(lost)}))", (tx.now, *lost)):
-                pid = job.pid
+                pid, worker = job.pid, job.worker
                 common: dict[str, Any] = {"lease_expires_at": None, "pid": None,
                                           "lease_token": job.lease_token + 1}
                 if job.cancel_requested:
@@ -621,7 +621,8 @@ class SqliteStore(Store):
                 else:
                     tx.move(job, State.FAILED, finished_at=tx.now, error="worker lost",
                             message="worker lost", **common)
-                job.pid = pid  # so the caller can reap what the lost worker left running
+                # so the caller can reap what the lost worker left running
+                job.pid, job.worker = pid, worker
                 out.append(job)
             return out
 
