@@ -113,7 +113,7 @@ async def run(job: Job, kind: Kind, folder: Path, progress: ProgressFn, log: Log
         result = await _run_command(job, kind, folder, progress, log, cancel, grace_s, on_pid)
     else:
         result = await _run_python(job, kind, folder, progress, log, cancel, threads)
-    if result.outputs:
+    if result.outputs or (kind.argv is None and not folder.exists()):
         return result
     return RunResult(**{**result.__dict__, "outputs": _outputs(folder)})
 

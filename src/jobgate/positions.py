@@ -42,9 +42,12 @@ class PositionIndex:
         """1-based place among ready queued jobs, or None (not queued, or not yet due)."""
         self._promote(time.time() if now_s is None else now_s)
         key = self._keys.get(job_id)
-        if key is None or key not in self._ready:
+        if key is None:
             return None
-        return int(self._ready.bisect_left(key)) + 1
+        i = int(self._ready.bisect_left(key))
+        if i == len(self._ready) or self._ready[i] != key:
+            return None  # queued but not yet due
+        return i + 1
 
     def ready_count(self, now_s: float | None = None) -> int:
         self._promote(time.time() if now_s is None else now_s)

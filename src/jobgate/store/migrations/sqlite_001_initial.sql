@@ -34,6 +34,8 @@ CREATE INDEX jobs_dispatch ON jobs (priority DESC, vt, id) WHERE state = 'queued
 CREATE INDEX jobs_owner_state ON jobs (owner, state, priority, vt);
 CREATE INDEX jobs_run_at ON jobs (run_at) WHERE state = 'queued';
 CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE state = 'running';
+-- What runs now, for admission: read whole on every claim, so it must not scan history.
+CREATE INDEX jobs_running ON jobs (owner, kind, memory_mb) WHERE state = 'running';
 CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 CREATE UNIQUE INDEX jobs_idempotency ON jobs (owner, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
