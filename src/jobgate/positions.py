@@ -27,11 +27,13 @@ class PositionIndex:
         self._ready: SortedList = SortedList()
         self._keys: dict[str, DispatchKey] = {}
         self._delayed: list[tuple[float, DispatchKey]] = []  # heap by run_at
+        self._not_due: set[str] = set()  # ids in the heap, not yet in the order
 
     def load(self, keys: Iterable[tuple[DispatchKey, float]]) -> None:
         self._ready.clear()
         self._keys.clear()
         self._delayed.clear()
+        self._not_due.clear()
         for key, run_at in keys:
             self._add(key, run_at)
 
@@ -40,14 +42,12 @@ class PositionIndex:
 
     def position(self, job_id: str, now_s: float | None = None) -> int | None:
         """1-based place among ready queued jobs, or None (not queued, or not yet due)."""
-        self._promote(time.time() if now_s is None else now_s)
+        if self._delayed:
+            self._promote(time.time() if now_s is None else now_s)
         key = self._keys.get(job_id)
-        if key is None:
+        if key is None or job_id in self._not_due:
             return None
-        i = int(self._ready.bisect_left(key))
-        if i == len(self._ready) or self._ready[i] != key:
-            return None  # queued but not yet due
-        return i + 1
+        return int(self._ready.bisect_left(key)) + 1
 
     def ready_count(self, now_s: float | None = None) -> int:
         self._promote(time.time() if now_s is None else now_s)
@@ -72,14 +72,17 @@ class PositionIndex:
             self._ready.add(key)
         else:
             heapq.heappush(self._delayed, (run_at, key))
+            self._not_due.add(key[2])
 
     def _remove(self, job_id: str) -> None:
         key = self._keys.pop(job_id, None)
+        self._not_due.discard(job_id)
         if key is not None:
             self._ready.discard(key)  # a delayed key is skipped when it comes due
 
     def _promote(self, now_s: float) -> None:
         while self._delayed and self._delayed[0][0] <= now_s:
             _, key = heapq.heappop(self._delayed)
-            if self._keys.get(key[2]) == key and key not in self._ready:
+            if self._keys.get(key[2]) == key and key[2] in self._not_due:
+                self._not_due.discard(key[2])
                 self._ready.add(key)
