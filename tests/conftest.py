@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from jobgate.auth import hash_password, new_token
@@ -122,6 +123,31 @@ async def wait_state(queue: JobQueue, job_id: str, *states: str, timeout_s: floa
                 raise AssertionError(f"job {job_id} is {job and job.state}, not {states}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sub.get(), min(remaining, 0.5))
+
+
+def alive(proc: psutil.Process) -> bool:
+    """True while the process runs (a zombie counts as gone)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def survivors(procs: list[psutil.Process], timeout_s: float = 10) -> list[psutil.Process]:
+    """The processes still alive after waiting up to `timeout_s` for them all to go."""
+    deadline = time.monotonic() + timeout_s
+    while (left := [p for p in procs if alive(p)]) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return left
+
+
+async def wait_for(predicate: Callable[[], bool], timeout_s: float = 10,
+                   what: str = "condition") -> None:
+    """Poll `predicate` until it holds; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
 
 
 class Server:

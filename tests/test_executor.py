@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from conftest import wait_state
+from conftest import alive, survivors, wait_for, wait_state
 from jobgate.executor import NonRetryable
 from jobgate.model import Event
 
@@ -227,26 +227,7 @@ async def process_tree(pid: int, children: int) -> list[psutil.Process]:
     return [leader, *found]
 
 
-def alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
-
-async def survivors(procs: list[psutil.Process], timeout_s: float = 10) -> list[psutil.Process]:
-    """The processes still alive after waiting up to `timeout_s` for them all to go."""
-    deadline = time.monotonic() + timeout_s
-    while (left := [p for p in procs if alive(p)]) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    return left
-
-
-async def wait_for(predicate, timeout_s: float = 10, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 # --- command jobs ----------------------------------------------------------------------

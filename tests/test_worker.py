@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
-from conftest import TEST_KINDS, wait_state
+from conftest import TEST_KINDS, alive, survivors, wait_for, wait_state
 from jobgate.config import load_settings
 from jobgate.model import Event, IllegalMove, State, parse_iso
 from jobgate.store import store_for_url
@@ -104,25 +104,7 @@ class Recorder:
                 and (not types or e.type in types)]
 
 
-def alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
-
-async def survivors(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
-    deadline = time.monotonic() + timeout_s
-    while (left := [p for p in procs if alive(p)]) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    return left
-
-
-async def wait_for(predicate, timeout_s: float = 10, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 async def running_tree(queue, job_id: str, token: int | None = None) -> list[psutil.Process]:
