@@ -18,10 +18,13 @@ from typing import Any
 from jobgate.config import Settings
 from jobgate.events import EventBus
 from jobgate.kinds import ArgumentError, Kind, validate_args
-from jobgate.model import FINAL, Event, Job, State, new_id
+from jobgate.model import Event, Job, State, new_id
 from jobgate.positions import PositionIndex
 from jobgate.scheduler import Limits, backoff_s
 from jobgate.store.base import Outcome, Quota, Stats, Store
+
+# A running job's run is over (cancelled, or it ended some other way first).
+_ENDS = frozenset({"job.completed", "job.failed", "job.cancelled", "job.retrying"})
 
 
 class UnknownKind(ArgumentError):
@@ -130,8 +133,7 @@ class JobQueue:
 
         With `wait_s`, wait that long for a running job's process to be gone.
         """
-        with self.bus.subscribe(lambda e: (e.job_id == job_id and e.type == "job.cancelled")
-                                or (e.job_id == job_id and e.type in _ENDS)) as sub:
+        with self.bus.subscribe(lambda e: e.job_id == job_id and e.type in _ENDS) as sub:
             job = await self.store.cancel(job_id)
             if job.state is State.RUNNING and wait_s > 0:
                 try:
@@ -187,6 +189,3 @@ class JobQueue:
                            **common)
         return Outcome(State.FAILED, error=run.error, message="failed", **common)
 
-
-_ENDS = frozenset({"job.completed", "job.failed", "job.cancelled", "job.retrying"})
-FINAL_STATES = FINAL

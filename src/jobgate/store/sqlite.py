@@ -1,43 +1,21 @@
-"""The SQLite backend: one file, one connection per process, group commit.
+"""The SQLite backend: the operations on jobs, users and events, in SQL.
 
-Every call becomes an operation handed to one thread that owns the connection. The thread
-takes all operations waiting at that moment and runs them in one `BEGIN IMMEDIATE`
-transaction, each inside a savepoint so one failing operation does not undo the others,
-then commits once: with `synchronous=FULL` every acknowledged job is on disk, and one fsync
-serves a whole batch of submits, claims and completions (group commit).
+Each public method builds one operation, a function of an open transaction (`Tx`), and
+hands it to the connection thread (`sqlite_batch.GroupCommit`), which runs it inside a
+group commit.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import json
-import logging
-import os
-import queue
 import sqlite3
-import threading
-import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
-from importlib import resources
-from typing import Any, TypeVar
+from collections.abc import Collection
+from typing import Any
 
-from jobgate.model import (
-    FINAL,
-    DispatchKey,
-    Event,
-    IllegalMove,
-    Job,
-    State,
-    check_move,
-    event_type,
-    iso,
-)
+from jobgate.model import FINAL, DispatchKey, Event, IllegalMove, Job, State
 from jobgate.scheduler import Limits, Running, admit, blocked, free_slots, next_vt
 from jobgate.store.base import (
     Conflict,
-    EventListener,
     NotFound,
     Outcome,
     Page,
@@ -47,75 +25,13 @@ from jobgate.store.base import (
     Store,
     User,
 )
+from jobgate.store.sqlite_batch import GroupCommit, SchemaTooNew, Tx, event_data, latest_version
 
-T = TypeVar("T")
-_BATCH_MAX = 512  # operations per transaction
+__all__ = ["SchemaTooNew", "SqliteStore", "latest_version"]
+
 _CLAIM_ROUNDS = 4  # reads of candidates per claim, when limits exclude some on the way
-_IDLE_CHECK_S = 0.05  # how often an idle connection looks for other processes' events
-_BUSY_TIMEOUT_MS = 5000
-log = logging.getLogger("jobgate.store")
 _FINAL = tuple(s.value for s in FINAL)
 
-
-class _Tx:
-    """One operation's view of the open transaction."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        self.now = time.time()
-        self.events: list[Event] = []
-
-    def emit(self, type_: str, job: Job | None, data: dict[str, Any]) -> None:
-        job_id, owner = (job.id, job.owner) if job else (None, None)
-        cur = self.conn.execute(
-            "INSERT INTO events (type, ts, job_id, owner, data) VALUES (?, ?, ?, ?, ?)",
-            (type_, self.now, job_id, owner, json.dumps(data)),
-        )
-        assert cur.lastrowid is not None
-        self.events.append(Event(cur.lastrowid, type_, self.now, job_id, owner, data))
-
-    def move(self, job: Job, dst: State, **fields: Any) -> Job:
-        """The one way a job changes state: checked, written, and announced."""
-        src = job.state
-        check_move(job.id, src, dst)
-        fields["state"] = dst
-        for name, value in fields.items():
-            setattr(job, name, value)
-        cols = ", ".join(f"{name} = ?" for name in fields)
-        self.conn.execute(
-            f"UPDATE jobs SET {cols} WHERE id = ?",
-            [*(_to_db(name, v) for name, v in fields.items()), job.id],
-        )
-        self.emit(event_type(src, dst), job, _event_data(job))
-        return job
-
-
-def _event_data(job: Job) -> dict[str, Any]:
-    """What a state event carries: the fields a change can touch (the rest stay as read)."""
-    data: dict[str, Any] = {
-        "state": job.state.value, "kind": job.kind, "owner": job.owner,
-        "attempt": job.attempt, "max_attempts": job.max_attempts, "message": job.message,
-        "progress": job.progress,
-    }
-    if job.state is State.QUEUED:
-        data.update(priority=job.priority, run_at=iso(job.run_at), vt=job.vt)
-    elif job.state is State.RUNNING:
-        data.update(worker=job.worker, started_at=iso(job.started_at))
-    else:
-        data.update(finished_at=iso(job.finished_at), error=job.error, result=job.result,
-                    outputs=job.outputs, peak_memory_mb=job.peak_memory_mb)
-    return data
-
-
-_JSON_COLS = {"args", "result", "depends_on", "outputs"}
-
-
-def _to_db(name: str, value: Any) -> Any:
-    if name in _JSON_COLS:
-        return json.dumps(value)
-    if isinstance(value, State):
-        return value.value
-    return value
 
 
 _COLUMNS = (
@@ -157,11 +73,11 @@ def _job_values(job: Job) -> tuple[Any, ...]:
     )
 
 
-def _select(tx: _Tx, where: str, params: tuple[Any, ...] = ()) -> list[Job]:
+def _select(tx: Tx, where: str, params: tuple[Any, ...] = ()) -> list[Job]:
     return [_job(r) for r in tx.conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE {where}", params)]
 
 
-def _one(tx: _Tx, job_id: str) -> Job:
+def _one(tx: Tx, job_id: str) -> Job:
     rows = _select(tx, "id = ?", (job_id,))
     if not rows:
         raise NotFound(f"no job {job_id}")
@@ -172,189 +88,14 @@ def _placeholders(items: Any) -> str:
     return ", ".join("?" for _ in items)
 
 
-@dataclass(frozen=True, slots=True)
-class _Op:
-    fn: Callable[[_Tx], Any]
-    write: bool
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Any]
-
-
-def _is_busy(exc: BaseException) -> bool:
-    return isinstance(exc, sqlite3.OperationalError) and (
-        "locked" in str(exc) or "busy" in str(exc))
-
-
-class SqliteStore(Store):
+class SqliteStore(GroupCommit, Store):
     """Jobs in one SQLite file. `durability="normal"` skips the fsync of each commit."""
 
     supports_notify = False
 
-    def __init__(self, path: str, durability: str = "full") -> None:
-        self.path = path
-        self.durability = durability
-        self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._listeners: list[EventListener] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pid = os.getpid()
-        self._last_seq = 0
-
-    # --- the connection thread -------------------------------------------------------
-    async def open(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._thread = threading.Thread(target=self._run, args=(ready,), name="jobgate-sqlite",
-                                        daemon=True)
-        self._thread.start()
-        await asyncio.wrap_future(ready)
-
-    async def close(self) -> None:
-        if self._thread is not None:
-            self._ops.put(None)
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
-
-    def listen(self, callback: EventListener) -> None:
-        self._listeners.append(callback)
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {'FULL' if self.durability == 'full' else 'NORMAL'}")
-        conn.execute("PRAGMA foreign_keys = ON")
-        return conn
-
-    def _run(self, ready: concurrent.futures.Future[None]) -> None:
-        try:
-            conn = self._connect()
-            _migrate(conn)
-            self._last_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-            data_version = conn.execute("PRAGMA data_version").fetchone()[0]
-        except BaseException as exc:
-            ready.set_exception(exc)
-            return
-        ready.set_result(None)
-        while True:
-            try:
-                first = self._ops.get(timeout=_IDLE_CHECK_S)
-            except queue.Empty:
-                version = conn.execute("PRAGMA data_version").fetchone()[0]
-                if version != data_version:
-                    data_version = version
-                    self._publish(self._foreign_events(conn), [])
-                continue
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < _BATCH_MAX:
-                try:
-                    op = self._ops.get_nowait()
-                except queue.Empty:
-                    break
-                if op is None:
-                    self._ops.put(None)
-                    break
-                batch.append(op)
-            data_version = self._run_batch(conn, batch, data_version)
-        conn.close()
-
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op], data_version: int) -> int:
-        write = any(op.write for op in batch)
-        delay_s = 0.01
-        while True:
-            results: list[tuple[_Op, Any, BaseException | None]] = []
-            events: list[Event] = []
-            try:
-                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                version = conn.execute("PRAGMA data_version").fetchone()[0]
-                if version != data_version:
-                    # Another process committed since we last looked: its events come first.
-                    events.extend(self._foreign_events(conn))
-                    data_version = version
-                for op in batch:
-                    tx = _Tx(conn)
-                    conn.execute("SAVEPOINT op")
-                    try:
-                        value = op.fn(tx)
-                    except Exception as exc:  # handed to the caller, who sees it raised
-                        conn.execute("ROLLBACK TO op")
-                        conn.execute("RELEASE op")
-                        if _is_busy(exc):
-                            raise
-                        results.append((op, None, exc))
-                        continue
-                    conn.execute("RELEASE op")
-                    events.extend(tx.events)
-                    results.append((op, value, None))
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if _is_busy(exc):
-                    # Another process held the lock past busy_timeout: wait and run the
-                    # whole batch again, so "database is locked" never reaches a caller.
-                    log.warning("database busy; retrying %d operations", len(batch))
-                    time.sleep(delay_s)
-                    delay_s = min(1.0, delay_s * 2)
-                    continue
-                self._publish([], [(op, None, exc) for op in batch])
-                return data_version
-            if events:
-                self._last_seq = max(self._last_seq, events[-1].seq)
-            self._publish(events, results)
-            return data_version
-
-    def _foreign_events(self, conn: sqlite3.Connection) -> list[Event]:
-        rows = conn.execute(
-            "SELECT seq, type, ts, job_id, owner, data FROM events WHERE seq > ? ORDER BY seq",
-            (self._last_seq,),
-        ).fetchall()
-        if rows:
-            self._last_seq = rows[-1][0]
-        return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
-
-    def _publish(self, events: list[Event],
-                 results: list[tuple[_Op, Any, BaseException | None]]) -> None:
-        """Hand events and results to their event loops: one wake-up per loop per batch,
-        events first, so a caller sees its own change's effects when its call returns."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Op, Any, BaseException | None]]]
-        by_loop = {}
-        for item in results:
-            by_loop.setdefault(item[0].loop, []).append(item)
-        main = self._loop
-        if main is not None and (events or main in by_loop):
-            main.call_soon_threadsafe(self._deliver, events, by_loop.pop(main, []))
-        for loop, items in by_loop.items():
-            loop.call_soon_threadsafe(self._deliver, [], items)
-
-    def _deliver(self, events: list[Event],
-                 results: list[tuple[_Op, Any, BaseException | None]]) -> None:
-        if events:
-            for callback in self._listeners:
-                callback(events)
-        for op, value, exc in results:
-            if op.future.done():  # the caller gave up waiting (cancelled)
-                continue
-            if exc is None:
-                op.future.set_result(value)
-            else:
-                op.future.set_exception(exc)
-
-    async def _call(self, fn: Callable[[_Tx], T], write: bool = True) -> T:
-        if self._thread is None:
-            raise RuntimeError("the store is not open")
-        if os.getpid() != self._pid:
-            raise RuntimeError("a SQLite store cannot be used across fork; open a new one")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._ops.put(_Op(fn, write, loop, future))
-        return await future
-
     # --- jobs ---------------------------------------------------------------------------
     async def submit(self, job: Job, quota: Quota) -> tuple[Job, bool]:
-        def op(tx: _Tx) -> tuple[Job, bool]:
+        def op(tx: Tx) -> tuple[Job, bool]:
             if job.idempotency_key is not None:
                 same = _select(tx, "owner = ? AND idempotency_key = ?",
                                (job.owner, job.idempotency_key))
@@ -383,13 +124,13 @@ class SqliteStore(Store):
             job.state = State.QUEUED
             tx.conn.execute(f"INSERT INTO jobs ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
                             _job_values(job))
-            tx.emit("job.queued", job, _event_data(job))
+            tx.emit("job.queued", job, event_data(job))
             return job, True
 
         return await self._call(op)
 
     async def get(self, job_id: str) -> Job | None:
-        def op(tx: _Tx) -> Job | None:
+        def op(tx: Tx) -> Job | None:
             rows = _select(tx, "id = ?", (job_id,))
             return rows[0] if rows else None
 
@@ -410,7 +151,7 @@ class SqliteStore(Store):
                 where.append(clause)
                 params.append(value)
 
-        def op(tx: _Tx) -> Page:
+        def op(tx: Tx) -> Page:
             jobs = _select(tx, " AND ".join(where) + " ORDER BY id DESC LIMIT ?",
                            (*params, limit + 1))
             more = len(jobs) > limit
@@ -421,7 +162,7 @@ class SqliteStore(Store):
     async def claim(
         self, worker: str, slots: int, limits: Limits, lease_s: float, kinds: list[str]
     ) -> list[Job]:
-        def op(tx: _Tx) -> list[Job]:
+        def op(tx: Tx) -> list[Job]:
             running = Running()
             for owner, kind, n, mem in tx.conn.execute(
                 "SELECT owner, kind, count(*), coalesce(sum(memory_mb), 0) FROM jobs "
@@ -458,7 +199,7 @@ class SqliteStore(Store):
         return await self._call(op)
 
     async def renew(self, worker: str, leases: dict[str, int], lease_s: float) -> set[str]:
-        def op(tx: _Tx) -> set[str]:
+        def op(tx: Tx) -> set[str]:
             stop = set(leases)
             tx.conn.executemany(
                 "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND lease_token = ? "
@@ -478,14 +219,14 @@ class SqliteStore(Store):
         return await self._call(op)
 
     async def set_pid(self, job_id: str, token: int, pid: int | None) -> None:
-        def op(tx: _Tx) -> None:
+        def op(tx: Tx) -> None:
             tx.conn.execute("UPDATE jobs SET pid = ? WHERE id = ? AND lease_token = ?",
                             (pid, job_id, token))
 
         await self._call(op)
 
     async def finish(self, job_id: str, token: int, outcome: Outcome) -> Job | None:
-        def op(tx: _Tx) -> Job | None:
+        def op(tx: Tx) -> Job | None:
             rows = _select(tx, "id = ?", (job_id,))
             if not rows or rows[0].state is not State.RUNNING or rows[0].lease_token != token:
                 return None  # the lease moved on: somebody else owns this job now
@@ -508,7 +249,7 @@ class SqliteStore(Store):
     async def progress(
         self, job_id: str, token: int, percent: float | None, message: str | None
     ) -> None:
-        def op(tx: _Tx) -> None:
+        def op(tx: Tx) -> None:
             cur = tx.conn.execute(
                 "UPDATE jobs SET progress = coalesce(?, progress), message = coalesce(?, message)"
                 " WHERE id = ? AND lease_token = ? AND state = 'running' RETURNING owner",
@@ -522,7 +263,7 @@ class SqliteStore(Store):
         await self._call(op)
 
     async def append_logs(self, job_id: str, lines: list[str], cap: int) -> None:
-        def op(tx: _Tx) -> None:
+        def op(tx: Tx) -> None:
             row = tx.conn.execute("SELECT log_count, owner FROM jobs WHERE id = ?",
                                   (job_id,)).fetchone()
             if row is None:
@@ -540,7 +281,7 @@ class SqliteStore(Store):
         await self._call(op)
 
     async def logs(self, job_id: str, after: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
-        def op(tx: _Tx) -> list[tuple[int, str]]:
+        def op(tx: Tx) -> list[tuple[int, str]]:
             rows = tx.conn.execute(
                 "SELECT n, line FROM logs WHERE job_id = ? AND n > ? ORDER BY n LIMIT ?",
                 (job_id, after, limit),
@@ -559,7 +300,7 @@ class SqliteStore(Store):
         return await self._call(op, write=False)
 
     async def cancel(self, job_id: str) -> Job:
-        def op(tx: _Tx) -> Job:
+        def op(tx: Tx) -> Job:
             job = _one(tx, job_id)
             if job.state is State.QUEUED:
                 return tx.move(job, State.CANCELLED, finished_at=tx.now, message="cancelled")
@@ -579,7 +320,7 @@ class SqliteStore(Store):
         return await self._call(op)
 
     async def retry(self, job_id: str) -> Job:
-        def op(tx: _Tx) -> Job:
+        def op(tx: Tx) -> Job:
             job = _one(tx, job_id)
             if job.state not in (State.FAILED, State.CANCELLED):
                 # running→queued is the worker's move (a retry after failure), not a user's
@@ -592,7 +333,7 @@ class SqliteStore(Store):
         return await self._call(op)
 
     async def delete(self, job_id: str) -> Job:
-        def op(tx: _Tx) -> Job:
+        def op(tx: Tx) -> Job:
             job = _one(tx, job_id)
             if job.state not in FINAL:
                 raise IllegalMove(job.id, job.state, job.state)
@@ -604,7 +345,7 @@ class SqliteStore(Store):
     async def recover(self, lost_workers: Collection[str] = ()) -> list[Job]:
         lost = list(lost_workers)
 
-        def op(tx: _Tx) -> list[Job]:
+        def op(tx: Tx) -> list[Job]:
             out = []
             for job in _select(tx, "state = 'running' AND (lease_expires_at < ? OR worker IN "
                                f"({_placeholders(lost)}))", (tx.now, *lost)):
@@ -629,7 +370,7 @@ class SqliteStore(Store):
         return await self._call(op)
 
     async def expire_queued(self, start_timeout_s: float) -> list[Job]:
-        def op(tx: _Tx) -> list[Job]:
+        def op(tx: Tx) -> list[Job]:
             jobs = _select(tx, "state = 'queued' AND run_at < ?", (tx.now - start_timeout_s,))
             minutes = f"{start_timeout_s / 60:g} min" if start_timeout_s >= 60 else \
                 f"{start_timeout_s:g} s"
@@ -644,7 +385,7 @@ class SqliteStore(Store):
     async def finished_before(
         self, ts: float, owner: str | None = None, keep_per_user: int | None = None
     ) -> list[str]:
-        def op(tx: _Tx) -> list[str]:
+        def op(tx: Tx) -> list[str]:
             ids = [r[0] for r in tx.conn.execute(
                 "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? "
                 "AND (? IS NULL OR owner = ?)", (ts, owner, owner))]
@@ -659,21 +400,21 @@ class SqliteStore(Store):
         return await self._call(op, write=False)
 
     async def delete_many(self, job_ids: list[str]) -> int:
-        def op(tx: _Tx) -> int:
+        def op(tx: Tx) -> int:
             return _delete(tx, job_ids)
 
         return await self._call(op) if job_ids else 0
 
     # --- the queue ----------------------------------------------------------------------
     async def queued_keys(self) -> list[tuple[DispatchKey, float]]:
-        def op(tx: _Tx) -> list[tuple[DispatchKey, float]]:
+        def op(tx: Tx) -> list[tuple[DispatchKey, float]]:
             return [((-p, vt, i), run_at) for p, vt, i, run_at in tx.conn.execute(
                 "SELECT priority, vt, id, run_at FROM jobs WHERE state = 'queued'")]
 
         return await self._call(op, write=False)
 
     async def next_run_at(self) -> float | None:
-        def op(tx: _Tx) -> float | None:
+        def op(tx: Tx) -> float | None:
             value = tx.conn.execute(
                 "SELECT min(run_at) FROM jobs WHERE state = 'queued'").fetchone()[0]
             return None if value is None else float(value)
@@ -681,7 +422,7 @@ class SqliteStore(Store):
         return await self._call(op, write=False)
 
     async def stats(self) -> Stats:
-        def op(tx: _Tx) -> Stats:
+        def op(tx: Tx) -> Stats:
             counts = {s.value: 0 for s in State}
             counts.update(dict(tx.conn.execute(
                 "SELECT state, count(*) FROM jobs GROUP BY state").fetchall()))
@@ -698,14 +439,14 @@ class SqliteStore(Store):
         return await self._call(op, write=False)
 
     async def running_jobs(self, worker: str | None = None) -> list[Job]:
-        def op(tx: _Tx) -> list[Job]:
+        def op(tx: Tx) -> list[Job]:
             return _select(tx, "state = 'running' AND (? IS NULL OR worker = ?)",
                            (worker, worker))
 
         return await self._call(op, write=False)
 
     async def events_after(self, seq: int, limit: int = 1000) -> list[Event]:
-        def op(tx: _Tx) -> list[Event]:
+        def op(tx: Tx) -> list[Event]:
             return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in tx.conn.execute(
                 "SELECT seq, type, ts, job_id, owner, data FROM events WHERE seq > ? "
                 "ORDER BY seq LIMIT ?", (seq, limit))]
@@ -713,14 +454,14 @@ class SqliteStore(Store):
         return await self._call(op, write=False)
 
     async def prune_events(self, before_ts: float) -> int:
-        def op(tx: _Tx) -> int:
+        def op(tx: Tx) -> int:
             return tx.conn.execute("DELETE FROM events WHERE ts < ?", (before_ts,)).rowcount
 
         return await self._call(op)
 
     # --- users --------------------------------------------------------------------------
     async def add_user(self, name: str, password_hash: str | None, admin: bool) -> User:
-        def op(tx: _Tx) -> User:
+        def op(tx: Tx) -> User:
             try:
                 tx.conn.execute("INSERT INTO users (name, password_hash, admin, created_at) "
                                 "VALUES (?, ?, ?, ?)", (name, password_hash, int(admin), tx.now))
@@ -731,7 +472,7 @@ class SqliteStore(Store):
         return await self._call(op)
 
     async def get_user(self, name: str) -> User | None:
-        def op(tx: _Tx) -> User | None:
+        def op(tx: Tx) -> User | None:
             row = tx.conn.execute("SELECT name, admin, password_hash FROM users WHERE name = ?",
                                   (name,)).fetchone()
             return User(row[0], bool(row[1]), row[2]) if row else None
@@ -739,7 +480,7 @@ class SqliteStore(Store):
         return await self._call(op, write=False)
 
     async def add_token(self, user: str, token_hash: str) -> None:
-        def op(tx: _Tx) -> None:
+        def op(tx: Tx) -> None:
             if tx.conn.execute("SELECT 1 FROM users WHERE name = ?", (user,)).fetchone() is None:
                 raise NotFound(f"no user {user}")
             tx.conn.execute("INSERT INTO tokens (hash, user, created_at) VALUES (?, ?, ?)",
@@ -748,7 +489,7 @@ class SqliteStore(Store):
         await self._call(op)
 
     async def user_for_token(self, token_hash: str) -> User | None:
-        def op(tx: _Tx) -> User | None:
+        def op(tx: Tx) -> User | None:
             row = tx.conn.execute(
                 "SELECT u.name, u.admin FROM tokens t JOIN users u ON u.name = t.user "
                 "WHERE t.hash = ?", (token_hash,)).fetchone()
@@ -757,7 +498,7 @@ class SqliteStore(Store):
         return await self._call(op, write=False)
 
 
-def _candidates(tx: _Tx, kinds: list[str], owners: set[str], limits: Limits,
+def _candidates(tx: Tx, kinds: list[str], owners: set[str], limits: Limits,
                 running: Running, limit: int) -> list[Job]:
     """The first ready queued jobs in dispatch order that no limit excludes outright."""
     # `+` keeps SQLite off the run_at and kind indexes: walking jobs_dispatch in order and
@@ -778,7 +519,7 @@ def _candidates(tx: _Tx, kinds: list[str], owners: set[str], limits: Limits,
     ]
 
 
-def _owner_vt(tx: _Tx, owner: str, priority: int) -> int:
+def _owner_vt(tx: Tx, owner: str, priority: int) -> int:
     """The fair turn of a job of `owner` entering the queue at `priority` (scheduler.py)."""
     head = tx.conn.execute("SELECT min(vt) FROM jobs WHERE state = 'queued' AND priority = ?",
                            (priority,)).fetchone()[0]
@@ -788,7 +529,7 @@ def _owner_vt(tx: _Tx, owner: str, priority: int) -> int:
     return next_vt(head, last)
 
 
-def _delete(tx: _Tx, job_ids: list[str]) -> int:
+def _delete(tx: Tx, job_ids: list[str]) -> int:
     deleted = 0
     for start in range(0, len(job_ids), 500):
         chunk = job_ids[start:start + 500]
@@ -798,56 +539,3 @@ def _delete(tx: _Tx, job_ids: list[str]) -> int:
             f"DELETE FROM jobs WHERE id IN ({marks}) AND state IN ({_placeholders(_FINAL)})",
             [*chunk, *_FINAL]).rowcount
     return deleted
-
-
-def _migrations() -> list[tuple[int, str]]:
-    folder = resources.files("jobgate.store") / "migrations"
-    found = []
-    for entry in folder.iterdir():
-        name = entry.name
-        if name.startswith("sqlite_") and name.endswith(".sql"):
-            found.append((int(name.split("_")[1]), entry.read_text()))
-    return sorted(found)
-
-
-def latest_version() -> int:
-    """The schema version this jobgate writes."""
-    return _migrations()[-1][0]
-
-
-class SchemaTooNew(RuntimeError):
-    pass
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    current = conn.execute("PRAGMA user_version").fetchone()[0]
-    steps = _migrations()
-    if current > steps[-1][0]:
-        raise SchemaTooNew(
-            f"the database has schema version {current}, newer than this jobgate "
-            f"({steps[-1][0]}): upgrade jobgate"
-        )
-    for version, sql in steps:
-        if version <= current:
-            continue
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _split(sql):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {version:d}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-
-def _split(sql: str) -> list[str]:
-    statements, current = [], []
-    for line in sql.splitlines():
-        if line.strip().startswith("--"):
-            continue
-        current.append(line)
-        if line.rstrip().endswith(";") and sqlite3.complete_statement("\n".join(current)):
-            statements.append("\n".join(current))
-            current = []
-    return [s for s in statements if s.strip()]

@@ -1,0 +1,327 @@
+"""SQLite's connection thread: group commit, the event outbox, migrations.
+
+Every call becomes an operation handed to one thread that owns the process's only
+connection. The thread takes all operations waiting at that moment and runs them in one
+`BEGIN IMMEDIATE` transaction, each inside a savepoint so one failing operation does not
+undo the others, then commits once: with `synchronous=FULL` every acknowledged job is on
+disk, and one fsync serves a whole batch of submits, claims and completions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeVar
+
+from jobgate.model import Event, Job, State, check_move, event_type, iso
+from jobgate.store.base import EventListener
+
+T = TypeVar("T")
+_BATCH_MAX = 512  # operations per transaction
+_IDLE_CHECK_S = 0.05  # how often an idle connection looks for other processes' events
+_BUSY_TIMEOUT_MS = 5000
+log = logging.getLogger("jobgate.store")
+
+
+class Tx:
+    """One operation's view of the open transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.now = time.time()
+        self.events: list[Event] = []
+
+    def emit(self, type_: str, job: Job | None, data: dict[str, Any]) -> None:
+        job_id, owner = (job.id, job.owner) if job else (None, None)
+        cur = self.conn.execute(
+            "INSERT INTO events (type, ts, job_id, owner, data) VALUES (?, ?, ?, ?, ?)",
+            (type_, self.now, job_id, owner, json.dumps(data)),
+        )
+        assert cur.lastrowid is not None
+        self.events.append(Event(cur.lastrowid, type_, self.now, job_id, owner, data))
+
+    def move(self, job: Job, dst: State, **fields: Any) -> Job:
+        """The one way a job changes state: checked, written, and announced."""
+        src = job.state
+        check_move(job.id, src, dst)
+        fields["state"] = dst
+        for name, value in fields.items():
+            setattr(job, name, value)
+        cols = ", ".join(f"{name} = ?" for name in fields)
+        self.conn.execute(
+            f"UPDATE jobs SET {cols} WHERE id = ?",
+            [*(_to_db(name, v) for name, v in fields.items()), job.id],
+        )
+        self.emit(event_type(src, dst), job, event_data(job))
+        return job
+
+
+def event_data(job: Job) -> dict[str, Any]:
+    """What a state event carries: the fields a change can touch (the rest stay as read)."""
+    data: dict[str, Any] = {
+        "state": job.state.value, "kind": job.kind, "owner": job.owner,
+        "attempt": job.attempt, "max_attempts": job.max_attempts, "message": job.message,
+        "progress": job.progress,
+    }
+    if job.state is State.QUEUED:
+        data.update(priority=job.priority, run_at=iso(job.run_at), vt=job.vt)
+    elif job.state is State.RUNNING:
+        data.update(worker=job.worker, started_at=iso(job.started_at))
+    else:
+        data.update(finished_at=iso(job.finished_at), error=job.error, result=job.result,
+                    outputs=job.outputs, peak_memory_mb=job.peak_memory_mb)
+    return data
+
+
+_JSON_COLS = {"args", "result", "depends_on", "outputs"}
+
+
+def _to_db(name: str, value: Any) -> Any:
+    if name in _JSON_COLS:
+        return json.dumps(value)
+    if isinstance(value, State):
+        return value.value
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Op:
+    fn: Callable[[Tx], Any]
+    write: bool
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+def _is_busy(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or "busy" in str(exc))
+
+
+class GroupCommit:
+    """The connection thread; `SqliteStore` builds its operations on `_call`."""
+
+    def __init__(self, path: str, durability: str = "full") -> None:
+        self.path = path
+        self.durability = durability
+        self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._listeners: list[EventListener] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = os.getpid()
+        self._last_seq = 0
+
+    # --- the connection thread -------------------------------------------------------
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="jobgate-sqlite",
+                                        daemon=True)
+        self._thread.start()
+        await asyncio.wrap_future(ready)
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._ops.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+
+    def listen(self, callback: EventListener) -> None:
+        self._listeners.append(callback)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {'FULL' if self.durability == 'full' else 'NORMAL'}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _run(self, ready: concurrent.futures.Future[None]) -> None:
+        try:
+            conn = self._connect()
+            _migrate(conn)
+            self._last_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+            data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        while True:
+            try:
+                first = self._ops.get(timeout=_IDLE_CHECK_S)
+            except queue.Empty:
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if version != data_version:
+                    data_version = version
+                    self._publish(self._foreign_events(conn), [])
+                continue
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < _BATCH_MAX:
+                try:
+                    op = self._ops.get_nowait()
+                except queue.Empty:
+                    break
+                if op is None:
+                    self._ops.put(None)
+                    break
+                batch.append(op)
+            data_version = self._run_batch(conn, batch, data_version)
+        conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op], data_version: int) -> int:
+        write = any(op.write for op in batch)
+        delay_s = 0.01
+        while True:
+            results: list[tuple[_Op, Any, BaseException | None]] = []
+            events: list[Event] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if version != data_version:
+                    # Another process committed since we last looked: its events come first.
+                    events.extend(self._foreign_events(conn))
+                    data_version = version
+                for op in batch:
+                    tx = Tx(conn)
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        value = op.fn(tx)
+                    except Exception as exc:  # handed to the caller, who sees it raised
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        if _is_busy(exc):
+                            raise
+                        results.append((op, None, exc))
+                        continue
+                    conn.execute("RELEASE op")
+                    events.extend(tx.events)
+                    results.append((op, value, None))
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if _is_busy(exc):
+                    # Another process held the lock past busy_timeout: wait and run the
+                    # whole batch again, so "database is locked" never reaches a caller.
+                    log.warning("database busy; retrying %d operations", len(batch))
+                    time.sleep(delay_s)
+                    delay_s = min(1.0, delay_s * 2)
+                    continue
+                self._publish([], [(op, None, exc) for op in batch])
+                return data_version
+            if events:
+                self._last_seq = max(self._last_seq, events[-1].seq)
+            self._publish(events, results)
+            return data_version
+
+    def _foreign_events(self, conn: sqlite3.Connection) -> list[Event]:
+        rows = conn.execute(
+            "SELECT seq, type, ts, job_id, owner, data FROM events WHERE seq > ? ORDER BY seq",
+            (self._last_seq,),
+        ).fetchall()
+        if rows:
+            self._last_seq = rows[-1][0]
+        return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+
+    def _publish(self, events: list[Event],
+                 results: list[tuple[_Op, Any, BaseException | None]]) -> None:
+        """Hand events and results to their event loops: one wake-up per loop per batch,
+        events first, so a caller sees its own change's effects when its call returns."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Op, Any, BaseException | None]]]
+        by_loop = {}
+        for item in results:
+            by_loop.setdefault(item[0].loop, []).append(item)
+        main = self._loop
+        if main is not None and (events or main in by_loop):
+            main.call_soon_threadsafe(self._deliver, events, by_loop.pop(main, []))
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(self._deliver, [], items)
+
+    def _deliver(self, events: list[Event],
+                 results: list[tuple[_Op, Any, BaseException | None]]) -> None:
+        if events:
+            for callback in self._listeners:
+                callback(events)
+        for op, value, exc in results:
+            if op.future.done():  # the caller gave up waiting (cancelled)
+                continue
+            if exc is None:
+                op.future.set_result(value)
+            else:
+                op.future.set_exception(exc)
+
+    async def _call(self, fn: Callable[[Tx], T], write: bool = True) -> T:
+        if self._thread is None:
+            raise RuntimeError("the store is not open")
+        if os.getpid() != self._pid:
+            raise RuntimeError("a SQLite store cannot be used across fork; open a new one")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._ops.put(_Op(fn, write, loop, future))
+        return await future
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("jobgate.store") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.startswith("sqlite_") and name.endswith(".sql"):
+            found.append((int(name.split("_")[1]), entry.read_text()))
+    return sorted(found)
+
+
+def latest_version() -> int:
+    """The schema version this jobgate writes."""
+    return _migrations()[-1][0]
+
+
+class SchemaTooNew(RuntimeError):
+    pass
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    steps = _migrations()
+    if current > steps[-1][0]:
+        raise SchemaTooNew(
+            f"the database has schema version {current}, newer than this jobgate "
+            f"({steps[-1][0]}): upgrade jobgate"
+        )
+    for version, sql in steps:
+        if version <= current:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _split(sql):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version:d}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def _split(sql: str) -> list[str]:
+    statements, current = [], []
+    for line in sql.splitlines():
+        if line.strip().startswith("--"):
+            continue
+        current.append(line)
+        if line.rstrip().endswith(";") and sqlite3.complete_statement("\n".join(current)):
+            statements.append("\n".join(current))
+            current = []
+    return [s for s in statements if s.strip()]
+
