@@ -233,6 +233,18 @@ class Server:
         )
 
 
+@contextlib.contextmanager
+def running_server(folder: Path, config: str) -> Iterator[Server]:
+    """A started Server in `folder` (users added), stopped when the block ends."""
+    server = Server(folder, config)
+    server.add_users()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """`start_server(config_toml)` → a running Server; stopped after the test."""

@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from conftest import TEST_KINDS, Server
+from conftest import TEST_KINDS, Server, running_server
 
 # Kinds beyond the shared test kinds: required, path, url and pattern arguments, one at a
 # time (`single`), and an output file.
@@ -57,11 +57,9 @@ FINAL = ("completed", "failed", "cancelled")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for the tests that only look at the jobs they submit themselves."""
-    srv = Server(tmp_path_factory.mktemp("shared"), SHARED_LIMITS + TEST_KINDS + EXTRA_KINDS)
-    srv.add_users()
-    srv.start()
-    yield srv
-    srv.stop()
+    with running_server(tmp_path_factory.mktemp("shared"),
+                        SHARED_LIMITS + TEST_KINDS + EXTRA_KINDS) as srv:
+        yield srv
 
 
 @pytest.fixture

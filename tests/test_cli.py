@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import TEST_KINDS, Server, free_port
+from conftest import TEST_KINDS, Server, free_port, running_server
 
 JOB_LINE = re.compile(r"^(?P<id>[0-9A-HJKMNP-TV-Z]{26}) (?P<state>queued|running|completed)")
 UNKNOWN_ID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
@@ -31,11 +31,9 @@ STATS_KEYS = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("cli"), "[limits]\nmax_running = 4\n" + TEST_KINDS)
-    srv.add_users()
-    srv.start()
-    yield srv
-    srv.stop()
+    with running_server(tmp_path_factory.mktemp("cli"),
+                        "[limits]\nmax_running = 4\n" + TEST_KINDS) as srv:
+        yield srv
 
 
 @pytest.fixture
