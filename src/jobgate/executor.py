@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import ctypes
 import inspect
@@ -17,6 +16,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import psutil
 from jobgate.kinds import Kind, load_function, render_argv
 from jobgate.model import Job
 from jobgate.queue import RunResult
+from jobgate.threads import JobThreads
 
 ProgressFn = Callable[[float | None, str | None], None]
 LogFn = Callable[[str], None]
@@ -56,14 +57,36 @@ class NonRetryable(Exception):
     """Raise from a Python job to fail it without retry, whatever attempts remain."""
 
 
+class Stop(asyncio.Event):
+    """A run's stop signal (cancel, a lost lease), which can also call back when set:
+    watching it costs a callback, not a task per job."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def set(self) -> None:
+        super().set()
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_set(self, callback: Callable[[], None]) -> None:
+        if self.is_set():
+            callback()
+        else:
+            self._callbacks.append(callback)
+
+
 class JobContext:
     """What a Python job's function receives first."""
 
     def __init__(self, job: Job, output_dir: Path, progress: ProgressFn, log: LogFn,
-                 cancel: asyncio.Event, loop: asyncio.AbstractEventLoop) -> None:
+                 cancel: Stop, loop: asyncio.AbstractEventLoop) -> None:
         self.job_id = job.id
         self.attempt = job.attempt
         self.owner = job.owner
+        self.folder_used = False
         self._output_dir = output_dir
         self._progress, self._log, self._cancel, self._loop = progress, log, cancel, loop
 
@@ -71,6 +94,7 @@ class JobContext:
     def output_dir(self) -> Path:
         """The job's own folder: files written here become its outputs."""
         self._output_dir.mkdir(parents=True, exist_ok=True)
+        self.folder_used = True
         return self._output_dir
 
     @property
@@ -105,23 +129,20 @@ def _outputs(folder: Path) -> tuple[str, ...]:
 
 
 async def run(job: Job, kind: Kind, folder: Path, progress: ProgressFn, log: LogFn,
-              cancel: asyncio.Event, grace_s: float, threads: concurrent.futures.Executor,
+              cancel: Stop, grace_s: float, threads: JobThreads,
               on_pid: Callable[[int], Awaitable[None]] | None = None) -> RunResult:
     """Run a job to its end; `cancel` being set stops it (SIGTERM, then SIGKILL)."""
-    if kind.argv is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        result = await _run_command(job, kind, folder, progress, log, cancel, grace_s, on_pid)
-    else:
-        result = await _run_python(job, kind, folder, progress, log, cancel, threads)
-    if result.outputs or (kind.argv is None and not folder.exists()):
-        return result
-    return RunResult(**{**result.__dict__, "outputs": _outputs(folder)})
+    if kind.argv is None:
+        return await _run_python(job, kind, folder, progress, log, cancel, threads)
+    folder.mkdir(parents=True, exist_ok=True)
+    result = await _run_command(job, kind, folder, progress, log, cancel, grace_s, on_pid)
+    return replace(result, outputs=_outputs(folder))
 
 
 # --- commands ---------------------------------------------------------------------------
 
 async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn, log: LogFn,
-                       cancel: asyncio.Event, grace_s: float,
+                       cancel: Stop, grace_s: float,
                        on_pid: Callable[[int], Awaitable[None]] | None) -> RunResult:
     argv = render_argv(kind, job.args, folder, job.id)
     loop = asyncio.get_running_loop()
@@ -336,25 +357,29 @@ def _human(seconds: float) -> str:
 # --- Python functions -------------------------------------------------------------------
 
 async def _run_python(job: Job, kind: Kind, folder: Path, progress: ProgressFn, log: LogFn,
-                      cancel: asyncio.Event,
-                      threads: concurrent.futures.Executor) -> RunResult:
-    assert kind.function is not None
+                      cancel: Stop, threads: JobThreads) -> RunResult:
     loop = asyncio.get_running_loop()
-    func = _functions.get(kind.function)
-    if func is None:
-        func = _functions[kind.function] = load_function(
-            kind.function, f"kinds.{kind.name}.function", RuntimeError)
+    func = _function(kind)
     ctx = JobContext(job, folder, progress, log, cancel, loop)
     if inspect.iscoroutinefunction(func):
         task: asyncio.Future[Any] = asyncio.ensure_future(func(ctx, **job.args))
     else:
-        task = asyncio.wrap_future(threads.submit(func, ctx, **job.args))
-    stopper = asyncio.ensure_future(cancel.wait())
+        task = threads.submit(func, ctx, **job.args)
+    # One future woken by whichever comes first: the end, a cancel, the timeout.
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake(*_: Any) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    task.add_done_callback(wake)
+    cancel.on_set(wake)
+    timer = loop.call_later(kind.timeout_s, wake) if kind.timeout_s else None
     started = time.monotonic()
-    done, _ = await asyncio.wait({task, stopper}, timeout=kind.timeout_s,
-                                 return_when=asyncio.FIRST_COMPLETED)
-    stopper.cancel()
-    if task not in done:
+    await woken
+    if timer is not None:
+        timer.cancel()
+    if not task.done():
         timed_out = not cancel.is_set()
         cancel.set()  # a sync function sees ctx.cancelled; an async one is cancelled
         task.cancel()
@@ -362,24 +387,37 @@ async def _run_python(job: Job, kind: Kind, folder: Path, progress: ProgressFn, 
             return RunResult(ok=False, timed_out=True,
                              error=f"timed out after {_human(kind.timeout_s or 0)}")
         return RunResult(ok=False, cancelled=True)
+    # A retry may find files of an earlier attempt in the folder: they are outputs too.
+    outputs = _outputs(folder) if ctx.folder_used or job.attempt > 1 else ()
     try:
         value = task.result()
     except asyncio.CancelledError:
-        return RunResult(ok=False, cancelled=True)
+        return RunResult(ok=False, cancelled=True, outputs=outputs)
     except NonRetryable as exc:
-        return RunResult(ok=False, error=str(exc) or "failed", retryable=False)
+        return RunResult(ok=False, error=str(exc) or "failed", retryable=False, outputs=outputs)
     except Exception as exc:
         log(f"[jobgate] {type(exc).__name__}: {exc} after {time.monotonic() - started:.1f} s")
-        return RunResult(ok=False, error=f"{type(exc).__name__}: {exc}")
+        return RunResult(ok=False, error=f"{type(exc).__name__}: {exc}", outputs=outputs)
     if cancel.is_set():
-        return RunResult(ok=False, cancelled=True)
-    return RunResult(ok=True, result=_jsonable(value))
+        return RunResult(ok=False, cancelled=True, outputs=outputs)
+    return RunResult(ok=True, result=_jsonable(value), outputs=outputs)
+
+
+def _function(kind: Kind) -> Callable[..., Any]:
+    assert kind.function is not None
+    func = _functions.get(kind.function)
+    if func is None:
+        func = _functions[kind.function] = load_function(
+            kind.function, f"kinds.{kind.name}.function", RuntimeError)
+    return func
 
 
 _functions: dict[str, Callable[..., Any]] = {}  # imported once per process
 
 
 def _jsonable(value: Any) -> Any:
+    if value is None:
+        return None
     try:
         json.dumps(value)
     except (TypeError, ValueError):

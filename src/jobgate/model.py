@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import threading
 import time
@@ -101,6 +102,11 @@ def iso(ts: float | None) -> str | None:
     """Epoch seconds as ISO-8601 UTC with milliseconds, or None."""
     if ts is None:
         return None
+    return _iso(ts)
+
+
+@functools.lru_cache(maxsize=64)  # a batch stamps all its jobs with one time
+def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z"
     )

@@ -55,6 +55,7 @@ class JobQueue:
         self.store = store
         self.bus = EventBus()
         self.positions = PositionIndex()
+        self._jobs_path = settings.data_path / "jobs"
         self.limits = Limits(
             max_running=settings.limits.max_running,
             per_user_running=settings.limits.per_user_running,
@@ -165,7 +166,7 @@ class JobQueue:
 
     # --- what the worker reports -------------------------------------------------------
     def job_dir(self, job_id: str) -> Path:
-        return self.settings.data_path / "jobs" / job_id
+        return self._jobs_path / job_id
 
     def _remove_folder(self, job_id: str) -> None:
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)

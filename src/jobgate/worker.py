@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import os
@@ -31,6 +30,7 @@ from jobgate import executor
 from jobgate.model import Event, Job, State
 from jobgate.queue import JobQueue, RunResult
 from jobgate.store.base import Outcome
+from jobgate.threads import JobThreads
 
 log = logging.getLogger("jobgate.worker")
 
@@ -47,8 +47,9 @@ def default_name() -> str:
 @dataclass
 class _Run:
     job: Job
-    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel: executor.Stop = field(default_factory=executor.Stop)
     lost: bool = False  # the lease went to someone else: report nothing more
+    ending: bool = False  # its process is done; only its end is left to write
     logs: list[str] = field(default_factory=list)
     progress: tuple[float | None, str | None] | None = None
 
@@ -63,7 +64,7 @@ class Worker:
         self.slots = slots or self.settings.slots
         self._runs: dict[str, _Run] = {}
         self._wake = asyncio.Event()
-        self._threads = concurrent.futures.ThreadPoolExecutor(self.slots, "jobgate-job")
+        self._threads = JobThreads(self.slots)
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._renewer: threading.Thread | None = None
@@ -89,7 +90,7 @@ class Worker:
             await asyncio.gather(*side, return_exceptions=True)
             unsubscribe()
             await self._hand_back()
-            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads.close()
 
     def stop(self) -> None:
         self._stop.set()
@@ -110,7 +111,7 @@ class Worker:
         kinds = sorted(self.settings.kinds)
         lease_s = self.settings.worker.lease_s
         while not self._stop.is_set():
-            free = self.slots - len(self._runs)
+            free = self.slots - sum(1 for r in self._runs.values() if not r.ending)
             self._wake.clear()
             if free > 0:
                 jobs = await self.queue.store.claim(self.name, free, self.queue.limits, lease_s,
@@ -182,7 +183,12 @@ class Worker:
                                       message="handed back: its worker stopped")
                 else:
                     outcome = self.queue.outcome(job, result)
-                await self.queue.store.finish(job.id, token, outcome)
+                # The slot is free: the claim loop, woken after the end is handed to the
+                # store, claims in the same transaction when the store is busy.
+                run.ending = True
+                ended = asyncio.ensure_future(self.queue.store.finish(job.id, token, outcome))
+                self._wake.set()
+                await ended
         finally:
             if self._runs.get(job.id) is run:
                 del self._runs[job.id]

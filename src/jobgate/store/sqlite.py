@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Collection
 from typing import Any
 
-from jobgate.model import FINAL, DispatchKey, Event, IllegalMove, Job, State
+from jobgate.model import FINAL, DispatchKey, Event, IllegalMove, Job, State, check_move
 from jobgate.scheduler import Limits, Running, admit, blocked, free_slots, next_vt
 from jobgate.store.base import (
     Conflict,
@@ -49,17 +49,26 @@ def _job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
      peak_memory_mb, depends_on, unique_key, outputs, vt, lease_token, lease_expires_at,
      cancel_requested, pid, idempotency_key) = tuple(row)[:28]
     return Job(
-        id=id_, kind=kind, owner=owner, args=json.loads(args), priority=priority,
+        id=id_, kind=kind, owner=owner, args=_loads(args), priority=priority,
         state=State(state), progress=progress, message=message, attempt=attempt,
         max_attempts=max_attempts, created_at=created_at, run_at=run_at,
         started_at=started_at, finished_at=finished_at,
-        result=None if result is None else json.loads(result), error=error, worker=worker,
+        result=None if result is None else _loads(result), error=error, worker=worker,
         memory_mb=memory_mb, peak_memory_mb=peak_memory_mb,
-        depends_on=json.loads(depends_on), unique_key=unique_key,
-        outputs=json.loads(outputs), vt=vt, lease_token=lease_token,
+        depends_on=_loads(depends_on), unique_key=unique_key,
+        outputs=_loads(outputs), vt=vt, lease_token=lease_token,
         lease_expires_at=lease_expires_at, cancel_requested=bool(cancel_requested), pid=pid,
         idempotency_key=idempotency_key,
     )
+
+
+def _loads(text: str) -> Any:
+    # Most jobs carry empty arguments, dependencies and outputs: skip the parser for them.
+    if text == "[]":
+        return []
+    if text == "{}":
+        return {}
+    return json.loads(text)
 
 
 def _job_values(job: Job) -> tuple[Any, ...]:
@@ -95,39 +104,7 @@ class SqliteStore(GroupCommit, Store):
 
     # --- jobs ---------------------------------------------------------------------------
     async def submit(self, job: Job, quota: Quota) -> tuple[Job, bool]:
-        def op(tx: Tx) -> tuple[Job, bool]:
-            if job.idempotency_key is not None:
-                same = _select(tx, "owner = ? AND idempotency_key = ?",
-                               (job.owner, job.idempotency_key))
-                if same:
-                    return same[0], False
-            if job.unique_key is not None:
-                same = _select(tx, "owner = ? AND unique_key = ? "
-                               "AND state IN ('queued', 'running')", (job.owner, job.unique_key))
-                if same:
-                    return same[0], False
-            # Counting stops at the limit, so a deep queue costs no more than a full one.
-            if quota.max_queued is not None:
-                n = tx.conn.execute(
-                    "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'queued' LIMIT ?)",
-                    (quota.max_queued,)).fetchone()[0]
-                if n >= quota.max_queued:
-                    raise QueueFull(f"queue full: {n}/{quota.max_queued}")
-            if quota.per_user_queued is not None:
-                n = tx.conn.execute(
-                    "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE owner = ? "
-                    "AND state = 'queued' LIMIT ?)", (job.owner, quota.per_user_queued)
-                ).fetchone()[0]
-                if n >= quota.per_user_queued:
-                    raise QueueFull(f"queue full for {job.owner}: {n}/{quota.per_user_queued}")
-            job.vt = _owner_vt(tx, job.owner, job.priority)
-            job.state = State.QUEUED
-            tx.conn.execute(f"INSERT INTO jobs ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
-                            _job_values(job))
-            tx.emit("job.queued", job, event_data(job))
-            return job, True
-
-        return await self._call(op)
+        return await self._call_grouped("submit", (job, quota), _submit_many)
 
     async def get(self, job_id: str) -> Job | None:
         def op(tx: Tx) -> Job | None:
@@ -186,14 +163,21 @@ class SqliteStore(GroupCommit, Store):
                     break
                 seen.update(j.id for j in candidates)
                 admitted += admit(candidates, limits, running, want)
+            if not admitted:
+                return []
+            check_move("", State.QUEUED, State.RUNNING)
             ids = [j.id for j in admitted]
-            chosen = sorted(_select(tx, f"id IN ({_placeholders(ids)})", tuple(ids)),
-                            key=lambda j: j.dispatch_key)
+            chosen = sorted(
+                (_job(r) for r in tx.conn.execute(
+                    "UPDATE jobs SET state = 'running', attempt = attempt + 1, started_at = ?, "
+                    "finished_at = NULL, worker = ?, lease_token = lease_token + 1, "
+                    "lease_expires_at = ?, progress = NULL, message = NULL, error = NULL, "
+                    "result = NULL, cancel_requested = 0, pid = NULL "
+                    f"WHERE id IN ({_placeholders(ids)}) AND state = 'queued' "
+                    f"RETURNING {_COLUMNS}", (tx.now, worker, tx.now + lease_s, *ids))),
+                key=lambda j: j.dispatch_key)
             for job in chosen:
-                tx.move(job, State.RUNNING, attempt=job.attempt + 1, started_at=tx.now,
-                        finished_at=None, worker=worker, lease_token=job.lease_token + 1,
-                        lease_expires_at=tx.now + lease_s, progress=None, message=None,
-                        error=None, result=None, cancel_requested=False, pid=None)
+                tx.announce(job, State.QUEUED)
             return chosen
 
         return await self._call(op)
@@ -226,25 +210,7 @@ class SqliteStore(GroupCommit, Store):
         await self._call(op)
 
     async def finish(self, job_id: str, token: int, outcome: Outcome) -> Job | None:
-        def op(tx: Tx) -> Job | None:
-            rows = _select(tx, "id = ?", (job_id,))
-            if not rows or rows[0].state is not State.RUNNING or rows[0].lease_token != token:
-                return None  # the lease moved on: somebody else owns this job now
-            job = rows[0]
-            common = {"lease_expires_at": None, "pid": None, "error": outcome.error,
-                      "message": outcome.message, "peak_memory_mb": outcome.peak_memory_mb}
-            if outcome.state is State.QUEUED:
-                assert outcome.retry_at is not None
-                return tx.move(job, State.QUEUED, vt=_owner_vt(tx, job.owner, job.priority),
-                               run_at=outcome.retry_at, worker=None,
-                               attempt=job.attempt - 1 if outcome.hand_back else job.attempt,
-                               lease_token=job.lease_token + 1, **common)
-            return tx.move(job, outcome.state, finished_at=tx.now, result=outcome.result,
-                           outputs=outcome.outputs, cancel_requested=False,
-                           progress=100.0 if outcome.state is State.COMPLETED else job.progress,
-                           **common)
-
-        return await self._call(op)
+        return await self._call_grouped("finish", (job_id, token, outcome), _finish_many)
 
     async def progress(
         self, job_id: str, token: int, percent: float | None, message: str | None
@@ -519,14 +485,107 @@ def _candidates(tx: Tx, kinds: list[str], owners: set[str], limits: Limits,
     ]
 
 
+class _Turns:
+    """Fair turns (scheduler.next_vt) handed out within one operation: the queue's head and
+    each owner's last turn are read once, then followed as jobs enter."""
+
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+        self.head: dict[int, int | None] = {}
+        self.last: dict[tuple[str, int], int | None] = {}
+
+    def next(self, owner: str, priority: int) -> int:
+        conn = self.tx.conn
+        if priority not in self.head:
+            self.head[priority] = conn.execute(
+                "SELECT min(vt) FROM jobs WHERE state = 'queued' AND priority = ?",
+                (priority,)).fetchone()[0]
+        key = (owner, priority)
+        if key not in self.last:
+            self.last[key] = conn.execute(
+                "SELECT max(vt) FROM jobs WHERE owner = ? AND state IN ('queued', 'running') "
+                "AND priority = ?", (owner, priority)).fetchone()[0]
+        head = self.head[priority]
+        vt = next_vt(head, self.last[key])
+        self.last[key] = vt
+        self.head[priority] = vt if head is None else min(head, vt)
+        return vt
+
+
 def _owner_vt(tx: Tx, owner: str, priority: int) -> int:
     """The fair turn of a job of `owner` entering the queue at `priority` (scheduler.py)."""
-    head = tx.conn.execute("SELECT min(vt) FROM jobs WHERE state = 'queued' AND priority = ?",
-                           (priority,)).fetchone()[0]
-    last = tx.conn.execute(
-        "SELECT max(vt) FROM jobs WHERE owner = ? AND state IN ('queued', 'running') "
-        "AND priority = ?", (owner, priority)).fetchone()[0]
-    return next_vt(head, last)
+    return _Turns(tx).next(owner, priority)
+
+
+def _submit_many(tx: Tx, items: list[tuple[Job, Quota]]) -> list[tuple[Job, bool] | Exception]:
+    """Queue jobs: each is checked (idempotency, unique key, quotas) before anything of it
+    is written, so a refused one leaves no trace beside the others."""
+    turns = _Turns(tx)
+    out: list[tuple[Job, bool] | Exception] = []
+    rows: list[tuple[Any, ...]] = []
+    for job, quota in items:
+        try:
+            same = _existing(tx, job, rows)
+            if same is None:
+                _check_quota(tx, job, quota, rows)
+        except QueueFull as exc:
+            out.append(exc)
+            continue
+        if same is not None:
+            out.append((same, False))
+            continue
+        job.vt = turns.next(job.owner, job.priority)
+        job.state = State.QUEUED
+        rows.append(_job_values(job))
+        tx.emit("job.queued", job, event_data(job))
+        out.append((job, True))
+        if job.idempotency_key is not None or job.unique_key is not None:
+            _flush(tx, rows)  # later jobs of this batch must find this one
+    _flush(tx, rows)
+    return out
+
+
+def _flush(tx: Tx, rows: list[tuple[Any, ...]]) -> None:
+    if rows:
+        tx.conn.executemany(f"INSERT INTO jobs ({_COLUMNS}) VALUES ({_PLACEHOLDERS})", rows)
+        rows.clear()
+
+
+def _existing(tx: Tx, job: Job, rows: list[tuple[Any, ...]]) -> Job | None:
+    """The job a repeated Idempotency-Key or a live unique_key stands for, if any."""
+    if job.idempotency_key is None and job.unique_key is None:
+        return None
+    _flush(tx, rows)
+    if job.idempotency_key is not None:
+        same = _select(tx, "owner = ? AND idempotency_key = ?", (job.owner, job.idempotency_key))
+        if same:
+            return same[0]
+    if job.unique_key is not None:
+        same = _select(tx, "owner = ? AND unique_key = ? AND state IN ('queued', 'running')",
+                       (job.owner, job.unique_key))
+        if same:
+            return same[0]
+    return None
+
+
+def _check_quota(tx: Tx, job: Job, quota: Quota, rows: list[tuple[Any, ...]]) -> None:
+    # Counting stops at the limit, so a deep queue costs no more than a full one.
+    if quota.max_queued is None and quota.per_user_queued is None:
+        return
+    _flush(tx, rows)
+    if quota.max_queued is not None:
+        n = tx.conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'queued' LIMIT ?)",
+            (quota.max_queued,)).fetchone()[0]
+        if n >= quota.max_queued:
+            raise QueueFull(f"queue full: {n}/{quota.max_queued}")
+    if quota.per_user_queued is not None:
+        n = tx.conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE owner = ? "
+            "AND state = 'queued' LIMIT ?)", (job.owner, quota.per_user_queued)
+        ).fetchone()[0]
+        if n >= quota.per_user_queued:
+            raise QueueFull(f"queue full for {job.owner}: {n}/{quota.per_user_queued}")
 
 
 def _delete(tx: Tx, job_ids: list[str]) -> int:
@@ -539,3 +598,56 @@ def _delete(tx: Tx, job_ids: list[str]) -> int:
             f"DELETE FROM jobs WHERE id IN ({marks}) AND state IN ({_placeholders(_FINAL)})",
             [*chunk, *_FINAL]).rowcount
     return deleted
+
+
+_END_COLUMNS = ("state", "finished_at", "result", "outputs", "cancel_requested", "progress",
+                "lease_expires_at", "pid", "error", "message", "peak_memory_mb")
+_END_SQL = (f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _END_COLUMNS)} "
+            "WHERE id = ? AND lease_token = ?")
+
+
+def _finish_many(tx: Tx, items: list[tuple[str, int, Outcome]]) -> list[Job | None]:
+    """End runs, fenced by their lease tokens: one read and one `executemany` for all the
+    runs that end (a retry, which needs its fair turn worked out, takes its own move)."""
+    ids = list({job_id for job_id, _, _ in items})
+    current: dict[str, Job] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        current.update((j.id, j) for j in _select(tx, f"id IN ({_placeholders(chunk)})",
+                                                  tuple(chunk)))
+    out: list[Job | None] = []
+    ended: list[tuple[Any, ...]] = []
+    for job_id, token, outcome in items:
+        job = current.get(job_id)
+        if job is None or job.state is not State.RUNNING or job.lease_token != token:
+            out.append(None)  # the lease moved on: somebody else owns this job now
+            continue
+        src = job.state
+        common = {"lease_expires_at": None, "pid": None, "error": outcome.error,
+                  "message": outcome.message, "peak_memory_mb": outcome.peak_memory_mb}
+        if outcome.state is State.QUEUED:
+            assert outcome.retry_at is not None
+            out.append(tx.move(job, State.QUEUED, vt=_owner_vt(tx, job.owner, job.priority),
+                               run_at=outcome.retry_at, worker=None,
+                               attempt=job.attempt - 1 if outcome.hand_back else job.attempt,
+                               lease_token=job.lease_token + 1, **common))
+            continue
+        check_move(job.id, src, outcome.state)
+        job.state, job.finished_at, job.result = outcome.state, tx.now, outcome.result
+        job.outputs, job.cancel_requested = list(outcome.outputs), False
+        if outcome.state is State.COMPLETED:
+            job.progress = 100.0
+        job.lease_expires_at, job.pid, job.error = None, None, outcome.error
+        job.message, job.peak_memory_mb = outcome.message, outcome.peak_memory_mb
+        ended.append((job.state.value, job.finished_at, _json_or_none(job.result),
+                      json.dumps(job.outputs), 0, job.progress, None, None, job.error,
+                      job.message, job.peak_memory_mb, job.id, token))
+        tx.announce(job, src)
+        out.append(job)
+    if ended:
+        tx.conn.executemany(_END_SQL, ended)
+    return out
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -27,31 +28,33 @@ from jobgate.model import Event, Job, State, check_move, event_type, iso
 from jobgate.store.base import EventListener
 
 T = TypeVar("T")
+ItemT = TypeVar("ItemT")
 _BATCH_MAX = 512  # operations per transaction
 _IDLE_CHECK_S = 0.05  # how often an idle connection looks for other processes' events
-_BUSY_TIMEOUT_MS = 5000
+_BUSY_TIMEOUT_MS = 5000  # while opening: migrations of two processes starting together
+_BUSY_FIRST_S = 0.0005  # then a busy write lock is retried after this, growing 1.5x ...
+_BUSY_MAX_S = 0.002  # ... up to this
+_BUSY_WARN_S = 5.0
 log = logging.getLogger("jobgate.store")
 
 
 class Tx:
-    """One operation's view of the open transaction."""
+    """One operation's view of the open transaction.
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    Events are numbered and written when the operation succeeds, all of a batch's in one
+    `executemany`: the batch holds the write lock, so it knows the next `seq` itself.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, now: float) -> None:
         self.conn = conn
-        self.now = time.time()
-        self.events: list[Event] = []
+        self.now = now
+        self.pending: list[tuple[str, str | None, str | None, dict[str, Any]]] = []
 
     def emit(self, type_: str, job: Job | None, data: dict[str, Any]) -> None:
-        job_id, owner = (job.id, job.owner) if job else (None, None)
-        cur = self.conn.execute(
-            "INSERT INTO events (type, ts, job_id, owner, data) VALUES (?, ?, ?, ?, ?)",
-            (type_, self.now, job_id, owner, json.dumps(data)),
-        )
-        assert cur.lastrowid is not None
-        self.events.append(Event(cur.lastrowid, type_, self.now, job_id, owner, data))
+        self.pending.append((type_, job.id if job else None, job.owner if job else None, data))
 
     def move(self, job: Job, dst: State, **fields: Any) -> Job:
-        """The one way a job changes state: checked, written, and announced."""
+        """The one way a single job changes state: checked, written, and announced."""
         src = job.state
         check_move(job.id, src, dst)
         fields["state"] = dst
@@ -62,8 +65,12 @@ class Tx:
             f"UPDATE jobs SET {cols} WHERE id = ?",
             [*(_to_db(name, v) for name, v in fields.items()), job.id],
         )
-        self.emit(event_type(src, dst), job, event_data(job))
+        self.announce(job, src)
         return job
+
+    def announce(self, job: Job, src: State) -> None:
+        """The event of a move already written (by a statement that moved many jobs)."""
+        self.emit(event_type(src, job.state), job, event_data(job))
 
 
 def event_data(job: Job) -> dict[str, Any]:
@@ -102,9 +109,24 @@ class _Op:
     future: asyncio.Future[Any]
 
 
+@dataclass(slots=True)
+class _Group:
+    """Calls of one grouped operation, waiting for the connection thread to take them."""
+
+    items: list[Any]
+    future: asyncio.Future[list[Any]]
+
+
 def _is_busy(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and (
         "locked" in str(exc) or "busy" in str(exc))
+
+
+def _max_seq(conn: sqlite3.Connection) -> int:
+    """The highest event number ever given, pruned events included."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    top: int = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+    return max(top, row[0] if row else 0)
 
 
 class GroupCommit:
@@ -119,6 +141,8 @@ class GroupCommit:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pid = os.getpid()
         self._last_seq = 0
+        self._groups: dict[tuple[str, asyncio.AbstractEventLoop], _Group] = {}
+        self._groups_lock = threading.Lock()
 
     # --- the connection thread -------------------------------------------------------
     async def open(self) -> None:
@@ -150,8 +174,12 @@ class GroupCommit:
         try:
             conn = self._connect()
             _migrate(conn)
-            self._last_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+            self._last_seq = _max_seq(conn)
             data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+            # From here this thread waits out another process's lock itself, in short
+            # sleeps: SQLite's own busy handler sleeps up to 100 ms at a time, while a
+            # busy peer commits every few milliseconds.
+            conn.execute("PRAGMA busy_timeout = 0")
         except BaseException as exc:
             ready.set_exception(exc)
             return
@@ -160,10 +188,12 @@ class GroupCommit:
             try:
                 first = self._ops.get(timeout=_IDLE_CHECK_S)
             except queue.Empty:
-                version = conn.execute("PRAGMA data_version").fetchone()[0]
-                if version != data_version:
-                    data_version = version
-                    self._publish(self._foreign_events(conn), [])
+                with contextlib.suppress(sqlite3.OperationalError):  # busy: next time
+                    version = conn.execute("PRAGMA data_version").fetchone()[0]
+                    if version != data_version:
+                        events = self._foreign_events(conn)
+                        data_version = version
+                        self._publish(events, [])
                 continue
             if first is None:
                 break
@@ -182,19 +212,22 @@ class GroupCommit:
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op], data_version: int) -> int:
         write = any(op.write for op in batch)
-        delay_s = 0.01
+        foreign: list[Event] = []
+        waited_s, delay_s = 0.0, _BUSY_FIRST_S
         while True:
             results: list[tuple[_Op, Any, BaseException | None]] = []
             events: list[Event] = []
+            rows: list[tuple[Any, ...]] = []
             try:
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 version = conn.execute("PRAGMA data_version").fetchone()[0]
                 if version != data_version:
                     # Another process committed since we last looked: its events come first.
-                    events.extend(self._foreign_events(conn))
+                    foreign.extend(self._foreign_events(conn))
                     data_version = version
+                seq, now = self._last_seq, time.time()
                 for op in batch:
-                    tx = Tx(conn)
+                    tx = Tx(conn, now)
                     conn.execute("SAVEPOINT op")
                     try:
                         value = op.fn(tx)
@@ -206,24 +239,31 @@ class GroupCommit:
                         results.append((op, None, exc))
                         continue
                     conn.execute("RELEASE op")
-                    events.extend(tx.events)
+                    for type_, job_id, owner, data in tx.pending:
+                        seq += 1
+                        events.append(Event(seq, type_, now, job_id, owner, data))
+                        rows.append((seq, type_, now, job_id, owner, json.dumps(data)))
                     results.append((op, value, None))
+                if rows:
+                    conn.executemany("INSERT INTO events (seq, type, ts, job_id, owner, data) "
+                                     "VALUES (?, ?, ?, ?, ?, ?)", rows)
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 if _is_busy(exc):
-                    # Another process held the lock past busy_timeout: wait and run the
-                    # whole batch again, so "database is locked" never reaches a caller.
-                    log.warning("database busy; retrying %d operations", len(batch))
+                    # Another process holds the write lock: wait and run the whole batch
+                    # again, so "database is locked" never reaches a caller.
+                    if waited_s < _BUSY_WARN_S <= waited_s + delay_s:
+                        log.warning("database busy for %.0f s; still waiting", _BUSY_WARN_S)
                     time.sleep(delay_s)
-                    delay_s = min(1.0, delay_s * 2)
+                    waited_s += delay_s
+                    delay_s = min(_BUSY_MAX_S, delay_s * 1.5)
                     continue
-                self._publish([], [(op, None, exc) for op in batch])
+                self._publish(foreign, [(op, None, exc) for op in batch])
                 return data_version
-            if events:
-                self._last_seq = max(self._last_seq, events[-1].seq)
-            self._publish(events, results)
+            self._last_seq = seq
+            self._publish(foreign + events, results)
             return data_version
 
     def _foreign_events(self, conn: sqlite3.Connection) -> list[Event]:
@@ -231,8 +271,7 @@ class GroupCommit:
             "SELECT seq, type, ts, job_id, owner, data FROM events WHERE seq > ? ORDER BY seq",
             (self._last_seq,),
         ).fetchall()
-        if rows:
-            self._last_seq = rows[-1][0]
+        self._last_seq = max(_max_seq(conn), self._last_seq)
         return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
 
     def _publish(self, events: list[Event],
@@ -262,15 +301,47 @@ class GroupCommit:
             else:
                 op.future.set_exception(exc)
 
-    async def _call(self, fn: Callable[[Tx], T], write: bool = True) -> T:
+    # --- what operations are built on ------------------------------------------------
+    def _check_usable(self) -> None:
         if self._thread is None:
             raise RuntimeError("the store is not open")
         if os.getpid() != self._pid:
             raise RuntimeError("a SQLite store cannot be used across fork; open a new one")
+
+    async def _call(self, fn: Callable[[Tx], T], write: bool = True) -> T:
+        self._check_usable()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._ops.put(_Op(fn, write, loop, future))
         return await future
+
+    async def _call_grouped(self, name: str, item: ItemT,
+                            fn: Callable[[Tx, list[ItemT]], list[T] | list[T | Exception]]
+                            ) -> T:
+        """Calls made while the thread is busy become one operation over all their items:
+        a thousand jobs finishing at once cost a few statements, not a thousand. `fn`
+        returns one result per item, or the exception that item's caller gets."""
+        self._check_usable()
+        loop = asyncio.get_running_loop()
+        key = (name, loop)
+        with self._groups_lock:
+            group = self._groups.get(key)
+            if group is None:
+                group = self._groups[key] = _Group([], loop.create_future())
+
+                def take(tx: Tx) -> list[T] | list[T | Exception]:
+                    with self._groups_lock:
+                        items = self._groups.pop(key).items
+                    return fn(tx, items)
+
+                self._ops.put(_Op(take, True, loop, group.future))
+            index = len(group.items)
+            group.items.append(item)
+        results: list[T | Exception] = await asyncio.shield(group.future)
+        value = results[index]
+        if isinstance(value, Exception):
+            raise value
+        return value
 
 
 def _migrations() -> list[tuple[int, str]]:
