@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from conftest import wait_for
 from jobgate.model import FINAL, TRANSITIONS, IllegalMove, Job, State, event_type, new_id
 from jobgate.scheduler import Limits
 from jobgate.store import store_for_url
@@ -872,6 +873,50 @@ async def test_listen_hears_other_nodes_events(store, other_node):
     await store.finish(job.id, claimed.lease_token, done())
     await asyncio.wait_for(got_all.wait(), 5)
     assert heard == [e.seq for e in await store.events_after(0)]
+
+
+async def test_two_nodes_writing_at_once_each_hear_every_event_once(store, other_node):
+    """Both nodes submit, claim and finish in bursts; each hears all of both nodes' events,
+    gap-free and in order (a node's idle look for the other's events must never skip)."""
+    heard: dict[str, list[int]] = {"a": [], "b": []}
+    store.listen(lambda events: heard["a"].extend(e.seq for e in events))
+    other_node.listen(lambda events: heard["b"].extend(e.seq for e in events))
+
+    async def burst(node: Store, owner: str) -> None:
+        await asyncio.gather(*(node.submit(make_job(owner), NO_QUOTA) for _ in range(20)))
+        for job in await claim(node, slots=10, worker=owner):
+            await node.finish(job.id, job.lease_token, done())
+
+    async def trickle(node: Store, owner: str) -> None:
+        # One commit after another while the other node sits idle and looks every so often.
+        for _ in range(150):
+            await node.submit(make_job(owner), NO_QUOTA)
+
+    for _ in range(2):
+        await trickle(other_node, "bob")
+        await trickle(store, "alice")
+    for _ in range(10):
+        await asyncio.gather(burst(store, "alice"), burst(other_node, "bob"))
+        await asyncio.sleep(random.choice([0, 0.01, 0.06]))
+    top = max(e.seq for e in await store.events_after(0, limit=10_000))
+
+    def caught_up() -> bool:
+        return all(seqs and seqs[-1] == top for seqs in heard.values())
+
+    await wait_for(caught_up)
+    for seqs in heard.values():
+        assert seqs == list(range(1, top + 1))
+
+
+async def test_event_numbers_are_never_reused_after_pruning(store, other_node):
+    await submit(store)
+    await submit(other_node)
+    first_top = max(e.seq for e in await store.events_after(0))
+    assert await store.prune_events(time.time() + 1) == 2
+    later = await submit(other_node)
+    again = await submit(store)
+    seqs = [e.seq for e in await store.events_after(0) if e.job_id in (later.id, again.id)]
+    assert len(seqs) == 2 and min(seqs) > first_top and len(set(seqs)) == 2
 
 
 async def test_prune_events_drops_only_old_events(store):

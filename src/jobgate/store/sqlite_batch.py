@@ -224,6 +224,9 @@ class GroupCommit:
                 if version != data_version:
                     # Another process committed since we last looked: its events come first.
                     foreign.extend(self._foreign_events(conn))
+                    # Numbers another process gave to events pruned since count too (read
+                    # in this transaction's snapshot, unlike the idle look outside one).
+                    self._last_seq = max(self._last_seq, _max_seq(conn))
                     data_version = version
                 seq, now = self._last_seq, time.time()
                 for op in batch:
@@ -271,7 +274,8 @@ class GroupCommit:
             "SELECT seq, type, ts, job_id, owner, data FROM events WHERE seq > ? ORDER BY seq",
             (self._last_seq,),
         ).fetchall()
-        self._last_seq = max(_max_seq(conn), self._last_seq)
+        if rows:
+            self._last_seq = max(self._last_seq, rows[-1][0])
         return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
 
     def _publish(self, events: list[Event],
@@ -315,6 +319,29 @@ class GroupCommit:
         self._ops.put(_Op(fn, write, loop, future))
         return await future
 
+    def _take(self, key: tuple[str, asyncio.AbstractEventLoop],
+              fn: Callable[[Tx, list[ItemT]], list[T] | list[T | Exception]]
+              ) -> Callable[[Tx], list[T] | list[T | Exception]]:
+        """The operation of a group: closes the group to newcomers when it first runs, and
+        runs on the same items if the batch has to run again (busy)."""
+        taken: list[ItemT] | None = None
+
+        def op(tx: Tx) -> list[T] | list[T | Exception]:
+            nonlocal taken
+            if taken is None:
+                with self._groups_lock:
+                    group = self._groups.pop(key)
+                taken = group.items
+            return fn(tx, taken)
+
+        return op
+
+    def _forget(self, key: tuple[str, asyncio.AbstractEventLoop], group: _Group) -> None:
+        """A group that ended without running (its batch failed) takes no newcomers."""
+        with self._groups_lock:
+            if self._groups.get(key) is group:
+                del self._groups[key]
+
     async def _call_grouped(self, name: str, item: ItemT,
                             fn: Callable[[Tx, list[ItemT]], list[T] | list[T | Exception]]
                             ) -> T:
@@ -326,15 +353,10 @@ class GroupCommit:
         key = (name, loop)
         with self._groups_lock:
             group = self._groups.get(key)
-            if group is None:
+            if group is None or group.future.done():
                 group = self._groups[key] = _Group([], loop.create_future())
-
-                def take(tx: Tx) -> list[T] | list[T | Exception]:
-                    with self._groups_lock:
-                        items = self._groups.pop(key).items
-                    return fn(tx, items)
-
-                self._ops.put(_Op(take, True, loop, group.future))
+                group.future.add_done_callback(lambda _: self._forget(key, group))
+                self._ops.put(_Op(self._take(key, fn), True, loop, group.future))
             index = len(group.items)
             group.items.append(item)
         results: list[T | Exception] = await asyncio.shield(group.future)
