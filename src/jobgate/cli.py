@@ -98,7 +98,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         queue = JobQueue(settings, store_for_url(settings.storage.url,
-                                                 settings.storage.durability))
+                                                 settings.storage.durability), positions=False)
         await queue.open()
         worker = Worker(queue)
         loop = asyncio.get_running_loop()

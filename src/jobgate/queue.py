@@ -50,11 +50,14 @@ class RunResult:
 class JobQueue:
     """One deployment's queue: the settings, the store, positions and in-process events."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, positions: bool = True) -> None:
+        """`positions=False` for a process that only runs jobs (no API): it skips keeping
+        the index of queue positions, and `position()` answers None."""
         self.settings = settings
         self.store = store
         self.bus = EventBus()
         self.positions = PositionIndex()
+        self._track_positions = positions
         self._jobs_path = settings.data_path / "jobs"
         self.limits = Limits(
             max_running=settings.limits.max_running,
@@ -68,14 +71,16 @@ class JobQueue:
     async def open(self) -> None:
         self.store.listen(self._on_events)
         await self.store.open()
-        self.positions.load(await self.store.queued_keys())
+        if self._track_positions:
+            self.positions.load(await self.store.queued_keys())
         self.settings.data_path.mkdir(parents=True, exist_ok=True)
 
     async def close(self) -> None:
         await self.store.close()
 
     def _on_events(self, events: list[Event]) -> None:
-        self.positions.apply(events)
+        if self._track_positions:
+            self.positions.apply(events)
         self.bus.publish(events)
 
     # --- verbs --------------------------------------------------------------------------
@@ -124,7 +129,9 @@ class JobQueue:
         return await self.store.get(job_id)
 
     def position(self, job: Job) -> int | None:
-        return self.positions.position(job.id) if job.state is State.QUEUED else None
+        if not self._track_positions or job.state is not State.QUEUED:
+            return None
+        return self.positions.position(job.id)
 
     def to_json(self, job: Job) -> dict[str, Any]:
         return job.to_json(self.position(job))

@@ -71,13 +71,19 @@ def _loads(text: str) -> Any:
     return json.loads(text)
 
 
+def _dumps(value: Any) -> str:
+    if not value and isinstance(value, (list, dict)):
+        return "[]" if isinstance(value, list) else "{}"
+    return json.dumps(value)
+
+
 def _job_values(job: Job) -> tuple[Any, ...]:
     return (
-        job.id, job.kind, job.owner, json.dumps(job.args), job.priority, job.state.value,
+        job.id, job.kind, job.owner, _dumps(job.args), job.priority, job.state.value,
         job.progress, job.message, job.attempt, job.max_attempts, job.created_at, job.run_at,
         job.started_at, job.finished_at, None if job.result is None else json.dumps(job.result),
-        job.error, job.worker, job.memory_mb, job.peak_memory_mb, json.dumps(job.depends_on),
-        job.unique_key, json.dumps(job.outputs), job.vt, job.lease_token,
+        job.error, job.worker, job.memory_mb, job.peak_memory_mb, _dumps(job.depends_on),
+        job.unique_key, _dumps(job.outputs), job.vt, job.lease_token,
         job.lease_expires_at, int(job.cancel_requested), job.pid, job.idempotency_key,
     )
 
@@ -640,7 +646,7 @@ def _finish_many(tx: Tx, items: list[tuple[str, int, Outcome]]) -> list[Job | No
         job.lease_expires_at, job.pid, job.error = None, None, outcome.error
         job.message, job.peak_memory_mb = outcome.message, outcome.peak_memory_mb
         ended.append((job.state.value, job.finished_at, _json_or_none(job.result),
-                      json.dumps(job.outputs), 0, job.progress, None, None, job.error,
+                      _dumps(job.outputs), 0, job.progress, None, None, job.error,
                       job.message, job.peak_memory_mb, job.id, token))
         tx.announce(job, src)
         out.append(job)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -114,6 +115,7 @@ class _Group:
     """Calls of one grouped operation, waiting for the connection thread to take them."""
 
     items: list[Any]
+    waiters: list[asyncio.Future[Any]]
     future: asyncio.Future[list[Any]]
 
 
@@ -336,11 +338,27 @@ class GroupCommit:
 
         return op
 
-    def _forget(self, key: tuple[str, asyncio.AbstractEventLoop], group: _Group) -> None:
-        """A group that ended without running (its batch failed) takes no newcomers."""
+    def _settle(self, key: tuple[str, asyncio.AbstractEventLoop], group: _Group,
+                done: asyncio.Future[list[Any]]) -> None:
+        """Hand each caller of a group its own result; a group that ended without running
+        (its batch failed) takes no newcomers."""
         with self._groups_lock:
             if self._groups.get(key) is group:
                 del self._groups[key]
+        exc = None if done.cancelled() else done.exception()
+        for index, waiter in enumerate(group.waiters):
+            if waiter.done():  # that caller gave up waiting
+                continue
+            if done.cancelled():
+                waiter.cancel()
+            elif exc is not None:
+                waiter.set_exception(exc)
+            else:
+                value = done.result()[index]
+                if isinstance(value, Exception):
+                    waiter.set_exception(value)
+                else:
+                    waiter.set_result(value)
 
     async def _call_grouped(self, name: str, item: ItemT,
                             fn: Callable[[Tx, list[ItemT]], list[T] | list[T | Exception]]
@@ -351,19 +369,16 @@ class GroupCommit:
         self._check_usable()
         loop = asyncio.get_running_loop()
         key = (name, loop)
+        mine: asyncio.Future[T] = loop.create_future()
         with self._groups_lock:
             group = self._groups.get(key)
             if group is None or group.future.done():
-                group = self._groups[key] = _Group([], loop.create_future())
-                group.future.add_done_callback(lambda _: self._forget(key, group))
+                group = self._groups[key] = _Group([], [], loop.create_future())
+                group.future.add_done_callback(functools.partial(self._settle, key, group))
                 self._ops.put(_Op(self._take(key, fn), True, loop, group.future))
-            index = len(group.items)
             group.items.append(item)
-        results: list[T | Exception] = await asyncio.shield(group.future)
-        value = results[index]
-        if isinstance(value, Exception):
-            raise value
-        return value
+            group.waiters.append(mine)
+        return await mine
 
 
 def _migrations() -> list[tuple[int, str]]:
