@@ -303,6 +303,7 @@ COMMAND = '[kinds.k]\nargv = ["tool", "{a}"]\n'
     ('[kinds.k]\nargv = ["true"]\nmax_running = 0\n', "kinds.k", "max_running >= 1"),
     ('[kinds.k]\nargv = ["true"]\nmemory_mb = -1\n', "kinds.k", "memory_mb must be >= 0"),
     ('[kinds.k]\nargv = ["true"]\npriority = true\n', "kinds.k.priority", "expected an integer"),
+    ('[kinds.k]\nargv = ["true"]\npriority = 1001\n', "kinds.k.priority", "between -1000 and 1000"),
     ('[kinds.k]\nargv = ["true"]\nretry_on_exit_codes = ["1"]\n',
      "kinds.k.retry_on_exit_codes", "list of integers"),
     ('[kinds.k]\nargv = ["true"]\nshell = true\n', "kinds.k.shell", "unknown key"),

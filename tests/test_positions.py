@@ -7,7 +7,7 @@ import random
 import time
 
 from jobgate.model import Event, iso, new_id, parse_iso
-from jobgate.positions import PositionIndex
+from jobgate.positions import PositionIndex, RankedKeys, sort_key
 from jobgate.scheduler import Limits
 
 _seq = itertools.count(1)
@@ -167,3 +167,37 @@ async def test_queue_position_is_the_order_claim_takes(make_settings, open_queue
         assert queue.position(got[0]) is None
     assert [positions[job_id] for job_id in claimed] == list(range(1, len(jobs) + 1))
     assert await queue.store.claim("w1", 1, limits, 30, sorted(queue.settings.kinds)) == []
+
+
+def test_ranked_keys_match_a_sorted_list_across_block_splits_and_merges():
+    """Thousands of keys (several blocks), added and removed at random, in and out of
+    order: every rank equals the index in a plainly sorted list."""
+    rng = random.Random(7)
+    keys = RankedKeys()
+    plain: list[str] = []
+    pool = [sort_key((-rng.choice([0, 0, 5, -1000, 1000]), rng.randrange(10**12), f"j{i:06d}"))
+            for i in range(7000)]
+    for key in pool:
+        keys.add(key)
+        plain.append(key)
+    for key in rng.sample(pool, 4000):
+        keys.discard(key)
+        plain.remove(key)
+    keys.discard(sort_key((0, 1, "never added")))
+    for key in pool[:500]:
+        if key not in plain:
+            keys.add(key)
+            plain.append(key)
+    plain.sort()
+    assert len(keys) == len(plain) and list(keys) == plain
+    for i in rng.sample(range(len(plain)), 300):
+        assert keys.rank(plain[i]) == i
+    assert keys.rank(sort_key((1000, 10**15, "z"))) == len(plain)  # past every key
+    assert keys.rank(sort_key((-1000, 0, ""))) == 0
+
+
+def test_sort_keys_sort_like_dispatch_keys():
+    rng = random.Random(3)
+    keys = [(-rng.randint(-1000, 1000), rng.randrange(10**15), new_id(rng.uniform(0, 2e9)))
+            for _ in range(2000)]
+    assert sorted(keys, key=sort_key) == sorted(keys)

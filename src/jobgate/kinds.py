@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 ARG_TYPES = ("string", "integer", "number", "boolean", "url", "path")
 #: Placeholders every command kind may use without declaring them.
 BUILTIN_PLACEHOLDERS = frozenset({"output_dir", "job_id"})
+PRIORITY_LIMIT = 1000  # a kind's or a job's priority stays within plus or minus this
+
 
 
 class ArgumentError(ValueError):
@@ -165,6 +167,10 @@ def parse_kind(name: str, spec: Any, error: Callable[[str], Exception]) -> Kind:
         raise error(f"{key}.retry_on_exit_codes: expected a list of integers")
     memory_mb = _default(want("memory_mb", int, "an integer (megabytes)"), 0)
     max_running = want("max_running", int, "an integer")
+    priority = _default(want("priority", int, "an integer"), 0)
+    if not -PRIORITY_LIMIT <= priority <= PRIORITY_LIMIT:
+        raise error(f"{key}.priority: must be between -{PRIORITY_LIMIT} and {PRIORITY_LIMIT}, "
+                    f"got {priority}")
     if memory_mb < 0 or (max_running is not None and max_running < 1):
         raise error(f"{key}: memory_mb must be >= 0 and max_running >= 1")
     return Kind(
@@ -180,7 +186,7 @@ def parse_kind(name: str, spec: Any, error: Callable[[str], Exception]) -> Kind:
         retry_on_exit_codes=tuple(codes) if codes is not None else None,
         memory_mb=memory_mb,
         max_running=max_running,
-        priority=_default(want("priority", int, "an integer"), 0),
+        priority=priority,
         allow_private_urls=bool(want("allow_private_urls", bool, "true or false")),
         description=want("description", str, "a string") or "",
     )
