@@ -63,13 +63,40 @@ def test_admit_honours_per_kind_max_running():
     assert running.by_kind == {"compress": 2, "download": 1}
 
 
-def test_admit_honours_the_memory_budget_and_lets_smaller_jobs_through():
+def test_admit_honours_the_memory_budget_in_dispatch_order():
     running = Running()
     running.add("bob", "noop", 300)
     cands = [job(memory_mb=500), job(memory_mb=400), job(memory_mb=200), job(memory_mb=0)]
     chosen = admit(cands, Limits(max_running=10, memory_budget_mb=1000), running, slots=10)
-    assert names(chosen, cands) == [0, 2, 3]
-    assert running.memory_mb == 1000
+    # 400 does not fit (800 + 400): it waits at the head, so 200 may not pass it; a job
+    # that reserves no memory still starts.
+    assert names(chosen, cands) == [0, 3]
+    assert running.memory_mb == 800
+
+
+def test_a_big_job_waiting_for_memory_is_not_passed_by_small_ones():
+    """The head-of-line policy: the big job gets the memory as running jobs end."""
+    limits = Limits(max_running=10, memory_budget_mb=1000)
+    running = Running()
+    running.add("bob", "noop", 600)  # three small jobs of 200 run
+    big, smalls = job("alice", memory_mb=900), [job("carol", memory_mb=200) for _ in range(5)]
+    assert admit([big, *smalls], limits, running, slots=10) == []
+    freed = Running()  # the small ones ended: nothing runs
+    assert admit([big, *smalls], limits, freed, slots=10) == [big]
+
+
+def test_a_job_this_node_can_never_hold_does_not_hold_up_the_rest():
+    limits = Limits(max_running=10, memory_budget_mb=10_000, node_memory_budget_mb=1000,
+                    node_memory_free_mb=1000)
+    huge, small = job(memory_mb=4000), job(memory_mb=300)
+    assert admit([huge, small], limits, Running(), slots=10) == [small]
+
+
+def test_the_node_budget_counts_this_nodes_own_jobs():
+    limits = Limits(max_running=10, node_memory_budget_mb=1000, node_memory_free_mb=500)
+    cands = [job(memory_mb=300), job(memory_mb=300), job(memory_mb=100)]
+    # The second does not fit what this node has left: it waits, and holds the third.
+    assert names(admit(cands, limits, Running(), slots=10), cands) == [0]
 
 
 def test_admit_a_job_exactly_filling_the_budget():
@@ -85,16 +112,16 @@ def test_admit_with_every_limit_at_once():
         job("alice", "compress", 100),   # 0: compress is at its cap of 1
         job("alice", "noop", 100),       # 1: ok, alice now at 2
         job("alice", "noop", 100),       # 2: alice at her cap of 2
-        job("bob", "noop", 600),         # 3: 400 + 100 + 600 > 1000
-        job("bob", "noop", 300),         # 4: ok, budget now 800
-        job("carol", "noop", 100),       # 5: ok, global cap of 4 reached
-        job("carol", "noop", 0),         # 6: no room left
+        job("bob", "noop", 300),         # 3: ok, budget now 800
+        job("bob", "noop", 600),         # 4: 800 + 600 > 1000: waits for memory
+        job("carol", "noop", 100),       # 5: may not pass the job waiting for memory
+        job("carol", "noop", 0),         # 6: needs no memory: ok, global cap of 4 reached
     ]
     limits = Limits(max_running=4, per_user_running=2, memory_budget_mb=1000,
                     kind_max_running={"compress": 1})
     chosen = admit(cands, limits, running, slots=10)
-    assert names(chosen, cands) == [1, 4, 5]
-    assert running.total == 4 and running.memory_mb == 900
+    assert names(chosen, cands) == [1, 3, 6]
+    assert running.total == 4 and running.memory_mb == 800
 
 
 def test_admit_never_breaks_a_limit_over_random_inputs():

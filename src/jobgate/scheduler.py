@@ -36,6 +36,9 @@ class Limits:
     per_user_running: int | None = None
     memory_budget_mb: int | None = None
     kind_max_running: dict[str, int] = field(default_factory=dict)
+    # The claiming node's own budget, and what of it its running jobs leave free.
+    node_memory_budget_mb: int | None = None
+    node_memory_free_mb: int | None = None
 
 
 @dataclass
@@ -71,10 +74,19 @@ def blocked(limits: Limits, running: Running) -> tuple[set[str], set[str]]:
 def admit(candidates: list[Job], limits: Limits, running: Running, slots: int) -> list[Job]:
     """The candidates (in dispatch order) that may start now, honouring every limit.
 
+    Memory is handed out in dispatch order. The first job that needs memory and does not
+    fit waits at the head, and no job that needs memory may pass it: as running jobs end,
+    their memory goes to it, so a big job is never starved by a stream of small ones.
+    Jobs that reserve no memory still pass; so do jobs behind one that this node could
+    never hold (another node may take it). The price: while a big job waits for memory,
+    memory that small jobs could use stays idle.
+
     `running` is updated with the admitted jobs.
     """
     chosen: list[Job] = []
     room = free_slots(limits, running, slots)
+    node_free = limits.node_memory_free_mb
+    held = False  # a job waits for memory: nothing that needs memory passes it
     for job in candidates:
         if len(chosen) >= room:
             break
@@ -85,10 +97,18 @@ def admit(candidates: list[Job], limits: Limits, running: Running, slots: int) -
         cap = limits.kind_max_running.get(job.kind)
         if cap is not None and running.by_kind[job.kind] >= cap:
             continue
-        if limits.memory_budget_mb is not None and (
-            running.memory_mb + job.memory_mb > limits.memory_budget_mb
-        ):
-            continue
+        if job.memory_mb > 0:
+            if held:
+                continue
+            fits = (limits.memory_budget_mb is None
+                    or running.memory_mb + job.memory_mb <= limits.memory_budget_mb) and \
+                (node_free is None or job.memory_mb <= node_free)
+            if not fits:
+                held = limits.node_memory_budget_mb is None or \
+                    job.memory_mb <= limits.node_memory_budget_mb
+                continue
+            if node_free is not None:
+                node_free -= job.memory_mb
         running.add(job.owner, job.kind, job.memory_mb)
         chosen.append(job)
     return chosen

@@ -480,9 +480,6 @@ def _candidates(tx: Tx, kinds: list[str], owners: set[str], limits: Limits,
     if owners:
         where += f" AND owner NOT IN ({_placeholders(owners)})"
         params.extend(owners)
-    if limits.memory_budget_mb is not None:
-        where += " AND memory_mb <= ?"
-        params.append(limits.memory_budget_mb - running.memory_mb)
     return [
         Job(id=i, kind=k, owner=o, args={}, priority=p, vt=vt, memory_mb=m)
         for i, k, o, p, vt, m in tx.conn.execute(
