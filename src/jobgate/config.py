@@ -86,8 +86,10 @@ class LimitsSettings:
     max_queued: int | None = None
     per_user_running: int | None = None
     per_user_queued: int | None = None
-    memory_budget_mb: int | None = None
-    min_free_memory_mb: int | None = None
+    memory_budget_mb: int | None = None  # across all nodes
+    node_memory_budget_mb: int | None = None  # per node; default: the machine's memory
+    min_free_memory_mb: int | None = None  # a node starts nothing while less is available
+    max_load: float | None = None  # ... or while the 1-minute load average is above this
     start_timeout: Duration | None = None
 
 
@@ -274,12 +276,15 @@ def _check(settings: Settings) -> None:
         "worker.log_max_lines": settings.worker.log_max_lines,
         "retention.per_user_history": settings.retention.per_user_history,
         "limits.min_free_memory_mb": settings.limits.min_free_memory_mb,
+        "limits.node_memory_budget_mb": settings.limits.node_memory_budget_mb,
     }
     for key, value in positive.items():
         if value is not None and value < 1:
             raise ConfigError(f"{key}: must be at least 1, got {value}")
     if not 0 < settings.server.port < 65536:
         raise ConfigError(f"server.port: must be between 1 and 65535, got {settings.server.port}")
+    if settings.limits.max_load is not None and settings.limits.max_load <= 0:
+        raise ConfigError(f"limits.max_load: must be more than 0, got {settings.limits.max_load}")
     if settings.limits.start_timeout is not None and settings.limits.start_timeout <= 0:
         raise ConfigError("limits.start_timeout: must be at least 1 ms (leave it out for none)")
     if settings.worker.lease_s < 1:

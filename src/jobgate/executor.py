@@ -10,6 +10,7 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import functools
 import inspect
 import json
 import os
@@ -32,6 +33,7 @@ LogFn = Callable[[str], None]
 
 _STDERR_TAIL_LINES = 20
 _MEMORY_SAMPLE_S = 0.5
+_WATCHDOG_SAMPLE_S = 0.1  # with a memory limit: how fast a runaway job is caught
 _READ_CHUNK = 65536
 _MAX_LINE = 8192
 _PIPE_DRAIN_S = 2.0  # how long output may stay open after the job's process tree is gone
@@ -43,14 +45,17 @@ except OSError:  # pragma: no cover - not Linux
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGKILL if the worker dies (Linux only).
+def _die_with_parent(nice: int | None = None) -> None:
+    """In the child, before exec: get SIGKILL if the worker dies (Linux only), and take
+    the kind's lower CPU priority.
 
     Children the command starts itself are reaped from the stored process group when a
     worker recovers the job after a crash.
     """
     if _libc is not None:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if nice:
+        os.nice(nice)
 
 
 class NonRetryable(Exception):
@@ -151,7 +156,7 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
             lambda: _Protocol(loop), *argv, cwd=folder, env=_job_env(job.id),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=functools.partial(_die_with_parent, kind.nice),
         )
         proc = asyncio.subprocess.Process(transport, protocol, loop)
     except OSError as exc:
@@ -160,7 +165,7 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
     if on_pid is not None:
         await on_pid(proc.pid)
     tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
-    peak = _Peak(proc.pid)
+    peak = _Peak(proc.pid, kind.memory_limit_mb)
 
     def on_line(line: str, is_err: bool) -> None:
         log(line)
@@ -204,6 +209,10 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
     sampler.cancel()
     peak_mb = peak.peak_mb
     code = proc.returncode
+    if peak.over_limit:
+        return RunResult(ok=False, error=f"exceeded memory limit ({kind.memory_limit_mb} MB)",
+                         exit_code=code, retryable=kind.retry_on_memory_limit,
+                         peak_memory_mb=peak_mb)
     if timed_out:
         return RunResult(ok=False, error=f"timed out after {_human(kind.timeout_s or 0)}",
                          exit_code=code, timed_out=True, peak_memory_mb=peak_mb)
@@ -289,10 +298,17 @@ class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
 
 
 class _Peak:
-    """Peak resident memory of a process tree, sampled; remembers every descendant seen."""
+    """Peak resident memory of a process tree, sampled; remembers every descendant seen.
 
-    def __init__(self, pid: int) -> None:
+    With a limit it is also the watchdog: a tree found over it is killed at once. (Not
+    RLIMIT_AS: it caps address space, not memory, and programs that map much more than
+    they use, as ffmpeg and Python itself do, fail under it.)
+    """
+
+    def __init__(self, pid: int, limit_mb: int | None = None) -> None:
         self.pid = pid
+        self.limit_mb = limit_mb
+        self.over_limit = False
         self.peak_mb: float | None = None
         self.seen: dict[int, psutil.Process] = {}
 
@@ -318,11 +334,16 @@ class _Peak:
         mb = round(total / 1048576, 1)
         if mb and (self.peak_mb is None or mb > self.peak_mb):
             self.peak_mb = mb
+        if self.limit_mb is not None and mb > self.limit_mb and not self.over_limit:
+            self.over_limit = True
+            _killpg(self.pid, signal.SIGKILL)
+            self.kill_descendants()
 
     async def sample_until(self, proc: asyncio.subprocess.Process) -> None:
-        while proc.returncode is None:
+        every_s = _MEMORY_SAMPLE_S if self.limit_mb is None else _WATCHDOG_SAMPLE_S
+        while proc.returncode is None and not self.over_limit:
             self.sample()
-            await asyncio.sleep(_MEMORY_SAMPLE_S)
+            await asyncio.sleep(every_s)
 
 
 def reap(job_id: str, pgid: int | None, started_at: float | None) -> bool:

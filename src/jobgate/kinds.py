@@ -68,6 +68,9 @@ class Kind:
     priority: int = 0
     allow_private_urls: bool = False
     description: str = ""
+    memory_limit_mb: int | None = None  # the process tree is killed past this RSS
+    retry_on_memory_limit: bool = False
+    nice: int | None = None  # 0-19: lower CPU priority for the job's processes
 
     def schema(self) -> dict[str, Any]:
         """The argument schema as JSON, for the API and the dashboard's forms."""
@@ -97,7 +100,7 @@ class Kind:
 _KIND_KEYS = {
     "argv", "function", "args", "progress", "timeout", "max_attempts", "backoff",
     "backoff_max", "retry_on_exit_codes", "memory_mb", "max_running", "priority",
-    "allow_private_urls", "description",
+    "allow_private_urls", "description", "memory_limit_mb", "retry_on_memory_limit", "nice",
 }
 _ARG_KEYS = {"type", "default", "pattern", "min", "max", "choices", "description", "max_length"}
 
@@ -166,6 +169,12 @@ def parse_kind(name: str, spec: Any, error: Callable[[str], Exception]) -> Kind:
     if codes is not None and not all(isinstance(c, int) for c in codes):
         raise error(f"{key}.retry_on_exit_codes: expected a list of integers")
     memory_mb = _default(want("memory_mb", int, "an integer (megabytes)"), 0)
+    memory_limit_mb = want("memory_limit_mb", int, "an integer (megabytes)")
+    if memory_limit_mb is not None and memory_limit_mb < 1:
+        raise error(f"{key}.memory_limit_mb: must be at least 1, got {memory_limit_mb}")
+    nice = want("nice", int, "an integer from 0 to 19")
+    if nice is not None and not 0 <= nice <= 19:
+        raise error(f"{key}.nice: must be from 0 to 19, got {nice}")
     max_running = want("max_running", int, "an integer")
     priority = _default(want("priority", int, "an integer"), 0)
     if not -PRIORITY_LIMIT <= priority <= PRIORITY_LIMIT:
@@ -189,6 +198,9 @@ def parse_kind(name: str, spec: Any, error: Callable[[str], Exception]) -> Kind:
         priority=priority,
         allow_private_urls=bool(want("allow_private_urls", bool, "true or false")),
         description=want("description", str, "a string") or "",
+        memory_limit_mb=memory_limit_mb,
+        retry_on_memory_limit=bool(want("retry_on_memory_limit", bool, "true or false")),
+        nice=nice,
     )
 
 

@@ -58,6 +58,8 @@ class JobQueue:
         self.bus = EventBus()
         self.positions = PositionIndex()
         self._track_positions = positions
+        # Why this process's worker starts nothing now ("memory pressure", "load"), if so.
+        self.pressure: str | None = None
         self._jobs_path = settings.data_path / "jobs"
         self.limits = Limits(
             max_running=settings.limits.max_running,
@@ -134,7 +136,10 @@ class JobQueue:
         return self.positions.position(job.id)
 
     def to_json(self, job: Job) -> dict[str, Any]:
-        return job.to_json(self.position(job))
+        out = job.to_json(self.position(job))
+        if self.pressure is not None and job.state is State.QUEUED:
+            out["message"] = f"waiting: {self.pressure}"
+        return out
 
     async def cancel(self, job_id: str, wait_s: float = 0.0) -> Job:
         """Cancel a queued job now, or ask the worker of a running one to stop it.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -35,6 +36,7 @@ from jobgate.threads import JobThreads
 log = logging.getLogger("jobgate.worker")
 
 _REPORT_S = 0.25
+_PRESSURE_CHECK_S = 1.0
 _RETENTION_S = 300.0
 _WAKE_TYPES = frozenset({"job.queued", "job.retrying", "job.completed", "job.failed",
                          "job.cancelled"})
@@ -62,6 +64,8 @@ class Worker:
         self.settings = queue.settings
         self.name = name or self.settings.worker.name or default_name()
         self.slots = slots or self.settings.slots
+        self.node_budget_mb = self.settings.limits.node_memory_budget_mb or \
+            psutil.virtual_memory().total // 1048576
         self._runs: dict[str, _Run] = {}
         self._wake = asyncio.Event()
         self._threads = JobThreads(self.slots)
@@ -111,16 +115,36 @@ class Worker:
         kinds = sorted(self.settings.kinds)
         lease_s = self.settings.worker.lease_s
         while not self._stop.is_set():
-            free = self.slots - sum(1 for r in self._runs.values() if not r.ending)
+            live = [r for r in self._runs.values() if not r.ending]
+            free = self.slots - len(live)
             self._wake.clear()
+            self.queue.pressure = reason = self._pressure() if free > 0 else None
+            if reason is not None:
+                # Nothing new starts until the machine recovers; look again shortly.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), _PRESSURE_CHECK_S)
+                continue
             if free > 0:
-                jobs = await self.queue.store.claim(self.name, free, self.queue.limits, lease_s,
-                                                    kinds)
+                limits = dataclasses.replace(
+                    self.queue.limits, node_memory_budget_mb=self.node_budget_mb,
+                    node_memory_free_mb=self.node_budget_mb - sum(r.job.memory_mb for r in live))
+                jobs = await self.queue.store.claim(self.name, free, limits, lease_s, kinds)
                 for job in jobs:
                     self._start(job)
                 if jobs:
                     continue
             await self._sleep(free > 0)
+
+    def _pressure(self) -> str | None:
+        """Why this machine should start nothing now, if it should not."""
+        limits = self.settings.limits
+        if limits.min_free_memory_mb is not None:
+            available_mb = psutil.virtual_memory().available / 1048576
+            if available_mb < limits.min_free_memory_mb:
+                return "memory pressure"
+        if limits.max_load is not None and os.getloadavg()[0] > limits.max_load:
+            return "load"
+        return None
 
     async def _sleep(self, idle: bool) -> None:
         timeout = self.settings.worker.poll_s
