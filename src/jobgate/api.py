@@ -22,13 +22,14 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobgate.auth import AuthError, user_for_bearer
+from jobgate.auth import Authenticator, AuthError, Principal, load_or_create_key
 from jobgate.config import Settings
 from jobgate.kinds import ArgumentError
-from jobgate.model import FINAL, IllegalMove, Job, State, parse_iso
+from jobgate.model import FINAL, IllegalMove, Job, State, iso, parse_iso
 from jobgate.queue import JobQueue
 from jobgate.store import store_for_url
 from jobgate.store.base import Conflict, NotFound, QueueFull, User
+from jobgate.stream import Hub, stats_json
 from jobgate.worker import Worker
 
 log = logging.getLogger("jobgate.api")
@@ -54,6 +55,13 @@ class SubmitBody(BaseModel):
     webhook_url: str | None = None
 
 
+class LoginBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
 class CleanBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -68,6 +76,8 @@ class App:
     queue: JobQueue
     worker: Worker | None
     started_at: float
+    auth: Authenticator
+    hub: Hub
 
 
 def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
@@ -78,12 +88,17 @@ def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
         store = store_for_url(settings.storage.url, settings.storage.durability)
         queue = JobQueue(settings, store)
         await queue.open()
+        key = await asyncio.to_thread(load_or_create_key, settings.data_path)
+        auth = Authenticator(store, key, settings.auth.token_ttl, settings.auth.ticket_ttl)
+        hub = Hub(queue, settings)
+        await hub.start()
         worker = Worker(queue) if run_worker else None
         task = asyncio.create_task(worker.run()) if worker else None
-        app.state.jg = App(settings, queue, worker, time.time())
+        app.state.jg = App(settings, queue, worker, time.time(), auth, hub)
         try:
             yield
         finally:
+            await hub.stop()
             if worker is not None and task is not None:
                 worker.stop()
                 await task
@@ -93,6 +108,9 @@ def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
                   description="A job queue for heavy, long-running work shared by many people.")
     _install_errors(app)
     _install_routes(app, settings)
+    from jobgate import stream_api  # it builds on this module's App and errors
+
+    stream_api.install(app)
     app.add_middleware(_BodyLimit, limit_bytes=settings.server.max_request_kb * 1024)
     return app
 
@@ -146,17 +164,22 @@ def _jg(request: Request) -> App:
     return state
 
 
-async def _user(request: Request,
-                authorization: Annotated[str | None, Header()] = None) -> User:
+async def _principal(request: Request,
+                     authorization: Annotated[str | None, Header()] = None) -> Principal:
     jg = _jg(request)
     if not jg.settings.auth.enabled:
-        return User(jg.settings.auth.anonymous_user, admin=True)
+        return Principal(User(jg.settings.auth.anonymous_user, admin=True))
     try:
-        return await user_for_bearer(jg.queue.store, authorization)
+        return await jg.auth.bearer(authorization)
     except AuthError as exc:
         raise ApiError(401, "unauthorized", str(exc)) from None
 
 
+async def _user(principal: Annotated[Principal, Depends(_principal)]) -> User:
+    return principal.user
+
+
+CurrentPrincipal = Annotated[Principal, Depends(_principal)]
 CurrentUser = Annotated[User, Depends(_user)]
 
 
@@ -168,6 +191,7 @@ async def _own_job(request: Request, job_id: str, user: User) -> Job:
 
 
 def _install_routes(app: FastAPI, settings: Settings) -> None:
+    _install_auth_routes(app, settings)
     @app.post("/api/jobs", status_code=201, tags=["jobs"])
     async def submit(body: SubmitBody, request: Request, user: CurrentUser,
                      idempotency_key: Annotated[str | None,
@@ -259,16 +283,7 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
     @app.get("/api/queue", tags=["queue"])
     async def queue_stats(request: Request, user: CurrentUser) -> dict[str, Any]:
         jg = _jg(request)
-        stats = await jg.queue.stats()
-        return {
-            **{s.value: stats.counts.get(s.value, 0) for s in State},
-            "max_running": settings.limits.max_running,
-            "memory_reserved_mb": stats.memory_reserved_mb,
-            "memory_budget_mb": settings.limits.memory_budget_mb,
-            "throughput_per_min": stats.finished_last_min,
-            "avg_duration_s": stats.avg_duration_s,
-            "success_rate": stats.success_rate,
-        }
+        return stats_json(jg.queue, settings, await jg.queue.stats())
 
     @app.post("/api/clean", tags=["queue"])
     async def clean(body: CleanBody, request: Request, user: CurrentUser) -> dict[str, Any]:
@@ -293,6 +308,36 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
         })
 
 
+def _install_auth_routes(app: FastAPI, settings: Settings) -> None:
+    @app.post("/api/auth/token", tags=["auth"])
+    async def login(body: LoginBody, request: Request) -> dict[str, Any]:
+        """Username and password → a bearer token (JWT) good for `[auth] token_ttl`."""
+        jg = _jg(request)
+        if not settings.auth.enabled:
+            raise ApiError(400, "auth_disabled", "auth is disabled on this server: "
+                           "no token is needed")
+        user = await jg.auth.login(body.username, body.password)
+        if user is None:
+            raise ApiError(401, "unauthorized", "wrong user name or password")
+        token, expires_at = jg.auth.issue(user)
+        return {"token": token, "token_type": "bearer", "expires_at": iso(expires_at),
+                "user": {"name": user.name, "admin": user.admin}}
+
+    @app.get("/api/me", tags=["auth"])
+    async def me(user: CurrentUser) -> dict[str, Any]:
+        """Who the bearer token stands for."""
+        return {"name": user.name, "admin": user.admin}
+
+    @app.post("/api/auth/ticket", tags=["auth"])
+    async def ticket(request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
+        """A single-use ticket for `?ticket=` on the event streams (EventSource and
+        WebSocket cannot send headers); good for `[auth] ticket_ttl` (at most 60 s). A
+        stream opened with it ends when the token behind it would have expired."""
+        jg = _jg(request)
+        return {"ticket": jg.auth.ticket(principal),
+                "expires_in_s": round(settings.auth.ticket_ttl)}
+
+
 _LAST_TIME_S = 253402300799.0  # 9999-12-31T23:59:59Z
 
 
@@ -308,6 +353,11 @@ def _parse_run_at(value: str | float | None) -> float | None:
                        "run_at: expected an ISO-8601 time (or epoch seconds) before year 10000",
                        field="run_at")
     return ts
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    """The contract's error shape, with Retry-After on 429 and WWW-Authenticate on 401."""
+    return _error(status, code, message, **extra)
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
