@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobgate.auth import AuthError, user_for_bearer
 from jobgate.config import Settings
+from jobgate.dashboard import add_dashboard
 from jobgate.kinds import ArgumentError
 from jobgate.model import FINAL, IllegalMove, Job, State, parse_iso
 from jobgate.queue import JobQueue
@@ -93,6 +94,7 @@ def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
                   description="A job queue for heavy, long-running work shared by many people.")
     _install_errors(app)
     _install_routes(app, settings)
+    add_dashboard(app)
     app.add_middleware(_BodyLimit, limit_bytes=settings.server.max_request_kb * 1024)
     return app
 
