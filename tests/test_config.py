@@ -16,6 +16,7 @@ from jobgate.config import (
     DEFAULT_MAX_RUNNING,
     DEFAULT_PORT,
     ConfigError,
+    Rate,
     Settings,
     load_settings,
     parse_duration,
@@ -223,6 +224,26 @@ def test_kinds_from_the_file(load):
     ("[storage]\ndurability = \"fast\"\n", "storage.durability", "'full' or 'normal'"),
     ("[storage]\nurl = \"mysql://x\"\n", "storage.url", "sqlite:///"),
     ("limits = 3\n", "limits", "expected a table"),
+    ("[auth]\nticket_ttl = \"2m\"\n", "auth.ticket_ttl", "at most 60 seconds"),
+    ("[auth]\nticket_ttl = 0\n", "auth.ticket_ttl", "more than 0"),
+    ("[auth]\ntoken_ttl = \"10s\"\n", "auth.token_ttl", "at least 1 minute"),
+    ("[streams]\nkeepalive = \"0.1s\"\n", "streams.keepalive", "at least 1 second"),
+    ("[streams]\nmax_per_user = 0\n", "streams.max_per_user", "at least 1"),
+    ("[streams]\nbuffer_kb = -1\n", "streams.buffer_kb", "at least 1"),
+    ("[rate_limits]\nsubmit_per_user = \"lots\"\n", "rate_limits.submit_per_user",
+     "rate like"),
+    ("[rate_limits]\nsubmit_per_ip = 10\n", "rate_limits.submit_per_ip", "rate like"),
+    ("[rate_limits]\nlogin_per_ip = \"0/m\"\n", "rate_limits.login_per_ip", "at least 1"),
+    ("[rate_limits]\nlogin_per_user = \"5/0s\"\n", "rate_limits.login_per_user",
+     "positive duration"),
+    ("[rate_limits]\nlogin_per_user = \"5/fortnight\"\n", "rate_limits.login_per_user",
+     "duration"),
+    ("[rate_limits]\nlogin_free_failures = -1\n", "rate_limits.login_free_failures",
+     "negative"),
+    ("[server]\nallowed_origins = [\"example.org\"]\n", "server.allowed_origins",
+     "not an origin"),
+    ("[server]\nallowed_origins = [\"https://a.example/path\"]\n", "server.allowed_origins",
+     "not an origin"),
 ])
 def test_bad_settings_are_refused_with_the_key_and_the_reason(load, text, key, reason):
     refused(load, text, key, reason)
@@ -237,6 +258,32 @@ def test_bad_settings_are_refused_with_the_key_and_the_reason(load, text, key, r
 ])
 def test_bad_environment_values_are_refused_with_the_key(load, env, key, reason):
     refused(load, "", key, reason, **env)
+
+
+def test_stream_auth_and_rate_limit_settings_parse(load):
+    settings = load(
+        "[auth]\ntoken_ttl = \"1h\"\nticket_ttl = \"30s\"\n"
+        "[streams]\nkeepalive = \"5s\"\nmax_per_user = 3\nbuffer_kb = 64\n"
+        "[rate_limits]\nsubmit_per_user = \"10/s\"\nsubmit_per_ip = \"5/30s\"\n"
+        "login_per_user = \"off\"\nlogin_per_ip = \"1000/1h\"\n"
+        "login_free_failures = 0\nlogin_backoff_max = \"1m\"\n",
+        JOBGATE_RATE_LIMITS_SUBMIT_PER_IP="7/m")
+    assert (settings.auth.token_ttl, settings.auth.ticket_ttl) == (3600, 30)
+    assert (settings.streams.keepalive, settings.streams.max_per_user,
+            settings.streams.buffer_kb) == (5, 3, 64)
+    limits = settings.rate_limits
+    assert limits.submit_per_user == Rate(10, 1)
+    assert limits.submit_per_ip == Rate(7, 60)  # the environment wins over the file
+    assert limits.login_per_user is None
+    assert limits.login_per_ip == Rate(1000, 3600)
+    assert (limits.login_free_failures, limits.login_backoff_max) == (0, 60)
+
+
+def test_stream_auth_and_rate_limit_defaults(load):
+    settings = load("")
+    assert settings.auth.ticket_ttl == 60 and settings.streams.keepalive == 15
+    assert settings.rate_limits.submit_per_user == Rate(300, 60)
+    assert settings.rate_limits.login_per_ip == Rate(30, 60)
 
 
 def test_a_negative_min_free_memory_is_refused(load):

@@ -22,11 +22,11 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobgate.auth import AuthError, user_for_bearer
+from jobgate.auth import Authenticator, AuthError, Principal, load_or_create_key
 from jobgate.config import Settings
 from jobgate.dashboard import add_dashboard
 from jobgate.kinds import ArgumentError
-from jobgate.model import FINAL, IllegalMove, Job, State, parse_iso
+from jobgate.model import FINAL, IllegalMove, Job, State, iso, parse_iso
 from jobgate.queue import JobQueue
 from jobgate.store import store_for_url
 from jobgate.store.base import Conflict, NotFound, QueueFull, User
@@ -55,6 +55,13 @@ class SubmitBody(BaseModel):
     webhook_url: str | None = None
 
 
+class LoginBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
 class CleanBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -69,6 +76,7 @@ class App:
     queue: JobQueue
     worker: Worker | None
     started_at: float
+    auth: Authenticator
 
 
 def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
@@ -79,9 +87,11 @@ def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
         store = store_for_url(settings.storage.url, settings.storage.durability)
         queue = JobQueue(settings, store)
         await queue.open()
+        key = await asyncio.to_thread(load_or_create_key, settings.data_path)
+        auth = Authenticator(store, key, settings.auth.token_ttl, settings.auth.ticket_ttl)
         worker = Worker(queue) if run_worker else None
         task = asyncio.create_task(worker.run()) if worker else None
-        app.state.jg = App(settings, queue, worker, time.time())
+        app.state.jg = App(settings, queue, worker, time.time(), auth)
         try:
             yield
         finally:
@@ -148,17 +158,22 @@ def _jg(request: Request) -> App:
     return state
 
 
-async def _user(request: Request,
-                authorization: Annotated[str | None, Header()] = None) -> User:
+async def _principal(request: Request,
+                     authorization: Annotated[str | None, Header()] = None) -> Principal:
     jg = _jg(request)
     if not jg.settings.auth.enabled:
-        return User(jg.settings.auth.anonymous_user, admin=True)
+        return Principal(User(jg.settings.auth.anonymous_user, admin=True))
     try:
-        return await user_for_bearer(jg.queue.store, authorization)
+        return await jg.auth.bearer(authorization)
     except AuthError as exc:
         raise ApiError(401, "unauthorized", str(exc)) from None
 
 
+async def _user(principal: Annotated[Principal, Depends(_principal)]) -> User:
+    return principal.user
+
+
+CurrentPrincipal = Annotated[Principal, Depends(_principal)]
 CurrentUser = Annotated[User, Depends(_user)]
 
 
@@ -170,6 +185,7 @@ async def _own_job(request: Request, job_id: str, user: User) -> Job:
 
 
 def _install_routes(app: FastAPI, settings: Settings) -> None:
+    _install_auth_routes(app, settings)
     @app.post("/api/jobs", status_code=201, tags=["jobs"])
     async def submit(body: SubmitBody, request: Request, user: CurrentUser,
                      idempotency_key: Annotated[str | None,
@@ -293,6 +309,36 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
             "running": len(jg.worker.running) if jg.worker else None,
             "uptime_s": round(time.time() - jg.started_at, 1),
         })
+
+
+def _install_auth_routes(app: FastAPI, settings: Settings) -> None:
+    @app.post("/api/auth/token", tags=["auth"])
+    async def login(body: LoginBody, request: Request) -> dict[str, Any]:
+        """Username and password → a bearer token (JWT) good for `[auth] token_ttl`."""
+        jg = _jg(request)
+        if not settings.auth.enabled:
+            raise ApiError(400, "auth_disabled", "auth is disabled on this server: "
+                           "no token is needed")
+        user = await jg.auth.login(body.username, body.password)
+        if user is None:
+            raise ApiError(401, "unauthorized", "wrong user name or password")
+        token, expires_at = jg.auth.issue(user)
+        return {"token": token, "token_type": "bearer", "expires_at": iso(expires_at),
+                "user": {"name": user.name, "admin": user.admin}}
+
+    @app.get("/api/me", tags=["auth"])
+    async def me(user: CurrentUser) -> dict[str, Any]:
+        """Who the bearer token stands for."""
+        return {"name": user.name, "admin": user.admin}
+
+    @app.post("/api/auth/ticket", tags=["auth"])
+    async def ticket(request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
+        """A single-use ticket for `?ticket=` on the event streams (EventSource and
+        WebSocket cannot send headers); good for `[auth] ticket_ttl` (at most 60 s). A
+        stream opened with it ends when the token behind it would have expired."""
+        jg = _jg(request)
+        return {"ticket": jg.auth.ticket(principal),
+                "expires_in_s": round(settings.auth.ticket_ttl)}
 
 
 _LAST_TIME_S = 253402300799.0  # 9999-12-31T23:59:59Z

@@ -1,17 +1,28 @@
-"""Users, passwords and API tokens.
+"""Users, passwords, API tokens, logins (JWT) and single-use stream tickets.
 
 API tokens are 32 random bytes shown once; only their SHA-256 is stored, which is enough
 for a secret that long. Passwords are hashed with scrypt (memory-hard, in the standard
-library), each with its own salt.
+library), each with its own salt. A login gives a JWT signed with HS256 (pinned) by a key
+of 64 random bytes made at first start in the data dir. Browsers cannot set headers on
+EventSource or WebSocket, so they trade their token for a ticket: single-use, good for at
+most 60 s, so no long-lived secret ever sits in a URL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
+import os
 import re
 import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
 
 from jobgate.store.base import Store, User
 
@@ -37,7 +48,7 @@ def hash_password(password: str) -> str:
 
 
 def verify_password(password: str, stored: str | None) -> bool:
-    if not stored or not stored.startswith("scrypt$"):
+    if not stored or not stored.startswith("scrypt$") or stored.count("$") != 2:
         return False
     _, salt_b64, digest_b64 = stored.split("$")
     digest = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt_b64), n=_SCRYPT_N,
@@ -67,3 +78,158 @@ async def user_for_bearer(store: Store, header: str | None) -> User:
     if user is None:
         raise AuthError("invalid token")
     return user
+
+
+# --- logins (JWT) and stream tickets ------------------------------------------------------
+
+JWT_ALGORITHM = "HS256"  # pinned: a token naming any other algorithm is refused
+_KEY_FILE = "jwt.key"
+_KEY_BYTES = 64  # the contract asks for at least 32 random bytes
+_MIN_KEY_BYTES = 32
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request acts as, and until when its credential is good (None: no end)."""
+
+    user: User
+    expires_at: float | None = None
+
+
+def load_or_create_key(data_dir: Path) -> bytes:
+    """The JWT signing key in `data_dir`, made (64 random bytes, mode 0600) on first start.
+
+    Made in a temporary file and linked into place, so two servers starting together end
+    up with one key and nobody reads a half-written file.
+    """
+    secrets_dir = data_dir / "secrets"
+    secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = secrets_dir / _KEY_FILE
+    if not path.exists():
+        tmp = secrets_dir / f".{_KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, secrets.token_bytes(_KEY_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+        tmp.unlink()
+    if path.stat().st_mode & 0o077:
+        # Anyone who can read the key can sign in as anybody: keep it to the owner.
+        os.chmod(path, 0o600)
+    key = path.read_bytes()
+    if len(key) < _MIN_KEY_BYTES:
+        raise ValueError(f"{path}: the JWT key has {len(key)} bytes, fewer than "
+                         f"{_MIN_KEY_BYTES}; delete it to have a new one made")
+    return key
+
+
+def issue_jwt(key: bytes, user: User, ttl_s: float, now: float | None = None) -> tuple[str, float]:
+    """A signed login token for `user`: (token, expires_at)."""
+    now = time.time() if now is None else now
+    expires_at = now + ttl_s
+    claims = {"sub": user.name, "iat": int(now), "exp": int(expires_at),
+              "jti": secrets.token_urlsafe(12)}
+    return jwt.encode(claims, key, algorithm=JWT_ALGORITHM), float(int(expires_at))
+
+
+def read_jwt(key: bytes, token: str) -> tuple[str, float]:
+    """(user name, expires_at) of a valid login token; AuthError if it is not one."""
+    try:
+        claims = jwt.decode(token, key, algorithms=[JWT_ALGORITHM],
+                            options={"require": ["exp", "sub"]})
+    except jwt.ExpiredSignatureError:
+        raise AuthError("token expired: log in again") from None
+    except jwt.InvalidTokenError:
+        raise AuthError("invalid token") from None
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise AuthError("invalid token")
+    return sub, float(claims["exp"])
+
+
+class Authenticator:
+    """Checks credentials: API tokens, login JWTs, passwords, stream tickets.
+
+    One per app (no module state); tickets live in memory, so a ticket is good only on
+    the server process that issued it.
+    """
+
+    def __init__(self, store: Store, key: bytes, token_ttl_s: float, ticket_ttl_s: float,
+                 hash_slots: int = 2) -> None:
+        self.store = store
+        self.key = key
+        self.token_ttl_s = token_ttl_s
+        self.ticket_ttl_s = ticket_ttl_s
+        self._tickets: dict[str, tuple[Principal, float]] = {}
+        # scrypt takes 16 MiB and tens of ms a try: a few at a time, off the event loop.
+        self._hashing = asyncio.Semaphore(hash_slots)
+
+    async def bearer(self, header: str | None) -> Principal:
+        """The caller an `Authorization: Bearer …` header names; AuthError if none."""
+        if not header:
+            raise AuthError("missing Authorization: Bearer token")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise AuthError("expected Authorization: Bearer <token>")
+        return await self.token(token)
+
+    async def token(self, token: str) -> Principal:
+        """An API token (`jg_…`) or a login JWT; AuthError if neither."""
+        if token.startswith(TOKEN_PREFIX):
+            user = await self.store.user_for_token(token_hash(token))
+            if user is None:
+                raise AuthError("invalid token")
+            return Principal(user)
+        name, expires_at = read_jwt(self.key, token)
+        # The user may have gone (or lost admin) since the token was issued.
+        user = await self.store.get_user(name)
+        if user is None:
+            raise AuthError("invalid token")
+        return Principal(user, expires_at)
+
+    async def login(self, name: str, password: str) -> User | None:
+        """The user if `password` is theirs, else None (in about the same time either way)."""
+        user = await self.store.get_user(name) if _NAME.fullmatch(name) else None
+        stored = user.password_hash if user is not None else None
+        async with self._hashing:
+            ok = await asyncio.to_thread(_verify_or_burn, password, stored)
+        return user if ok else None
+
+    def issue(self, user: User) -> tuple[str, float]:
+        return issue_jwt(self.key, user, self.token_ttl_s)
+
+    def ticket(self, principal: Principal) -> str:
+        """A single-use ticket standing for `principal` for `ticket_ttl_s`."""
+        now = time.monotonic()
+        if len(self._tickets) > 1000:
+            self._tickets = {t: v for t, v in self._tickets.items() if v[1] > now}
+        ticket = secrets.token_urlsafe(32)
+        self._tickets[ticket] = (principal, now + self.ticket_ttl_s)
+        return ticket
+
+    def redeem(self, ticket: str) -> Principal:
+        """The principal a ticket stands for, once; AuthError if unknown, used or expired."""
+        entry = self._tickets.pop(ticket, None)
+        if entry is None or entry[1] < time.monotonic():
+            raise AuthError("invalid or expired ticket: get a new one from POST /api/auth/ticket")
+        principal = entry[0]
+        if principal.expires_at is not None and principal.expires_at <= time.time():
+            raise AuthError("token expired: log in again")
+        return principal
+
+
+# A stored hash to check against when the user does not exist, so the answer takes as
+# long for an unknown name as for a wrong password.
+_DUMMY_HASH = "scrypt$" + base64.b64encode(b"\0" * 16).decode() + "$" + \
+    base64.b64encode(b"\0" * 64).decode()
+
+
+def _verify_or_burn(password: str, stored: str | None) -> bool:
+    try:
+        return verify_password(password, stored or _DUMMY_HASH) and stored is not None
+    except (UnicodeEncodeError, ValueError):  # a lone surrogate, a damaged stored hash
+        return False

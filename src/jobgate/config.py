@@ -60,6 +60,37 @@ def parse_duration(value: object, key: str) -> float:
 
 _WEEK = Duration(7 * 86400)
 _HOUR = Duration(3600)
+DEFAULT_TOKEN_TTL = Duration(12 * 3600)
+DEFAULT_TICKET_TTL = Duration(60)
+DEFAULT_KEEPALIVE = Duration(15)
+DEFAULT_LOGIN_BACKOFF_MAX = Duration(300)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """At most `count` requests per `per_s` seconds, written in config as "10/m", "5/30s"."""
+
+    count: int
+    per_s: float
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.per_s:g}s"
+
+
+_RATE = re.compile(r"\s*(\d+)\s*/\s*(\S+)\s*")
+
+
+def parse_rate(value: object, key: str) -> Rate:
+    """A Rate from "N/DURATION" ("120/m", "5/30s", "1000/1h"); ConfigError otherwise."""
+    match = _RATE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ConfigError(f"{key}: expected a rate like '10/m' or '5/30s', got {value!r}")
+    count, per = int(match.group(1)), match.group(2)
+    per_s = parse_duration(per if per[0].isdigit() else "1" + per, key)
+    if count < 1 or per_s <= 0:
+        raise ConfigError(f"{key}: a rate needs at least 1 request per a positive duration, "
+                          f"got {value!r}")
+    return Rate(count, per_s)
 
 
 @dataclass
@@ -104,6 +135,31 @@ class AuthSettings:
     # nobody else can reach.
     enabled: bool = True
     anonymous_user: str = "admin"
+    token_ttl: Duration = DEFAULT_TOKEN_TTL  # life of a login (JWT) from POST /api/auth/token
+    ticket_ttl: Duration = DEFAULT_TICKET_TTL  # life of a single-use stream ticket; at most 60 s
+
+
+@dataclass
+class StreamSettings:
+    """Server-Sent Events and WebSocket streams."""
+
+    keepalive: Duration = DEFAULT_KEEPALIVE  # a comment (SSE) or a ping (WebSocket) this often
+    max_per_user: int = 20  # open streams per user; past it 429
+    buffer_kb: int = 1024  # events waiting for one slow client; past it the client is dropped
+
+
+@dataclass
+class RateLimitSettings:
+    """Requests allowed per user and per client IP; "off" (or empty) for no limit."""
+
+    submit_per_user: Rate | None = Rate(300, 60)
+    submit_per_ip: Rate | None = Rate(600, 60)
+    login_per_user: Rate | None = Rate(10, 60)
+    login_per_ip: Rate | None = Rate(30, 60)
+    # After this many bad passwords in a row for one user (or IP), each further attempt
+    # must wait twice as long as the one before (1 s, 2 s, 4 s …), up to login_backoff_max.
+    login_free_failures: int = 3
+    login_backoff_max: Duration = DEFAULT_LOGIN_BACKOFF_MAX
 
 
 @dataclass
@@ -125,6 +181,8 @@ class Settings:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    streams: StreamSettings = field(default_factory=StreamSettings)
+    rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     kinds: dict[str, Kind] = field(default_factory=dict)
     base_dir: Path = field(default_factory=Path.cwd)
@@ -148,6 +206,8 @@ _SECTIONS = {
     "limits": LimitsSettings,
     "retention": RetentionSettings,
     "auth": AuthSettings,
+    "streams": StreamSettings,
+    "rate_limits": RateLimitSettings,
     "worker": WorkerSettings,
 }
 
@@ -235,6 +295,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return _coerce(inner[0], value, key)
     if hint is Duration:
         return Duration(parse_duration(value, key))
+    if hint is Rate:
+        return parse_rate(value, key)
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -262,6 +324,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported setting type")  # pragma: no cover
 
 
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+")
+
+
 def _check(settings: Settings) -> None:
     positive = {
         "server.port": settings.server.port,
@@ -274,6 +339,8 @@ def _check(settings: Settings) -> None:
         "worker.log_max_lines": settings.worker.log_max_lines,
         "retention.per_user_history": settings.retention.per_user_history,
         "limits.min_free_memory_mb": settings.limits.min_free_memory_mb,
+        "streams.max_per_user": settings.streams.max_per_user,
+        "streams.buffer_kb": settings.streams.buffer_kb,
     }
     for key, value in positive.items():
         if value is not None and value < 1:
@@ -282,6 +349,21 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"server.port: must be between 1 and 65535, got {settings.server.port}")
     if settings.limits.start_timeout is not None and settings.limits.start_timeout <= 0:
         raise ConfigError("limits.start_timeout: must be at least 1 ms (leave it out for none)")
+    if not 0 < settings.auth.ticket_ttl <= 60:
+        raise ConfigError(f"auth.ticket_ttl: must be more than 0 and at most 60 seconds, "
+                          f"got {settings.auth.ticket_ttl:g}")
+    if settings.auth.token_ttl < 60:
+        raise ConfigError(f"auth.token_ttl: must be at least 1 minute, "
+                          f"got {settings.auth.token_ttl:g} s")
+    if settings.streams.keepalive < 1:
+        raise ConfigError(f"streams.keepalive: must be at least 1 second, "
+                          f"got {settings.streams.keepalive:g}")
+    if settings.rate_limits.login_free_failures < 0:
+        raise ConfigError("rate_limits.login_free_failures: must not be negative")
+    for origin in settings.server.allowed_origins:
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ConfigError(f"server.allowed_origins: {origin!r} is not an origin like "
+                              "'https://jobs.example.org' (scheme, host, optional port; no path)")
     if settings.worker.lease_s < 1:
         raise ConfigError(
             f"worker.lease_s: must be at least 1 second, got {settings.worker.lease_s}")
