@@ -12,6 +12,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -65,7 +66,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+def browser(server: Server) -> Iterator[Browser]:
+    # After the server: its set-up runs asyncio, which cannot start inside Playwright's loop.
     assert shutil.which(CHROMIUM), "Debian's chromium is missing: scripts/test installs it"
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -237,3 +239,343 @@ def test_nothing_is_fetched_from_elsewhere():
             found = [u for u in found if u != "http://www.w3.org"]  # the SVG namespace
         assert found == [], (path.name, found)
 
+
+# --- signing in and out ---------------------------------------------------------------------
+
+def test_sign_in_with_a_wrong_password_then_the_right_one_and_sign_out(pages):
+    page = pages.new()
+    page.goto("/")
+    expect(page.locator("#signin-form")).to_be_visible()
+    expect(page.locator("#app")).to_be_hidden()
+    page.fill("#username", "bob")
+    page.fill("#password", "not-bobs-password")
+    page.click("#signin-button")
+    expect(page.locator("#signin-error")).to_have_text("Wrong user name or password.")
+    expect(page.locator("#app")).to_be_hidden()
+
+    page.fill("#password", "bob-password")
+    page.keyboard.press("Enter")                       # the form submits from the keyboard
+    expect(page.locator("#who-name")).to_have_text("bob")
+    expect(page.locator("#jobs-title")).to_have_text("Your jobs")
+    expect(page.locator("#priority-field")).to_be_hidden()   # priority is for admins
+    expect(page.locator("#q-counts")).to_have_text(re.compile(r"^\d+ in queue • \d+ running of 4$"))
+
+    page.reload()                                      # the session outlives a reload
+    expect(page.locator("#who-name")).to_have_text("bob")
+
+    page.click("#signout")
+    expect(page.locator("#signin-form")).to_be_visible()
+    expect(page.locator("#signin-note")).to_have_text("You are signed out.")
+    assert page.evaluate("localStorage.getItem('jobgate.session')") is None
+    page.reload()
+    expect(page.locator("#signin-form")).to_be_visible()
+
+
+def test_an_admin_gets_priority_and_an_owner_filter(pages):
+    page = pages.new()
+    sign_in(page, "alice")
+    expect(page.locator("#who-name")).to_have_text("alice (admin)")
+    expect(page.locator("#jobs-title")).to_have_text("All jobs")
+    expect(page.locator("#priority-field")).to_be_visible()
+    expect(page.locator("#f-owner")).to_be_visible()
+
+
+# --- submitting ------------------------------------------------------------------------------
+
+def test_the_form_follows_the_kinds_schema(pages):
+    page = pages.new()
+    sign_in(page, "bob")
+    kinds = page.locator("#kind option").all_inner_texts()
+    assert set(kinds) == {"noop", "sleep", "steps", "fail", "pick", "report"}
+    page.select_option("#kind", "pick")
+    expect(page.locator("#kind-desc")).to_have_text("Echoes its arguments")
+    mode = page.locator('#kind-fields [data-arg="mode"]')
+    assert mode.evaluate("e => e.tagName") == "SELECT"
+    assert mode.locator("option").all_inner_texts() == ["fast", "slow"]
+    expect(mode).to_have_value("fast")
+    loud = page.locator('#kind-fields [data-arg="loud"]')
+    assert loud.get_attribute("type") == "checkbox"
+    expect(loud).not_to_be_checked()
+    name = page.locator('#kind-fields [data-arg="name"]')
+    expect(name).to_have_attribute("aria-required", "true")
+    expect(page.locator('label[for="arg-name"]')).to_contain_text("(required)")
+    expect(page.locator("#arg-name-hint")).to_contain_text("lower-case letters")
+    expect(page.locator("#arg-name-hint")).to_contain_text("pattern ^[a-z]+$")
+    page.select_option("#kind", "steps")
+    expect(page.locator('#kind-fields [data-arg="count"]')).to_have_value("5")
+    expect(page.locator("#arg-count-hint")).to_have_text("integer, 1 to 1000, default 5")
+
+    response = submit_form(page, "pick", mode="slow", name="abc", loud=True)
+    assert response.status == 201
+    job = response.json()
+    assert job["args"] == {"mode": "slow", "name": "abc", "loud": True}
+
+
+def test_server_validation_messages_show_at_the_field(pages, server):
+    page = pages.new()
+    sign_in(page, "carol")
+    before = page.locator("#job-list li").count()
+
+    response = submit_form(page, "steps", count=5000)
+    assert response.status == 422
+    count = page.locator("#arg-count")
+    expect(page.locator("#arg-count-error")).to_have_text("must be at most 1000")
+    expect(page.locator("#arg-count-error")).to_be_visible()
+    expect(count).to_have_attribute("aria-invalid", "true")
+    expect(count).to_be_focused()
+    expect(page.locator("#arg-delay-error")).to_be_hidden()
+
+    response = submit_form(page, "steps", count="many")
+    assert response.status == 422
+    expect(page.locator("#arg-count-error")).to_have_text("expected an integer, got 'many'")
+
+    response = submit_form(page, "pick", name="")
+    assert response.status == 422
+    expect(page.locator("#arg-name-error")).to_have_text("is required")
+    response = submit_form(page, "pick", name="ABC")
+    expect(page.locator("#arg-name-error")).to_have_text("does not match the pattern ^[a-z]+$")
+    expect(page.locator("#arg-name")).to_have_attribute("aria-invalid", "true")
+
+    response = submit_form(page, "pick", name="fine")              # fixed: the error goes
+    assert response.status == 201
+    expect(page.locator("#arg-name-error")).to_be_hidden()
+    expect(page.locator("#arg-name")).not_to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#job-list li")).to_have_count(before + 1)
+    wait_api(server, "carol", response.json()["id"], "completed")
+
+
+def test_a_job_goes_queued_running_completed_with_its_progress_bar_moving(pages, server):
+    page = pages.new()
+    sign_in(page, "bob")
+    # bob may run one job at a time: while this one runs, his next one waits in the queue.
+    blocker = api_submit(server, "bob", "sleep", seconds=60)
+    wait_api(server, "bob", blocker["id"], "running")
+
+    response = submit_form(page, "steps", count=8, delay=0.6)
+    assert response.status == 201
+    job = response.json()
+    assert job["state"] == "queued" and job["position"] >= 1
+    item = row(page, job["id"])
+    expect(item).to_have_attribute("data-state", "queued")   # at once, with its position
+    expect(item.locator(".pos")).to_have_text(f"#{job['position']} in queue")
+    expect(item.locator(".state")).to_contain_text("queued")
+    record_row(page, job["id"])
+
+    api_cancel(server, "bob", blocker["id"])
+    expect(item).to_have_attribute("data-state", "completed", timeout=30_000)
+    expect(item.locator(".state")).to_contain_text("completed")
+    expect(item.locator(".elapsed")).to_have_text(re.compile(r"^took \d"))
+
+    states = [s["state"] for s in seen(page)]
+    assert states[0] == "queued" and states[-1] == "completed", states
+    assert states.index("running") < states.index("completed"), states
+    bars = [s["progress"] for s in seen(page) if s["state"] == "running"
+            and s["progress"] is not None]
+    between = sorted({p for p in bars if 0 < p < 100})
+    assert len(between) >= 2, f"the bar did not move while running: {seen(page)}"
+    assert bars == sorted(bars), f"the bar went backwards: {bars}"
+    assert api_job(server, "bob", job["id"])["progress"] == 100
+
+
+# --- the job detail ---------------------------------------------------------------------------
+
+def test_cancel_a_running_job_after_confirming(pages, server):
+    page = pages.new()
+    sign_in(page, "carol")
+    job = submit_form(page, "sleep", seconds=60).json()
+    row(page, job["id"]).locator("a").click()
+    expect(page).to_have_url(re.compile(f"#/job/{job['id']}$"))
+    expect(page.locator("#job-state")).to_have_attribute("data-state", "running",
+                                                         timeout=30_000)
+    expect(page.locator("#act-retry")).to_be_hidden()
+    expect(page.locator("#act-delete")).to_be_hidden()
+
+    page.click("#act-cancel")                                   # asked first; keep it
+    dialog = page.locator("#confirm")
+    expect(dialog).to_be_visible()
+    expect(page.locator("#confirm-title")).to_have_text("Cancel this job?")
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    page.click("#act-cancel")
+    page.get_by_role("button", name="Keep it").click()
+    expect(dialog).to_be_hidden()
+    assert api_job(server, "carol", job["id"])["state"] == "running"
+
+    page.click("#act-cancel")
+    page.click("#confirm-ok")
+    expect(page.locator("#job-state")).to_have_attribute("data-state", "cancelled")
+    assert api_job(server, "carol", job["id"])["state"] == "cancelled"
+    expect(page.locator("#act-cancel")).to_be_hidden()
+    expect(page.locator("#act-retry")).to_be_visible()
+    page.click("#back")
+    expect(row(page, job["id"])).to_have_attribute("data-state", "cancelled")
+
+
+def test_a_failed_job_shows_its_error_and_attempts_and_can_be_retried(pages, server):
+    page = pages.new()
+    sign_in(page, "carol")
+    job = submit_form(page, "fail", label="oops").json()
+    item = row(page, job["id"])
+    expect(item).to_have_attribute("data-state", "failed", timeout=30_000)
+    expect(item.locator(".err")).to_contain_text("boom oops")
+    expect(item.locator(".attempt")).to_have_text("attempt 3 of 3")
+    expect(item.locator(".state")).to_contain_text("failed")
+
+    item.locator("a").click()
+    expect(page.locator("#job-error")).to_contain_text("boom oops")
+    expect(page.locator("#act-cancel")).to_be_hidden()
+    page.evaluate("""() => {
+        const box = document.getElementById('job-state');
+        window.states = [box.dataset.state];
+        new MutationObserver(() => {
+            if (box.dataset.state !== window.states.at(-1)) window.states.push(box.dataset.state);
+        }).observe(box, {attributes: true});
+    }""")
+    page.click("#act-retry")                                    # no confirmation: nothing lost
+    expect(page.locator("#confirm")).to_be_hidden()
+    page.wait_for_function("() => window.states.length > 2 && window.states.at(-1) === 'failed'",
+                           timeout=30_000)
+    states = page.evaluate("window.states")
+    assert states[:2] == ["failed", "queued"], states          # back in the queue at once
+    again = api_job(server, "carol", job["id"])
+    assert again["state"] == "failed" and again["attempt"] == 3
+    expect(page.locator("#job-log")).to_contain_text("boom oops")
+
+
+def test_the_log_follows_and_pauses_outputs_download_and_delete_asks_first(pages, server):
+    page = pages.new()
+    sign_in(page, "bob")
+    job = submit_form(page, "report", lines=40, delay=0.1).json()
+    page.goto(f"/#/job/{job['id']}")
+    log = page.locator("#job-log")
+    expect(log).to_contain_text("line 3", timeout=30_000)
+    follow = page.locator("#log-follow")
+    expect(follow).to_have_attribute("aria-pressed", "true")
+
+    follow.click()                                              # pause
+    expect(follow).to_have_attribute("aria-pressed", "false")
+    shown = log.inner_text()
+    expect(follow).to_have_text(re.compile(r"^Follow \(\d+ new\)$"), timeout=30_000)
+    assert log.inner_text() == shown                            # held back while paused
+    follow.click()                                              # follow again
+    expect(follow).to_have_attribute("aria-pressed", "true")
+    assert len(log.inner_text()) > len(shown)
+
+    expect(page.locator("#job-state")).to_have_attribute("data-state", "completed",
+                                                         timeout=30_000)
+    expect(log).to_contain_text("line 40")
+    lines = log.inner_text().splitlines()
+    assert lines == [f"line {i}" for i in range(1, 41)]         # each once, in order
+    assert page.evaluate("(() => { const l = document.getElementById('job-log');"
+                         " return l.scrollTop + l.clientHeight >= l.scrollHeight - 2; })()")
+
+    with page.expect_download() as info:
+        page.get_by_role("button", name=re.compile("report.txt")).click()
+    download = info.value
+    assert download.suggested_filename == "report.txt"
+    assert Path(download.path()).read_text() == "done\n"
+
+    page.click("#act-delete")
+    expect(page.locator("#confirm-title")).to_have_text("Delete this job?")
+    page.get_by_role("button", name="Keep it").click()
+    assert api_job(server, "bob", job["id"])["state"] == "completed"
+    page.click("#act-delete")
+    page.click("#confirm-ok")
+    expect(page).to_have_url(re.compile(r"#/jobs$"))
+    expect(row(page, job["id"])).to_have_count(0)
+    with server.client("bob") as http:
+        assert http.get(f"/api/jobs/{job['id']}").status_code == 404
+
+
+# --- who sees what ----------------------------------------------------------------------------
+
+def test_another_user_does_not_see_the_job_and_an_admin_does(pages, server):
+    bob = pages.new()
+    sign_in(bob, "bob")
+    job = submit_form(bob, "noop").json()
+    expect(row(bob, job["id"])).to_have_count(1)
+
+    carol = pages.new()
+    sign_in(carol, "carol")
+    expect(carol.locator("#jobs-title")).to_have_text("Your jobs")
+    carol.wait_for_function("() => document.querySelectorAll('#job-list li').length > 0"
+                            " || !document.getElementById('jobs-empty').hidden")
+    assert row(carol, job["id"]).count() == 0
+    owners = set(carol.locator("#job-list .owner").all_inner_texts())
+    assert owners <= {"carol"}
+    carol.goto(f"/#/job/{job['id']}")
+    expect(carol.locator("#job-missing")).to_contain_text("not yours to see")
+    expect(carol.locator("#job-body")).to_be_hidden()
+
+    alice = pages.new()
+    sign_in(alice, "alice", "#/jobs?owner=bob")
+    expect(alice.locator("#f-owner")).to_have_value("bob")
+    expect(row(alice, job["id"]).locator(".owner")).to_have_text("bob")
+    assert set(alice.locator("#job-list .owner").all_inner_texts()) == {"bob"}
+
+
+# --- sessions ---------------------------------------------------------------------------------
+
+def expired_token(server: Server, user: str) -> str:
+    """A login token for `user` signed with the server's key that expired a minute ago."""
+    from jobgate.auth import issue_jwt
+    from jobgate.store.base import User
+
+    key = (server.folder / "data" / "secrets" / "jwt.key").read_bytes()
+    token, _ = issue_jwt(key, User(user, admin=False), ttl_s=-60)
+    return token
+
+
+def test_an_expired_session_goes_back_to_sign_in_and_then_to_the_same_view(pages, server):
+    page = pages.new()
+    sign_in(page, "bob")
+    job = submit_form(page, "noop").json()
+    wait_api(server, "bob", job["id"], "completed")
+    view = f"#/job/{job['id']}"
+    page.goto(f"/{view}")
+    expect(page.locator("#job-state")).to_have_attribute("data-state", "completed")
+
+    # The server turns the token down (it expired): the delete is not done, sign in again.
+    token = expired_token(server, "bob")
+    page.evaluate("(t) => { window.jobgate.state.session.token = t; }", token)
+    page.click("#act-delete")
+    page.click("#confirm-ok")
+    expect(page.locator("#signin-form")).to_be_visible()
+    expect(page.locator("#signin-note")).to_contain_text(EXPIRED_NOTE)
+    expect(page.locator("#username")).to_have_value("bob")
+    expect(page.locator("#password")).to_be_focused()
+    assert page.evaluate("location.hash") == view
+    assert api_job(server, "bob", job["id"])["state"] == "completed"
+
+    page.fill("#password", "bob-password")
+    page.keyboard.press("Enter")
+    expect(page.locator("#signin-error")).to_have_text("")
+    expect(page.locator("#job-body")).to_be_visible()
+    expect(page.locator("#job-state")).to_have_attribute("data-state", "completed")
+    expect(page.locator("#job-title")).to_contain_text(job["id"])
+
+    # A stored token that expired meanwhile (the page is opened again the next day).
+    page.evaluate("(t) => { const s = JSON.parse(localStorage.getItem('jobgate.session'));"
+                  " s.token = t; localStorage.setItem('jobgate.session', JSON.stringify(s)); }",
+                  token)
+    page.reload()
+    expect(page.locator("#signin-note")).to_contain_text(EXPIRED_NOTE)
+    assert page.evaluate("location.hash") == view
+
+
+def test_the_session_ends_when_its_token_runs_out_keeping_the_view(pages):
+    page = pages.new()
+    page.clock.install()
+    sign_in(page, "carol", "#/jobs?state=completed")
+    expires = page.evaluate("JSON.parse(localStorage.getItem('jobgate.session')).expires_at")
+    left_s = (dt_parse(expires) - page.evaluate("Date.now()") / 1000)
+    assert 11 * 3600 < left_s <= 12 * 3600 + 5                 # [auth] token_ttl: 12 h
+    page.clock.fast_forward(int((left_s + 1) * 1000))
+    expect(page.locator("#signin-note")).to_contain_text(EXPIRED_NOTE)
+    assert page.evaluate("location.hash") == "#/jobs?state=completed"
+
+
+def dt_parse(text: str) -> float:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
