@@ -8,10 +8,12 @@ the queue with a position while the first runs.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -579,3 +581,262 @@ def dt_parse(text: str) -> float:
     import datetime as dt
 
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+# --- live updates -----------------------------------------------------------------------------
+
+def list_requests(log: list[str]) -> int:
+    """How many times the page has asked for the job list or the queue so far."""
+    return sum(1 for u in log if "/api/jobs?" in u or u.endswith("/api/queue"))
+
+
+def test_without_the_event_stream_the_page_polls_and_stops_when_nothing_is_active(pages):
+    page = pages.new()
+    page.route("**/api/events*", lambda route: route.abort())  # the stream is unavailable
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if r.method == "GET" else None)
+    sign_in(page, "carol")
+
+    job = submit_form(page, "steps", count=4, delay=0.4).json()
+    item = row(page, job["id"])
+    expect(page.locator("#conn")).to_have_attribute("data-transport", "polling")
+    expect(item).to_have_attribute("data-state", "running", timeout=30_000)
+    expect(item).to_have_attribute("data-state", "completed", timeout=30_000)
+    expect(page.locator("#conn")).to_have_attribute("data-transport", "idle")
+    expect(page.locator("#conn")).to_have_text("Up to date")
+
+    before = list_requests(asked)
+    page.wait_for_timeout(3 * POLL_MS)                          # nothing active: no polling
+    assert list_requests(asked) == before
+    assert transport(page) == "idle"
+
+    second = submit_form(page, "steps", count=2, delay=0.3).json()   # acting resumes it
+    expect(row(page, second["id"])).to_have_attribute("data-state", "completed",
+                                                      timeout=30_000)
+    expect(page.locator("#conn")).to_have_attribute("data-transport", "idle")
+    assert list_requests(asked) > before
+
+
+# --- keyboard, contrast, phone ------------------------------------------------------------
+
+def focus_by_tab(page: Page, selector: str, limit: int = 40) -> list[str]:
+    """Press Tab until `selector` has the focus; the ids passed on the way."""
+    passed = []
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        if page.evaluate("(s) => document.activeElement.matches(s)", selector):
+            return passed
+        passed.append(str(page.evaluate("document.activeElement.id || "
+                                        "document.activeElement.tagName")))
+    raise AssertionError(f"Tab never reached {selector}; passed {passed}")
+
+
+def test_everything_works_from_the_keyboard(pages, server):
+    page = pages.new()
+    page.goto("/")
+    expect(page.locator("#username")).to_be_focused()          # the first thing to type
+    page.keyboard.type("bob")
+    page.keyboard.press("Tab")
+    page.keyboard.type("bob-password")
+    page.keyboard.press("Enter")
+    expect(page.locator("#who-name")).to_have_text("bob")
+
+    focus_by_tab(page, "#kind")
+    while page.evaluate("document.activeElement.value") != "report":
+        page.keyboard.press("ArrowDown")                        # a closed select steps on
+    page.keyboard.press("Tab")
+    expect(page.locator("#arg-lines")).to_be_focused()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("2")
+    with page.expect_response(lambda r: r.url.endswith("/api/jobs")
+                              and r.request.method == "POST") as info:
+        page.keyboard.press("Enter")                            # Enter in a field submits
+    job = info.value.json()
+    assert job["args"]["lines"] == 2
+
+    focus_by_tab(page, f'#job-list li[data-id="{job["id"]}"] a')
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline != "none"                                    # the focus can be seen
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(f"#/job/{job['id']}$"))
+    expect(page.locator("#job-state")).to_have_attribute("data-state", "completed",
+                                                         timeout=30_000)
+    focus_by_tab(page, "#act-delete")
+    page.keyboard.press("Enter")
+    expect(page.locator("#confirm")).to_be_visible()
+    page.keyboard.press("Escape")                               # Escape keeps the job
+    expect(page.locator("#confirm")).to_be_hidden()
+    assert api_job(server, "bob", job["id"])["state"] == "completed"
+
+
+CONTRAST_JS = """() => {
+    const rgb = (c) => c.match(/[\\d.]+/g).map(Number);
+    const lum = ([r, g, b]) => {
+        const f = (v) => {
+            v /= 255;
+            return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+        };
+        return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+    };
+    const background = (e) => {
+        for (; e; e = e.parentElement) {
+            const c = getComputedStyle(e).backgroundColor;
+            const parts = rgb(c);
+            if (parts.length < 4 || parts[3] > 0) return parts.slice(0, 3);
+        }
+        return [255, 255, 255];
+    };
+    const box = document.createElement('div');
+    box.innerHTML = `
+      <p class="hint">hint</p><p class="field-error">error</p><p class="form-error">error</p>
+      <span class="msg">message</span><span class="err">failure</span><span class="pos">#1</span>
+      <span class="owner">bob</span><span class="args">a=1</span>
+      <span class="state state-queued">q</span><span class="state state-running">r</span>
+      <span class="state state-completed">c</span><span class="state state-failed">f</span>
+      <span class="state state-cancelled">x</span>
+      <span class="conn" data-transport="live">l</span>
+      <span class="conn" data-transport="polling">p</span>
+      <span class="conn" data-transport="idle">i</span>
+      <span class="conn" data-transport="offline">o</span>
+      <button class="primary">p</button><button class="danger">d</button>
+      <button class="secondary">s</button><button class="link">l</button><a href="#/jobs">link</a>
+      <p class="job-error">error</p><pre class="log">log</pre>`;
+    document.querySelector('#main .card, #main').append(box);
+    const out = {};
+    for (const e of box.children) {
+        const fg = rgb(getComputedStyle(e).color), bg = background(e);
+        const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+        out[e.className + (e.dataset.transport || '') || e.tagName] = (a + 0.05) / (b + 0.05);
+    }
+    box.remove();
+    return out;
+}"""
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_text_is_readable_in_the_light_and_dark_schemes(pages, scheme):
+    page = pages.new(color_scheme=scheme)
+    sign_in(page, "carol")
+    ratios = page.evaluate(CONTRAST_JS)
+    assert len(ratios) == 24
+    low = {k: round(v, 2) for k, v in ratios.items() if v < 4.5}
+    assert not low, f"contrast under 4.5:1 ({scheme}): {low}"
+    body = page.evaluate(CONTRAST_JS.replace("#main .card, #main", "body"))
+    assert min(body.values()) >= 4.5
+
+
+def no_sideways_scroll(page: Page) -> None:
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= page.viewport_size["width"], f"page is {width}px wide"  # type: ignore[index]
+
+
+def test_a_phone_sized_window_stacks_everything_without_sideways_scrolling(pages, server):
+    page = pages.new(viewport=PHONE, is_mobile=True, has_touch=True)
+    sign_in(page, "carol")
+    expect(page.locator("#submit-box")).not_to_have_attribute("open", "")  # folded away
+    page.click("#submit-box summary")
+    expect(page.locator("#kind")).to_be_visible()
+    job = submit_form(page, "fail", label="a-long-label-that-must-wrap-on-a-phone").json()
+    item = row(page, job["id"])
+    expect(item).to_have_attribute("data-state", "failed", timeout=30_000)
+    no_sideways_scroll(page)
+    box = item.bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+    state = item.locator(".cell-state").bounding_box()
+    main = item.locator(".cell-main").bounding_box()
+    assert state and main and state["y"] < main["y"] + main["height"]   # badge beside kind
+    item.locator("a").click()
+    expect(page.locator("#job-error")).to_contain_text("boom")
+    no_sideways_scroll(page)
+
+
+# --- screenshots for the README -----------------------------------------------------------
+
+SHOWCASE = r"""
+[limits]
+max_running = 2
+per_user_running = 1
+memory_budget_mb = 2048
+
+[kinds.transcode]
+description = "Re-encodes a video at a lower bit rate"
+argv = ["sh", "-c", '''
+i=1
+while [ $i -le 60 ]; do
+  echo "progress=$((i * 100 / 60)) frame $((i * 250)) of 15000"; i=$((i+1)); sleep $2
+done
+''', "{input}", "{bitrate}", "{pace}"]
+progress = 'progress=(?P<percent>[0-9.]+) (?P<message>.*)'
+memory_mb = 512
+max_attempts = 2
+[kinds.transcode.args]
+input = { type = "string", description = "video file in the input folder" }
+bitrate = { type = "string", pattern = "^[0-9]+k$", default = "800k" }
+pace = { type = "number", min = 0, max = 5, default = 0.5 }
+
+[kinds.checksum]
+description = "SHA-256 of a file in the input folder"
+argv = ["sh", "-c", 'echo "sha256sum: $0: No such file or directory" >&2; exit 1', "{file}"]
+[kinds.checksum.args]
+file = { type = "string" }
+
+[kinds.countdown]
+description = "Counts down, reporting progress each second"
+function = "jobgate.demo:countdown"
+max_attempts = 2
+[kinds.countdown.args]
+seconds = { type = "integer", min = 1, max = 3600, default = 10 }
+fail = { type = "boolean", default = false }
+"""
+
+
+def test_screenshots_of_the_main_views(browser, start_server, tmp_path):
+    """Sign-in, the job list on a desktop and a phone, a job's detail. Saved under docs/
+    when JOBGATE_SCREENSHOTS=docs, else in the test's folder."""
+    target = (Path(__file__).parent.parent / "docs" if os.environ.get("JOBGATE_SCREENSHOTS")
+              == "docs" else tmp_path)
+    target.mkdir(exist_ok=True)
+    with ThreadPoolExecutor(1) as pool:  # its set-up runs asyncio: not in Playwright's loop
+        server = pool.submit(start_server, SHOWCASE, kinds="").result()
+    fast = api_submit(server, "carol", "countdown", seconds=1)
+    api_submit(server, "carol", "checksum", file="holiday.mkv")
+    cancelled = api_submit(server, "carol", "countdown", seconds=30)
+    wait_api(server, "carol", fast["id"], "completed")
+    wait_api(server, "carol", cancelled["id"], "running")
+    api_cancel(server, "carol", cancelled["id"])
+    api_submit(server, "bob", "countdown", seconds=90)
+    running = api_submit(server, "alice", "transcode", input="holiday.mkv", bitrate="1200k")
+    api_submit(server, "alice", "transcode", input="birthday.mp4")
+    api_submit(server, "carol", "countdown", seconds=20)
+    wait_api(server, "alice", running["id"], "running")
+
+    shots = Pages(browser, server)
+    try:
+        page = shots.new()
+        page.goto("/")
+        expect(page.locator("#signin-form")).to_be_visible()
+        page.fill("#username", "alice")
+        page.screenshot(path=target / "dashboard-sign-in.png")
+
+        sign_in(page, "alice")
+        expect(row(page, running["id"]).locator(".pct")).to_have_text(
+            re.compile(r"^(1[5-9]|[2-9]\d)%$"), timeout=30_000)
+        expect(page.locator("#job-list .pos")).to_have_count(2)
+        page.mouse.move(0, 0)                                   # no hover in the picture
+        page.screenshot(path=target / "dashboard-jobs.png")
+
+        page.goto(f"/#/job/{running['id']}")
+        expect(page.locator("#job-log")).to_contain_text("frame")
+        page.screenshot(path=target / "dashboard-job.png", full_page=True)
+
+        phone = shots.new(viewport=PHONE, is_mobile=True, has_touch=True)
+        sign_in(phone, "alice")
+        expect(phone.locator("#job-list .pos")).to_have_count(2)
+        phone.mouse.move(0, 0)
+        phone.screenshot(path=target / "dashboard-phone.png")
+        assert not shots.errors and not shots.outside
+    finally:
+        shots.close()
+    for name in ("sign-in", "jobs", "job", "phone"):
+        png = (target / f"dashboard-{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000

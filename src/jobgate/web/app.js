@@ -226,7 +226,8 @@
     }
     $('signin').hidden = true;
     $('app').hidden = false;
-    $('who-name').textContent = S.session.user.name + (isAdmin() ? ' (admin)' : '');
+    $('who-name').replaceChildren(S.session.user.name,
+      isAdmin() ? el('span', { class: 'role', text: ' (admin)' }) : '');
     $('priority-field').hidden = !isAdmin();
     $('f-owner-box').hidden = !isAdmin();
     $('jobs-title').textContent = isAdmin() ? 'All jobs' : 'Your jobs';
@@ -967,7 +968,7 @@
     S.transport = t;
     const c = $('conn');
     c.dataset.transport = t;
-    c.textContent = {
+    c.firstElementChild.textContent = {
       live: 'Live', polling: 'Polling', idle: 'Up to date', offline: 'Offline',
       connecting: 'Connecting',
     }[t] || t;
@@ -1009,14 +1010,14 @@
         S.es = null;
         if (!S.session) return;
         setTransport('polling');
-        ensurePolling(true);
+        ensurePolling();                             // polls only while something is active
         scheduleLive();                              // a ticket is single use: get a new one
       };
     }).catch((err) => {
       if (S.session !== session) return;
       if (err.status === 404 || err.status === 405 || err.status === 501) S.liveSupported = false;
       else scheduleLive();
-      ensurePolling(true);
+      ensurePolling();
     });
   }
 
