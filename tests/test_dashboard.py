@@ -52,11 +52,18 @@ lines = { type = "integer", min = 1, max = 10000, default = 3 }
 delay = { type = "number", min = 0, max = 5, default = 0 }
 """
 
+# The tests sign in far more often than people do: no login rate limit here.
+NO_LOGIN_LIMITS = """
+[rate_limits]
+login_per_user = "off"
+login_per_ip = "off"
+"""
+
 CONFIG = """
 [limits]
 max_running = 4
 per_user_running = 1
-""" + TEST_KINDS + DASHBOARD_KINDS
+""" + NO_LOGIN_LIMITS + TEST_KINDS + DASHBOARD_KINDS
 
 EXPIRED_NOTE = "Your session expired"
 
@@ -377,6 +384,7 @@ def test_a_job_goes_queued_running_completed_with_its_progress_bar_moving(pages,
     assert len(between) >= 2, f"the bar did not move while running: {seen(page)}"
     assert bars == sorted(bars), f"the bar went backwards: {bars}"
     assert api_job(server, "bob", job["id"])["progress"] == 100
+    assert transport(page) == "live"                            # the event stream drove it
 
 
 # --- the job detail ---------------------------------------------------------------------------
@@ -616,6 +624,52 @@ def test_without_the_event_stream_the_page_polls_and_stops_when_nothing_is_activ
     expect(page.locator("#conn")).to_have_attribute("data-transport", "idle")
     assert list_requests(asked) > before
 
+    page.unroute("**/api/events*")                              # the stream is back:
+    page.click("#refresh")                                      # Refresh tries it at once
+    expect(page.locator("#conn")).to_have_attribute("data-transport", "live")
+    expect(page.locator("#conn")).to_have_text("Live")
+
+
+def test_with_the_event_stream_the_list_and_header_follow_what_happens_elsewhere(pages, server):
+    page = pages.new()
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if r.method == "GET" else None)
+    sign_in(page, "carol")
+    expect(page.locator("#conn")).to_have_attribute("data-transport", "live")
+    expect(page.locator("#q-nodes")).to_have_text("1 node live")
+    page.evaluate("""() => {
+        const counts = document.getElementById('q-counts');
+        window.headers = [counts.textContent];
+        new MutationObserver(() => window.headers.push(counts.textContent))
+            .observe(counts, {childList: true, characterData: true, subtree: true});
+    }""")
+    queue_reads = sum(1 for u in asked if u.endswith("/api/queue"))
+
+    job = api_submit(server, "carol", "steps", count=6, delay=0.4)  # from elsewhere (CLI, API)
+    item = row(page, job["id"])
+    expect(item).to_have_count(1)                               # no polling brought it
+    record_row(page, job["id"])
+    expect(item).to_have_attribute("data-state", "completed", timeout=30_000)
+    bars = [s["progress"] for s in seen(page) if s["state"] == "running"
+            and s["progress"] is not None]
+    assert len({p for p in bars if 0 < p < 100}) >= 2, seen(page)
+    assert bars == sorted(bars), bars
+    assert transport(page) == "live"
+    headers = page.evaluate("window.headers")
+    assert any(re.search(r"\b[1-9]\d* running of 4$", h) for h in headers), headers
+    assert sum(1 for u in asked if u.endswith("/api/queue")) == queue_reads  # from the stream
+
+    log_page = pages.new()                                      # a job's log, live
+    sign_in(log_page, "carol")
+    log_job = api_submit(server, "carol", "report", lines=30, delay=0.1)
+    log_page.goto(f"/#/job/{log_job['id']}")
+    expect(log_page.locator("#conn")).to_have_attribute("data-transport", "live")
+    expect(log_page.locator("#job-state")).to_have_attribute("data-state", "completed",
+                                                             timeout=30_000)
+    expect(log_page.locator("#job-log")).to_contain_text("line 30")
+    lines = log_page.locator("#job-log").inner_text().splitlines()
+    assert lines == [f"line {i}" for i in range(1, 31)]
+
 
 # --- keyboard, contrast, phone ------------------------------------------------------------
 
@@ -797,7 +851,7 @@ def test_screenshots_of_the_main_views(browser, start_server, tmp_path):
               == "docs" else tmp_path)
     target.mkdir(exist_ok=True)
     with ThreadPoolExecutor(1) as pool:  # its set-up runs asyncio: not in Playwright's loop
-        server = pool.submit(start_server, SHOWCASE, kinds="").result()
+        server = pool.submit(start_server, SHOWCASE + NO_LOGIN_LIMITS, kinds="").result()
     fast = api_submit(server, "carol", "countdown", seconds=1)
     api_submit(server, "carol", "checksum", file="holiday.mkv")
     cancelled = api_submit(server, "carol", "countdown", seconds=30)

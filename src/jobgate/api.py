@@ -30,6 +30,7 @@ from jobgate.model import FINAL, IllegalMove, Job, State, iso, parse_iso
 from jobgate.queue import JobQueue
 from jobgate.store import store_for_url
 from jobgate.store.base import Conflict, NotFound, QueueFull, User
+from jobgate.stream import Hub, stats_json
 from jobgate.worker import Worker
 
 log = logging.getLogger("jobgate.api")
@@ -77,6 +78,7 @@ class App:
     worker: Worker | None
     started_at: float
     auth: Authenticator
+    hub: Hub
 
 
 def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
@@ -89,12 +91,15 @@ def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
         await queue.open()
         key = await asyncio.to_thread(load_or_create_key, settings.data_path)
         auth = Authenticator(store, key, settings.auth.token_ttl, settings.auth.ticket_ttl)
+        hub = Hub(queue, settings)
+        await hub.start()
         worker = Worker(queue) if run_worker else None
         task = asyncio.create_task(worker.run()) if worker else None
-        app.state.jg = App(settings, queue, worker, time.time(), auth)
+        app.state.jg = App(settings, queue, worker, time.time(), auth, hub)
         try:
             yield
         finally:
+            await hub.stop()
             if worker is not None and task is not None:
                 worker.stop()
                 await task
@@ -105,6 +110,9 @@ def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
     _install_errors(app)
     _install_routes(app, settings)
     add_dashboard(app)
+    from jobgate import stream_api  # it builds on this module's App and errors
+
+    stream_api.install(app)
     app.add_middleware(_BodyLimit, limit_bytes=settings.server.max_request_kb * 1024)
     return app
 
@@ -277,16 +285,7 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
     @app.get("/api/queue", tags=["queue"])
     async def queue_stats(request: Request, user: CurrentUser) -> dict[str, Any]:
         jg = _jg(request)
-        stats = await jg.queue.stats()
-        return {
-            **{s.value: stats.counts.get(s.value, 0) for s in State},
-            "max_running": settings.limits.max_running,
-            "memory_reserved_mb": stats.memory_reserved_mb,
-            "memory_budget_mb": settings.limits.memory_budget_mb,
-            "throughput_per_min": stats.finished_last_min,
-            "avg_duration_s": stats.avg_duration_s,
-            "success_rate": stats.success_rate,
-        }
+        return stats_json(jg.queue, settings, await jg.queue.stats())
 
     @app.post("/api/clean", tags=["queue"])
     async def clean(body: CleanBody, request: Request, user: CurrentUser) -> dict[str, Any]:
@@ -356,6 +355,11 @@ def _parse_run_at(value: str | float | None) -> float | None:
                        "run_at: expected an ISO-8601 time (or epoch seconds) before year 10000",
                        field="run_at")
     return ts
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    """The contract's error shape, with Retry-After on 429 and WWW-Authenticate on 401."""
+    return _error(status, code, message, **extra)
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:

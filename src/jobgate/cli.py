@@ -82,9 +82,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings, run_worker=not args.no_worker)
     print(f"jobgate: serving on http://{host}:{port} ({settings.storage.url}, "
           f"{len(settings.kinds)} kinds)", file=sys.stderr)
-    config = uvicorn.Config(app, log_level=args.log_level, access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    keepalive = settings.streams.keepalive
+    config = uvicorn.Config(app, log_level=args.log_level, access_log=False,
+                            ws_ping_interval=keepalive, ws_ping_timeout=max(20.0, 2 * keepalive),
+                            ws_max_size=64 * 1024, timeout_graceful_shutdown=10)
+    _StreamingServer(config, app).run(sockets=[sock])
     return 0
+
+
+def _streaming_server_class() -> type[Any]:
+    import uvicorn
+
+    class StreamingServer(uvicorn.Server):
+        """Ends every event stream as shutdown begins: uvicorn waits for open responses,
+        and an event stream never ends by itself."""
+
+        def __init__(self, config: uvicorn.Config, app: Any) -> None:
+            super().__init__(config)
+            self.jobgate_app = app
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            jg = getattr(self.jobgate_app.state, "jg", None)
+            if jg is not None:
+                jg.hub.shutdown_soon()
+
+    return StreamingServer
+
+
+def _StreamingServer(config: Any, app: Any) -> Any:
+    return _streaming_server_class()(config, app)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

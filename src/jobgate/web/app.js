@@ -38,6 +38,8 @@
     pollBusy: false,
     transport: 'connecting',
     refreshTimer: 0,
+    refreshDetail: false,
+    lastEventId: null,    // of the last stored event the stream delivered, to resume from
     tickTimer: 0,
     expiryTimer: 0,
     detail: null,         // {id, lastN, follow, pending: [], missing, loadingLogs}
@@ -194,6 +196,8 @@
     stopPolling();
     clearTimeout(S.expiryTimer);
     clearTimeout(S.refreshTimer);
+    S.refreshTimer = 0;
+    S.lastEventId = null;
     clearInterval(S.tickTimer);
     S.session = null;
     localStorage.removeItem(SESSION_KEY);
@@ -951,7 +955,7 @@
       announce(`${updated.kind} is ${updated.state}`);
       renderDetail();
       renderList();
-      scheduleRefresh();
+      scheduleRefresh(true);
       ensurePolling(true);
     } catch (err) {
       if (S.session) $('act-error').textContent = err.message;
@@ -991,15 +995,20 @@
     const session = S.session;
     api('POST', '/api/auth/ticket').then((data) => {
       if (S.session !== session || S.es) return;
-      const es = new EventSource(`/api/events?ticket=${enc(data.ticket)}`);
+      // After a drop, resume where the last stream stopped: the server replays the gap
+      // (or says stream.reset when it no longer has it).
+      const resume = S.lastEventId ? `&last_event_id=${enc(S.lastEventId)}` : '';
+      const es = new EventSource(`/api/events?ticket=${enc(data.ticket)}${resume}`);
       S.es = es;
       es.onopen = () => {
         S.liveRetryMs = 2000;
         stopPolling();
         setTransport('live');
-        refreshAll();                                // what happened before the stream opened
+        if (!resume) refreshAll();                   // what happened before the stream opened
       };
       es.onmessage = (m) => {
+        if (S.es !== es) return;
+        if (m.lastEventId) S.lastEventId = m.lastEventId;
         let ev;
         try { ev = JSON.parse(m.data); } catch (err) { return; }
         applyEvent(ev);
@@ -1023,12 +1032,22 @@
 
   function scheduleLive() {
     clearTimeout(S.liveTimer);
-    S.liveTimer = setTimeout(startLive, S.liveRetryMs);
+    S.liveTimer = setTimeout(() => { S.liveTimer = 0; startLive(); }, S.liveRetryMs);
     S.liveRetryMs = Math.min(S.liveRetryMs * 2, 60000);
+  }
+
+  // The user is here and asking (Refresh, or back to the tab): try the stream again now.
+  function retryLiveNow() {
+    if (!S.session || S.es || !S.liveSupported || !S.liveTimer) return;
+    clearTimeout(S.liveTimer);
+    S.liveTimer = 0;
+    S.liveRetryMs = 2000;
+    startLive();
   }
 
   function stopLive() {
     clearTimeout(S.liveTimer);
+    S.liveTimer = 0;
     if (S.es) {
       S.es.close();
       S.es = null;
@@ -1064,7 +1083,12 @@
       if (job.state !== 'queued') job.position = null;
       renderJob(job.id);
     }
-    if (ev.type !== 'job.progress') scheduleRefresh();
+    if (ev.type !== 'job.progress') {
+      // A state change moves queue positions and may bring jobs this page has not seen.
+      const d = S.detail;
+      const shown = d && S.jobs.get(d.id);
+      scheduleRefresh(Boolean(d && (d.id === ev.job_id || (shown && shown.state === 'queued'))));
+    }
   }
 
   function renderJob(id) {
@@ -1073,9 +1097,18 @@
     if (S.detail && S.detail.id === id) renderDetail();
   }
 
-  function scheduleRefresh() {
-    clearTimeout(S.refreshTimer);
-    S.refreshTimer = setTimeout(refreshAll, 250);
+  // At most one reload of the list (and the job shown) per 300 ms, however many events come.
+  function scheduleRefresh(detailToo) {
+    if (detailToo) S.refreshDetail = true;
+    if (S.refreshTimer) return;
+    S.refreshTimer = setTimeout(() => {
+      S.refreshTimer = 0;
+      const detail = S.refreshDetail;
+      S.refreshDetail = false;
+      if (!S.session) return;
+      if (S.route.view === 'list') loadList();
+      if (S.detail && detail) loadDetail();
+    }, 300);
   }
 
   async function refreshAll() {
@@ -1144,7 +1177,10 @@
     $('f-state').addEventListener('change', setFilters);
     $('f-owner').addEventListener('change', setFilters);
     $('filters').addEventListener('submit', (ev) => { ev.preventDefault(); setFilters(); });
-    $('refresh').addEventListener('click', () => { refreshAll().then(() => ensurePolling()); });
+    $('refresh').addEventListener('click', () => {
+      retryLiveNow();
+      refreshAll().then(() => ensurePolling());
+    });
     $('more').addEventListener('click', loadMore);
     $('act-cancel').addEventListener('click', () => act('cancel'));
     $('act-retry').addEventListener('click', () => act('retry'));
@@ -1162,7 +1198,9 @@
     });
     window.addEventListener('hashchange', () => { route(); });
     document.addEventListener('visibilitychange', () => {
-      if (!document.hidden && S.session) ensurePolling(true);
+      if (document.hidden || !S.session) return;
+      retryLiveNow();
+      ensurePolling(true);
     });
     window.addEventListener('focus', () => { if (S.session) ensurePolling(true); });
     window.addEventListener('storage', (ev) => {

@@ -1,0 +1,335 @@
+"""Live events for clients: the hub that fans committed events out to SSE and WebSocket
+streams, replays what a reconnecting client missed, and pushes queue statistics.
+
+Every committed event reaches the hub once, in `seq` order, through the queue's event bus
+(the store delivers other processes' events too). Each event is encoded once and the same
+bytes go to every stream that may see it. A stream buffers at most `[streams] buffer_kb`
+of frames; a client that falls further behind is dropped (it reconnects and resumes from
+the store) instead of growing the server's memory.
+
+Resuming: a client names the last `seq` it has. The hub replays the kept events after it
+from the store (`Store.events_after`), then goes on live without a gap or a duplicate: the
+live feed is subscribed before the replay is read, and the replay stops at the `seq` the
+hub had seen when the stream opened. A `seq` older than the kept window (or newer than
+anything this database ever stored) gets a `stream.reset`: the client reloads state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from jobgate.auth import Principal
+from jobgate.config import Settings
+from jobgate.model import Event, State, iso
+from jobgate.queue import JobQueue
+
+log = logging.getLogger("jobgate.stream")
+
+FINAL_TYPES = frozenset({"job.completed", "job.failed", "job.cancelled"})
+STATE_TYPES = FINAL_TYPES | {"job.queued", "job.started", "job.retrying"}
+STATS_INTERVAL_S = 0.5  # queue.stats at most this often
+_PAGE = 1000  # events per read of the store while replaying
+_SENT_MEMORY = 10_000  # seqs a WebSocket remembers sending, so a replay skips them
+
+
+class TooManyStreams(Exception):
+    """The user already has `[streams] max_per_user` streams open (HTTP 429)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One message for clients: JSON text, and its SSE form (with `id:` if stored)."""
+
+    kind: str  # "event" (stored), "stats", "control", "keepalive", "close"
+    text: str = ""
+    seq: int | None = None
+    event: Event | None = None
+
+    @property
+    def sse(self) -> bytes:
+        if self.kind == "keepalive":
+            return b": keep-alive\n\n"
+        head = f"id: {self.seq}\n" if self.seq is not None else ""
+        return f"{head}data: {self.text}\n\n".encode()
+
+    @classmethod
+    def of_event(cls, event: Event) -> Frame:
+        return cls("event", json.dumps(event.to_json(), separators=(",", ":")), event.seq, event)
+
+    @classmethod
+    def control(cls, data: dict[str, Any], seq: int | None = None) -> Frame:
+        return cls("control", json.dumps(data, separators=(",", ":")), seq)
+
+
+_KEEPALIVE = Frame("keepalive")
+
+
+def visible_to(principal: Principal) -> Callable[[Event], bool]:
+    """What a user may see: their own jobs' events (an admin: everyone's)."""
+    if principal.user.admin:
+        return lambda event: event.job_id is not None
+    name = principal.user.name
+    return lambda event: event.owner == name
+
+
+class Stream:
+    """One client's feed: a filter, a bounded buffer of frames, and why it ended."""
+
+    def __init__(self, hub: Hub, principal: Principal, match: Callable[[Event], bool],
+                 stats: bool = False, job_id: str | None = None) -> None:
+        self.hub = hub
+        self.principal = principal
+        self.match = match
+        self.stats = stats  # wants queue.stats frames
+        self.job_id = job_id  # a one-job stream: stats frames carry the job's position
+        self.job_queued = False
+        self.opened_head = hub.head  # the replay stops here; live frames come after it
+        self.closed: str | None = None  # the reason, once the hub let go of this stream
+        self._frames: deque[Frame] = deque()
+        self._bytes = 0
+        self._limit = hub.settings.streams.buffer_kb * 1024
+        self._wake = asyncio.Event()
+        self._sent: set[int] = set()
+        self._sent_order: deque[int] = deque()
+        self.idle = True  # nothing sent since the last keep-alive tick
+        self._expiry: asyncio.TimerHandle | None = None
+
+    # --- fed by the hub ------------------------------------------------------------------
+    def push(self, frame: Frame) -> None:
+        if self.closed is not None:
+            return
+        self._frames.append(frame)
+        self._bytes += len(frame.text)
+        self._wake.set()
+        # One frame may be larger than the budget (a burst of log lines); two may not.
+        if self._bytes > self._limit and len(self._frames) > 1:
+            self.hub.drop(self, f"too slow: more than {self._limit // 1024} KB of events "
+                                "waiting; reconnect and resume")
+
+    def end(self, reason: str) -> None:
+        """Stop the feed: frames not yet sent are dropped, the reader gets None next."""
+        if self.closed is None:
+            self.closed = reason
+            self._frames.clear()
+            self._bytes = 0
+            self._wake.set()
+            if self._expiry is not None:
+                self._expiry.cancel()
+
+    # --- read by the route ---------------------------------------------------------------
+    async def next(self) -> Frame | None:
+        """The next frame, or None once the stream has ended."""
+        while True:
+            if self.closed is not None:
+                return None
+            if self._frames:
+                frame = self._frames.popleft()
+                self._bytes -= len(frame.text)
+                return frame
+            self._wake.clear()
+            await self._wake.wait()
+
+    def pending_for(self, job_id: str) -> bool:
+        return any(f.event is not None and f.event.job_id == job_id for f in self._frames)
+
+    def mark_sent(self, seq: int) -> None:
+        """Remember a stored event as sent (the last `_SENT_MEMORY` of them)."""
+        self._sent.add(seq)
+        self._sent_order.append(seq)
+        if len(self._sent_order) > _SENT_MEMORY:
+            self._sent.discard(self._sent_order.popleft())
+
+    def was_sent(self, seq: int) -> bool:
+        return seq in self._sent
+
+    def close(self) -> None:
+        self.hub.close(self)
+
+
+class Hub:
+    """All open streams of one server, fed from the queue's event bus."""
+
+    def __init__(self, queue: JobQueue, settings: Settings) -> None:
+        self.queue = queue
+        self.settings = settings
+        self.head = 0  # the highest seq this server knows was stored
+        self.streams: set[Stream] = set()
+        self.per_user: Counter[str] = Counter()
+        self.stats_frame: Frame | None = None
+        self._stats_due = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._unsubscribe: Callable[[], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._unsubscribe = self.queue.bus.on(self._on_event)
+        self.head = max(self.head, await self._stored_head())
+        self.stats_frame = await self._stats()
+        self._tasks = [asyncio.create_task(self._stats_loop(), name="jobgate-stats"),
+                       asyncio.create_task(self._keepalive_loop(), name="jobgate-keepalive")]
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._end_all("server shutting down")
+
+    def shutdown_soon(self) -> None:
+        """End every stream (from any thread or a signal handler): the server is stopping."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._end_all, "server shutting down")
+
+    def _end_all(self, reason: str) -> None:
+        for stream in list(self.streams):
+            self.drop(stream, reason)
+
+    async def _stored_head(self) -> int:
+        """The last stored seq, read once at start (after that, events keep it current)."""
+        head = 0
+        while page := await self.queue.store.events_after(head, 5000):
+            head = page[-1].seq
+        return head
+
+    # --- streams ---------------------------------------------------------------------------
+    def open(self, principal: Principal, match: Callable[[Event], bool], *, stats: bool = False,
+             job_id: str | None = None) -> Stream:
+        """A new stream, fed from now on; TooManyStreams past the user's cap."""
+        name = principal.user.name
+        cap = self.settings.streams.max_per_user
+        if self.per_user[name] >= cap:
+            raise TooManyStreams(f"{name} already has {cap} streams open "
+                                 "([streams] max_per_user)")
+        stream = Stream(self, principal, match, stats, job_id)
+        self.streams.add(stream)
+        self.per_user[name] += 1
+        if principal.expires_at is not None:
+            # A stream lives no longer than the login that opened it.
+            delay = max(0.0, principal.expires_at - time.time())
+            stream._expiry = asyncio.get_running_loop().call_later(
+                delay, self.drop, stream, "token expired")
+        return stream
+
+    def close(self, stream: Stream) -> None:
+        if stream in self.streams:
+            self.streams.discard(stream)
+            name = stream.principal.user.name
+            self.per_user[name] -= 1
+            if self.per_user[name] <= 0:
+                del self.per_user[name]
+        stream.end(stream.closed or "closed")
+
+    def drop(self, stream: Stream, reason: str) -> None:
+        """End a stream for `reason` (slow, expired, shutdown); its reader sees why."""
+        if stream.closed is None:
+            log.info("dropping a stream of %s: %s", stream.principal.user.name, reason)
+        stream.end(reason)
+        self.close(stream)
+
+    def _on_event(self, event: Event) -> None:
+        self.head = max(self.head, event.seq)
+        frame: Frame | None = None
+        for stream in list(self.streams):
+            if stream.match(event):
+                frame = frame or Frame.of_event(event)
+                stream.push(frame)
+                if stream.job_id is not None and event.type in STATE_TYPES:
+                    stream.job_queued = event.type in ("job.queued", "job.retrying")
+        if event.type in STATE_TYPES:
+            self._stats_due.set()
+
+    # --- replay ----------------------------------------------------------------------------
+    async def too_old(self, after: int) -> bool:
+        """True when events after `after` were pruned (or `after` is from elsewhere)."""
+        if after > self.head:
+            return True  # newer than anything stored here: another database, or a reset one
+        first = await self.queue.store.events_after(0, 1)
+        if not first:
+            return after < self.head  # everything after `after` was pruned
+        return after < first[0].seq - 1
+
+    async def history(self, after: int, upto: int, match: Callable[[Event], bool]
+                      ) -> AsyncIterator[Event]:
+        """Stored events with after < seq <= upto that `match` takes, in seq order."""
+        cursor = after
+        while cursor < upto:
+            page = await self.queue.store.events_after(cursor, _PAGE)
+            if not page:
+                return
+            for event in page:
+                if event.seq > upto:
+                    return
+                if match(event):
+                    yield event
+            cursor = page[-1].seq
+
+    # --- queue.stats and keep-alive --------------------------------------------------------
+    async def _stats(self) -> Frame:
+        data = {"type": "queue.stats", "seq": self.head, "ts": iso(time.time()),
+                **stats_json(self.queue, self.settings, await self.queue.stats())}
+        return Frame("stats", json.dumps(data, separators=(",", ":")))
+
+    def position_frame(self, stats: Frame, job_id: str) -> Frame:
+        """`stats` for a one-job stream: with that job's place in the queue."""
+        data = json.loads(stats.text)
+        data["job_id"] = job_id
+        data["position"] = self.queue.positions.position(job_id)
+        return Frame("stats", json.dumps(data, separators=(",", ":")))
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await self._stats_due.wait()
+            self._stats_due.clear()
+            try:
+                frame = await self._stats()
+            except Exception:  # a database hiccup must not end the pushes for good
+                log.exception("queue.stats failed")
+                await asyncio.sleep(STATS_INTERVAL_S)
+                continue
+            self.stats_frame = frame
+            for stream in list(self.streams):
+                if stream.stats:
+                    stream.push(frame)
+                elif stream.job_id is not None and stream.job_queued:
+                    stream.push(self.position_frame(frame, stream.job_id))
+            await asyncio.sleep(STATS_INTERVAL_S)
+
+    async def _keepalive_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.streams.keepalive)
+            for stream in list(self.streams):
+                if stream.idle:
+                    stream.push(_KEEPALIVE)
+                stream.idle = True
+
+
+def stats_json(queue: JobQueue, settings: Settings, stats: Any) -> dict[str, Any]:
+    """The queue's statistics in the shape of `GET /api/queue`."""
+    return {
+        **{s.value: stats.counts.get(s.value, 0) for s in State},
+        "max_running": settings.limits.max_running,
+        "memory_reserved_mb": stats.memory_reserved_mb,
+        "memory_budget_mb": settings.limits.memory_budget_mb,
+        "throughput_per_min": stats.finished_last_min,
+        "avg_duration_s": stats.avg_duration_s,
+        "success_rate": stats.success_rate,
+    }
+
+
+@contextlib.contextmanager
+def opened(stream: Stream) -> Any:
+    """Close `stream` when the block ends, however it ends."""
+    try:
+        yield stream
+    finally:
+        stream.close()

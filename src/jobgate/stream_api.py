@@ -1,0 +1,384 @@
+"""The event routes: `GET /api/events`, `GET /api/jobs/{id}/events` (Server-Sent Events)
+and `WS /api/ws`, over the hub in `stream.py`.
+
+SSE frames are `id: <seq>` + `data: <event JSON>` for stored events, `data:` alone for
+`queue.stats`; there are no `event:` lines, so a browser's `EventSource.onmessage` gets
+every frame. `Last-Event-ID` (or `?last_event_id=`, for a browser opening a new
+EventSource with a fresh ticket) resumes. Browsers cannot set headers on EventSource or
+WebSocket: they pass a single-use `?ticket=` from `POST /api/auth/ticket` instead.
+
+WebSocket messages from the client (JSON objects):
+`{"subscribe": "jobs"}` (every job the caller may see), `{"subscribe": "job", "id": ID}`,
+`{"subscribe": "queue"}` (queue.stats), each optionally with `"resume": SEQ`;
+`{"unsubscribe": …}` alike; `{"resume": SEQ}` (for the subscriptions made so far and
+after); `{"ping": ANY}` → `{"type": "pong", "ping": ANY}`. Answers: `subscribed`,
+`unsubscribed`, `pong`, `error` (`{"type": "error", "error": {"code", "message"}}`),
+`stream.reset`; events have the same JSON as over SSE. Close codes: 4001 token expired,
+4008 too slow, 1001 server going away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, Query, Request, WebSocket
+from fastapi.responses import Response, StreamingResponse
+from starlette.websockets import WebSocketDisconnect
+
+from jobgate.api import ApiError, App, error_response
+from jobgate.auth import AuthError, Principal
+from jobgate.model import FINAL, Event, iso
+from jobgate.store.base import User
+from jobgate.stream import (
+    FINAL_TYPES,
+    STATE_TYPES,
+    Frame,
+    Hub,
+    Stream,
+    TooManyStreams,
+    opened,
+    visible_to,
+)
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+CLOSE_EXPIRED, CLOSE_SLOW, CLOSE_GOING_AWAY = 4001, 4008, 1001
+
+
+async def stream_principal(jg: App, authorization: str | None, ticket: str | None) -> Principal:
+    """Who opens a stream: a bearer header, or a single-use ticket (browsers)."""
+    if not jg.settings.auth.enabled:
+        return Principal(User(jg.settings.auth.anonymous_user, admin=True))
+    try:
+        if ticket is not None:
+            return jg.auth.redeem(ticket)
+        return await jg.auth.bearer(authorization)
+    except AuthError as exc:
+        raise ApiError(401, "unauthorized", str(exc)) from None
+
+
+def _resume_point(header: str | None, query: str | None) -> int | None:
+    text = header if header is not None else query
+    if text is None or text == "":
+        return None
+    text = text.strip()
+    if not text.isdigit() or len(text) > 18:
+        raise ApiError(400, "invalid_request", f"Last-Event-ID: expected an event seq "
+                       f"(a whole number), got {text[:40]!r}", field="Last-Event-ID")
+    return int(text)
+
+
+def _open(hub: Hub, principal: Principal, **kwargs: Any) -> Stream:
+    try:
+        return hub.open(principal, **kwargs)
+    except TooManyStreams as exc:
+        raise ApiError(429, "too_many_streams", str(exc), retry_after_s=5) from None
+
+
+def _reset_frame(hub: Hub) -> Frame:
+    # With an id, so a browser that reconnects after it resumes from here, not from before.
+    return Frame.control({"type": "stream.reset", "seq": hub.head}, seq=hub.head)
+
+
+def _closing(reason: str | None) -> bytes:
+    return f": closed: {reason or 'closed'}\n\n".encode()
+
+
+def install(app: FastAPI) -> None:
+    """Add the SSE and WebSocket routes to `app` (built by `api.create_app`)."""
+
+    @app.get("/api/events", tags=["events"], response_class=StreamingResponse)
+    async def events(
+        request: Request,
+        ticket: Annotated[str | None, Query(max_length=200)] = None,
+        last_event_id: Annotated[str | None, Query(max_length=40)] = None,
+        authorization: Annotated[str | None, Header()] = None,
+        last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    ) -> Response:
+        """Server-Sent Events: every event the caller may see (own jobs; an admin: all)
+        and `queue.stats`. `Last-Event-ID` resumes."""
+        jg: App = request.app.state.jg
+        after = _resume_point(last_event_id_header, last_event_id)
+        principal = await stream_principal(jg, authorization, ticket)
+        hub = jg.hub
+        stream = _open(hub, principal, match=visible_to(principal), stats=True)
+        try:
+            reset = after is not None and await hub.too_old(after)
+        except BaseException:
+            stream.close()
+            raise
+
+        async def body() -> AsyncIterator[bytes]:
+            with opened(stream):
+                if reset:
+                    yield _reset_frame(hub).sse
+                elif after is not None:
+                    async for event in hub.history(after, stream.opened_head, stream.match):
+                        yield Frame.of_event(event).sse
+                if hub.stats_frame is not None:
+                    yield hub.stats_frame.sse
+                async for chunk in _live(stream, stream.opened_head):
+                    yield chunk
+
+        return StreamingResponse(body(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    @app.get("/api/jobs/{job_id}/events", tags=["events"], response_class=StreamingResponse)
+    async def job_events(
+        job_id: str,
+        request: Request,
+        ticket: Annotated[str | None, Query(max_length=200)] = None,
+        last_event_id: Annotated[str | None, Query(max_length=40)] = None,
+        authorization: Annotated[str | None, Header()] = None,
+        last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    ) -> Response:
+        """Server-Sent Events of one job: its kept events so far (or those after
+        `Last-Event-ID`), then live ones, ending after its final event. While it is
+        queued, `queue.stats` frames carry its `position`. A job already finished with
+        nothing after `Last-Event-ID` answers 204 (which tells EventSource to stop)."""
+        jg: App = request.app.state.jg
+        after = _resume_point(last_event_id_header, last_event_id)
+        principal = await stream_principal(jg, authorization, ticket)
+        hub = jg.hub
+        user = principal.user
+        stream = _open(hub, principal, job_id=job_id,
+                       match=lambda e: e.job_id == job_id and (user.admin or e.owner == user.name))
+        try:
+            job = await jg.queue.get(job_id) if len(job_id) <= 64 else None
+            if job is None or (job.owner != user.name and not user.admin):
+                raise ApiError(404, "not_found", f"no job {job_id}")
+            reset = after is not None and await hub.too_old(after)
+            replay = [] if reset else [
+                e async for e in hub.history(after or 0, stream.opened_head, stream.match)]
+            states = [e.type for e in replay if e.type in STATE_TYPES]
+            stream.job_queued = (states[-1] if states else "job." + job.state.value) in (
+                "job.queued", "job.retrying")
+            # Finished, and nothing newer on its way: after the replay there is no more.
+            done = job.state in FINAL and not stream.pending_for(job_id)
+            if done and not replay and not reset:
+                stream.close()
+                return Response(status_code=204)
+        except BaseException:
+            stream.close()
+            raise
+
+        async def body() -> AsyncIterator[bytes]:
+            with opened(stream):
+                if reset:
+                    yield _reset_frame(hub).sse
+                for event in replay:
+                    yield Frame.of_event(event).sse
+                if done and not stream.pending_for(job_id):
+                    return
+                if stream.job_queued and hub.stats_frame is not None:
+                    yield hub.position_frame(hub.stats_frame, job_id).sse
+                async for chunk in _live(stream, stream.opened_head, end_job=job_id):
+                    yield chunk
+
+        return StreamingResponse(body(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    @app.websocket("/api/ws")
+    async def websocket(ws: WebSocket) -> None:
+        jg: App = ws.app.state.jg
+        origin = ws.headers.get("origin")
+        if not origin_allowed(origin, ws.headers.get("host"), jg.settings.server.allowed_origins):
+            await ws.send_denial_response(error_response(
+                403, "forbidden_origin",
+                f"origin {origin!r} is not allowed ([server] allowed_origins)"))
+            return
+        try:
+            ticket = ws.query_params.get("ticket")
+            principal = await stream_principal(jg, ws.headers.get("authorization"), ticket)
+            stream = _open(jg.hub, principal, match=lambda e: False)
+        except ApiError as exc:
+            await ws.send_denial_response(error_response(exc.status, exc.code, exc.message,
+                                                         **exc.extra))
+            return
+        with opened(stream):
+            await ws.accept()
+            await _WsSession(jg, ws, stream).run()
+
+
+async def _live(stream: Stream, cursor: int, end_job: str | None = None
+                ) -> AsyncIterator[bytes]:
+    """SSE bytes of live frames after `cursor`; with `end_job`, ends after its final event."""
+    while (frame := await stream.next()) is not None:
+        if frame.seq is not None:
+            if frame.seq <= cursor:
+                continue  # already sent by the replay
+            cursor = frame.seq
+        if frame.kind != "keepalive":
+            stream.idle = False
+        yield frame.sse
+        if end_job is not None and frame.event is not None and \
+                frame.event.type in FINAL_TYPES and not stream.pending_for(end_job):
+            return
+    yield _closing(stream.closed)
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
+    """A browser's WebSocket may come from the allowed origins or this server's own pages;
+    a client that sends no Origin is not a browser and is let through to the token check."""
+    if origin is None:
+        return True
+    if "*" in allowed or origin in allowed:
+        return True
+    return host is not None and origin in (f"http://{host}", f"https://{host}")
+
+
+class _WsSession:
+    """One WebSocket: a reader of commands and a writer of frames, both on `stream`."""
+
+    def __init__(self, jg: App, ws: WebSocket, stream: Stream) -> None:
+        self.jg, self.ws, self.stream, self.hub = jg, ws, stream, jg.hub
+        self.everything = False  # "jobs": every job the caller may see
+        self.job_ids: set[str] = set()
+        self.resume: int | None = None  # from a standalone {"resume": seq}
+        self._visible = visible_to(stream.principal)
+        stream.match = self._match
+
+    def _match(self, event: Event) -> bool:
+        if event.job_id in self.job_ids:
+            return True
+        return self.everything and self._visible(event)
+
+    async def run(self) -> None:
+        reader = asyncio.create_task(self._read())
+        writer = asyncio.create_task(self._write())
+        done, pending = await asyncio.wait({reader, writer},
+                                           return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for task in done:
+            exc = task.exception()
+            if exc is not None and not isinstance(exc, WebSocketDisconnect | OSError):
+                raise exc
+
+    async def _read(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                text = (message.get("bytes") or b"").decode("utf-8", "replace")
+            self.stream.push(Frame("command", text))
+
+    async def _write(self) -> None:
+        stream = self.stream
+        while (frame := await stream.next()) is not None:
+            if frame.kind == "command":
+                await self._command(frame.text)
+            elif frame.kind == "event":
+                if frame.event is not None and self._match(frame.event) and \
+                        frame.seq is not None and not stream.was_sent(frame.seq):
+                    stream.mark_sent(frame.seq)
+                    await self.ws.send_text(frame.text)
+            elif frame.kind == "stats" and stream.stats:
+                await self.ws.send_text(frame.text)
+        reason = stream.closed or "closed"
+        code = CLOSE_EXPIRED if "expired" in reason else \
+            CLOSE_SLOW if reason.startswith("too slow") else CLOSE_GOING_AWAY
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(code, reason[:120]), 2)
+
+    async def _send(self, data: dict[str, Any]) -> None:
+        await self.ws.send_text(json.dumps(data, separators=(",", ":")))
+
+    async def _error(self, message: str, code: str = "invalid_request") -> None:
+        await self._send({"type": "error", "error": {"code": code, "message": message}})
+
+    async def _command(self, text: str) -> None:
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            await self._error("expected a JSON object")
+            return
+        if not isinstance(msg, dict):
+            await self._error("expected a JSON object")
+            return
+        resume = msg.get("resume")
+        if resume is not None and (isinstance(resume, bool) or not isinstance(resume, int)
+                                   or resume < 0):
+            await self._error("resume: expected an event seq (a whole number)")
+            return
+        if "ping" in msg:
+            await self._send({"type": "pong", "ping": msg["ping"], "ts": iso(time.time())})
+        elif "subscribe" in msg:
+            await self._subscribe(msg, resume)
+        elif "unsubscribe" in msg:
+            await self._unsubscribe(msg)
+        elif resume is not None:
+            if self.everything or self.job_ids or self.stream.stats:
+                await self._replay(resume)
+            else:
+                self.resume = resume  # for the subscriptions that follow
+        else:
+            await self._error("expected subscribe, unsubscribe, resume or ping")
+
+    async def _target(self, msg: dict[str, Any], verb: str) -> tuple[str, str | None] | None:
+        what = msg[verb]
+        if what not in ("job", "jobs", "queue"):
+            await self._error(f"{verb}: expected 'job', 'jobs' or 'queue', got {what!r}")
+            return None
+        job_id = msg.get("id")
+        if what == "job":
+            if not isinstance(job_id, str) or not job_id or len(job_id) > 64:
+                await self._error(f"{verb} job: expected an 'id'")
+                return None
+            if verb == "subscribe":
+                job = await self.jg.queue.get(job_id)
+                user = self.stream.principal.user
+                if job is None or (job.owner != user.name and not user.admin):
+                    await self._error(f"no job {job_id}", "not_found")
+                    return None
+            return what, job_id
+        return what, None
+
+    async def _subscribe(self, msg: dict[str, Any], resume: int | None) -> None:
+        target = await self._target(msg, "subscribe")
+        if target is None:
+            return
+        what, job_id = target
+        if what == "job" and job_id is not None:
+            self.job_ids.add(job_id)
+        elif what == "jobs":
+            self.everything = True
+        else:
+            self.stream.stats = True
+        await self._send({"type": "subscribed", "subscribe": what,
+                          **({"id": job_id} if job_id else {})})
+        if what == "queue" and self.hub.stats_frame is not None:
+            await self.ws.send_text(self.hub.stats_frame.text)
+        point = resume if resume is not None else self.resume
+        if point is not None and what != "queue":
+            await self._replay(point)
+
+    async def _unsubscribe(self, msg: dict[str, Any]) -> None:
+        target = await self._target(msg, "unsubscribe")
+        if target is None:
+            return
+        what, job_id = target
+        if what == "job" and job_id is not None:
+            self.job_ids.discard(job_id)
+        elif what == "jobs":
+            self.everything = False
+        else:
+            self.stream.stats = False
+        await self._send({"type": "unsubscribed", "unsubscribe": what,
+                          **({"id": job_id} if job_id else {})})
+
+    async def _replay(self, after: int) -> None:
+        """Stored events after `after` that the subscriptions take and were not sent yet."""
+        if await self.hub.too_old(after):
+            await self.ws.send_text(_reset_frame(self.hub).text)
+            return
+        async for event in self.hub.history(after, self.hub.head, self._match):
+            if not self.stream.was_sent(event.seq):
+                self.stream.mark_sent(event.seq)
+                await self.ws.send_text(Frame.of_event(event).text)
+
