@@ -288,6 +288,34 @@ def test_an_admin_gets_priority_and_an_owner_filter(pages):
     expect(page.locator("#priority-field")).to_be_visible()
     expect(page.locator("#f-owner")).to_be_visible()
 
+    page.fill("#priority", "high")
+    response = submit_form(page, "noop")
+    assert response.status == 422
+    expect(page.locator("#priority-error")).to_contain_text("integer")
+    expect(page.locator("#priority")).to_have_attribute("aria-invalid", "true")
+    page.fill("#priority", "7")
+    response = submit_form(page, "noop")
+    assert response.status == 201 and response.json()["priority"] == 7
+    expect(page.locator("#job-list li").first).to_have_attribute("data-id",
+                                                                 response.json()["id"])
+
+
+def test_older_jobs_come_a_page_at_a_time(pages, server):
+    with server.client("bob") as http:
+        ids = [http.post("/api/jobs", json={"kind": "noop"}).json()["id"] for _ in range(55)]
+    page = pages.new()
+    sign_in(page, "bob")
+    expect(page.locator("#job-list li")).to_have_count(50)
+    shown = page.locator("#job-list li").evaluate_all("lis => lis.map(li => li.dataset.id)")
+    assert shown == sorted(shown, reverse=True)                 # newest first
+    assert shown[:50] == ids[::-1][:50]
+    more = page.locator("#more")
+    expect(more).to_be_visible()
+    more.click()
+    expect(page.locator("#job-list li")).not_to_have_count(50)
+    shown = page.locator("#job-list li").evaluate_all("lis => lis.map(li => li.dataset.id)")
+    assert shown == sorted(shown, reverse=True) and set(ids) <= set(shown)
+
 
 # --- submitting ------------------------------------------------------------------------------
 
@@ -371,6 +399,7 @@ def test_a_job_goes_queued_running_completed_with_its_progress_bar_moving(pages,
     record_row(page, job["id"])
 
     api_cancel(server, "bob", blocker["id"])
+    expect(item.locator(".msg")).to_have_text(re.compile(r"^step \d$"), timeout=30_000)
     expect(item).to_have_attribute("data-state", "completed", timeout=30_000)
     expect(item.locator(".state")).to_contain_text("completed")
     expect(item.locator(".elapsed")).to_have_text(re.compile(r"^took \d"))
