@@ -232,7 +232,7 @@ class Hub:
     def drop(self, stream: Stream, reason: str) -> None:
         """End a stream for `reason` (slow, expired, shutdown); its reader sees why."""
         if stream.closed is None:
-            log.info("dropping a stream of %s: %s", stream.principal.user.name, reason)
+            log.warning("dropping a stream of %s: %s", stream.principal.user.name, reason)
         stream.end(reason)
         self.close(stream)
 

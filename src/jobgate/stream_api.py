@@ -47,6 +47,7 @@ from jobgate.stream import (
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 CLOSE_EXPIRED, CLOSE_SLOW, CLOSE_GOING_AWAY = 4001, 4008, 1001
+_CLOSE_WAIT_S = 15.0
 
 
 async def stream_principal(jg: App, authorization: str | None, ticket: str | None) -> Principal:
@@ -283,8 +284,10 @@ class _WsSession:
         reason = stream.closed or "closed"
         code = CLOSE_EXPIRED if "expired" in reason else \
             CLOSE_SLOW if reason.startswith("too slow") else CLOSE_GOING_AWAY
+        # The close frame queues behind what the transport still holds: give a slow reader
+        # a while to take it, then give up (the connection goes when the handler returns).
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(code, reason[:120]), 2)
+            await asyncio.wait_for(self.ws.close(code, reason[:120]), _CLOSE_WAIT_S)
 
     async def _send(self, data: dict[str, Any]) -> None:
         await self.ws.send_text(json.dumps(data, separators=(",", ":")))
