@@ -317,6 +317,40 @@ def test_older_jobs_come_a_page_at_a_time(pages, server):
     assert shown == sorted(shown, reverse=True) and set(ids) <= set(shown)
 
 
+def test_tabs_of_one_browser_sign_in_and_out_together(pages):
+    first = pages.new()
+    sign_in(first, "bob")
+    second = first.context.new_page()
+    second.goto("/#/jobs?state=completed")
+    expect(second.locator("#who-name")).to_have_text("bob")    # the same session
+    first.click("#signout")
+    expect(second.locator("#signin-note")).to_have_text("You signed out in another tab.")
+    assert second.evaluate("location.hash") == "#/jobs?state=completed"
+    second.fill("#password", "bob-password")
+    second.click("#signin-button")
+    expect(second.locator("#who-name")).to_have_text("bob")
+    expect(first.locator("#who-name")).to_have_text("bob")     # the other tab follows
+    expect(first.locator("#app")).to_be_visible()
+
+
+def test_a_server_without_auth_needs_no_sign_in(browser, start_server):
+    with ThreadPoolExecutor(1) as pool:  # its set-up runs asyncio: not in Playwright's loop
+        server = pool.submit(start_server, "[auth]\nenabled = false\n").result()
+    opened = Pages(browser, server)
+    try:
+        page = opened.new()
+        page.goto("/")
+        expect(page.locator("#who-name")).to_have_text("admin (admin)")
+        expect(page.locator("#signin")).to_be_hidden()
+        expect(page.locator("#signout")).to_be_hidden()
+        job = submit_form(page, "noop").json()
+        expect(row(page, job["id"])).to_have_attribute("data-state", "completed")
+        expect(page.locator("#conn")).to_have_attribute("data-transport", "live")
+        assert not opened.errors and not opened.outside
+    finally:
+        opened.close()
+
+
 # --- submitting ------------------------------------------------------------------------------
 
 def test_the_form_follows_the_kinds_schema(pages):

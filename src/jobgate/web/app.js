@@ -110,7 +110,7 @@
   async function api(method, path, body) {
     const headers = { Accept: 'application/json' };
     const session = S.session;
-    if (session) headers.Authorization = `Bearer ${session.token}`;
+    if (session && session.token) headers.Authorization = `Bearer ${session.token}`;
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     let r;
     try {
@@ -222,7 +222,7 @@
     try {
       const me = await api('GET', '/api/me');
       S.session.user = { name: me.name, admin: Boolean(me.admin) };
-      localStorage.setItem(SESSION_KEY, JSON.stringify(S.session));
+      if (!S.session.open) localStorage.setItem(SESSION_KEY, JSON.stringify(S.session));
     } catch (err) {
       if (!S.session) return;                      // 401: the stored session is over
       if (err.status === 0) { showSignIn('Cannot reach the server.'); return; }
@@ -232,6 +232,7 @@
     $('app').hidden = false;
     $('who-name').replaceChildren(S.session.user.name,
       isAdmin() ? el('span', { class: 'role', text: ' (admin)' }) : '');
+    $('signout').hidden = Boolean(S.session.open);
     $('priority-field').hidden = !isAdmin();
     $('f-owner-box').hidden = !isAdmin();
     $('jobs-title').textContent = isAdmin() ? 'All jobs' : 'Your jobs';
@@ -709,7 +710,10 @@
 
   async function openDetail(id) {
     if (!S.detail || S.detail.id !== id) {
-      S.detail = { id, lastN: 0, follow: true, pending: [], missing: false, loadingLogs: false };
+      S.detail = {
+        id, lastN: 0, follow: true, pending: [], missing: false, loadingLogs: false,
+        logsAgain: false,
+      };
       $('job-log').replaceChildren();
       $('act-error').textContent = '';
       setFollow(true);
@@ -739,14 +743,19 @@
 
   async function loadLogs() {
     const d = S.detail;
-    if (!d || d.loadingLogs) return;
+    if (!d) return;
+    if (d.loadingLogs) {
+      d.logsAgain = true;                            // lines may have come after that read
+      return;
+    }
     d.loadingLogs = true;
     try {
       for (;;) {
+        d.logsAgain = false;
         const data = await api('GET', `/api/jobs/${enc(d.id)}/logs?after=${d.lastN}&limit=${LOG_PAGE}`);
         if (S.detail !== d) return;
         addLogLines(d, data.lines.map((l) => [l.n, l.line]));
-        if (data.lines.length < LOG_PAGE) break;
+        if (data.lines.length < LOG_PAGE && !d.logsAgain) break;
       }
     } catch (err) {
       /* the next poll or event tries again */
@@ -885,7 +894,8 @@
     $('act-error').textContent = '';
     try {
       const r = await fetch(`/api/jobs/${enc(id)}/outputs/${name.split('/').map(enc).join('/')}`, {
-        headers: { Authorization: `Bearer ${S.session.token}` }, cache: 'no-store',
+        headers: S.session.token ? { Authorization: `Bearer ${S.session.token}` } : {},
+        cache: 'no-store',
       });
       if (r.status === 401) {
         endSession('Your session expired. Sign in again to go on where you were.');
@@ -1204,16 +1214,42 @@
     });
     window.addEventListener('focus', () => { if (S.session) ensurePolling(true); });
     window.addEventListener('storage', (ev) => {
-      // Signed out (or in as somebody else) in another tab.
-      if (ev.key !== SESSION_KEY || !S.session) return;
+      // Signed in or out in another tab of this browser: follow it.
+      if (ev.key !== SESSION_KEY || (S.session && S.session.open)) return;
       const other = loadSession();
-      if (!other || other.token !== S.session.token) endSession('You signed out in another tab.');
+      if (!S.session) {
+        if (other) {
+          S.session = other;
+          enter();
+        }
+      } else if (!other) {
+        endSession('You signed out in another tab.');
+      } else if (other.token !== S.session.token) {
+        const sameUser = other.user && S.session.user && other.user.name === S.session.user.name;
+        if (!sameUser) {
+          location.reload();
+          return;
+        }
+        S.session = other;                         // the same person, a newer login
+        stopLive();
+        startLive();
+      }
     });
   }
 
-  function boot() {
+  async function boot() {
     wire();
     S.session = loadSession();
+    if (!S.session) {
+      // A server with [auth] enabled = false needs no sign-in: everybody is its admin.
+      try {
+        const r = await fetch('/api/me', { cache: 'no-store' });
+        if (r.ok) {
+          const me = await r.json();
+          S.session = { token: null, expires_at: null, user: me, open: true };
+        }
+      } catch (err) { /* shown when signing in */ }
+    }
     if (!S.session) {
       showSignIn('');
       return;
