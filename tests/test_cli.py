@@ -9,8 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -199,6 +201,107 @@ def test_logs_follow_ends_when_the_job_ends(server, bob):
     assert result.stdout.splitlines() == [
         f"progress={i * 20} step {i}" for i in range(1, 6)]
     assert bob.get(f"/api/jobs/{job['id']}").json()["state"] == "completed"
+
+
+def test_logs_follow_prints_every_line_once_in_order_from_reads_and_events(server, bob):
+    job = bob.post("/api/jobs", json={"kind": "steps", "args": {"count": 300, "delay": 0.01}}
+                   ).json()
+    deadline = time.monotonic() + 30
+    while not bob.get(f"/api/jobs/{job['id']}/logs").json()["lines"]:  # some lines first
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+    result = jobgate(server, "logs", job["id"], "--follow")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"progress={i * 100 // 300} step {i}" for i in range(1, 301)]
+
+
+class Watching:
+    """A `jobgate` command running in the background, its stderr collected line by line."""
+
+    def __init__(self, server: Server, *args: str, user: str = "bob") -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jobgate", *args], env=server.env(user), cwd=server.folder,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.stderr: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line.rstrip("\n"))
+
+    def wait_for(self, text: str, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not any(text in line for line in self.stderr):
+            assert self.proc.poll() is None, self.stderr
+            assert time.monotonic() < deadline, f"no {text!r} in {self.stderr}"
+            time.sleep(0.02)
+
+    def finish(self, timeout_s: float = 60) -> tuple[int, str, list[str]]:
+        assert self.proc.stdout is not None
+        with self.proc.stdout:
+            out = self.proc.stdout.read()  # not communicate(): it would read stderr too
+        self.proc.wait(timeout_s)
+        self._reader.join(5)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+        return self.proc.returncode, out, self.stderr
+
+
+def test_watch_shows_the_queue_position_then_progress_and_exits_0(start_server):
+    srv = start_server("[limits]\nmax_running = 1\n")
+    with srv.client("alice") as alice:
+        blocker = alice.post("/api/jobs", json={"kind": "sleep", "args": {"seconds": 60}}
+                             ).json()
+        wait_for(alice, blocker["id"], "running")
+        watch = Watching(srv, "submit", "steps", "count=4", "delay=0.1", "--watch")
+        watch.wait_for("position 1")
+        alice.post(f"/api/jobs/{blocker['id']}/cancel")
+        code, out, err = watch.finish()
+    assert code == 0, err
+    assert JOB_LINE.match(out.splitlines()[0])
+    assert any(line.startswith("queued") and "position 1" in line for line in err)
+    assert any(line.startswith("running") for line in err)
+    assert "100.0%" in err[-1] and err[-1].startswith("completed")
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_ctrl_c_stops_watching_with_130_and_leaves_the_job_running(server, bob):
+    watch = Watching(server, "submit", "sleep", "seconds=60", "--watch")
+    watch.wait_for("running")
+    watch.proc.send_signal(signal.SIGINT)
+    code, out, err = watch.finish()
+    job_id = JOB_LINE.match(out.splitlines()[0])["id"]
+    assert code == 130, err
+    assert "Traceback" not in "\n".join(err)
+    assert bob.get(f"/api/jobs/{job_id}").json()["state"] == "running"
+    bob.post(f"/api/jobs/{job_id}/cancel")
+
+
+def test_ctrl_c_with_cancel_on_exit_cancels_the_job(server, bob):
+    watch = Watching(server, "submit", "sleep", "seconds=60", "--watch", "--cancel-on-exit")
+    watch.wait_for("running")
+    watch.proc.send_signal(signal.SIGINT)
+    code, out, err = watch.finish()
+    job_id = JOB_LINE.match(out.splitlines()[0])["id"]
+    assert code == 130, err
+    assert any("cancelled" in line for line in err), err
+    assert wait_for(bob, job_id, "cancelled")["state"] == "cancelled"
+
+
+def test_watch_rides_out_a_server_restart(start_server):
+    srv = start_server()
+    watch = Watching(srv, "submit", "steps", "count=20", "delay=0.1", "--watch")
+    watch.wait_for("running")
+    srv.stop()  # the job is handed back to the queue, the stream ends
+    srv.start()  # and runs again from the start
+    code, _, err = watch.finish()
+    assert code == 0, err
+    assert err[-1].startswith("completed")
 
 
 def test_cancel_and_retry(server, bob):

@@ -282,7 +282,8 @@ def test_stream_auth_and_rate_limit_settings_parse(load):
 def test_stream_auth_and_rate_limit_defaults(load):
     settings = load("")
     assert settings.auth.ticket_ttl == 60 and settings.streams.keepalive == 15
-    assert settings.rate_limits.submit_per_user == Rate(300, 60)
+    assert settings.rate_limits.submit_per_user == Rate(600, 60)
+    assert settings.rate_limits.submit_per_ip == Rate(1200, 60)
     assert settings.rate_limits.login_per_ip == Rate(30, 60)
 
 

@@ -28,6 +28,7 @@ from jobgate.dashboard import add_dashboard
 from jobgate.kinds import ArgumentError
 from jobgate.model import FINAL, IllegalMove, Job, State, iso, parse_iso
 from jobgate.queue import JobQueue
+from jobgate.ratelimit import RateLimiter, RateLimits, retry_after
 from jobgate.store import store_for_url
 from jobgate.store.base import Conflict, NotFound, QueueFull, User
 from jobgate.stream import Hub, stats_json
@@ -79,6 +80,7 @@ class App:
     started_at: float
     auth: Authenticator
     hub: Hub
+    limits: RateLimits
 
 
 def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
@@ -95,7 +97,8 @@ def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
         await hub.start()
         worker = Worker(queue) if run_worker else None
         task = asyncio.create_task(worker.run()) if worker else None
-        app.state.jg = App(settings, queue, worker, time.time(), auth, hub)
+        app.state.jg = App(settings, queue, worker, time.time(), auth, hub,
+                           RateLimits.from_settings(settings.rate_limits))
         try:
             yield
         finally:
@@ -161,6 +164,21 @@ class _BodyLimit:
             await too_large(scope, receive, send)
 
 
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _limit(limiter: RateLimiter, key: str, what: str) -> None:
+    """429 with Retry-After when `limiter` refuses one more request for `key`."""
+    wait = limiter.hit(key)
+    if wait > 0:
+        rate = limiter.rate
+        assert rate is not None  # a limiter without a rate never refuses
+        raise ApiError(429, "rate_limited", f"too many {what}: at most {rate.count} per "
+                       f"{rate.per_s:g} s; retry in {retry_after(wait)} s",
+                       retry_after_s=retry_after(wait))
+
+
 def _jg(request: Request) -> App:
     state: App = request.app.state.jg
     return state
@@ -201,6 +219,8 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
                      ) -> Response:
         """Submit a job; a repeated `Idempotency-Key` returns the first job (200)."""
         jg = _jg(request)
+        _limit(jg.limits.submit_per_user, user.name, f"submits by {user.name}")
+        _limit(jg.limits.submit_per_ip, _client_ip(request), "submits from this address")
         if body.depends_on:
             raise ApiError(422, "unsupported", "depends_on is not supported yet",
                            field="depends_on")
@@ -318,9 +338,21 @@ def _install_auth_routes(app: FastAPI, settings: Settings) -> None:
         if not settings.auth.enabled:
             raise ApiError(400, "auth_disabled", "auth is disabled on this server: "
                            "no token is needed")
+        limits, ip = jg.limits, _client_ip(request)
+        # Failures count per (user, address): a stranger cannot lock a user out from afar,
+        # and one address guessing one user's password waits longer after every miss.
+        key = f"{body.username}\0{ip}"
+        wait = limits.bad_logins.wait_s(key)
+        if wait > 0:
+            raise ApiError(429, "rate_limited", f"too many failed logins: try again in "
+                           f"{retry_after(wait)} s", retry_after_s=retry_after(wait))
+        _limit(limits.login_per_ip, ip, "logins from this address")
+        _limit(limits.login_per_user, body.username, f"logins as {body.username}")
         user = await jg.auth.login(body.username, body.password)
         if user is None:
+            limits.bad_logins.failed(key)
             raise ApiError(401, "unauthorized", "wrong user name or password")
+        limits.bad_logins.succeeded(key)
         token, expires_at = jg.auth.issue(user)
         return {"token": token, "token_type": "bearer", "expires_at": iso(expires_at),
                 "user": {"name": user.name, "admin": user.admin}}

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import queue
 import re
 import socket
 import sys
@@ -22,6 +24,7 @@ from jobgate.config import DEFAULT_PORT, ConfigError, Settings, load_settings, p
 
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 _FINAL = ("completed", "failed", "cancelled")
+_FINAL_EVENTS = ("job.completed", "job.failed", "job.cancelled")
 
 
 class CliError(Exception):
@@ -260,29 +263,171 @@ def cmd_submit(args: argparse.Namespace) -> int:
     where = f", position {job['position']}" if job.get("position") else ""
     print(f"{job['id']} {job['state']}{where}")
     if args.watch:
-        return _watch(client, job["id"])
+        return _watch(client, job["id"], args.cancel_on_exit)
     return 0
 
 
-def _watch(client: Client, job_id: str) -> int:
-    """Follow a job to its end with a progress line; the exit code says how it ended."""
+def _watch(client: Client, job_id: str, cancel_on_exit: bool = False) -> int:
+    """Follow a job to its end on its event stream, with a live progress line.
+
+    The exit code says how it ended: 0 completed, 1 failed or cancelled. Ctrl-C leaves the
+    job running (exit 130) unless `cancel_on_exit`.
+    """
     started = time.monotonic()
     tty = sys.stderr.isatty()
     last = ""
-    while True:
-        job = client.call("GET", f"/api/jobs/{job_id}")
-        line = _progress_line(job, time.monotonic() - started)
-        if line != last:
-            print(("\r\x1b[2K" if tty else "") + line, end="" if tty else "\n",
-                  file=sys.stderr, flush=True)
-            last = line
-        if job["state"] in _FINAL:
-            if tty:
-                print(file=sys.stderr)
-            if job["state"] == "failed" and job.get("error"):
-                print(f"jobgate: {job['error'].splitlines()[-1]}", file=sys.stderr)
-            return 0 if job["state"] == "completed" else 1
-        time.sleep(0.5)
+    job = client.call("GET", f"/api/jobs/{job_id}")
+    reader = _EventReader(client, f"/api/jobs/{job_id}/events")
+    reader.start()
+    try:
+        while True:
+            line = _progress_line(job, time.monotonic() - started)
+            if line != last:
+                print(("\r\x1b[2K" if tty else "") + line, end="" if tty else "\n",
+                      file=sys.stderr, flush=True)
+                last = line
+            if job["state"] in _FINAL:
+                break
+            try:
+                kind, data = reader.events.get(timeout=1.0)  # the line's clock ticks on
+            except queue.Empty:
+                continue
+            if kind == "event":
+                _apply(job, data)
+            elif kind == "reset":
+                job = client.call("GET", f"/api/jobs/{job_id}")
+            elif kind == "end":
+                job = client.call("GET", f"/api/jobs/{job_id}")
+                if job["state"] not in _FINAL:
+                    raise CliError(f"the event stream of job {job_id} ended early")
+            else:
+                raise CliError(str(data))
+    except KeyboardInterrupt:
+        if tty:
+            print(file=sys.stderr)
+        if cancel_on_exit:
+            client.call("POST", f"/api/jobs/{job_id}/cancel")
+            print(f"jobgate: cancelled {job_id}", file=sys.stderr)
+        else:
+            print(f"jobgate: stopped watching; {job_id} goes on "
+                  "(jobgate cancel ID stops it)", file=sys.stderr)
+        return 130
+    finally:
+        reader.stop()
+    if tty:
+        print(file=sys.stderr)
+    if job["state"] == "failed" and job.get("error"):
+        print(f"jobgate: {job['error'].splitlines()[-1]}", file=sys.stderr)
+    return 0 if job["state"] == "completed" else 1
+
+
+def _apply(job: dict[str, Any], event: dict[str, Any]) -> None:
+    """Bring the job as shown up to date with one event of its stream."""
+    kind = event.get("type", "")
+    if kind == "queue.stats":
+        if "position" in event:
+            job["position"] = event["position"]
+    elif kind == "job.progress":
+        for key in ("progress", "message"):
+            if event.get(key) is not None:
+                job[key] = event[key]
+    elif kind.startswith("job.") and "state" in event:
+        job.update({k: v for k, v in event.items()
+                    if k in ("state", "progress", "message", "error", "attempt")})
+        if job["state"] != "queued":
+            job["position"] = None
+
+
+class _EventReader:
+    """Reads a Server-Sent Events stream in a thread, into `events`: ("event", data),
+    ("reset", None), ("end", None) once the server ends it, or ("error", message).
+
+    A dropped connection is resumed from the last id seen, for a while: the server may be
+    restarting.
+    """
+
+    def __init__(self, client: Client, path: str) -> None:
+        import threading
+
+        self.client, self.path = client, path
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="jobgate-events", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        import httpx
+
+        last_id: str | None = None
+        give_up_at: float | None = None
+        with httpx.Client(base_url=self.client.url, headers=self.client.http.headers,
+                          timeout=httpx.Timeout(10, read=None)) as http:
+            while not self._stop.is_set():
+                headers = {"Last-Event-ID": last_id} if last_id else {}
+                try:
+                    with http.stream("GET", self.path, headers=headers) as response:
+                        if response.status_code == 204:
+                            self.events.put(("end", None))
+                            return
+                        if response.status_code >= 400:
+                            response.read()
+                            self.events.put(("error", _error_message(response)))
+                            return
+                        self.connected.set()
+                        give_up_at = None
+                        for data, frame_id in _frames(response.iter_lines()):
+                            if frame_id is not None:
+                                last_id = frame_id
+                            if data.get("type") == "stream.reset":
+                                self.events.put(("reset", None))
+                            else:
+                                self.events.put(("event", data))
+                            if data.get("type") in _FINAL_EVENTS or self._stop.is_set():
+                                # A one-job stream ends after its final event.
+                                self.events.put(("end", None))
+                                return
+                    # Ended without the job's end: the server stopped or dropped us. Resume.
+                except httpx.HTTPError as exc:
+                    now = time.monotonic()
+                    give_up_at = give_up_at or now + _RECONNECT_FOR_S
+                    if now >= give_up_at:
+                        self.events.put(("error", f"lost the event stream of {self.path} "
+                                                  f"({exc.__class__.__name__})"))
+                        return
+                self._stop.wait(0.5)
+
+
+_RECONNECT_FOR_S = 30.0
+
+
+def _frames(lines: Any) -> Any:
+    """(data, id) of each SSE frame with data; comments (keep-alives) skipped."""
+    data: list[str] = []
+    frame_id: str | None = None
+    for line in lines:
+        if line == "":
+            if data:
+                with contextlib.suppress(ValueError):
+                    yield json.loads("\n".join(data)), frame_id
+            data, frame_id = [], None
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        elif line.startswith("id:"):
+            frame_id = line[3:].strip()
+
+
+def _error_message(response: Any) -> str:
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text.strip()[:200] or response.reason_phrase
+    return f"{message} (HTTP {response.status_code})"
 
 
 def _progress_line(job: dict[str, Any], elapsed_s: float) -> str:
@@ -323,16 +468,46 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     client = Client()
-    after = 0
+    job_id = _job_id(args.id)
+    if not args.follow:
+        _print_logs(client, job_id, 0)
+        return 0
+    # Listen first, then read what is already there: no line falls in between, and the
+    # line numbers of `job.log` events skip what the reads printed.
+    reader = _EventReader(client, f"/api/jobs/{job_id}/events")
+    reader.start()
+    while not reader.connected.wait(0.05) and reader.events.empty():
+        pass
+    last = _print_logs(client, job_id, 0)
+    try:
+        while True:
+            kind, data = reader.events.get()
+            if kind == "event" and data.get("type") == "job.log":
+                for n, line in enumerate(data.get("lines", []), start=data.get("first", 1)):
+                    if n > last:
+                        print(line, flush=True)
+                        last = n
+            elif kind == "reset":
+                last = _print_logs(client, job_id, last)
+            elif kind == "end":
+                break
+            elif kind == "error":
+                raise CliError(str(data))
+    finally:
+        reader.stop()
+    _print_logs(client, job_id, last)  # what no event carries (lines past the log cap)
+    return 0
+
+
+def _print_logs(client: Client, job_id: str, after: int) -> int:
+    """Print the job's log lines after line `after`; returns the last line number."""
     while True:
-        page = client.call("GET", f"/api/jobs/{_job_id(args.id)}/logs", params={"after": after})
+        page = client.call("GET", f"/api/jobs/{job_id}/logs", params={"after": after})
         for line in page["lines"]:
             print(line["line"], flush=True)
-        after = page["next"]
-        if not args.follow or (page["state"] in _FINAL and not page["lines"]):
-            return 0
         if not page["lines"]:
-            time.sleep(0.5)
+            return after
+        after = page["next"]
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -411,7 +586,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("args", nargs="*", metavar="key=value")
     sp.add_argument("--priority", type=int)
     sp.add_argument("--unique-key")
-    sp.add_argument("--watch", action="store_true", help="follow it to the end")
+    sp.add_argument("--watch", action="store_true",
+                    help="follow it to the end (exit 0 completed, 1 failed, 130 on Ctrl-C)")
+    sp.add_argument("--cancel-on-exit", action="store_true",
+                    help="with --watch: Ctrl-C cancels the job too")
     sp.set_defaults(func=cmd_submit)
 
     sp = sub.add_parser("ls", help="list jobs")

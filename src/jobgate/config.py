@@ -152,8 +152,8 @@ class StreamSettings:
 class RateLimitSettings:
     """Requests allowed per user and per client IP; "off" (or empty) for no limit."""
 
-    submit_per_user: Rate | None = Rate(300, 60)
-    submit_per_ip: Rate | None = Rate(600, 60)
+    submit_per_user: Rate | None = Rate(600, 60)
+    submit_per_ip: Rate | None = Rate(1200, 60)
     login_per_user: Rate | None = Rate(10, 60)
     login_per_ip: Rate | None = Rate(30, 60)
     # After this many bad passwords in a row for one user (or IP), each further attempt

@@ -258,6 +258,20 @@ class Hub:
             return after < self.head  # everything after `after` was pruned
         return after < first[0].seq - 1
 
+    async def seq_before(self, ts: float) -> int:
+        """A seq whose events all happened before `ts` (give or take a clock's wobble), by
+        binary search over the kept events: a job's replay need not read the whole window."""
+        store = self.queue.store
+        lo, hi = 0, self.head
+        while lo < hi:
+            probe = (lo + hi + 1) // 2
+            first = await store.events_after(probe - 1, 1)
+            if not first or first[0].ts >= ts:
+                hi = probe - 1
+            else:
+                lo = first[0].seq
+        return lo
+
     async def history(self, after: int, upto: int, match: Callable[[Event], bool]
                       ) -> AsyncIterator[Event]:
         """Stored events with after < seq <= upto that `match` takes, in seq order."""

@@ -48,6 +48,7 @@ from jobgate.stream import (
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 CLOSE_EXPIRED, CLOSE_SLOW, CLOSE_GOING_AWAY = 4001, 4008, 1001
 _CLOSE_WAIT_S = 15.0
+_CLOCK_SLACK_S = 5.0  # events' times come from several processes' clocks
 
 
 async def stream_principal(jg: App, authorization: str | None, ticket: str | None) -> Principal:
@@ -152,8 +153,11 @@ def install(app: FastAPI) -> None:
             if job is None or (job.owner != user.name and not user.admin):
                 raise ApiError(404, "not_found", f"no job {job_id}")
             reset = after is not None and await hub.too_old(after)
+            # From the start: nothing of this job happened before it was made.
+            start = after if after is not None else \
+                await hub.seq_before(job.created_at - _CLOCK_SLACK_S)
             replay = [] if reset else [
-                e async for e in hub.history(after or 0, stream.opened_head, stream.match)]
+                e async for e in hub.history(start, stream.opened_head, stream.match)]
             states = [e.type for e in replay if e.type in STATE_TYPES]
             stream.job_queued = (states[-1] if states else "job." + job.state.value) in (
                 "job.queued", "job.retrying")
