@@ -52,11 +52,13 @@ lines = { type = "integer", min = 1, max = 10000, default = 3 }
 delay = { type = "number", min = 0, max = 5, default = 0 }
 """
 
-# The tests sign in far more often than people do: no login rate limit here.
+# The tests sign in (and submit) far more often than people do: no rate limits here.
 NO_LOGIN_LIMITS = """
 [rate_limits]
 login_per_user = "off"
 login_per_ip = "off"
+submit_per_user = "off"
+submit_per_ip = "off"
 """
 
 CONFIG = """
