@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobgate.auth import Authenticator, AuthError, Principal, load_or_create_key
 from jobgate.config import Settings
+from jobgate.dashboard import add_dashboard
 from jobgate.kinds import ArgumentError
 from jobgate.model import FINAL, IllegalMove, Job, State, iso, parse_iso
 from jobgate.queue import JobQueue
@@ -111,6 +112,7 @@ def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
                   description="A job queue for heavy, long-running work shared by many people.")
     _install_errors(app)
     _install_routes(app, settings)
+    add_dashboard(app)
     from jobgate import stream_api  # it builds on this module's App and errors
 
     stream_api.install(app)

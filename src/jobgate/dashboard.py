@@ -1,0 +1,53 @@
+"""The web dashboard: plain HTML, CSS and JavaScript from `jobgate/web`, served at `/`.
+
+Nothing is built or fetched from elsewhere: the three files ship inside the package, so
+the page works offline on a home network. The page talks to the same JSON API as every
+other client, with the bearer token it gets by signing in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from starlette.exceptions import HTTPException
+
+WEB_DIR = Path(__file__).parent / "web"
+
+#: The files the page is made of, by the name in its URL, with their media types.
+_ASSETS = {
+    "app.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+    "icon.svg": "image/svg+xml",
+}
+
+# Everything comes from this server; no inline script, no frames of this page elsewhere.
+_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        "frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    # Revalidate each time (cheap: FileResponse answers If-None-Match with 304), so an
+    # upgraded server never runs with yesterday's script.
+    "Cache-Control": "no-cache",
+}
+
+
+def add_dashboard(app: FastAPI) -> None:
+    """Serve the dashboard: the page at `/`, its script, style and icon under `/ui/`."""
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html", media_type="text/html; charset=utf-8",
+                            headers=_HEADERS)
+
+    @app.api_route("/ui/{name}", methods=["GET", "HEAD"], include_in_schema=False)
+    async def asset(name: str) -> FileResponse:
+        media_type = _ASSETS.get(name)
+        if media_type is None:
+            raise HTTPException(404, f"no such file: /ui/{name}")
+        return FileResponse(WEB_DIR / name, media_type=media_type, headers=_HEADERS)

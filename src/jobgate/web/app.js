@@ -1,0 +1,1263 @@
+// jobgate's dashboard: plain JavaScript over the JSON API, no build step, no dependencies.
+//
+// The view lives in the URL hash (#/jobs?state=…&owner=…, #/job/ID), so a reload, a shared
+// link or an expired session that sends you back to sign in all return to the same place.
+// Live updates come from the event stream (GET /api/events with a one-time ticket); when
+// it is unavailable the page polls, and stops polling once nothing it shows is active.
+'use strict';
+
+(() => {
+  const POLL_MS = 1500;
+  const SESSION_KEY = 'jobgate.session';
+  const LAST_USER_KEY = 'jobgate.user';
+  const LOG_KEEP = 5000;          // lines kept in the log view
+  const LOG_PAGE = 1000;
+  const FINAL = new Set(['completed', 'failed', 'cancelled']);
+  const ACTIVE = new Set(['queued', 'running']);
+  const ICONS = { queued: '◷', running: '▶', completed: '✓', failed: '✕', cancelled: '⊘' };
+  const EVENT_META = new Set(['type', 'seq', 'ts', 'job_id', 'vt', 'first', 'lines']);
+
+  const $ = (id) => document.getElementById(id);
+
+  const S = {
+    session: null,        // {token, expires_at, user: {name, admin}}
+    kinds: [],
+    jobs: new Map(),      // id → job JSON
+    order: [],            // ids shown in the list, newest first
+    next: null,           // cursor of the next page
+    listKey: null,        // the filters the list was loaded for
+    queue: null,
+    health: null,
+    route: { view: 'list', id: null, params: new URLSearchParams() },
+    lastListHash: '#/jobs',
+    es: null,
+    liveSupported: true,
+    liveRetryMs: 2000,
+    liveTimer: 0,
+    pollTimer: 0,
+    pollBusy: false,
+    transport: 'connecting',
+    refreshTimer: 0,
+    refreshDetail: false,
+    lastEventId: null,    // of the last stored event the stream delivered, to resume from
+    tickTimer: 0,
+    expiryTimer: 0,
+    detail: null,         // {id, lastN, follow, pending: [], missing, loadingLogs}
+  };
+
+  // --- small helpers -------------------------------------------------------------------
+
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === 'class') e.className = v;
+      else if (k === 'text') e.textContent = v;
+      else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+      else e.setAttribute(k, v === true ? '' : String(v));
+    }
+    for (const c of children) if (c !== null && c !== undefined) e.append(c);
+    return e;
+  }
+
+  const enc = encodeURIComponent;
+  const isAdmin = () => Boolean(S.session && S.session.user && S.session.user.admin);
+  const ts = (iso) => (iso ? Date.parse(iso) : NaN);
+
+  function fmtDuration(seconds) {
+    let s = Math.max(0, seconds);
+    if (s < 10) return `${s.toFixed(1)} s`;
+    s = Math.floor(s);
+    if (s < 60) return `${s} s`;
+    const m = Math.floor(s / 60);
+    if (m < 60) return `${m} min ${s % 60} s`;
+    const h = Math.floor(m / 60);
+    if (h < 48) return `${h} h ${m % 60} min`;
+    return `${Math.floor(h / 24)} d ${h % 24} h`;
+  }
+
+  function fmtMB(mb) {
+    if (mb === null || mb === undefined) return '?';
+    return mb >= 1024 ? `${(mb / 1024).toFixed(1)} GB` : `${Math.round(mb)} MB`;
+  }
+
+  function fmtTime(iso) {
+    const t = ts(iso);
+    return Number.isNaN(t) ? '—' : new Date(t).toLocaleString();
+  }
+
+  function fmtValue(v) {
+    return typeof v === 'string' ? v : JSON.stringify(v);
+  }
+
+  function announce(text) {
+    const box = $('announce');
+    box.textContent = '';
+    setTimeout(() => { box.textContent = text; }, 50);
+  }
+
+  // --- the API ---------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, code, message, field) {
+      super(message);
+      this.status = status;
+      this.code = code;
+      this.field = field || null;
+    }
+  }
+
+  async function api(method, path, body) {
+    const headers = { Accept: 'application/json' };
+    const session = S.session;
+    if (session && session.token) headers.Authorization = `Bearer ${session.token}`;
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    let r;
+    try {
+      r = await fetch(path, {
+        method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+        cache: 'no-store',
+      });
+    } catch (err) {
+      setTransport('offline');
+      throw new ApiError(0, 'offline', 'cannot reach the server');
+    }
+    if (S.transport === 'offline') setTransport(S.es ? 'live' : 'polling');
+    let data = null;
+    if (r.status !== 204) {
+      try { data = await r.json(); } catch (err) { data = null; }
+    }
+    if (r.status === 401 && session && S.session === session && !path.startsWith('/api/auth/token')) {
+      endSession('Your session expired. Sign in again to go on where you were.');
+    }
+    if (!r.ok) {
+      const e = (data && data.error) || {};
+      throw new ApiError(r.status, e.code || 'http_error', e.message || `${r.status} ${r.statusText}`,
+        e.field);
+    }
+    return data;
+  }
+
+  // --- session ---------------------------------------------------------------------------
+
+  function loadSession() {
+    try {
+      const s = JSON.parse(localStorage.getItem(SESSION_KEY) || 'null');
+      if (s && s.token && !(ts(s.expires_at) <= Date.now())) return s;
+    } catch (err) { /* a damaged entry is no session */ }
+    localStorage.removeItem(SESSION_KEY);
+    return null;
+  }
+
+  function showSignIn(note) {
+    $('app').hidden = true;
+    $('signin').hidden = false;
+    $('signin-note').textContent = note || '';
+    $('signin-error').textContent = '';
+    $('password').value = '';
+    const last = localStorage.getItem(LAST_USER_KEY) || '';
+    const user = $('username');
+    if (!user.value) user.value = last;
+    document.title = 'Sign in · jobgate';
+    (user.value ? $('password') : user).focus();
+  }
+
+  async function signIn(ev) {
+    ev.preventDefault();
+    const username = $('username').value.trim();
+    const password = $('password').value;
+    const error = $('signin-error');
+    error.textContent = '';
+    if (!username || !password) {
+      error.textContent = 'Enter your user name and password.';
+      (username ? $('password') : $('username')).focus();
+      return;
+    }
+    const button = $('signin-button');
+    button.disabled = true;
+    try {
+      const data = await api('POST', '/api/auth/token', { username, password });
+      S.session = { token: data.token, expires_at: data.expires_at || null, user: data.user || null };
+      localStorage.setItem(SESSION_KEY, JSON.stringify(S.session));
+      localStorage.setItem(LAST_USER_KEY, username);
+      $('password').value = '';
+      await enter();
+    } catch (err) {
+      error.textContent = err.status === 401 ? 'Wrong user name or password.'
+        : `Cannot sign in: ${err.message}`;
+      $('password').select();
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  function endSession(note) {
+    stopLive();
+    stopPolling();
+    clearTimeout(S.expiryTimer);
+    clearTimeout(S.refreshTimer);
+    S.refreshTimer = 0;
+    S.lastEventId = null;
+    clearInterval(S.tickTimer);
+    S.session = null;
+    localStorage.removeItem(SESSION_KEY);
+    S.jobs.clear();
+    S.order = [];
+    S.next = null;
+    S.listKey = null;
+    S.kinds = [];
+    S.queue = null;
+    S.detail = null;
+    $('job-list').replaceChildren();
+    closeConfirm();
+    showSignIn(note);
+  }
+
+  function signOut() {
+    endSession('You are signed out.');
+    history.replaceState(null, '', '#/jobs');
+  }
+
+  async function enter() {
+    try {
+      const me = await api('GET', '/api/me');
+      S.session.user = { name: me.name, admin: Boolean(me.admin) };
+      if (!S.session.open) localStorage.setItem(SESSION_KEY, JSON.stringify(S.session));
+    } catch (err) {
+      if (!S.session) return;                      // 401: the stored session is over
+      if (err.status === 0) { showSignIn('Cannot reach the server.'); return; }
+      if (!S.session.user) S.session.user = { name: '', admin: false };
+    }
+    $('signin').hidden = true;
+    $('app').hidden = false;
+    $('who-name').replaceChildren(S.session.user.name,
+      isAdmin() ? el('span', { class: 'role', text: ' (admin)' }) : '');
+    $('signout').hidden = Boolean(S.session.open);
+    $('priority-field').hidden = !isAdmin();
+    $('f-owner-box').hidden = !isAdmin();
+    $('jobs-title').textContent = isAdmin() ? 'All jobs' : 'Your jobs';
+    clearTimeout(S.expiryTimer);
+    const left = ts(S.session.expires_at) - Date.now();
+    if (!Number.isNaN(left)) {
+      S.expiryTimer = setTimeout(
+        () => endSession('Your session expired. Sign in again to go on where you were.'),
+        Math.min(Math.max(left, 0), 2 ** 31 - 1));
+    }
+    clearInterval(S.tickTimer);
+    S.tickTimer = setInterval(tick, 1000);
+    if (window.matchMedia('(max-width: 700px)').matches) $('submit-box').open = false;
+    loadKinds();
+    await route();
+    startLive();
+  }
+
+  // --- routing -----------------------------------------------------------------------------
+
+  function parseHash() {
+    const h = location.hash.replace(/^#\/?/, '');
+    const q = h.indexOf('?');
+    const path = q < 0 ? h : h.slice(0, q);
+    const params = new URLSearchParams(q < 0 ? '' : h.slice(q + 1));
+    const parts = path.split('/').filter(Boolean);
+    if (parts[0] === 'job' && parts[1]) {
+      return { view: 'job', id: decodeURIComponent(parts[1]), params };
+    }
+    return { view: 'list', id: null, params };
+  }
+
+  async function route() {
+    if (!S.session) return;
+    S.route = parseHash();
+    closeConfirm();
+    if (S.route.view === 'job') {
+      $('view-list').hidden = true;
+      $('view-job').hidden = false;
+      $('back').href = S.lastListHash;
+      await Promise.all([openDetail(S.route.id), loadQueue()]);
+    } else {
+      S.lastListHash = location.hash || '#/jobs';
+      S.detail = null;
+      $('view-job').hidden = true;
+      $('view-list').hidden = false;
+      document.title = 'jobgate';
+      $('f-state').value = S.route.params.get('state') || '';
+      $('f-owner').value = S.route.params.get('owner') || '';
+      const key = listKey();
+      if (key !== S.listKey) {
+        S.order = [];
+        S.next = null;
+        renderList();
+      }
+      await Promise.all([loadList(), loadQueue()]);
+    }
+    ensurePolling();
+  }
+
+  function listKey() {
+    const p = S.route.params;
+    return `${p.get('state') || ''}|${isAdmin() ? p.get('owner') || '' : ''}`;
+  }
+
+  function setFilters() {
+    const p = new URLSearchParams();
+    const state = $('f-state').value;
+    const owner = $('f-owner').value.trim();
+    if (state) p.set('state', state);
+    if (owner && isAdmin()) p.set('owner', owner);
+    const qs = p.toString();
+    location.hash = qs ? `#/jobs?${qs}` : '#/jobs';
+  }
+
+  // --- queue header --------------------------------------------------------------------------
+
+  async function loadQueue() {
+    try {
+      const [queue, health] = await Promise.all([
+        api('GET', '/api/queue'),
+        fetch('/health', { cache: 'no-store' }).then((r) => r.json()).catch(() => null),
+      ]);
+      S.queue = queue;
+      S.health = health;
+      renderQueue();
+    } catch (err) { /* shown by the connection state, or the session ended */ }
+  }
+
+  function renderQueue() {
+    const q = S.queue;
+    if (!q) return;
+    $('q-counts').textContent =
+      `${q.queued} in queue • ${q.running} running of ${q.max_running}`;
+    $('q-memory').textContent = q.memory_budget_mb
+      ? `${fmtMB(q.memory_reserved_mb)} of ${fmtMB(q.memory_budget_mb)} memory reserved`
+      : `${fmtMB(q.memory_reserved_mb || 0)} memory reserved (no budget)`;
+    let nodes = [];
+    if (Array.isArray(q.nodes)) nodes = q.nodes.map((n) => (typeof n === 'string' ? n : n.name));
+    else if (typeof q.nodes === 'number') nodes = new Array(q.nodes).fill('');
+    else if (S.health && S.health.worker) nodes = [S.health.worker];
+    const n = nodes.length;
+    const part = $('q-nodes');
+    part.textContent = `${n} ${n === 1 ? 'node' : 'nodes'} live`;
+    part.title = nodes.filter(Boolean).join(', ');
+    part.classList.toggle('warn', n === 0);
+  }
+
+  // --- kinds and the submit form ----------------------------------------------------------
+
+  async function loadKinds() {
+    try {
+      const data = await api('GET', '/api/kinds');
+      S.kinds = data.kinds || [];
+    } catch (err) {
+      return;
+    }
+    const select = $('kind');
+    const previous = select.value || sessionStorage.getItem('jobgate.kind');
+    select.replaceChildren(...S.kinds.map((k) => el('option', { value: k.name, text: k.name })));
+    if (S.kinds.some((k) => k.name === previous)) select.value = previous;
+    renderKindForm();
+  }
+
+  function currentKind() {
+    return S.kinds.find((k) => k.name === $('kind').value) || null;
+  }
+
+  function constraintText(a) {
+    const bits = [a.type];
+    if (a.min !== null && a.max !== null) bits.push(`${a.min} to ${a.max}`);
+    else if (a.min !== null) bits.push(`at least ${a.min}`);
+    else if (a.max !== null) bits.push(`at most ${a.max}`);
+    if (a.pattern) bits.push(`pattern ${a.pattern}`);
+    if (a.type === 'path') bits.push('inside the input folder');
+    if (!a.required && a.default !== null && a.type !== 'boolean') bits.push(`default ${fmtValue(a.default)}`);
+    return bits.join(', ');
+  }
+
+  function renderKindForm() {
+    const kind = currentKind();
+    const box = $('kind-fields');
+    box.replaceChildren();
+    clearFieldErrors();
+    $('kind-desc').textContent = kind ? kind.description || '' : 'This server has no kinds.';
+    $('submit-button').disabled = !kind;
+    if (!kind) return;
+    for (const [name, a] of Object.entries(kind.args || {})) box.append(argField(name, a));
+  }
+
+  function argField(name, a) {
+    const id = `arg-${name}`;
+    const hintId = `${id}-hint`;
+    const errId = `${id}-error`;
+    let input;
+    if (a.choices && a.choices.length) {
+      input = el('select');
+      if (!a.required && (a.default === null || a.default === undefined)) {
+        input.append(el('option', { value: '', text: '(none)' }));
+      }
+      for (const c of a.choices) input.append(el('option', { value: fmtValue(c), text: fmtValue(c) }));
+      if (a.default !== null && a.default !== undefined) input.value = fmtValue(a.default);
+    } else if (a.type === 'boolean') {
+      input = el('input', { type: 'checkbox' });
+      input.checked = Boolean(a.default);
+    } else {
+      const numeric = a.type === 'integer' || a.type === 'number';
+      input = el('input', {
+        type: a.type === 'url' ? 'url' : 'text',
+        inputmode: a.type === 'integer' ? 'numeric' : a.type === 'number' ? 'decimal' : null,
+        autocomplete: 'off',
+        spellcheck: numeric || a.type === 'url' || a.type === 'path' ? 'false' : null,
+        placeholder: a.type === 'path' ? 'a file in the input folder'
+          : a.type === 'url' ? 'https://…' : null,
+      });
+      if (a.default !== null && a.default !== undefined) input.value = fmtValue(a.default);
+    }
+    input.id = id;
+    input.name = name;
+    input.dataset.arg = name;
+    input.dataset.type = a.type;
+    if (a.choices && a.choices.length) input.dataset.choices = JSON.stringify(a.choices);
+    input.setAttribute('aria-describedby', `${hintId} ${errId}`);
+    if (a.required) input.setAttribute('aria-required', 'true');
+    const label = el('label', { for: id }, name,
+      a.required ? el('span', { class: 'req', text: ' (required)' }) : null);
+    const hint = el('p', { class: 'hint', id: hintId },
+      [a.description, constraintText(a)].filter(Boolean).join(' · '));
+    const error = el('p', { class: 'field-error', id: errId, hidden: true });
+    const field = el('div', { class: a.type === 'boolean' ? 'field check' : 'field' });
+    field.dataset.field = name;
+    if (a.type === 'boolean') field.append(input, label, hint, error);
+    else field.append(label, input, hint, error);
+    return field;
+  }
+
+  function argValue(input) {
+    const type = input.dataset.type;
+    if (input.type === 'checkbox') return input.checked;
+    const text = input.value.trim();
+    if (text === '') return undefined;               // the server fills in the default
+    if (input.dataset.choices) {
+      const match = JSON.parse(input.dataset.choices).find((c) => fmtValue(c) === text);
+      return match === undefined ? text : match;
+    }
+    if (type === 'integer' || type === 'number') {
+      const n = Number(text);
+      return Number.isFinite(n) ? n : text;          // not a number: let the server say so
+    }
+    return text;
+  }
+
+  function clearFieldErrors() {
+    for (const p of document.querySelectorAll('#submit-form .field-error')) {
+      p.hidden = true;
+      p.textContent = '';
+    }
+    for (const i of document.querySelectorAll('#submit-form [aria-invalid]')) {
+      i.removeAttribute('aria-invalid');
+    }
+    $('submit-error').textContent = '';
+  }
+
+  function showFieldError(field, message) {
+    const input = field === 'kind' ? $('kind') : field === 'priority' ? $('priority')
+      : document.querySelector(`#kind-fields [data-arg="${CSS.escape(field)}"]`);
+    if (!input) return false;
+    const error = $(`${input.id}-error`) || $(`${field}-error`);
+    const prefix = `${field}: `;
+    error.textContent = message.startsWith(prefix) ? message.slice(prefix.length) : message;
+    error.hidden = false;
+    input.setAttribute('aria-invalid', 'true');
+    input.focus();
+    return true;
+  }
+
+  async function submitJob(ev) {
+    ev.preventDefault();
+    const kind = currentKind();
+    if (!kind) return;
+    clearFieldErrors();
+    const args = {};
+    for (const input of document.querySelectorAll('#kind-fields [data-arg]')) {
+      const value = argValue(input);
+      if (value !== undefined) args[input.dataset.arg] = value;
+    }
+    const body = { kind: kind.name, args };
+    const prio = $('priority').value.trim();
+    if (isAdmin() && prio !== '') body.priority = /^-?\d+$/.test(prio) ? Number(prio) : prio;
+    const button = $('submit-button');
+    button.disabled = true;
+    try {
+      const job = await api('POST', '/api/jobs', body);
+      sessionStorage.setItem('jobgate.kind', kind.name);
+      S.jobs.set(job.id, job);
+      const p = S.route.params;
+      const owner = p.get('owner');
+      const fits = (!p.get('state') || p.get('state') === job.state)
+        && (!owner || !isAdmin() || owner === job.owner);
+      if (fits && !S.order.includes(job.id)) S.order.unshift(job.id);
+      renderList();
+      const row = document.querySelector(`#job-list [data-id="${CSS.escape(job.id)}"]`);
+      if (row) {
+        row.classList.add('fresh');
+        setTimeout(() => row.classList.remove('fresh'), 2500);
+      }
+      announce(`Submitted ${job.kind}: ${job.state}` +
+        (job.position ? `, number ${job.position} in the queue` : ''));
+      loadQueue();
+      ensurePolling(true);
+    } catch (err) {
+      if (!S.session) return;
+      if (!(err.status === 422 || err.status === 400) || !err.field ||
+          !showFieldError(err.field, err.message)) {
+        $('submit-error').textContent = err.message;
+      }
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  // --- the job list ------------------------------------------------------------------------
+
+  function listQuery(cursor) {
+    const q = new URLSearchParams({ limit: '50' });
+    const p = S.route.params;
+    if (p.get('state')) q.set('state', p.get('state'));
+    if (isAdmin() && p.get('owner')) q.set('owner', p.get('owner'));
+    if (cursor) q.set('cursor', cursor);
+    return q.toString();
+  }
+
+  async function loadList() {
+    const key = listKey();
+    let data;
+    try {
+      data = await api('GET', `/api/jobs?${listQuery()}`);
+      $('list-error').textContent = '';
+    } catch (err) {
+      if (S.session && err.status !== 0) $('list-error').textContent = err.message;
+      return;
+    }
+    if (key !== listKey() || !S.session) return;    // the filters changed meanwhile
+    const ids = data.jobs.map((j) => j.id);
+    for (const j of data.jobs) S.jobs.set(j.id, j);
+    const fresh = new Set(ids);
+    let rest = [];
+    if (data.next && ids.length) {                   // keep older pages already loaded
+      const last = ids[ids.length - 1];
+      rest = S.order.filter((id) => id < last && !fresh.has(id));
+    }
+    if (!rest.length || S.listKey !== key) S.next = data.next;
+    S.order = ids.concat(rest);
+    S.listKey = key;
+    rememberOwners(data.jobs);
+    renderList();
+  }
+
+  async function loadMore() {
+    if (!S.next) return;
+    const key = listKey();
+    try {
+      const data = await api('GET', `/api/jobs?${listQuery(S.next)}`);
+      if (key !== listKey()) return;
+      for (const j of data.jobs) {
+        S.jobs.set(j.id, j);
+        if (!S.order.includes(j.id)) S.order.push(j.id);
+      }
+      S.next = data.next;
+      rememberOwners(data.jobs);
+      renderList();
+    } catch (err) {
+      if (S.session) $('list-error').textContent = err.message;
+    }
+  }
+
+  function rememberOwners(jobs) {
+    if (!isAdmin()) return;
+    const list = $('owners');
+    const known = new Set([...list.options].map((o) => o.value));
+    for (const j of jobs) {
+      if (!known.has(j.owner)) {
+        known.add(j.owner);
+        list.append(el('option', { value: j.owner }));
+      }
+    }
+  }
+
+  function renderList() {
+    const ul = $('job-list');
+    const rows = new Map([...ul.children].map((li) => [li.dataset.id, li]));
+    let prev = null;
+    for (const id of S.order) {
+      const job = S.jobs.get(id);
+      if (!job) continue;
+      let li = rows.get(id);
+      if (li) rows.delete(id);
+      else li = el('li', { class: 'job' }, el('a', { class: 'job-link', href: `#/job/${enc(id)}` }));
+      li.dataset.id = id;
+      fillRow(li, job);
+      const ref = prev ? prev.nextSibling : ul.firstChild;
+      if (li !== ref) ul.insertBefore(li, ref);
+      prev = li;
+    }
+    for (const li of rows.values()) li.remove();
+    $('jobs-empty').hidden = S.order.length > 0;
+    $('more').hidden = !S.next;
+  }
+
+  function stateBadge(state) {
+    return el('span', { class: `state state-${state}` },
+      el('span', { class: 'icon', 'aria-hidden': 'true', text: ICONS[state] || '?' }), ` ${state}`);
+  }
+
+  function progressBits(job) {
+    const bar = el('progress', { max: '100', 'aria-label': `Progress of ${job.kind}` });
+    if (job.progress !== null && job.progress !== undefined) bar.value = job.progress;
+    const pct = job.progress !== null && job.progress !== undefined
+      ? `${Math.floor(job.progress)}%` : '';
+    return [bar, el('span', { class: 'pct', text: pct }),
+      el('span', { class: 'msg', text: job.message || '' })];
+  }
+
+  function statusCell(job) {
+    const cell = el('span', { class: 'cell-status' });
+    if (job.state === 'queued') {
+      if (job.position) {
+        cell.append(el('span', { class: 'pos', title: 'Place in the queue', text: `#${job.position} in queue` }));
+      }
+      const start = ts(job.run_at);
+      if (start > Date.now() + 1000) {
+        cell.append(el('span', { class: 'msg', text: `starts ${new Date(start).toLocaleTimeString()}` }));
+      } else if (job.message) {
+        cell.append(el('span', { class: 'msg', text: job.message }));
+      }
+    } else if (job.state === 'running') {
+      cell.classList.add('running');
+      cell.append(...progressBits(job));
+    } else if (job.state === 'failed') {
+      cell.append(el('span', { class: 'err', text: job.error || 'failed' }));
+    } else {
+      cell.append(el('span', { class: 'msg', text: job.message || '' }));
+    }
+    return cell;
+  }
+
+  // How long a job has waited or run, or how long it took: [label, duration text].
+  function timing(job) {
+    const now = Date.now();
+    if (job.state === 'queued') {
+      const since = ts(job.run_at) || ts(job.created_at);
+      return ['waiting', since > now ? 'not yet due' : fmtDuration((now - since) / 1000)];
+    }
+    if (job.state === 'running') return ['running', fmtDuration((now - ts(job.started_at)) / 1000)];
+    const start = ts(job.started_at);
+    const end = ts(job.finished_at);
+    if (Number.isNaN(start) || Number.isNaN(end)) return ['took', 'never ran'];
+    return ['took', fmtDuration((end - start) / 1000)];
+  }
+
+  function timeText(job) {
+    const [label, text] = timing(job);
+    return text === 'never ran' || text === 'not yet due' ? text : `${label} ${text}`;
+  }
+
+  function attemptText(job) {
+    if (job.max_attempts > 1 || job.attempt > 1) {
+      return `attempt ${Math.max(job.attempt, 1)} of ${job.max_attempts}`;
+    }
+    return '';
+  }
+
+  function argsText(job) {
+    return Object.entries(job.args || {}).map(([k, v]) => `${k}=${fmtValue(v)}`).join(' ');
+  }
+
+  function fillRow(li, job) {
+    li.dataset.state = job.state;
+    const a = li.firstElementChild;
+    const meta = [attemptText(job)].filter(Boolean);
+    a.replaceChildren(
+      el('span', { class: 'cell-state' }, stateBadge(job.state)),
+      el('span', { class: 'cell-main' },
+        el('span', { class: 'kind', text: job.kind }),
+        el('span', { class: 'args', text: argsText(job) }),
+        isAdmin() ? el('span', { class: 'owner', text: job.owner }) : null),
+      statusCell(job),
+      el('span', { class: 'cell-meta' },
+        el('span', { class: 'elapsed', text: timeText(job) }),
+        meta.length ? el('span', { class: 'attempt', text: meta.join(' · ') }) : null),
+    );
+    a.setAttribute('aria-label',
+      `${job.kind} ${argsText(job)}, ${job.state}` +
+      (job.position ? `, number ${job.position} in the queue` : '') +
+      (job.state === 'running' && job.progress !== null ? `, ${Math.floor(job.progress)}%` : '') +
+      (job.error ? `, ${job.error}` : ''));
+  }
+
+  function tick() {
+    for (const li of document.querySelectorAll('#job-list li.job')) {
+      const job = S.jobs.get(li.dataset.id);
+      if (job && ACTIVE.has(job.state)) {
+        const span = li.querySelector('.elapsed');
+        if (span) span.textContent = timeText(job);
+      }
+    }
+    if (S.detail) {
+      const job = S.jobs.get(S.detail.id);
+      const dd = $('fact-time');
+      if (job && dd && ACTIVE.has(job.state)) dd.textContent = timing(job)[1];
+    }
+  }
+
+  // --- job detail --------------------------------------------------------------------------
+
+  async function openDetail(id) {
+    if (!S.detail || S.detail.id !== id) {
+      S.detail = {
+        id, lastN: 0, follow: true, pending: [], missing: false, loadingLogs: false,
+        logsAgain: false,
+      };
+      $('job-log').replaceChildren();
+      $('act-error').textContent = '';
+      setFollow(true);
+    }
+    renderDetail();
+    await loadDetail();
+    const title = $('job-title');
+    if (document.activeElement === document.body || !document.activeElement) title.focus();
+  }
+
+  async function loadDetail() {
+    const d = S.detail;
+    if (!d) return;
+    try {
+      const job = await api('GET', `/api/jobs/${enc(d.id)}`);
+      if (S.detail !== d) return;
+      S.jobs.set(job.id, job);
+      d.missing = false;
+    } catch (err) {
+      if (S.detail !== d) return;
+      if (err.status === 404) d.missing = true;
+      else return;
+    }
+    renderDetail();
+    if (!d.missing) await loadLogs();
+  }
+
+  async function loadLogs() {
+    const d = S.detail;
+    if (!d) return;
+    if (d.loadingLogs) {
+      d.logsAgain = true;                            // lines may have come after that read
+      return;
+    }
+    d.loadingLogs = true;
+    try {
+      for (;;) {
+        d.logsAgain = false;
+        const data = await api('GET', `/api/jobs/${enc(d.id)}/logs?after=${d.lastN}&limit=${LOG_PAGE}`);
+        if (S.detail !== d) return;
+        addLogLines(d, data.lines.map((l) => [l.n, l.line]));
+        if (data.lines.length < LOG_PAGE && !d.logsAgain) break;
+      }
+    } catch (err) {
+      /* the next poll or event tries again */
+    } finally {
+      d.loadingLogs = false;
+    }
+  }
+
+  function addLogLines(d, lines) {
+    const fresh = lines.filter(([n]) => n > d.lastN);
+    if (!fresh.length) return;
+    d.lastN = fresh[fresh.length - 1][0];
+    if (d.follow) writeLog(fresh.map(([, line]) => line));
+    else d.pending.push(...fresh.map(([, line]) => line));
+    renderLogState();
+  }
+
+  function writeLog(lines) {
+    const pre = $('job-log');
+    pre.append(document.createTextNode(lines.map((l) => `${l}\n`).join('')));
+    if (pre.childNodes.length > 200) pre.normalize();
+    const text = pre.textContent;
+    const count = text.split('\n').length - 1;
+    if (count > LOG_KEEP) {
+      let cut = 0;
+      for (let i = 0; i < count - LOG_KEEP; i++) cut = text.indexOf('\n', cut) + 1;
+      pre.textContent = text.slice(cut);
+    }
+    pre.scrollTop = pre.scrollHeight;
+  }
+
+  function setFollow(on) {
+    const d = S.detail;
+    const button = $('log-follow');
+    button.setAttribute('aria-pressed', on ? 'true' : 'false');
+    button.textContent = on ? 'Pause' : 'Follow';
+    if (!d) return;
+    d.follow = on;
+    if (on && d.pending.length) {
+      writeLog(d.pending);
+      d.pending = [];
+    }
+    renderLogState();
+  }
+
+  function renderLogState() {
+    const d = S.detail;
+    if (!d) return;
+    const job = S.jobs.get(d.id);
+    let text;
+    if (!d.follow) {
+      text = d.pending.length ? `Paused: ${d.pending.length} new lines held back.` : 'Paused.';
+      $('log-follow').textContent = d.pending.length ? `Follow (${d.pending.length} new)` : 'Follow';
+    } else if (job && ACTIVE.has(job.state)) {
+      text = 'Following the log.';
+    } else {
+      text = $('job-log').textContent ? 'End of the log.' : 'No log lines.';
+    }
+    $('log-state').textContent = text;
+  }
+
+  function fact(name, value, id) {
+    return [el('dt', { text: name }), el('dd', { text: value, id: id || null })];
+  }
+
+  function renderDetail() {
+    const d = S.detail;
+    if (!d) return;
+    const job = S.jobs.get(d.id);
+    $('job-missing').hidden = !d.missing;
+    $('job-body').hidden = d.missing || !job;
+    if (d.missing) {
+      $('job-missing').textContent = `There is no job ${d.id}, or it is not yours to see.`;
+      document.title = 'No such job · jobgate';
+      return;
+    }
+    if (!job) return;
+    document.title = `${job.kind} ${job.state} · jobgate`;
+    $('job-title').textContent = `${job.kind} · ${job.id}`;
+    $('job-state').replaceChildren(stateBadge(job.state));
+    $('job-state').dataset.state = job.state;
+
+    const status = $('job-status');
+    status.replaceChildren();
+    if (job.state === 'queued' && job.position) {
+      status.append(el('span', { class: 'pos', text: `#${job.position} in queue` }));
+      if (job.message) status.append(el('span', { class: 'msg', text: job.message }));
+    } else if (job.state === 'running' || job.state === 'completed') {
+      status.append(...progressBits(job.state === 'completed' && job.progress === null
+        ? { ...job, progress: 100 } : job));
+    } else if (job.message) {
+      status.append(el('span', { class: 'msg', text: job.message }));
+    }
+
+    const error = $('job-error');
+    error.hidden = !job.error;
+    error.textContent = job.error || '';
+
+    const facts = [
+      ...fact('Owner', job.owner),
+      ...fact({ waiting: 'Waiting', running: 'Running for', took: 'Duration' }[timing(job)[0]],
+        timing(job)[1], 'fact-time'),
+      ...fact('Attempt', `${Math.max(job.attempt, job.state === 'queued' ? job.attempt : 1)} of ${job.max_attempts}`),
+      ...fact('Priority', String(job.priority)),
+      ...fact('Submitted', fmtTime(job.created_at)),
+    ];
+    if (job.started_at) facts.push(...fact('Started', fmtTime(job.started_at)));
+    if (job.finished_at) facts.push(...fact('Finished', fmtTime(job.finished_at)));
+    if (job.worker) facts.push(...fact('Worker', job.worker));
+    if (job.memory_mb) facts.push(...fact('Memory reserved', fmtMB(job.memory_mb)));
+    if (job.peak_memory_mb !== null && job.peak_memory_mb !== undefined) {
+      facts.push(...fact('Peak memory', fmtMB(job.peak_memory_mb)));
+    }
+    $('job-facts').replaceChildren(...facts);
+
+    const args = Object.entries(job.args || {});
+    $('job-args').replaceChildren(...(args.length
+      ? args.flatMap(([k, v]) => fact(k, fmtValue(v))) : [el('dd', { text: 'none' })]));
+    const hasResult = job.result !== null && job.result !== undefined;
+    $('job-result-box').hidden = !hasResult;
+    $('job-result').textContent = hasResult ? JSON.stringify(job.result, null, 2) : '';
+
+    const outputs = job.outputs || [];
+    $('job-no-outputs').hidden = outputs.length > 0;
+    $('job-outputs').replaceChildren(...outputs.map((name) => el('li', {},
+      el('button', { type: 'button', class: 'link', 'data-output': name, onclick: () => download(job.id, name) },
+        el('span', { 'aria-hidden': 'true', text: '⬇ ' }), name))));
+
+    $('act-cancel').hidden = !ACTIVE.has(job.state);
+    $('act-retry').hidden = !(job.state === 'failed' || job.state === 'cancelled');
+    $('act-delete').hidden = !FINAL.has(job.state);
+    renderLogState();
+  }
+
+  async function download(id, name) {
+    $('act-error').textContent = '';
+    try {
+      const r = await fetch(`/api/jobs/${enc(id)}/outputs/${name.split('/').map(enc).join('/')}`, {
+        headers: S.session.token ? { Authorization: `Bearer ${S.session.token}` } : {},
+        cache: 'no-store',
+      });
+      if (r.status === 401) {
+        endSession('Your session expired. Sign in again to go on where you were.');
+        return;
+      }
+      if (!r.ok) throw new Error(`cannot download ${name}: ${r.status}`);
+      const url = URL.createObjectURL(await r.blob());
+      const a = el('a', { href: url, download: name.split('/').pop() });
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 30000);
+    } catch (err) {
+      $('act-error').textContent = err.message;
+    }
+  }
+
+  // --- actions, with a confirmation where they destroy something ----------------------------
+
+  let confirmResolve = null;
+
+  function confirmDialog(title, text, okLabel) {
+    const dialog = $('confirm');
+    $('confirm-title').textContent = title;
+    $('confirm-text').textContent = text;
+    $('confirm-ok').textContent = okLabel;
+    dialog.returnValue = '';
+    dialog.showModal();
+    return new Promise((resolve) => { confirmResolve = resolve; });
+  }
+
+  function closeConfirm() {
+    const dialog = $('confirm');
+    if (dialog.open) dialog.close('no');
+  }
+
+  async function act(action) {
+    const d = S.detail;
+    const job = d && S.jobs.get(d.id);
+    if (!job) return;
+    $('act-error').textContent = '';
+    if (action === 'cancel') {
+      const ok = await confirmDialog('Cancel this job?', job.state === 'running'
+        ? 'Its process is stopped now, and what it has done so far is lost.'
+        : 'It leaves the queue and will not run.', 'Cancel job');
+      if (!ok) return;
+    } else if (action === 'delete') {
+      const ok = await confirmDialog('Delete this job?',
+        'Its log and output files are deleted too. This cannot be undone.', 'Delete job');
+      if (!ok) return;
+    }
+    const button = $(`act-${action}`);
+    button.disabled = true;
+    const label = button.textContent;
+    if (action === 'cancel') button.textContent = 'Cancelling…';
+    try {
+      if (action === 'delete') {
+        await api('DELETE', `/api/jobs/${enc(job.id)}`);
+        S.jobs.delete(job.id);
+        S.order = S.order.filter((id) => id !== job.id);
+        announce(`Deleted ${job.kind} ${job.id}`);
+        location.hash = S.lastListHash;
+        return;
+      }
+      const updated = await api('POST', `/api/jobs/${enc(job.id)}/${action}`);
+      S.jobs.set(updated.id, updated);
+      announce(`${updated.kind} is ${updated.state}`);
+      renderDetail();
+      renderList();
+      scheduleRefresh(true);
+      ensurePolling(true);
+    } catch (err) {
+      if (S.session) $('act-error').textContent = err.message;
+      if (err.status === 409 || err.status === 404) loadDetail();
+    } finally {
+      button.disabled = false;
+      button.textContent = label;
+    }
+  }
+
+  // --- live updates: the event stream, or polling -------------------------------------------
+
+  function setTransport(t) {
+    S.transport = t;
+    const c = $('conn');
+    c.dataset.transport = t;
+    c.firstElementChild.textContent = {
+      live: 'Live', polling: 'Polling', idle: 'Up to date', offline: 'Offline',
+      connecting: 'Connecting',
+    }[t] || t;
+    c.title = {
+      live: 'Updates arrive as they happen',
+      polling: 'The event stream is unavailable: checking every few seconds',
+      idle: 'Nothing active: not checking again until you act, refresh or come back to this tab',
+      offline: 'The server cannot be reached',
+      connecting: '',
+    }[t] || '';
+  }
+
+  function startLive() {
+    if (!S.session || S.es) return;
+    if (!S.liveSupported) {
+      ensurePolling(true);
+      return;
+    }
+    clearTimeout(S.liveTimer);
+    const session = S.session;
+    api('POST', '/api/auth/ticket').then((data) => {
+      if (S.session !== session || S.es) return;
+      // After a drop, resume where the last stream stopped: the server replays the gap
+      // (or says stream.reset when it no longer has it).
+      const resume = S.lastEventId ? `&last_event_id=${enc(S.lastEventId)}` : '';
+      const es = new EventSource(`/api/events?ticket=${enc(data.ticket)}${resume}`);
+      S.es = es;
+      es.onopen = () => {
+        S.liveRetryMs = 2000;
+        stopPolling();
+        setTransport('live');
+        if (!resume) refreshAll();                   // what happened before the stream opened
+      };
+      es.onmessage = (m) => {
+        if (S.es !== es) return;
+        if (m.lastEventId) S.lastEventId = m.lastEventId;
+        let ev;
+        try { ev = JSON.parse(m.data); } catch (err) { return; }
+        applyEvent(ev);
+      };
+      es.onerror = () => {
+        es.close();
+        if (S.es !== es) return;
+        S.es = null;
+        if (!S.session) return;
+        setTransport('polling');
+        ensurePolling();                             // polls only while something is active
+        scheduleLive();                              // a ticket is single use: get a new one
+      };
+    }).catch((err) => {
+      if (S.session !== session) return;
+      if (err.status === 404 || err.status === 405 || err.status === 501) S.liveSupported = false;
+      else scheduleLive();
+      ensurePolling();
+    });
+  }
+
+  function scheduleLive() {
+    clearTimeout(S.liveTimer);
+    S.liveTimer = setTimeout(() => { S.liveTimer = 0; startLive(); }, S.liveRetryMs);
+    S.liveRetryMs = Math.min(S.liveRetryMs * 2, 60000);
+  }
+
+  // The user is here and asking (Refresh, or back to the tab): try the stream again now.
+  function retryLiveNow() {
+    if (!S.session || S.es || !S.liveSupported || !S.liveTimer) return;
+    clearTimeout(S.liveTimer);
+    S.liveTimer = 0;
+    S.liveRetryMs = 2000;
+    startLive();
+  }
+
+  function stopLive() {
+    clearTimeout(S.liveTimer);
+    S.liveTimer = 0;
+    if (S.es) {
+      S.es.close();
+      S.es = null;
+    }
+  }
+
+  function applyEvent(ev) {
+    if (ev.type === 'stream.reset') {
+      refreshAll();
+      return;
+    }
+    if (ev.type === 'queue.stats') {
+      S.queue = { ...(S.queue || {}), ...ev };
+      renderQueue();
+      return;
+    }
+    if (!ev.job_id) return;
+    if (ev.type === 'job.log') {
+      const d = S.detail;
+      if (d && d.id === ev.job_id && Array.isArray(ev.lines)) {
+        if (ev.first === d.lastN + 1) addLogLines(d, ev.lines.map((line, i) => [ev.first + i, line]));
+        else if (ev.first > d.lastN + 1) loadLogs();
+      }
+      return;
+    }
+    const job = S.jobs.get(ev.job_id);
+    if (job) {
+      for (const [k, v] of Object.entries(ev)) {
+        if (EVENT_META.has(k)) continue;
+        if (ev.type === 'job.progress' && (v === null || v === undefined)) continue;
+        job[k] = v;
+      }
+      if (job.state !== 'queued') job.position = null;
+      renderJob(job.id);
+    }
+    if (ev.type !== 'job.progress') {
+      // A state change moves queue positions and may bring jobs this page has not seen.
+      const d = S.detail;
+      const shown = d && S.jobs.get(d.id);
+      scheduleRefresh(Boolean(d && (d.id === ev.job_id || (shown && shown.state === 'queued'))));
+    }
+  }
+
+  function renderJob(id) {
+    const li = document.querySelector(`#job-list [data-id="${CSS.escape(id)}"]`);
+    if (li) fillRow(li, S.jobs.get(id));
+    if (S.detail && S.detail.id === id) renderDetail();
+  }
+
+  // At most one reload of the list (and the job shown) per 300 ms, however many events come.
+  function scheduleRefresh(detailToo) {
+    if (detailToo) S.refreshDetail = true;
+    if (S.refreshTimer) return;
+    S.refreshTimer = setTimeout(() => {
+      S.refreshTimer = 0;
+      const detail = S.refreshDetail;
+      S.refreshDetail = false;
+      if (!S.session) return;
+      if (S.route.view === 'list') loadList();
+      if (S.detail && detail) loadDetail();
+    }, 300);
+  }
+
+  async function refreshAll() {
+    if (!S.session) return;
+    const work = [loadQueue()];
+    if (S.route.view === 'list') work.push(loadList());
+    if (S.detail) work.push(loadDetail());
+    await Promise.all(work);
+  }
+
+  function anythingActive() {
+    for (const id of S.order) {
+      const job = S.jobs.get(id);
+      if (job && ACTIVE.has(job.state)) return true;
+    }
+    const d = S.detail;
+    const job = d && S.jobs.get(d.id);
+    return Boolean(job && ACTIVE.has(job.state));
+  }
+
+  // Poll while the stream is down and something shown is queued or running; `now` polls
+  // once at least (after the user acted, or came back to the tab).
+  function ensurePolling(now) {
+    if (!S.session || S.es || S.pollTimer || S.pollBusy) return;
+    if (now) {
+      poll();
+    } else if (anythingActive()) {
+      S.pollTimer = setTimeout(poll, POLL_MS);
+      setTransport('polling');
+    } else if (S.transport !== 'offline') {
+      setTransport('idle');
+    }
+  }
+
+  async function poll() {
+    S.pollTimer = 0;
+    if (!S.session || S.es) return;
+    S.pollBusy = true;
+    if (S.transport !== 'offline') setTransport('polling');
+    try {
+      await refreshAll();
+    } finally {
+      S.pollBusy = false;
+    }
+    if (!S.session || S.es) return;
+    if (document.hidden) return;                     // resumes on visibilitychange
+    if (anythingActive() || S.transport === 'offline') {
+      S.pollTimer = setTimeout(poll, POLL_MS);
+    } else {
+      setTransport('idle');
+    }
+  }
+
+  function stopPolling() {
+    clearTimeout(S.pollTimer);
+    S.pollTimer = 0;
+  }
+
+  // --- wiring --------------------------------------------------------------------------------
+
+  function wire() {
+    $('signin-form').addEventListener('submit', signIn);
+    $('signout').addEventListener('click', signOut);
+    $('submit-form').addEventListener('submit', submitJob);
+    $('kind').addEventListener('change', renderKindForm);
+    $('f-state').addEventListener('change', setFilters);
+    $('f-owner').addEventListener('change', setFilters);
+    $('filters').addEventListener('submit', (ev) => { ev.preventDefault(); setFilters(); });
+    $('refresh').addEventListener('click', () => {
+      retryLiveNow();
+      refreshAll().then(() => ensurePolling());
+    });
+    $('more').addEventListener('click', loadMore);
+    $('act-cancel').addEventListener('click', () => act('cancel'));
+    $('act-retry').addEventListener('click', () => act('retry'));
+    $('act-delete').addEventListener('click', () => act('delete'));
+    $('log-follow').addEventListener('click', () => setFollow(!(S.detail && S.detail.follow)));
+    $('confirm').addEventListener('close', () => {
+      const resolve = confirmResolve;
+      confirmResolve = null;
+      if (resolve) resolve($('confirm').returnValue === 'ok');
+    });
+    $('skip').addEventListener('click', (ev) => {
+      ev.preventDefault();
+      const target = S.session ? $('main') : $('username');
+      target.focus();
+    });
+    window.addEventListener('hashchange', () => { route(); });
+    document.addEventListener('visibilitychange', () => {
+      if (document.hidden || !S.session) return;
+      retryLiveNow();
+      ensurePolling(true);
+    });
+    window.addEventListener('focus', () => { if (S.session) ensurePolling(true); });
+    window.addEventListener('storage', (ev) => {
+      // Signed in or out in another tab of this browser: follow it.
+      if (ev.key !== SESSION_KEY || (S.session && S.session.open)) return;
+      const other = loadSession();
+      if (!S.session) {
+        if (other) {
+          S.session = other;
+          enter();
+        }
+      } else if (!other) {
+        endSession('You signed out in another tab.');
+      } else if (other.token !== S.session.token) {
+        const sameUser = other.user && S.session.user && other.user.name === S.session.user.name;
+        if (!sameUser) {
+          location.reload();
+          return;
+        }
+        S.session = other;                         // the same person, a newer login
+        stopLive();
+        startLive();
+      }
+    });
+  }
+
+  async function boot() {
+    wire();
+    S.session = loadSession();
+    if (!S.session) {
+      // A server with [auth] enabled = false needs no sign-in: everybody is its admin.
+      try {
+        const r = await fetch('/api/me', { cache: 'no-store' });
+        if (r.ok) {
+          const me = await r.json();
+          S.session = { token: null, expires_at: null, user: me, open: true };
+        }
+      } catch (err) { /* shown when signing in */ }
+    }
+    if (!S.session) {
+      showSignIn('');
+      return;
+    }
+    enter();
+  }
+
+  // Exposed for tests and for curious people at the console; nothing depends on it.
+  window.jobgate = { state: S };
+  boot();
+})();
