@@ -24,7 +24,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -237,11 +237,13 @@ class PostgresStore(Store):
         self._deliver_lock: asyncio.Lock | None = None
         self._listener: asyncio.Task[None] | None = None
         self._listen_conn: psycopg.AsyncConnection[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._wake_channel = f"jobgate_wake_{secrets.token_hex(8)}"
 
     # --- connection, migrations, events ------------------------------------------------
     async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._deliver_lock = asyncio.Lock()
         self._closing = False
         listen_conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
@@ -341,8 +343,7 @@ class PostgresStore(Store):
                 log.exception("event listener failed")
 
     async def _read_events(self, seq: int, limit: int) -> list[Event]:
-        pool = self._usable()
-        async with pool.connection() as conn:
+        async with self._connection() as conn:
             cur = await conn.execute(
                 "SELECT seq, type, ts, job_id, owner, data FROM events WHERE seq > %s "
                 "ORDER BY seq LIMIT %s", (seq, limit))
@@ -353,14 +354,25 @@ class PostgresStore(Store):
             raise RuntimeError("the store is not open")
         return self._pool
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection; on another event loop (a worker's lease thread), a
+        connection of its own for this one call, since the pool belongs to its loop."""
+        pool = self._usable()
+        if asyncio.get_running_loop() is self._loop:
+            async with pool.connection() as conn:
+                yield conn
+            return
+        async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+            yield conn
+
     async def _run(self, fn: Callable[[_Tx], Awaitable[T]], write: bool = True) -> T:
         """Run `fn` in one transaction (again if it was a deadlock's victim); its events are
         numbered and written last, and delivered here before this returns."""
-        pool = self._usable()
         for attempt in range(_RETRIES):
             own: list[Event] = []
             try:
-                async with pool.connection() as conn, conn.transaction():
+                async with self._connection() as conn, conn.transaction():
                     cur = conn.cursor()
                     tx = _Tx(cur, time.time())
                     value = await fn(tx)
@@ -372,7 +384,12 @@ class PostgresStore(Store):
                 await asyncio.sleep(0.001 * (attempt + 1))
                 continue
             if own:
-                await self._catch_up(own)
+                if asyncio.get_running_loop() is self._loop:
+                    await self._catch_up(own)
+                else:  # callbacks run on the store's loop
+                    assert self._loop is not None
+                    await asyncio.wrap_future(
+                        asyncio.run_coroutine_threadsafe(self._catch_up(own), self._loop))
             return value
         raise AssertionError("unreachable")
 
