@@ -28,6 +28,7 @@ from jobgate.config import Settings, load_settings
 from jobgate.queue import JobQueue
 from jobgate.store import store_for_url
 from jobgate.worker import Worker
+from pg import PgServer, pg_server
 
 # Kinds the tests use; `tests/kinds.py` holds the Python ones.
 TEST_KINDS = """
@@ -66,9 +67,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    """One throwaway PostgreSQL server for the session, started on first use."""
+    with pg_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Every backend the storage conformance suite must pass (PostgreSQL joins later)."""
+    """Every backend the storage conformance suite must pass: a fresh database each."""
+    if request.param == "postgresql":
+        server: PgServer = request.getfixturevalue("postgres")
+        return server.new_database()
     return f"sqlite:///{tmp_path / 'jobgate.db'}"
 
 

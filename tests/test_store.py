@@ -1116,3 +1116,58 @@ async def test_sqlite_store_cannot_be_used_across_fork(sqlite_path, store):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert len((await store.list_jobs(None)).jobs) == 1  # the parent's store still works
+
+
+# --- PostgreSQL only -----------------------------------------------------------------------
+
+@pytest.fixture
+def pg_url(db_url: str) -> str:
+    if not db_url.startswith("postgresql://"):
+        pytest.skip("PostgreSQL-only property")
+    return db_url
+
+
+async def test_postgres_migrates_to_the_latest_version_once(pg_url, store):
+    import psycopg
+
+    from jobgate.store.postgres import latest_version
+
+    again = store_for_url(pg_url)
+    await again.open()  # a second node starting: nothing to do
+    await again.close()
+    async with await psycopg.AsyncConnection.connect(pg_url) as conn:
+        cur = await conn.execute("SELECT version FROM jobgate_schema ORDER BY version")
+        assert [r[0] for r in await cur.fetchall()] == list(range(1, latest_version() + 1))
+
+
+async def test_postgres_refuses_a_newer_schema(pg_url, store):
+    import psycopg
+
+    from jobgate.store.base import SchemaTooNew
+    from jobgate.store.postgres import latest_version
+
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        await conn.execute("INSERT INTO jobgate_schema (version) VALUES (%s)",
+                           (latest_version() + 1,))
+    newer = store_for_url(pg_url)
+    with pytest.raises(SchemaTooNew, match="newer than this jobgate"):
+        await newer.open()
+
+
+async def test_postgres_url_spellings_choose_the_backend(pg_url):
+    from jobgate.store.postgres import PostgresStore
+
+    assert isinstance(store_for_url(pg_url), PostgresStore)
+    assert isinstance(store_for_url(pg_url.replace("postgresql://", "postgres://")),
+                      PostgresStore)
+
+
+async def test_renew_works_from_another_threads_event_loop(store):
+    """A worker renews leases from a thread of its own (its loop may be busy)."""
+    job = await running(store)
+    stop = await asyncio.to_thread(
+        asyncio.run, store.renew("w1", {job.id: job.lease_token, "nope": 1}, 60))
+    assert stop == {"nope"}
+    renewed = await store.get(job.id)
+    assert renewed is not None and renewed.lease_expires_at is not None
+    assert renewed.lease_expires_at > time.time() + 55

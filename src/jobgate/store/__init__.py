@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from jobgate.store.base import Store
+from jobgate.store.base import SchemaTooNew, Store
+
+__all__ = ["SchemaTooNew", "Store", "store_for_url"]
 
 
 def store_for_url(url: str, durability: str = "full") -> Store:
-    """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db`; PostgreSQL is next."""
+    """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db`,
+    `postgresql://user@host:port/database` (also `postgres://`)."""
     if url.startswith("sqlite://"):
         from jobgate.store.sqlite import SqliteStore
 
@@ -16,5 +19,7 @@ def store_for_url(url: str, durability: str = "full") -> Store:
             raise ValueError(f"storage.url: no file in {url!r} (try sqlite:///jobgate.db)")
         return SqliteStore(path, durability)
     if url.startswith(("postgresql://", "postgres://")):
-        raise ValueError("storage.url: the PostgreSQL backend is not in this version yet")
+        from jobgate.store.postgres import PostgresStore
+
+        return PostgresStore(url)
     raise ValueError(f"storage.url: unsupported database URL {url!r}")

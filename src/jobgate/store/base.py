@@ -216,3 +216,7 @@ class Store(ABC):
 
     @abstractmethod
     async def user_for_token(self, token_hash: str) -> User | None: ...
+
+
+class SchemaTooNew(StoreError, RuntimeError):
+    """The database was migrated by a newer jobgate: this one refuses to touch it."""

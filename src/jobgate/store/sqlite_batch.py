@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from jobgate.model import Event, Job, State, check_move, event_type, iso
 from jobgate.store.base import EventListener
+from jobgate.store.base import SchemaTooNew as SchemaTooNew  # moved to base
 
 T = TypeVar("T")
 ItemT = TypeVar("ItemT")
@@ -394,10 +395,6 @@ def _migrations() -> list[tuple[int, str]]:
 def latest_version() -> int:
     """The schema version this jobgate writes."""
     return _migrations()[-1][0]
-
-
-class SchemaTooNew(RuntimeError):
-    pass
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
