@@ -25,7 +25,6 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from importlib import resources
 from typing import Any, TypeVar
 
 from jobgate.model import FINAL, DispatchKey, Event, IllegalMove, Job, State, check_move
@@ -44,6 +43,10 @@ from jobgate.store.base import (
     Store,
     User,
 )
+from jobgate.store.rows import COLUMNS, JSON_COLUMNS, event_from_row, migrations
+from jobgate.store.rows import dumps as _dumps
+from jobgate.store.rows import job_from_row as _job
+from jobgate.store.rows import job_values as _job_values
 from jobgate.store.sqlite_batch import event_data
 
 try:
@@ -71,56 +74,9 @@ _RETRIES = 20  # a transaction chosen as a deadlock victim runs again, up to thi
 _POOL_MAX = 10
 _FINAL = [s.value for s in FINAL]
 
-_COLUMNS = (
-    "id, kind, owner, args, priority, state, progress, message, attempt, max_attempts, "
-    "created_at, run_at, started_at, finished_at, result, error, worker, memory_mb, "
-    "peak_memory_mb, depends_on, unique_key, outputs, vt, lease_token, lease_expires_at, "
-    "cancel_requested, pid, idempotency_key"
-)
+_COLUMNS = COLUMNS
 _PLACEHOLDERS = ", ".join("%s" for _ in _COLUMNS.split(","))
-_JSON_COLS = {"args", "result", "depends_on", "outputs"}
-
-
-def _loads(text: str) -> Any:
-    if text == "[]":
-        return []
-    if text == "{}":
-        return {}
-    return json.loads(text)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value)
-
-
-def _job(row: tuple[Any, ...]) -> Job:
-    (id_, kind, owner, args, priority, state, progress, message, attempt, max_attempts,
-     created_at, run_at, started_at, finished_at, result, error, worker, memory_mb,
-     peak_memory_mb, depends_on, unique_key, outputs, vt, lease_token, lease_expires_at,
-     cancel_requested, pid, idempotency_key) = row[:28]
-    return Job(
-        id=id_, kind=kind, owner=owner, args=_loads(args), priority=priority,
-        state=State(state), progress=progress, message=message, attempt=attempt,
-        max_attempts=max_attempts, created_at=created_at, run_at=run_at,
-        started_at=started_at, finished_at=finished_at,
-        result=None if result is None else _loads(result), error=error, worker=worker,
-        memory_mb=memory_mb, peak_memory_mb=peak_memory_mb,
-        depends_on=_loads(depends_on), unique_key=unique_key,
-        outputs=_loads(outputs), vt=vt, lease_token=lease_token,
-        lease_expires_at=lease_expires_at, cancel_requested=bool(cancel_requested), pid=pid,
-        idempotency_key=idempotency_key,
-    )
-
-
-def _job_values(job: Job) -> tuple[Any, ...]:
-    return (
-        job.id, job.kind, job.owner, _dumps(job.args), job.priority, job.state.value,
-        job.progress, job.message, job.attempt, job.max_attempts, job.created_at, job.run_at,
-        job.started_at, job.finished_at, None if job.result is None else _dumps(job.result),
-        job.error, job.worker, job.memory_mb, job.peak_memory_mb, _dumps(job.depends_on),
-        job.unique_key, _dumps(job.outputs), job.vt, job.lease_token,
-        job.lease_expires_at, bool(job.cancel_requested), job.pid, job.idempotency_key,
-    )
+_JSON_COLS = JSON_COLUMNS
 
 
 def _to_db(name: str, value: Any) -> Any:
@@ -131,8 +87,7 @@ def _to_db(name: str, value: Any) -> Any:
     return value
 
 
-def _event(row: tuple[Any, ...]) -> Event:
-    return Event(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]))
+_event = event_from_row
 
 
 class _Tx:
@@ -189,13 +144,7 @@ class _Tx:
 
 
 def _migrations() -> list[tuple[int, str]]:
-    folder = resources.files("jobgate.store") / "migrations"
-    found = []
-    for entry in folder.iterdir():
-        name = entry.name
-        if name.startswith("postgres_") and name.endswith(".sql"):
-            found.append((int(name.split("_")[1]), entry.read_text()))
-    return sorted(found)
+    return migrations("postgres")
 
 
 def latest_version() -> int:

@@ -25,6 +25,10 @@ from jobgate.store.base import (
     Store,
     User,
 )
+from jobgate.store.rows import COLUMNS, event_from_row
+from jobgate.store.rows import dumps as _dumps
+from jobgate.store.rows import job_from_row as _job
+from jobgate.store.rows import job_values as _job_values
 from jobgate.store.sqlite_batch import GroupCommit, SchemaTooNew, Tx, event_data, latest_version
 
 __all__ = ["SchemaTooNew", "SqliteStore", "latest_version"]
@@ -34,58 +38,8 @@ _FINAL = tuple(s.value for s in FINAL)
 
 
 
-_COLUMNS = (
-    "id, kind, owner, args, priority, state, progress, message, attempt, max_attempts, "
-    "created_at, run_at, started_at, finished_at, result, error, worker, memory_mb, "
-    "peak_memory_mb, depends_on, unique_key, outputs, vt, lease_token, lease_expires_at, "
-    "cancel_requested, pid, idempotency_key"
-)
+_COLUMNS = COLUMNS
 _PLACEHOLDERS = ", ".join("?" for _ in _COLUMNS.split(","))
-
-
-def _job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
-    (id_, kind, owner, args, priority, state, progress, message, attempt, max_attempts,
-     created_at, run_at, started_at, finished_at, result, error, worker, memory_mb,
-     peak_memory_mb, depends_on, unique_key, outputs, vt, lease_token, lease_expires_at,
-     cancel_requested, pid, idempotency_key) = tuple(row)[:28]
-    return Job(
-        id=id_, kind=kind, owner=owner, args=_loads(args), priority=priority,
-        state=State(state), progress=progress, message=message, attempt=attempt,
-        max_attempts=max_attempts, created_at=created_at, run_at=run_at,
-        started_at=started_at, finished_at=finished_at,
-        result=None if result is None else _loads(result), error=error, worker=worker,
-        memory_mb=memory_mb, peak_memory_mb=peak_memory_mb,
-        depends_on=_loads(depends_on), unique_key=unique_key,
-        outputs=_loads(outputs), vt=vt, lease_token=lease_token,
-        lease_expires_at=lease_expires_at, cancel_requested=bool(cancel_requested), pid=pid,
-        idempotency_key=idempotency_key,
-    )
-
-
-def _loads(text: str) -> Any:
-    # Most jobs carry empty arguments, dependencies and outputs: skip the parser for them.
-    if text == "[]":
-        return []
-    if text == "{}":
-        return {}
-    return json.loads(text)
-
-
-def _dumps(value: Any) -> str:
-    if not value and isinstance(value, (list, dict)):
-        return "[]" if isinstance(value, list) else "{}"
-    return json.dumps(value)
-
-
-def _job_values(job: Job) -> tuple[Any, ...]:
-    return (
-        job.id, job.kind, job.owner, _dumps(job.args), job.priority, job.state.value,
-        job.progress, job.message, job.attempt, job.max_attempts, job.created_at, job.run_at,
-        job.started_at, job.finished_at, None if job.result is None else json.dumps(job.result),
-        job.error, job.worker, job.memory_mb, job.peak_memory_mb, _dumps(job.depends_on),
-        job.unique_key, _dumps(job.outputs), job.vt, job.lease_token,
-        job.lease_expires_at, int(job.cancel_requested), job.pid, job.idempotency_key,
-    )
 
 
 def _select(tx: Tx, where: str, params: tuple[Any, ...] = ()) -> list[Job]:
@@ -419,7 +373,7 @@ class SqliteStore(GroupCommit, Store):
 
     async def events_after(self, seq: int, limit: int = 1000) -> list[Event]:
         def op(tx: Tx) -> list[Event]:
-            return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in tx.conn.execute(
+            return [event_from_row(r) for r in tx.conn.execute(
                 "SELECT seq, type, ts, job_id, owner, data FROM events WHERE seq > ? "
                 "ORDER BY seq LIMIT ?", (seq, limit))]
 

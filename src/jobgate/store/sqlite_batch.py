@@ -22,12 +22,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, TypeVar
 
 from jobgate.model import Event, Job, State, check_move, event_type, iso
 from jobgate.store.base import EventListener
 from jobgate.store.base import SchemaTooNew as SchemaTooNew  # moved to base
+from jobgate.store.rows import event_from_row, migrations
 
 T = TypeVar("T")
 ItemT = TypeVar("ItemT")
@@ -279,7 +279,7 @@ class GroupCommit:
         ).fetchall()
         if rows:
             self._last_seq = max(self._last_seq, rows[-1][0])
-        return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     def _publish(self, events: list[Event],
                  results: list[tuple[_Op, Any, BaseException | None]]) -> None:
@@ -383,13 +383,7 @@ class GroupCommit:
 
 
 def _migrations() -> list[tuple[int, str]]:
-    folder = resources.files("jobgate.store") / "migrations"
-    found = []
-    for entry in folder.iterdir():
-        name = entry.name
-        if name.startswith("sqlite_") and name.endswith(".sql"):
-            found.append((int(name.split("_")[1]), entry.read_text()))
-    return sorted(found)
+    return migrations("sqlite")
 
 
 def latest_version() -> int:

@@ -1,0 +1,83 @@
+"""What both backends share below the SQL: the jobs table's columns as Python values, and
+the numbered migration files. No SQL statements here; those stay beside each backend."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from jobgate.model import Event, Job, State
+
+#: The jobs table's columns, in the order `job_from_row` and `job_values` use.
+COLUMNS = (
+    "id, kind, owner, args, priority, state, progress, message, attempt, max_attempts, "
+    "created_at, run_at, started_at, finished_at, result, error, worker, memory_mb, "
+    "peak_memory_mb, depends_on, unique_key, outputs, vt, lease_token, lease_expires_at, "
+    "cancel_requested, pid, idempotency_key"
+)
+JSON_COLUMNS = frozenset({"args", "result", "depends_on", "outputs"})
+
+
+def loads(text: str) -> Any:
+    # Most jobs carry empty arguments, dependencies and outputs: skip the parser for them.
+    if text == "[]":
+        return []
+    if text == "{}":
+        return {}
+    return json.loads(text)
+
+
+def dumps(value: Any) -> str:
+    if not value and isinstance(value, (list, dict)):
+        return "[]" if isinstance(value, list) else "{}"
+    return json.dumps(value)
+
+
+def job_from_row(row: Sequence[Any]) -> Job:
+    """A job from a row of `COLUMNS`."""
+    (id_, kind, owner, args, priority, state, progress, message, attempt, max_attempts,
+     created_at, run_at, started_at, finished_at, result, error, worker, memory_mb,
+     peak_memory_mb, depends_on, unique_key, outputs, vt, lease_token, lease_expires_at,
+     cancel_requested, pid, idempotency_key) = tuple(row)[:28]
+    return Job(
+        id=id_, kind=kind, owner=owner, args=loads(args), priority=priority,
+        state=State(state), progress=progress, message=message, attempt=attempt,
+        max_attempts=max_attempts, created_at=created_at, run_at=run_at,
+        started_at=started_at, finished_at=finished_at,
+        result=None if result is None else loads(result), error=error, worker=worker,
+        memory_mb=memory_mb, peak_memory_mb=peak_memory_mb,
+        depends_on=loads(depends_on), unique_key=unique_key,
+        outputs=loads(outputs), vt=vt, lease_token=lease_token,
+        lease_expires_at=lease_expires_at, cancel_requested=bool(cancel_requested), pid=pid,
+        idempotency_key=idempotency_key,
+    )
+
+
+def job_values(job: Job) -> tuple[Any, ...]:
+    """A job as a row of `COLUMNS`."""
+    return (
+        job.id, job.kind, job.owner, dumps(job.args), job.priority, job.state.value,
+        job.progress, job.message, job.attempt, job.max_attempts, job.created_at, job.run_at,
+        job.started_at, job.finished_at, None if job.result is None else dumps(job.result),
+        job.error, job.worker, job.memory_mb, job.peak_memory_mb, dumps(job.depends_on),
+        job.unique_key, dumps(job.outputs), job.vt, job.lease_token,
+        job.lease_expires_at, bool(job.cancel_requested), job.pid, job.idempotency_key,
+    )
+
+
+def event_from_row(row: Sequence[Any]) -> Event:
+    """An event from a row of (seq, type, ts, job_id, owner, data)."""
+    return Event(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]))
+
+
+def migrations(backend: str) -> list[tuple[int, str]]:
+    """The numbered migrations `migrations/<backend>_NNN_*.sql`, oldest first."""
+    folder = resources.files("jobgate.store") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.startswith(f"{backend}_") and name.endswith(".sql"):
+            found.append((int(name.split("_")[1]), entry.read_text()))
+    return sorted(found)
