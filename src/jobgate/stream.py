@@ -245,6 +245,14 @@ class Hub:
         self.close(stream)
 
     def _on_event(self, event: Event) -> None:
+        # Called inside the store's delivery of a committed batch: a failure here must not
+        # stop the delivery to the worker and to waiting callers.
+        try:
+            self._fan_out(event)
+        except Exception:
+            log.exception("fanning out event %s failed", event.seq)
+
+    def _fan_out(self, event: Event) -> None:
         self.head = max(self.head, event.seq)
         frame: Frame | None = None
         for stream in list(self.streams):
