@@ -139,6 +139,13 @@ class Stream:
             self._wake.clear()
             await self._wake.wait()
 
+    def ready(self) -> list[Frame]:
+        """Every frame waiting right now, without waiting for more."""
+        frames = list(self._frames)
+        self._frames.clear()
+        self._bytes = 0
+        return frames
+
     def pending_for(self, job_id: str) -> bool:
         return any(f.event is not None and f.event.job_id == job_id for f in self._frames)
 
