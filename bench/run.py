@@ -360,7 +360,8 @@ class Bench:
                 f"from ctx.progress(): p50 {percentile(call, 50) * 1e3:.0f} ms, p99 "
                 f"{p99 * 1e3:.0f} ms; from the event's commit (fan-out alone): p50 "
                 f"{percentile(commit, 50) * 1e3:.0f} ms, p99 {percentile(commit, 99) * 1e3:.0f}"
-                f" ms; {run['received']:,} of {run['expected']:,} deliveries; server CPU "
+                f" ms; {run['received']:,} of {run['expected']:,} deliveries (progress "
+                f"events x clients); server CPU "
                 f"{run['server_cpu_s']:.1f} s")
             target, met = ("p99 < 50 ms", _met(p99 < 0.050)) if n == 100 else ("—", "—")
             self.report.rows.append(Row(

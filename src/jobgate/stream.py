@@ -46,30 +46,32 @@ class TooManyStreams(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One message for clients: JSON text, and its SSE form (with `id:` if stored)."""
+    """One message for clients: JSON text, and its SSE bytes (with `id:` if stored), both
+    made once however many clients get it."""
 
-    kind: str  # "event" (stored), "stats", "control", "keepalive", "close"
+    kind: str  # "event" (stored), "stats", "control", "keepalive", "command"
     text: str = ""
     seq: int | None = None
     event: Event | None = None
+    sse: bytes = b""
 
-    @property
-    def sse(self) -> bytes:
-        if self.kind == "keepalive":
-            return b": keep-alive\n\n"
-        head = f"id: {self.seq}\n" if self.seq is not None else ""
-        return f"{head}data: {self.text}\n\n".encode()
+    @classmethod
+    def make(cls, kind: str, text: str, seq: int | None = None,
+             event: Event | None = None) -> Frame:
+        head = f"id: {seq}\n" if seq is not None else ""
+        return cls(kind, text, seq, event, f"{head}data: {text}\n\n".encode())
 
     @classmethod
     def of_event(cls, event: Event) -> Frame:
-        return cls("event", json.dumps(event.to_json(), separators=(",", ":")), event.seq, event)
+        return cls.make("event", json.dumps(event.to_json(), separators=(",", ":")), event.seq,
+                        event)
 
     @classmethod
     def control(cls, data: dict[str, Any], seq: int | None = None) -> Frame:
-        return cls("control", json.dumps(data, separators=(",", ":")), seq)
+        return cls.make("control", json.dumps(data, separators=(",", ":")), seq)
 
 
-_KEEPALIVE = Frame("keepalive")
+_KEEPALIVE = Frame("keepalive", sse=b": keep-alive\n\n")
 
 
 def visible_to(principal: Principal) -> Callable[[Event], bool]:
@@ -195,11 +197,17 @@ class Hub:
             self.drop(stream, reason)
 
     async def _stored_head(self) -> int:
-        """The last stored seq, read once at start (after that, events keep it current)."""
-        head = 0
-        while page := await self.queue.store.events_after(head, 5000):
-            head = page[-1].seq
-        return head
+        """The last stored seq, found once at start by galloping probes of one event each
+        (after that, events keep it current)."""
+        head, step = 0, 1
+        while True:
+            found = await self.queue.store.events_after(head + step - 1, 1)
+            if found:
+                head, step = found[0].seq, step * 2
+            elif step > 1:
+                step //= 2
+            else:
+                return head
 
     # --- streams ---------------------------------------------------------------------------
     def open(self, principal: Principal, match: Callable[[Event], bool], *, stats: bool = False,
@@ -291,14 +299,14 @@ class Hub:
     async def _stats(self) -> Frame:
         data = {"type": "queue.stats", "seq": self.head, "ts": iso(time.time()),
                 **stats_json(self.queue, self.settings, await self.queue.stats())}
-        return Frame("stats", json.dumps(data, separators=(",", ":")))
+        return Frame.make("stats", json.dumps(data, separators=(",", ":")))
 
     def position_frame(self, stats: Frame, job_id: str) -> Frame:
         """`stats` for a one-job stream: with that job's place in the queue."""
         data = json.loads(stats.text)
         data["job_id"] = job_id
         data["position"] = self.queue.positions.position(job_id)
-        return Frame("stats", json.dumps(data, separators=(",", ":")))
+        return Frame.make("stats", json.dumps(data, separators=(",", ":")))
 
     async def _stats_loop(self) -> None:
         while True:
