@@ -8,7 +8,6 @@ import json
 import stat
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import jwt
@@ -185,11 +184,11 @@ def test_the_key_survives_a_restart_so_logins_do_too(start_server):
     assert httpx.get(f"{srv.url}/api/me", headers=bearer(token)).json()["name"] == "bob"
 
 
-def test_a_fresh_data_dir_gets_its_own_key(start_server, tmp_path: Path):
-    one, two = start_server(), start_server()
-    assert key_of(one) != key_of(two)
-    token = login(one, "bob", "bob-password").json()["token"]
-    assert httpx.get(f"{two.url}/api/me", headers=bearer(token)).status_code == 401
+def test_a_fresh_data_dir_gets_its_own_key(server, start_server):
+    other = start_server()
+    assert key_of(server) != key_of(other)
+    token = login(server, "bob", "bob-password").json()["token"]
+    assert httpx.get(f"{other.url}/api/me", headers=bearer(token)).status_code == 401
 
 
 def test_a_ticket_needs_a_token_and_lasts_60_s_at_most(server):

@@ -859,11 +859,13 @@ def test_a_phone_sized_window_stacks_everything_without_sideways_scrolling(pages
     item = row(page, job["id"])
     expect(item).to_have_attribute("data-state", "failed", timeout=30_000)
     no_sideways_scroll(page)
-    box = item.bounding_box()
-    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
-    state = item.locator(".cell-state").bounding_box()
-    main = item.locator(".cell-main").bounding_box()
-    assert state and main and state["y"] < main["y"] + main["height"]   # badge beside kind
+    boxes = item.evaluate("""li => Object.fromEntries(['a', '.cell-state', '.cell-main'].map(
+        s => { const r = li.querySelector(s).getBoundingClientRect();
+               return [s, {x: r.x, y: r.y, width: r.width, height: r.height}]; }))""")
+    row_box, state, main = boxes["a"], boxes[".cell-state"], boxes[".cell-main"]
+    assert row_box["x"] >= 0 and row_box["x"] + row_box["width"] <= PHONE["width"], row_box
+    assert state["y"] < main["y"] + main["height"], boxes        # the badge beside the kind
+    assert state["x"] > main["x"], boxes
     item.locator("a").click()
     expect(page.locator("#job-error")).to_contain_text("boom")
     no_sideways_scroll(page)

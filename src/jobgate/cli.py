@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import queue
@@ -21,10 +20,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from jobgate.config import DEFAULT_PORT, ConfigError, Settings, load_settings, parse_duration
+from jobgate.follow import EventReader, apply_event, progress_line
 
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 _FINAL = ("completed", "failed", "cancelled")
-_FINAL_EVENTS = ("job.completed", "job.failed", "job.cancelled")
 
 
 class CliError(Exception):
@@ -277,11 +276,11 @@ def _watch(client: Client, job_id: str, cancel_on_exit: bool = False) -> int:
     tty = sys.stderr.isatty()
     last = ""
     job = client.call("GET", f"/api/jobs/{job_id}")
-    reader = _EventReader(client, f"/api/jobs/{job_id}/events")
+    reader = EventReader(client.url, client.http.headers, f"/api/jobs/{job_id}/events")
     reader.start()
     try:
         while True:
-            line = _progress_line(job, time.monotonic() - started)
+            line = progress_line(job, time.monotonic() - started)
             if line != last:
                 print(("\r\x1b[2K" if tty else "") + line, end="" if tty else "\n",
                       file=sys.stderr, flush=True)
@@ -293,7 +292,7 @@ def _watch(client: Client, job_id: str, cancel_on_exit: bool = False) -> int:
             except queue.Empty:
                 continue
             if kind == "event":
-                _apply(job, data)
+                apply_event(job, data)
             elif kind == "reset":
                 job = client.call("GET", f"/api/jobs/{job_id}")
             elif kind == "end":
@@ -319,128 +318,6 @@ def _watch(client: Client, job_id: str, cancel_on_exit: bool = False) -> int:
     if job["state"] == "failed" and job.get("error"):
         print(f"jobgate: {job['error'].splitlines()[-1]}", file=sys.stderr)
     return 0 if job["state"] == "completed" else 1
-
-
-def _apply(job: dict[str, Any], event: dict[str, Any]) -> None:
-    """Bring the job as shown up to date with one event of its stream."""
-    kind = event.get("type", "")
-    if kind == "queue.stats":
-        if "position" in event:
-            job["position"] = event["position"]
-    elif kind == "job.progress":
-        for key in ("progress", "message"):
-            if event.get(key) is not None:
-                job[key] = event[key]
-    elif kind.startswith("job.") and "state" in event:
-        job.update({k: v for k, v in event.items()
-                    if k in ("state", "progress", "message", "error", "attempt")})
-        if job["state"] != "queued":
-            job["position"] = None
-
-
-class _EventReader:
-    """Reads a Server-Sent Events stream in a thread, into `events`: ("event", data),
-    ("reset", None), ("end", None) once the server ends it, or ("error", message).
-
-    A dropped connection is resumed from the last id seen, for a while: the server may be
-    restarting.
-    """
-
-    def __init__(self, client: Client, path: str) -> None:
-        import threading
-
-        self.client, self.path = client, path
-        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self.connected = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="jobgate-events", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        import httpx
-
-        last_id: str | None = None
-        give_up_at: float | None = None
-        with httpx.Client(base_url=self.client.url, headers=self.client.http.headers,
-                          timeout=httpx.Timeout(10, read=None)) as http:
-            while not self._stop.is_set():
-                headers = {"Last-Event-ID": last_id} if last_id else {}
-                try:
-                    with http.stream("GET", self.path, headers=headers) as response:
-                        if response.status_code == 204:
-                            self.events.put(("end", None))
-                            return
-                        if response.status_code >= 400:
-                            response.read()
-                            self.events.put(("error", _error_message(response)))
-                            return
-                        self.connected.set()
-                        give_up_at = None
-                        for data, frame_id in _frames(response.iter_lines()):
-                            if frame_id is not None:
-                                last_id = frame_id
-                            if data.get("type") == "stream.reset":
-                                self.events.put(("reset", None))
-                            else:
-                                self.events.put(("event", data))
-                            if data.get("type") in _FINAL_EVENTS or self._stop.is_set():
-                                # A one-job stream ends after its final event.
-                                self.events.put(("end", None))
-                                return
-                    # Ended without the job's end: the server stopped or dropped us. Resume.
-                except httpx.HTTPError as exc:
-                    now = time.monotonic()
-                    give_up_at = give_up_at or now + _RECONNECT_FOR_S
-                    if now >= give_up_at:
-                        self.events.put(("error", f"lost the event stream of {self.path} "
-                                                  f"({exc.__class__.__name__})"))
-                        return
-                self._stop.wait(0.5)
-
-
-_RECONNECT_FOR_S = 30.0
-
-
-def _frames(lines: Any) -> Any:
-    """(data, id) of each SSE frame with data; comments (keep-alives) skipped."""
-    data: list[str] = []
-    frame_id: str | None = None
-    for line in lines:
-        if line == "":
-            if data:
-                with contextlib.suppress(ValueError):
-                    yield json.loads("\n".join(data)), frame_id
-            data, frame_id = [], None
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-        elif line.startswith("id:"):
-            frame_id = line[3:].strip()
-
-
-def _error_message(response: Any) -> str:
-    try:
-        message = response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        message = response.text.strip()[:200] or response.reason_phrase
-    return f"{message} (HTTP {response.status_code})"
-
-
-def _progress_line(job: dict[str, Any], elapsed_s: float) -> str:
-    state = job["state"]
-    if state == "queued":
-        where = f"position {job['position']}" if job.get("position") else "waiting"
-        return f"{state:9} {where} {job.get('message') or ''} [{elapsed_s:.0f}s]"
-    pct = job.get("progress")
-    bar = ""
-    if pct is not None:
-        filled = int(pct / 5)
-        bar = "[" + "#" * filled + "-" * (20 - filled) + f"] {pct:5.1f}% "
-    return f"{state:9} {bar}{job.get('message') or ''} [{elapsed_s:.0f}s]".rstrip()
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -474,7 +351,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         return 0
     # Listen first, then read what is already there: no line falls in between, and the
     # line numbers of `job.log` events skip what the reads printed.
-    reader = _EventReader(client, f"/api/jobs/{job_id}/events")
+    reader = EventReader(client.url, client.http.headers, f"/api/jobs/{job_id}/events")
     reader.start()
     while not reader.connected.wait(0.05) and reader.events.empty():
         pass

@@ -139,6 +139,13 @@ class Stream:
             self._wake.clear()
             await self._wake.wait()
 
+    def ready(self) -> list[Frame]:
+        """Every frame waiting right now, without waiting for more."""
+        frames = list(self._frames)
+        self._frames.clear()
+        self._bytes = 0
+        return frames
+
     def pending_for(self, job_id: str) -> bool:
         return any(f.event is not None and f.event.job_id == job_id for f in self._frames)
 
@@ -245,6 +252,14 @@ class Hub:
         self.close(stream)
 
     def _on_event(self, event: Event) -> None:
+        # Called inside the store's delivery of a committed batch: a failure here must not
+        # stop the delivery to the worker and to waiting callers.
+        try:
+            self._fan_out(event)
+        except Exception:
+            log.exception("fanning out event %s failed", event.seq)
+
+    def _fan_out(self, event: Event) -> None:
         self.head = max(self.head, event.seq)
         frame: Frame | None = None
         for stream in list(self.streams):

@@ -209,17 +209,32 @@ def install(app: FastAPI) -> None:
 
 async def _live(stream: Stream, cursor: int, end_job: str | None = None
                 ) -> AsyncIterator[bytes]:
-    """SSE bytes of live frames after `cursor`; with `end_job`, ends after its final event."""
+    """SSE bytes of live frames after `cursor`; with `end_job`, ends after its final event.
+
+    Frames that are already waiting go out in one write: a burst (a log batch, its
+    progress, the queue's stats) costs one send per client, not one per frame.
+    """
     while (frame := await stream.next()) is not None:
-        if frame.seq is not None:
-            if frame.seq <= cursor:
-                continue  # already sent by the replay
-            cursor = frame.seq
-        if frame.kind != "keepalive":
+        batch = [frame, *stream.ready()]
+        out: list[bytes] = []
+        ended = False
+        for i, item in enumerate(batch):
+            if item.seq is not None:
+                if item.seq <= cursor:
+                    continue  # already sent by the replay
+                cursor = item.seq
+            out.append(item.sse)
+            if end_job is not None and item.event is not None and \
+                    item.event.type in FINAL_TYPES and \
+                    not any(later.event is not None and later.event.job_id == end_job
+                            for later in batch[i + 1:]) and not stream.pending_for(end_job):
+                ended = True
+                break
+        if any(item.kind != "keepalive" for item in batch):
             stream.idle = False
-        yield frame.sse
-        if end_job is not None and frame.event is not None and \
-                frame.event.type in FINAL_TYPES and not stream.pending_for(end_job):
+        if out:
+            yield b"".join(out)
+        if ended:
             return
     yield _closing(stream.closed)
 

@@ -670,6 +670,9 @@
   }
 
   function fillRow(li, job) {
+    const sig = JSON.stringify(job);
+    if (li.sig === sig) return;                      // unchanged: keep the DOM as it is
+    li.sig = sig;
     li.dataset.state = job.state;
     const a = li.firstElementChild;
     const meta = [attemptText(job)].filter(Boolean);
