@@ -15,6 +15,7 @@ import queue
 import re
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -44,8 +45,19 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         print(f"jobgate: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        sys.exit(130)
-    sys.exit(code or 0)
+        code = 130
+    _exit(code or 0)
+
+
+def _exit(code: int) -> NoReturn:
+    # An event-stream reader still blocked in a socket read would be torn down by the
+    # interpreter's finalization, which can crash it (SIGSEGV) inside C code; nothing is
+    # left to clean up in a client, so leave without finalizing.
+    if any(t.name == EventReader.THREAD_NAME and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 # --- server-side commands ----------------------------------------------------------------

@@ -43,12 +43,14 @@ class EventReader:
     restarting.
     """
 
+    THREAD_NAME = "jobgate-events"
+
     def __init__(self, url: str, headers: Any, path: str) -> None:
         self.url, self.headers, self.path = url, headers, path
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.connected = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="jobgate-events", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.THREAD_NAME, daemon=True)
 
     def start(self) -> None:
         self._thread.start()

@@ -5,8 +5,9 @@
   tighter than `worker.poll_s`.
 - lease renewal: its own thread with its own event loop, so a job that hogs this process's
   event loop cannot starve it; a lease it finds lost stops the job.
-- reporter: writes buffered progress and log lines of every running job a few times a
-  second, so a chatty job costs a few writes, not one per line.
+- reporter: writes a job's progress and log lines as they come, then at most a few times
+  a second per job, so the first line after a quiet spell is seen at once and a chatty
+  job costs a few writes, not one per line.
 - recovery: requeues (or fails) jobs whose worker died, and reaps their process groups.
 - start timeout and retention: fail jobs queued too long; clean old jobs and events.
 """
@@ -54,6 +55,7 @@ class _Run:
     ending: bool = False  # its process is done; only its end is left to write
     logs: list[str] = field(default_factory=list)
     progress: tuple[float | None, str | None] | None = None
+    report_due: float = 0.0  # monotonic time before which nothing more is written
 
 
 class Worker:
@@ -68,6 +70,7 @@ class Worker:
             psutil.virtual_memory().total // 1048576
         self._runs: dict[str, _Run] = {}
         self._wake = asyncio.Event()
+        self._unreported = asyncio.Event()
         self._threads = JobThreads(self.slots)
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -187,13 +190,18 @@ class Worker:
 
         def progress(percent: float | None, message: str | None) -> None:
             run.progress = (percent, message)
+            self._unreported.set()
+
+        def log_line(line: str) -> None:
+            run.logs.append(line)
+            self._unreported.set()
 
         async def on_pid(pid: int) -> None:
             await self.queue.store.set_pid(job.id, token, pid)
 
         try:
             result = await executor.run(
-                job, kind, self.queue.job_dir(job.id), progress, run.logs.append, run.cancel,
+                job, kind, self.queue.job_dir(job.id), progress, log_line, run.cancel,
                 self.settings.worker.cancel_grace_s, self._threads, on_pid)
         except Exception as exc:  # a bug or a broken kind must still end the job
             log.exception("job %s crashed the executor", job.id)
@@ -240,11 +248,21 @@ class Worker:
             await store.progress(job.id, job.lease_token, percent, message)
 
     async def _report_loop(self) -> None:
+        timeout: float | None = None
         while True:
-            await asyncio.sleep(_REPORT_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._unreported.wait(), timeout)
+            # Cleared before looking: what comes in while writing sets it again.
+            self._unreported.clear()
+            now = time.monotonic()
             pending = [r for r in self._runs.values() if (r.logs or r.progress) and not r.lost]
-            if pending:
-                await asyncio.gather(*(self._report(r) for r in pending))
+            due = [r for r in pending if r.report_due <= now]
+            for run in due:
+                run.report_due = now + _REPORT_S
+            later = [r.report_due for r in pending if r not in due]
+            if due:
+                await asyncio.gather(*(self._report(r) for r in due))
+            timeout = max(0.0, min(later) - time.monotonic()) if later else None
 
     # --- leases -------------------------------------------------------------------------
     def _renew_thread(self, main: asyncio.AbstractEventLoop) -> None:
