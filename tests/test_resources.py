@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import sys
 import time
 
 import psutil
+import pytest
 
 from conftest import TEST_KINDS, wait_for, wait_state
+from jobgate.kinds import ArgumentError
 from jobgate.model import State
+from jobgate.store.base import Stats
+from jobgate.stream import stats_json
 
 PY = sys.executable
 MARK = "jgres-"
@@ -180,3 +185,165 @@ nice = 7
     await wait_state(queue, job.id, "completed")
     lines = [line for _, line in await queue.store.logs(job.id)]
     assert lines == [str(os.nice(0) + 7)]
+
+
+# --- learned estimates, per-job overrides, visibility ---------------------------------------
+
+def auto_kinds(limit_mb: int | None = None) -> str:
+    return kinds(10, big_mb=10) + f"""
+[kinds.learner]
+argv = {_HOG}
+memory_mb = "auto"
+{f"memory_limit_mb = {limit_mb}" if limit_mb else ""}
+[kinds.learner.args]
+mb = {{ type = "integer", min = 1, max = 500, default = 60 }}
+seconds = {{ type = "number", min = 0, max = 60, default = 1.2 }}
+"""
+
+
+async def test_an_auto_kind_learns_its_estimate_from_measured_peaks(make_settings, open_queue):
+    """Before any history a job reserves `auto_memory_default_mb`; after three jobs that
+    each held 60 MB, a new one reserves their 90th percentile peak plus the margin."""
+    settings = make_settings("[limits]\nmax_running = 3\nauto_memory_default_mb = 32\n"
+                             "auto_memory_margin_pct = 25\n", kinds=auto_kinds())
+    queue, _ = await open_queue(settings)
+    with queue.bus.subscribe(lambda e: e.type == "job.completed") as done:
+        first = [(await queue.submit("alice", "learner"))[0] for _ in range(3)]
+        assert [j.memory_mb for j in first] == [32, 32, 32]
+        for _ in first:
+            await asyncio.wait_for(done.get(), 30)
+    peaks = []
+    for job in first:
+        current = await queue.get(job.id)
+        assert current is not None and current.state is State.COMPLETED
+        assert current.peak_memory_mb is not None and current.peak_memory_mb >= 60
+        peaks.append(current.peak_memory_mb)
+    learned, _ = await queue.submit("bob", "learner", {"mb": 1})
+    assert learned.memory_mb >= 60
+    assert learned.memory_mb == math.ceil(max(peaks) * 1.25)  # p90 of 3 = the largest
+    memory = (await queue.kind_memory(queue.kind("learner"))).to_json()
+    assert memory["memory_estimate_mb"] == learned.memory_mb
+    assert memory["memory_estimate_from"] == "learned"
+    assert memory["peak_memory_jobs"] == 3
+    assert memory["peak_memory_max_mb"] == max(peaks)
+    assert memory["peak_memory_p50_mb"] == sorted(peaks)[1]
+    await wait_state(queue, learned.id, "completed")
+
+
+async def test_a_learned_estimate_is_capped_by_the_kinds_limit_and_the_budget(make_settings,
+                                                                         open_queue):
+    settings = make_settings("[limits]\nmemory_budget_mb = 70\nauto_memory_default_mb = 500\n",
+                             kinds=auto_kinds(limit_mb=200))
+    queue, _ = await open_queue(settings)
+    job, _ = await queue.submit("alice", "learner", {"mb": 50})
+    assert job.memory_mb == 70  # the default, capped by the budget
+    await wait_state(queue, job.id, "completed")
+    learned, _ = await queue.submit("alice", "learner", {"mb": 1})
+    # 50 MB plus the interpreter, plus 25 %: more than the budget, so the budget.
+    assert learned.memory_mb == 70
+    assert (await queue.kind_memory(queue.kind("learner"))).source == "learned"
+
+
+async def test_a_job_may_override_its_kinds_memory_estimate(make_settings, open_queue):
+    """An override is what admission reserves: with 200 of a 250 MB budget taken, an 80 MB
+    job waits until the big one ends."""
+    settings = make_settings("[limits]\nmax_running = 4\nmemory_budget_mb = 250\n",
+                             kinds=kinds(80, big_mb=200))
+    queue, _ = await open_queue(settings)
+    big, _ = await queue.submit("alice", "hog", {"mb": 20, "seconds": 1.5}, memory_mb=200)
+    assert big.memory_mb == 200
+    await wait_state(queue, big.id, "running")
+    assert (await queue.stats()).memory_reserved_mb == 200
+    small, _ = await queue.submit("bob", "hog", {"mb": 20, "seconds": 0})
+    assert small.memory_mb == 80
+    ended = await wait_state(queue, small.id, "completed")
+    big_done = await wait_state(queue, big.id, "completed")
+    assert ended.started_at is not None and big_done.finished_at is not None
+    assert ended.started_at >= big_done.finished_at  # 200 + 80 > 250: it waited
+
+
+async def test_an_override_beyond_the_limits_is_refused(make_settings, open_queue):
+    settings = make_settings("[limits]\nmemory_budget_mb = 1000\n",
+                             kinds=auto_kinds(limit_mb=300))
+    queue, _ = await open_queue(settings, worker=False)
+    for memory_mb, reason in ((-1, "expected a whole number of MB >= 0, got -1"),
+                              (301, "more than the memory_limit_mb of kind learner (300 MB)"),
+                              (1001, "more than the memory budget (1000 MB): such a job "
+                                     "could never start")):
+        kind = "learner" if memory_mb != 1001 else "hog"
+        with pytest.raises(ArgumentError) as info:
+            await queue.submit("alice", kind, memory_mb=memory_mb)
+        assert info.value.field == "memory_mb" and reason in info.value.reason, info.value
+    job, _ = await queue.submit("alice", "learner", memory_mb=0)
+    assert job.memory_mb == 0
+    job, _ = await queue.submit("alice", "hog", memory_mb=1000)
+    assert job.memory_mb == 1000
+
+
+async def test_without_a_budget_a_job_larger_than_the_machine_is_refused(make_settings,
+                                                                        open_queue):
+    """Nothing configured: the node's budget is the machine's memory, and a job (or a
+    kind's estimate) that could never fit in it is refused instead of queued forever."""
+    machine_mb = psutil.virtual_memory().total // 1048576
+    huge = f'[kinds.huge]\nargv = ["true"]\nmemory_mb = {machine_mb + 1}\n'
+    settings = make_settings(kinds=kinds(10) + huge)
+    queue, _ = await open_queue(settings, worker=False)
+    assert queue.node_memory_budget_mb == queue.memory_ceiling_mb == machine_mb
+    with pytest.raises(ArgumentError, match="could never start"):
+        await queue.submit("alice", "huge")
+    with pytest.raises(ArgumentError, match="could never start"):
+        await queue.submit("alice", "hog", memory_mb=machine_mb + 1)
+
+
+async def test_queue_stats_show_the_machine_and_running_jobs_memory(make_settings,
+                                                                   open_queue):
+    settings = make_settings(kinds=kinds(10))
+    queue, worker = await open_queue(settings)
+    assert worker is not None
+    idle = stats_json(queue, settings, await queue.stats())
+    machine_mb = psutil.virtual_memory().total // 1048576
+    assert idle["node_memory_budget_mb"] == machine_mb == worker.node_budget_mb
+    assert 0 < idle["memory_available_mb"] <= machine_mb
+    assert idle["pressure"] is None
+    assert idle["running_rss_mb"] == idle["running_peak_mb"] == 0
+    job, _ = await queue.submit("alice", "hog", {"mb": 60, "seconds": 3})
+    await wait_state(queue, job.id, "running")
+    await wait_for(lambda: stats_json(queue, settings, Stats({}, 0, 0, None, None))
+                   ["running_rss_mb"] >= 60, what="the hog's memory measured")
+    busy = stats_json(queue, settings, await queue.stats())
+    assert busy["running_peak_mb"] >= busy["running_rss_mb"] >= 60
+    assert busy["running_rss_mb"] < 60 + 40  # the hog and its interpreter, nothing else
+    await wait_state(queue, job.id, "completed")
+    await wait_for(lambda: not queue.job_memory, what="the ended job forgotten")
+
+
+async def test_queue_stats_show_memory_pressure(make_settings, open_queue):
+    machine_mb = psutil.virtual_memory().total // 1048576
+    settings = make_settings(f"[limits]\nmin_free_memory_mb = {machine_mb + 1}\n",
+                             kinds=kinds(10))
+    queue, _ = await open_queue(settings)
+    await wait_for(lambda: queue.pressure is not None, what="pressure seen")
+    stats = stats_json(queue, settings, await queue.stats())
+    assert stats["pressure"] == "memory pressure"
+
+
+async def test_progress_events_carry_the_jobs_current_memory(make_settings, open_queue):
+    """A hog that reports nothing still gets `job.progress` events with its RSS, a few
+    seconds apart; a job that reports progress has its RSS on those events."""
+    settings = make_settings(kinds=kinds(10))
+    queue, _ = await open_queue(settings)
+    with queue.bus.subscribe(lambda e: e.type == "job.progress") as sub:
+        hog, _ = await queue.submit("alice", "hog", {"mb": 60, "seconds": 3.5})
+        steps, _ = await queue.submit("alice", "steps", {"count": 4, "delay": 0.2})
+        await wait_state(queue, steps.id, "completed")
+        await wait_state(queue, hog.id, "completed")
+        events = []
+        while not sub.queue.empty():
+            events.append(sub.queue.get_nowait())
+    quiet = [e.data for e in events if e.job_id == hog.id]
+    assert 1 <= len(quiet) <= 3, quiet  # one every 2 s, not one per sample
+    assert all(d["progress"] is None and d["message"] is None for d in quiet)
+    assert max(d["rss_mb"] for d in quiet) >= 60
+    chatty = [e.data for e in events if e.job_id == steps.id]
+    assert [d["progress"] for d in chatty if d["progress"] is not None][-1] == 100
+    assert any(d.get("rss_mb", 0) > 0 for d in chatty), chatty
