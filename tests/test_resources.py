@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+import httpx
 import psutil
 import pytest
 
@@ -347,3 +348,81 @@ async def test_progress_events_carry_the_jobs_current_memory(make_settings, open
     chatty = [e.data for e in events if e.job_id == steps.id]
     assert [d["progress"] for d in chatty if d["progress"] is not None][-1] == 100
     assert any(d.get("rss_mb", 0) > 0 for d in chatty), chatty
+
+
+# --- through the API and the command line (a real `jobgate serve`) --------------------------
+
+def test_the_api_checks_a_jobs_memory_override(start_server):
+    server = start_server("[limits]\nmemory_budget_mb = 1000\nauto_memory_default_mb = 48\n",
+                          kinds=auto_kinds(limit_mb=300))
+    later = "2999-01-01T00:00:00Z"  # queued, not run: only the reservation matters here
+
+    def post(user: str, kind: str, memory_mb: object) -> httpx.Response:
+        with server.client(user) as http:
+            return http.post("/api/jobs", json={"kind": kind, "memory_mb": memory_mb,
+                                                "run_at": later})
+
+    for user, kind, memory_mb, status, text in (
+        ("bob", "hog", -5, 422, "memory_mb: expected a whole number of MB >= 0, got -5"),
+        ("bob", "learner", 301, 422, "memory_mb: 301 MB is more than the memory_limit_mb of "
+                                     "kind learner (300 MB)"),
+        ("bob", "hog", 1001, 422, "memory_mb: 1001 MB is more than the memory budget "
+                                  "(1000 MB): such a job could never start"),
+        ("bob", "hog", "lots", 422, "memory_mb"),
+        ("bob", "hog", 5, 403, "only an admin may lower a job's memory_mb below its kind's "
+                               "estimate (10 MB)"),
+        ("bob", "learner", 47, 403, "below its kind's estimate (48 MB)"),
+    ):
+        response = post(user, kind, memory_mb)
+        assert response.status_code == status, response.text
+        error = response.json()["error"]
+        assert text in error["message"], error
+    for user, kind, memory_mb in (("bob", "hog", 600), ("bob", "learner", 48),
+                                  ("alice", "hog", 0), ("alice", "learner", 1)):
+        response = post(user, kind, memory_mb)
+        assert response.status_code == 201, response.text
+        assert response.json()["memory_mb"] == memory_mb
+    with server.client("bob") as http:
+        response = http.post("/api/jobs", json={"kind": "learner", "run_at": later})
+        assert response.status_code == 201 and response.json()["memory_mb"] == 48
+
+
+def test_kinds_and_stats_show_estimates_and_measured_peaks(start_server):
+    server = start_server("[limits]\nauto_memory_default_mb = 48\n", kinds=auto_kinds())
+    with server.client("bob") as http:
+        kinds_before = {k["name"]: k for k in http.get("/api/kinds").json()["kinds"]}
+        assert kinds_before["learner"]["memory_mb"] == "auto"
+        assert {k: v for k, v in kinds_before["learner"].items()
+                if k.startswith(("memory_estimate", "peak_memory"))} == {
+            "memory_estimate_mb": 48, "memory_estimate_from": "default",
+            "peak_memory_jobs": 0, "peak_memory_p50_mb": None, "peak_memory_max_mb": None}
+        assert (kinds_before["hog"]["memory_estimate_mb"],
+                kinds_before["hog"]["memory_estimate_from"]) == (10, "declared")
+    job_id = server.cli("submit", "learner", "mb=60", "--memory-mb", "64", "--watch",
+                        user="bob")
+    assert job_id.returncode == 0, job_id.stderr
+    with server.client("bob") as http:
+        done = http.get("/api/jobs", params={"kind": "learner"}).json()["jobs"][0]
+        assert done["state"] == "completed" and done["memory_mb"] == 64
+        learner = {k["name"]: k for k in http.get("/api/kinds").json()["kinds"]}["learner"]
+    peak = done["peak_memory_mb"]
+    assert peak >= 60
+    assert learner["peak_memory_jobs"] == 1
+    assert learner["peak_memory_p50_mb"] == learner["peak_memory_max_mb"] == peak
+    assert learner["memory_estimate_from"] == "learned"
+    assert learner["memory_estimate_mb"] == math.ceil(peak * 1.25)
+
+    stats = server.cli("stats", user="bob")
+    assert stats.returncode == 0, stats.stderr
+    rows = {line.split()[0]: line.split() for line in stats.stdout.splitlines() if line}
+    assert rows["KIND"] == ["KIND", "ESTIMATE_MB", "FROM", "PEAK_P50_MB", "PEAK_MAX_MB", "JOBS"]
+    assert rows["learner"] == ["learner", str(math.ceil(peak * 1.25)), "learned", f"{peak:g}",
+                               f"{peak:g}", "1"]
+    assert rows["hog"] == ["hog", "10", "declared", "-", "-", "0"]
+    assert rows["pressure"] == ["pressure", "-"]
+    assert int(rows["memory_available_mb"][1]) > 0
+
+    refused = server.cli("submit", "learner", "--memory-mb", "-3", user="bob")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == "jobgate: memory_mb: expected a whole number of MB >= 0, " \
+        "got -3 (HTTP 422)"
