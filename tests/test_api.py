@@ -50,6 +50,8 @@ STATS_KEYS = {
     "queued", "running", "max_running", "completed", "failed", "cancelled",
     "memory_reserved_mb", "memory_budget_mb", "throughput_per_min", "avg_duration_s",
     "success_rate",
+    "node_memory_budget_mb", "memory_available_mb", "pressure", "running_rss_mb",
+    "running_peak_mb",
 }
 FINAL = ("completed", "failed", "cancelled")
 
@@ -476,13 +478,19 @@ def test_outputs_refuse_paths_outside_the_jobs_folder(server, bob, name):
 # --- queue, health, docs -----------------------------------------------------------------
 
 def test_queue_stats_have_the_contracts_keys_and_sensible_values(start_server):
-    server = start_server("[limits]\nmax_running = 3\nmemory_budget_mb = 2048\n")
+    server = start_server("[limits]\nmax_running = 3\nmemory_budget_mb = 2048\n"
+                          "node_memory_budget_mb = 3000\n")
     with server.client("bob") as bob:
-        assert bob.get("/api/queue").json() == {
+        first = bob.get("/api/queue").json()
+        available = first.pop("memory_available_mb")
+        assert first == {
             "queued": 0, "running": 0, "max_running": 3, "completed": 0, "failed": 0,
             "cancelled": 0, "memory_reserved_mb": 0, "memory_budget_mb": 2048,
             "throughput_per_min": 0, "avg_duration_s": None, "success_rate": None,
+            "node_memory_budget_mb": 3000, "pressure": None, "running_rss_mb": 0,
+            "running_peak_mb": 0,
         }
+        assert 0 < available <= psutil.virtual_memory().total // 1048576
         ok = submit(bob, "steps", {"count": 2, "delay": 0})
         bad = submit(bob, "fail", {"code": 1})
         cancelled = submit(bob, "steps", run_at=later())

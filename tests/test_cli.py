@@ -28,6 +28,8 @@ STATS_KEYS = {
     "queued", "running", "max_running", "completed", "failed", "cancelled",
     "memory_reserved_mb", "memory_budget_mb", "throughput_per_min", "avg_duration_s",
     "success_rate",
+    "node_memory_budget_mb", "memory_available_mb", "pressure", "running_rss_mb",
+    "running_peak_mb",
 }
 
 
@@ -333,7 +335,8 @@ def test_cancel_stops_a_running_job(server, bob):
 def test_stats_show_the_queue(server):
     text = jobgate(server, "stats")
     assert text.returncode == 0, text.stderr
-    assert {line.split()[0] for line in text.stdout.splitlines()} == STATS_KEYS
+    queue_lines = text.stdout.split("\n\n")[0].splitlines()
+    assert {line.split()[0] for line in queue_lines} == STATS_KEYS
 
     as_json = jobgate(server, "stats", "--json")
     assert as_json.returncode == 0, as_json.stderr

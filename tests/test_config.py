@@ -292,6 +292,37 @@ def test_a_negative_min_free_memory_is_refused(load):
             "at least")
 
 
+def test_auto_memory_defaults_and_settings(load):
+    limits = load("").limits
+    assert (limits.auto_memory_default_mb, limits.auto_memory_history,
+            limits.auto_memory_margin_pct) == (256, 20, 25)
+    limits = load("[limits]\nauto_memory_default_mb = 64\nauto_memory_history = 5\n"
+                  "auto_memory_margin_pct = 0\n").limits
+    assert (limits.auto_memory_default_mb, limits.auto_memory_history,
+            limits.auto_memory_margin_pct) == (64, 5, 0)
+
+
+@pytest.mark.parametrize(("text", "key", "reason"), [
+    ("[limits]\nauto_memory_default_mb = 0\n", "limits.auto_memory_default_mb", "at least 1"),
+    ("[limits]\nauto_memory_history = 0\n", "limits.auto_memory_history", "at least 1"),
+    ("[limits]\nauto_memory_margin_pct = -5\n", "limits.auto_memory_margin_pct",
+     "from 0 to 1000"),
+    ('[limits]\nauto_memory_margin_pct = "lots"\n', "limits.auto_memory_margin_pct",
+     "expected an integer"),
+])
+def test_bad_auto_memory_settings_are_refused(load, text, key, reason):
+    refused(load, text, key, reason)
+
+
+def test_a_kind_may_learn_its_memory_estimate(load):
+    kind = load('[kinds.k]\nargv = ["true"]\nmemory_mb = "auto"\nmemory_limit_mb = 100\n'
+                ).kinds["k"]
+    assert kind.memory_auto and kind.memory_mb == 0
+    assert kind.schema()["memory_mb"] == "auto"
+    fixed = load('[kinds.k]\nargv = ["true"]\nmemory_mb = 40\n').kinds["k"]
+    assert not fixed.memory_auto and fixed.schema()["memory_mb"] == 40
+
+
 def test_a_zero_start_timeout_is_refused(load):
     refused(load, "[limits]\nstart_timeout = \"0s\"\n", "limits.start_timeout", "at least")
 
@@ -359,6 +390,15 @@ COMMAND = '[kinds.k]\nargv = ["tool", "{a}"]\n'
     ('[kinds]\nk = 3\n', "kinds.k", "expected a table"),
     ('[limits]\nmemory_budget_mb = 100\n[kinds.k]\nargv = ["true"]\nmemory_mb = 200\n',
      "kinds.k.memory_mb", "could never start"),
+    ('[limits]\nnode_memory_budget_mb = 100\n[kinds.k]\nargv = ["true"]\nmemory_mb = 200\n',
+     "kinds.k.memory_mb", "limits.node_memory_budget_mb (100); such a job could never start"),
+    ('[kinds.k]\nargv = ["true"]\nmemory_mb = "lots"\n', "kinds.k.memory_mb",
+     'expected an integer (megabytes) or "auto", got \'lots\''),
+    ('[kinds.k]\nargv = ["true"]\nmemory_mb = 1.5\n', "kinds.k.memory_mb",
+     'or "auto"'),
+    ('[kinds.k]\nargv = ["true"]\nmemory_mb = true\n', "kinds.k.memory_mb", 'or "auto"'),
+    ('[kinds.k]\nargv = ["true"]\nmemory_mb = 300\nmemory_limit_mb = 200\n',
+     "kinds.k.memory_mb", "more than memory_limit_mb (200)"),
 ])
 def test_bad_kinds_are_refused_with_the_key_and_the_reason(load, text, key, reason):
     refused(load, text, key, reason)

@@ -314,3 +314,26 @@ def test_the_demo_kind_schema():
         "seconds": ("integer", 10), "fail": ("boolean", False)}
     assert k.schema()["type"] == "python"
     assert k.schema()["args"]["seconds"]["required"] is False
+
+
+# --- memory ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("memory_mb", "auto", "reserved", "shown"), [
+    (None, False, 0, 0), (512, False, 512, 512), ("auto", True, 0, "auto")])
+def test_a_kinds_memory_is_megabytes_or_auto(memory_mb, auto, reserved, shown):
+    extra = {} if memory_mb is None else {"memory_mb": memory_mb}
+    k = kind({}, memory_limit_mb=1024, **extra)
+    assert (k.memory_auto, k.memory_mb) == (auto, reserved)
+    assert (k.schema()["memory_mb"], k.schema()["memory_limit_mb"]) == (shown, 1024)
+
+
+@pytest.mark.parametrize(("memory_mb", "reason"), [
+    ("Auto", 'kinds.k.memory_mb: expected an integer (megabytes) or "auto", got \'Auto\''),
+    ([512], 'kinds.k.memory_mb: expected an integer (megabytes) or "auto", got [512]'),
+    (2048, "kinds.k.memory_mb: 2048 is more than memory_limit_mb (1024); a job could never "
+           "stay under its limit"),
+])
+def test_a_bad_memory_estimate_is_refused_with_its_key(memory_mb, reason):
+    with pytest.raises(ConfigError) as info:
+        kind({}, memory_mb=memory_mb, memory_limit_mb=1024)
+    assert str(info.value) == reason

@@ -512,6 +512,34 @@ async def test_progress_is_stored_and_announced(store):
         (42.0, "step 2 of 5"), (None, "still going")]
 
 
+async def test_a_progress_event_may_carry_the_jobs_current_memory(store):
+    job = await running(store)
+    await store.progress(job.id, job.lease_token, None, None, rss_mb=61.5)
+    await store.progress(job.id, job.lease_token, 10.0, "a step")
+    got = await store.get(job.id)
+    assert got is not None and (got.progress, got.message) == (10.0, "a step")
+    events = [e.data for e in await store.events_after(0) if e.type == "job.progress"]
+    assert events == [{"progress": None, "message": None, "rss_mb": 61.5},
+                      {"progress": 10.0, "message": "a step"}]
+
+
+async def test_recent_peaks_are_a_kinds_last_completed_jobs_newest_first(store):
+    async def finish(kind: str, state: State, peak: float | None) -> None:
+        await submit(store, kind=kind)
+        job = await claim_one(store, kinds=[kind])
+        await store.finish(job.id, job.lease_token, Outcome(state, peak_memory_mb=peak))
+
+    for peak in (10.0, 30.0, 20.0, 40.5):
+        await finish("big", State.COMPLETED, peak)
+    await finish("big", State.COMPLETED, None)  # a Python job: nothing measured
+    await finish("big", State.FAILED, 999.0)  # only completed jobs count
+    await finish("small", State.COMPLETED, 5.0)
+    assert await store.recent_peaks("big", 3) == [40.5, 20.0, 30.0]
+    assert await store.recent_peaks("big", 100) == [40.5, 20.0, 30.0, 10.0]
+    assert await store.recent_peaks("small", 100) == [5.0]
+    assert await store.recent_peaks("noop", 100) == []
+
+
 # --- leases --------------------------------------------------------------------------------
 
 async def test_renew_extends_leases_and_names_the_jobs_to_stop(store, other_node):

@@ -55,6 +55,8 @@ class SubmitBody(BaseModel):
     unique_key: str | None = Field(default=None, min_length=1, max_length=200)
     depends_on: list[str] | None = None
     webhook_url: str | None = None
+    # The memory this job reserves, in place of its kind's estimate (checked by the queue).
+    memory_mb: StrictInt | None = None
 
 
 class LoginBody(BaseModel):
@@ -231,9 +233,20 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
         if body.priority is not None and body.priority > spec.priority and not user.admin:
             raise ApiError(403, "forbidden", "only an admin may raise a job's priority")
         run_at = _parse_run_at(body.run_at)
+        if body.memory_mb is not None:
+            jg.queue.check_memory(spec, body.memory_mb)
+        if body.memory_mb is not None and not user.admin:
+            estimate = (await jg.queue.kind_memory(spec)).estimate_mb
+            if body.memory_mb < estimate:
+                # Less reserved memory would let a job pass the budget: safe only by choice
+                # of an admin, as raising a priority is.
+                raise ApiError(403, "forbidden", f"only an admin may lower a job's memory_mb "
+                               f"below its kind's estimate ({estimate} MB)",
+                               field="memory_mb")
         job, created = await jg.queue.submit(
             user.name, body.kind, body.args, priority=body.priority, run_at=run_at,
-            unique_key=body.unique_key, idempotency_key=idempotency_key)
+            unique_key=body.unique_key, idempotency_key=idempotency_key,
+            memory_mb=body.memory_mb)
         return JSONResponse(jg.queue.to_json(job), status_code=201 if created else 200)
 
     @app.get("/api/jobs", tags=["jobs"])
@@ -299,8 +312,12 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
 
     @app.get("/api/kinds", tags=["queue"])
     async def kinds(request: Request, user: CurrentUser) -> dict[str, Any]:
-        """The kinds this server runs, with their argument schemas."""
-        return {"kinds": [k.schema() for k in settings.kinds.values()]}
+        """The kinds this server runs, with their argument schemas and memory: what a job
+        submitted now reserves (`memory_estimate_mb`, `memory_estimate_from`) and the
+        measured peaks of recent completed jobs (`peak_memory_*`)."""
+        queue = _jg(request).queue
+        return {"kinds": [{**k.schema(), **(await queue.kind_memory(k)).to_json()}
+                          for k in settings.kinds.values()]}
 
     @app.get("/api/queue", tags=["queue"])
     async def queue_stats(request: Request, user: CurrentUser) -> dict[str, Any]:

@@ -270,6 +270,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         body["priority"] = args.priority
     if args.unique_key:
         body["unique_key"] = args.unique_key
+    if args.memory_mb is not None:
+        body["memory_mb"] = args.memory_mb
     job = client.call("POST", "/api/jobs", json=body)
     where = f", position {job['position']}" if job.get("position") else ""
     print(f"{job['id']} {job['state']}{where}")
@@ -413,13 +415,33 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    stats = Client().call("GET", "/api/queue")
+    client = Client()
+    stats = client.call("GET", "/api/queue")
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
     for key, value in stats.items():
         print(f"{key:20} {value if value is not None else '-'}")
+    _print_kind_memory(client)
     return 0
+
+
+def _print_kind_memory(client: Client) -> None:
+    """Per kind: the memory a job reserves now and the peaks its recent jobs measured."""
+    kinds = client.call("GET", "/api/kinds")["kinds"]
+    if not kinds:
+        return
+
+    def mb(value: float | None) -> str:
+        return "-" if value is None else f"{value:g}"
+
+    print()
+    print(f"{'KIND':20} {'ESTIMATE_MB':>11} {'FROM':9} {'PEAK_P50_MB':>11} {'PEAK_MAX_MB':>11} "
+          f"{'JOBS':>5}")
+    for k in kinds:
+        print(f"{k['name'][:20]:20} {mb(k.get('memory_estimate_mb')):>11} "
+              f"{k.get('memory_estimate_from') or '-':9} {mb(k.get('peak_memory_p50_mb')):>11} "
+              f"{mb(k.get('peak_memory_max_mb')):>11} {k.get('peak_memory_jobs') or 0:>5}")
 
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -475,6 +497,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("args", nargs="*", metavar="key=value")
     sp.add_argument("--priority", type=int)
     sp.add_argument("--unique-key")
+    sp.add_argument("--memory-mb", type=int, metavar="N",
+                    help="memory the job reserves, in place of its kind's estimate")
     sp.add_argument("--watch", action="store_true",
                     help="follow it to the end (exit 0 completed, 1 failed, 130 on Ctrl-C)")
     sp.add_argument("--cancel-on-exit", action="store_true",

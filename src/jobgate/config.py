@@ -24,6 +24,9 @@ DEFAULT_DB_URL = "sqlite:///jobgate.db"
 DEFAULT_PORT = 8077
 DEFAULT_MAX_RUNNING = 2
 DEFAULT_LEASE_S = 30.0
+DEFAULT_AUTO_MEMORY_MB = 256  # what a job of an "auto" kind reserves before any history
+DEFAULT_AUTO_MEMORY_HISTORY = 20  # an "auto" kind learns from this many recent jobs
+DEFAULT_AUTO_MEMORY_MARGIN_PCT = 25  # ... reserving this much above their 90th percentile
 
 
 class ConfigError(ValueError):
@@ -121,6 +124,11 @@ class LimitsSettings:
     node_memory_budget_mb: int | None = None  # per node; default: the machine's memory
     min_free_memory_mb: int | None = None  # a node starts nothing while less is available
     max_load: float | None = None  # ... or while the 1-minute load average is above this
+    # A kind with memory_mb = "auto": each job reserves the 90th percentile of the measured
+    # peaks of the kind's last `auto_memory_history` completed jobs, plus the margin.
+    auto_memory_default_mb: int = DEFAULT_AUTO_MEMORY_MB
+    auto_memory_history: int = DEFAULT_AUTO_MEMORY_HISTORY
+    auto_memory_margin_pct: int = DEFAULT_AUTO_MEMORY_MARGIN_PCT
     start_timeout: Duration | None = None
 
 
@@ -342,6 +350,8 @@ def _check(settings: Settings) -> None:
         "retention.per_user_history": settings.retention.per_user_history,
         "limits.min_free_memory_mb": settings.limits.min_free_memory_mb,
         "limits.node_memory_budget_mb": settings.limits.node_memory_budget_mb,
+        "limits.auto_memory_default_mb": settings.limits.auto_memory_default_mb,
+        "limits.auto_memory_history": settings.limits.auto_memory_history,
         "streams.max_per_user": settings.streams.max_per_user,
         "streams.buffer_kb": settings.streams.buffer_kb,
     }
@@ -350,6 +360,9 @@ def _check(settings: Settings) -> None:
             raise ConfigError(f"{key}: must be at least 1, got {value}")
     if not 0 < settings.server.port < 65536:
         raise ConfigError(f"server.port: must be between 1 and 65535, got {settings.server.port}")
+    if not 0 <= settings.limits.auto_memory_margin_pct <= 1000:
+        raise ConfigError(f"limits.auto_memory_margin_pct: must be from 0 to 1000, "
+                          f"got {settings.limits.auto_memory_margin_pct}")
     if settings.limits.max_load is not None and settings.limits.max_load <= 0:
         raise ConfigError(f"limits.max_load: must be more than 0, got {settings.limits.max_load}")
     if settings.limits.start_timeout is not None and settings.limits.start_timeout <= 0:
@@ -379,10 +392,11 @@ def _check(settings: Settings) -> None:
     url = settings.storage.url
     if not (url.startswith("sqlite://") or url.startswith(("postgresql://", "postgres://"))):
         raise ConfigError(f"storage.url: must start with sqlite:/// or postgresql://, got {url!r}")
-    budget = settings.limits.memory_budget_mb
     for kind in settings.kinds.values():
-        if budget is not None and kind.memory_mb > budget:
-            raise ConfigError(
-                f"kinds.{kind.name}.memory_mb: {kind.memory_mb} is more than "
-                f"limits.memory_budget_mb ({budget}); such a job could never start"
-            )
+        for name in ("memory_budget_mb", "node_memory_budget_mb"):
+            budget = getattr(settings.limits, name)
+            if budget is not None and kind.memory_mb > budget:
+                raise ConfigError(
+                    f"kinds.{kind.name}.memory_mb: {kind.memory_mb} is more than "
+                    f"limits.{name} ({budget}); such a job could never start"
+                )

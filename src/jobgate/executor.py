@@ -30,6 +30,7 @@ from jobgate.threads import JobThreads
 
 ProgressFn = Callable[[float | None, str | None], None]
 LogFn = Callable[[str], None]
+MemoryFn = Callable[[float, float], None]  # (current, peak) RSS of the job's tree, in MB
 
 _STDERR_TAIL_LINES = 20
 _MEMORY_SAMPLE_S = 0.5
@@ -135,12 +136,18 @@ def _outputs(folder: Path) -> tuple[str, ...]:
 
 async def run(job: Job, kind: Kind, folder: Path, progress: ProgressFn, log: LogFn,
               cancel: Stop, grace_s: float, threads: JobThreads,
-              on_pid: Callable[[int], Awaitable[None]] | None = None) -> RunResult:
-    """Run a job to its end; `cancel` being set stops it (SIGTERM, then SIGKILL)."""
+              on_pid: Callable[[int], Awaitable[None]] | None = None,
+              on_memory: MemoryFn | None = None) -> RunResult:
+    """Run a job to its end; `cancel` being set stops it (SIGTERM, then SIGKILL).
+
+    `on_memory` gets each sample of a command's process tree (a Python job runs inside
+    the worker's own process and is not measured).
+    """
     if kind.argv is None:
         return await _run_python(job, kind, folder, progress, log, cancel, threads)
     folder.mkdir(parents=True, exist_ok=True)
-    result = await _run_command(job, kind, folder, progress, log, cancel, grace_s, on_pid)
+    result = await _run_command(job, kind, folder, progress, log, cancel, grace_s, on_pid,
+                                on_memory)
     return replace(result, outputs=_outputs(folder))
 
 
@@ -148,7 +155,8 @@ async def run(job: Job, kind: Kind, folder: Path, progress: ProgressFn, log: Log
 
 async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn, log: LogFn,
                        cancel: Stop, grace_s: float,
-                       on_pid: Callable[[int], Awaitable[None]] | None) -> RunResult:
+                       on_pid: Callable[[int], Awaitable[None]] | None,
+                       on_memory: MemoryFn | None = None) -> RunResult:
     argv = render_argv(kind, job.args, folder, job.id)
     loop = asyncio.get_running_loop()
     try:
@@ -165,7 +173,7 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
     if on_pid is not None:
         await on_pid(proc.pid)
     tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
-    peak = _Peak(proc.pid, kind.memory_limit_mb)
+    peak = _Peak(proc.pid, kind.memory_limit_mb, on_memory)
 
     def on_line(line: str, is_err: bool) -> None:
         log(line)
@@ -305,9 +313,11 @@ class _Peak:
     they use, as ffmpeg and Python itself do, fail under it.)
     """
 
-    def __init__(self, pid: int, limit_mb: int | None = None) -> None:
+    def __init__(self, pid: int, limit_mb: int | None = None,
+                 on_sample: MemoryFn | None = None) -> None:
         self.pid = pid
         self.limit_mb = limit_mb
+        self.on_sample = on_sample
         self.over_limit = False
         self.peak_mb: float | None = None
         self.seen: dict[int, psutil.Process] = {}
@@ -334,6 +344,8 @@ class _Peak:
         mb = round(total / 1048576, 1)
         if mb and (self.peak_mb is None or mb > self.peak_mb):
             self.peak_mb = mb
+        if mb and self.on_sample is not None:
+            self.on_sample(mb, self.peak_mb or mb)
         if self.limit_mb is not None and mb > self.limit_mb and not self.over_limit:
             self.over_limit = True
             _killpg(self.pid, signal.SIGKILL)

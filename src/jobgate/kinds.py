@@ -63,7 +63,8 @@ class Kind:
     backoff_s: float = 5.0  # first retry delay; doubles per attempt, with jitter
     backoff_max_s: float = 3600.0
     retry_on_exit_codes: tuple[int, ...] | None = None  # None: any failure is retryable
-    memory_mb: int = 0
+    memory_mb: int = 0  # the estimate each job reserves (0 for an "auto" kind)
+    memory_auto: bool = False  # memory_mb = "auto": learned from the kind's measured peaks
     max_running: int | None = None
     priority: int = 0
     allow_private_urls: bool = False
@@ -79,7 +80,8 @@ class Kind:
             "description": self.description,
             "type": "command" if self.argv else "python",
             "max_attempts": self.max_attempts,
-            "memory_mb": self.memory_mb,
+            "memory_mb": "auto" if self.memory_auto else self.memory_mb,
+            "memory_limit_mb": self.memory_limit_mb,
             "timeout_s": self.timeout_s,
             "args": {
                 name: {
@@ -168,7 +170,9 @@ def parse_kind(name: str, spec: Any, error: Callable[[str], Exception]) -> Kind:
     codes = want("retry_on_exit_codes", list, "a list of exit codes")
     if codes is not None and not all(isinstance(c, int) for c in codes):
         raise error(f"{key}.retry_on_exit_codes: expected a list of integers")
-    memory_mb = _default(want("memory_mb", int, "an integer (megabytes)"), 0)
+    memory_auto = spec.get("memory_mb") == "auto"
+    memory_mb = 0 if memory_auto else _default(
+        want("memory_mb", int, 'an integer (megabytes) or "auto"'), 0)
     memory_limit_mb = want("memory_limit_mb", int, "an integer (megabytes)")
     if memory_limit_mb is not None and memory_limit_mb < 1:
         raise error(f"{key}.memory_limit_mb: must be at least 1, got {memory_limit_mb}")
@@ -182,6 +186,9 @@ def parse_kind(name: str, spec: Any, error: Callable[[str], Exception]) -> Kind:
                     f"got {priority}")
     if memory_mb < 0 or (max_running is not None and max_running < 1):
         raise error(f"{key}: memory_mb must be >= 0 and max_running >= 1")
+    if memory_limit_mb is not None and memory_mb > memory_limit_mb:
+        raise error(f"{key}.memory_mb: {memory_mb} is more than memory_limit_mb "
+                    f"({memory_limit_mb}); a job could never stay under its limit")
     return Kind(
         name=name,
         argv=argv,
@@ -194,6 +201,7 @@ def parse_kind(name: str, spec: Any, error: Callable[[str], Exception]) -> Kind:
         backoff_max_s=_default(duration("backoff_max"), 3600.0),
         retry_on_exit_codes=tuple(codes) if codes is not None else None,
         memory_mb=memory_mb,
+        memory_auto=memory_auto,
         max_running=max_running,
         priority=priority,
         allow_private_urls=bool(want("allow_private_urls", bool, "true or false")),

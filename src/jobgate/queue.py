@@ -8,12 +8,16 @@ position index and the event bus in step with the store's committed events.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from jobgate.config import Settings
 from jobgate.events import EventBus
@@ -25,6 +29,7 @@ from jobgate.store.base import Outcome, Quota, Stats, Store
 
 # A running job's run is over (cancelled, or it ended some other way first).
 _ENDS = frozenset({"job.completed", "job.failed", "job.cancelled", "job.retrying"})
+_PEAK_PERCENTILE = 0.9  # an "auto" kind reserves this percentile of its recent peaks
 
 
 class UnknownKind(ArgumentError):
@@ -45,6 +50,30 @@ class RunResult:
     retryable: bool = True
     peak_memory_mb: float | None = None
     outputs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KindMemory:
+    """What a kind's jobs reserve now, and what its recent completed jobs measured."""
+
+    estimate_mb: int
+    source: str  # "declared", "learned" (from measured peaks) or "default" (no history yet)
+    peaks_mb: tuple[float, ...]  # the recent completed jobs' peaks, newest first
+
+    def to_json(self) -> dict[str, Any]:
+        ordered = sorted(self.peaks_mb)
+        return {
+            "memory_estimate_mb": self.estimate_mb,
+            "memory_estimate_from": self.source,
+            "peak_memory_jobs": len(ordered),
+            "peak_memory_p50_mb": _percentile(ordered, 0.5) if ordered else None,
+            "peak_memory_max_mb": ordered[-1] if ordered else None,
+        }
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """The nearest-rank percentile of a sorted, non-empty list."""
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 class JobQueue:
@@ -69,6 +98,19 @@ class JobQueue:
                               if k.max_running is not None},
         )
         self.quota = Quota(settings.limits.max_queued, settings.limits.per_user_queued)
+        limits = settings.limits
+        # This machine's memory budget (a worker here claims within it), by default all of it.
+        self.node_memory_budget_mb: int = limits.node_memory_budget_mb or \
+            psutil.virtual_memory().total // 1048576
+        # A job reserving more than this could never start: it is refused at submit. The
+        # machine's own memory counts only when no budget is configured at all (one node).
+        budgets = [b for b in (limits.memory_budget_mb, limits.node_memory_budget_mb) if b]
+        self.memory_ceiling_mb: int = min(budgets) if budgets else self.node_memory_budget_mb
+        # Running job id -> (current, peak) resident memory in MB of its process tree, as
+        # this process's worker samples it.
+        self.job_memory: dict[str, tuple[float, float]] = {}
+        self._peaks: dict[str, tuple[float, ...]] = {}  # per kind, until one completes
+        self._completions: Counter[str] = Counter()  # completed jobs seen, per kind
 
     async def open(self) -> None:
         self.store.listen(self._on_events)
@@ -83,6 +125,12 @@ class JobQueue:
     def _on_events(self, events: list[Event]) -> None:
         if self._track_positions:
             self.positions.apply(events)
+        for event in events:
+            if event.type == "job.completed":
+                # A new measured peak: the kind's estimate is worked out afresh.
+                kind = str(event.data.get("kind"))
+                self._completions[kind] += 1
+                self._peaks.pop(kind, None)
         self.bus.publish(events)
 
     # --- verbs --------------------------------------------------------------------------
@@ -102,9 +150,19 @@ class JobQueue:
         run_at: float | None = None,
         unique_key: str | None = None,
         idempotency_key: str | None = None,
+        memory_mb: int | None = None,
     ) -> tuple[Job, bool]:
-        """Queue a job; returns (job, created). ArgumentError for bad input, QueueFull."""
+        """Queue a job; returns (job, created). ArgumentError for bad input, QueueFull.
+
+        The job reserves `memory_mb` if given (checked by `check_memory`), else the kind's
+        estimate as it stands now (`kind_memory`): fixed at submit, so what a job reserves
+        never changes while it waits or runs.
+        """
         spec = self.kind(kind)
+        if memory_mb is None:
+            memory_mb = (await self.kind_memory(spec)).estimate_mb if spec.memory_auto \
+                else spec.memory_mb
+        self.check_memory(spec, memory_mb)
         args = args or {}
         if any(a.type == "url" for a in spec.args.values()):
             # Resolving a host name blocks: keep it off the event loop.
@@ -121,11 +179,52 @@ class JobQueue:
             max_attempts=spec.max_attempts,
             created_at=now,
             run_at=max(now, run_at) if run_at is not None else now,
-            memory_mb=spec.memory_mb,
+            memory_mb=memory_mb,
             unique_key=unique_key,
             idempotency_key=idempotency_key,
         )
         return await self.store.submit(job, self.quota)
+
+    def check_memory(self, spec: Kind, memory_mb: int) -> None:
+        """ArgumentError unless a job of `spec` may reserve `memory_mb`: at least 0, at most
+        the kind's hard limit, and no more than the budget (such a job could never start)."""
+        if isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or memory_mb < 0:
+            raise ArgumentError("memory_mb", f"expected a whole number of MB >= 0, "
+                                f"got {memory_mb!r}")
+        limit = spec.memory_limit_mb
+        if limit is not None and memory_mb > limit:
+            raise ArgumentError("memory_mb", f"{memory_mb} MB is more than the memory_limit_mb "
+                                f"of kind {spec.name} ({limit} MB)")
+        if memory_mb > self.memory_ceiling_mb:
+            raise ArgumentError("memory_mb", f"{memory_mb} MB is more than the memory budget "
+                                f"({self.memory_ceiling_mb} MB): such a job could never start")
+
+    async def kind_memory(self, spec: Kind) -> KindMemory:
+        """What a job of `spec` would reserve if submitted now, and the measured peaks.
+
+        An "auto" kind reserves the 90th percentile (nearest rank) of the peaks of its last
+        `[limits] auto_memory_history` completed jobs plus `auto_memory_margin_pct`, rounded
+        up; before any has completed, `auto_memory_default_mb`. Either is capped by the
+        kind's `memory_limit_mb` and the budget, so the estimate alone never refuses a job.
+        """
+        peaks = self._peaks.get(spec.name)
+        if peaks is None:
+            seen = self._completions[spec.name]
+            peaks = tuple(await self.store.recent_peaks(
+                spec.name, self.settings.limits.auto_memory_history))
+            if self._completions[spec.name] == seen:  # else a newer peak came in meanwhile
+                self._peaks[spec.name] = peaks
+        if not spec.memory_auto:
+            return KindMemory(spec.memory_mb, "declared", peaks)
+        limits = self.settings.limits
+        if peaks:
+            p90 = _percentile(sorted(peaks), _PEAK_PERCENTILE)
+            estimate, source = math.ceil(p90 * (1 + limits.auto_memory_margin_pct / 100)), \
+                "learned"
+        else:
+            estimate, source = limits.auto_memory_default_mb, "default"
+        caps = [c for c in (spec.memory_limit_mb, self.memory_ceiling_mb) if c is not None]
+        return KindMemory(max(1, min([estimate, *caps])), source, peaks)
 
     async def get(self, job_id: str) -> Job | None:
         return await self.store.get(job_id)

@@ -26,6 +26,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
+
 from jobgate.auth import Principal
 from jobgate.config import Settings
 from jobgate.model import Event, State, iso
@@ -351,7 +353,15 @@ class Hub:
 
 
 def stats_json(queue: JobQueue, settings: Settings, stats: Any) -> dict[str, Any]:
-    """The queue's statistics in the shape of `GET /api/queue`."""
+    """The queue's statistics in the shape of `GET /api/queue`.
+
+    The memory keys after `success_rate` are this server's machine and its embedded
+    worker, if any: the node's budget, the memory the machine has available now, why the
+    worker starts nothing (null, "memory pressure" or "load"), and what its running jobs'
+    process trees hold now (`running_rss_mb`) and held at most (`running_peak_mb`, the sum
+    of each job's peak so far). None of it costs a database read.
+    """
+    measured = queue.job_memory.values()
     return {
         **{s.value: stats.counts.get(s.value, 0) for s in State},
         "max_running": settings.limits.max_running,
@@ -360,6 +370,11 @@ def stats_json(queue: JobQueue, settings: Settings, stats: Any) -> dict[str, Any
         "throughput_per_min": stats.finished_last_min,
         "avg_duration_s": stats.avg_duration_s,
         "success_rate": stats.success_rate,
+        "node_memory_budget_mb": queue.node_memory_budget_mb,
+        "memory_available_mb": psutil.virtual_memory().available // 1048576,
+        "pressure": queue.pressure,
+        "running_rss_mb": round(sum(rss for rss, _ in measured), 1),
+        "running_peak_mb": round(sum(peak for _, peak in measured), 1),
     }
 
 

@@ -7,7 +7,9 @@
   event loop cannot starve it; a lease it finds lost stops the job.
 - reporter: writes a job's progress and log lines as they come, then at most a few times
   a second per job, so the first line after a quiet spell is seen at once and a chatty
-  job costs a few writes, not one per line.
+  job costs a few writes, not one per line. Each `job.progress` event carries the job's
+  current resident memory (`rss_mb`), and a job quiet for `_RSS_REPORT_S` gets one with
+  just that, so its memory stays visible.
 - recovery: requeues (or fails) jobs whose worker died, and reaps their process groups.
 - start timeout and retention: fail jobs queued too long; clean old jobs and events.
 """
@@ -37,6 +39,7 @@ from jobgate.threads import JobThreads
 log = logging.getLogger("jobgate.worker")
 
 _REPORT_S = 0.25
+_RSS_REPORT_S = 2.0  # a running job without progress gets an rss_mb-only event this often
 _PRESSURE_CHECK_S = 1.0
 _RETENTION_S = 300.0
 _WAKE_TYPES = frozenset({"job.queued", "job.retrying", "job.completed", "job.failed",
@@ -56,6 +59,9 @@ class _Run:
     logs: list[str] = field(default_factory=list)
     progress: tuple[float | None, str | None] | None = None
     report_due: float = 0.0  # monotonic time before which nothing more is written
+    rss_mb: float | None = None  # the process tree's resident memory, last sampled
+    rss_due: bool = False  # an rss_mb-only progress event is owed
+    progress_at: float = field(default_factory=time.monotonic)  # the last progress written
 
 
 class Worker:
@@ -66,8 +72,7 @@ class Worker:
         self.settings = queue.settings
         self.name = name or self.settings.worker.name or default_name()
         self.slots = slots or self.settings.slots
-        self.node_budget_mb = self.settings.limits.node_memory_budget_mb or \
-            psutil.virtual_memory().total // 1048576
+        self.node_budget_mb = queue.node_memory_budget_mb
         self._runs: dict[str, _Run] = {}
         self._wake = asyncio.Event()
         self._unreported = asyncio.Event()
@@ -199,10 +204,18 @@ class Worker:
         async def on_pid(pid: int) -> None:
             await self.queue.store.set_pid(job.id, token, pid)
 
+        def memory(rss_mb: float, peak_mb: float) -> None:
+            run.rss_mb = rss_mb
+            if not run.ending:
+                self.queue.job_memory[job.id] = (rss_mb, peak_mb)
+            if time.monotonic() - run.progress_at >= _RSS_REPORT_S and not run.rss_due:
+                run.rss_due = True
+                self._unreported.set()
+
         try:
             result = await executor.run(
                 job, kind, self.queue.job_dir(job.id), progress, log_line, run.cancel,
-                self.settings.worker.cancel_grace_s, self._threads, on_pid)
+                self.settings.worker.cancel_grace_s, self._threads, on_pid, memory)
         except Exception as exc:  # a bug or a broken kind must still end the job
             log.exception("job %s crashed the executor", job.id)
             result = RunResult(ok=False, error=f"internal error: {exc}", retryable=False)
@@ -224,6 +237,7 @@ class Worker:
         finally:
             if self._runs.get(job.id) is run:
                 del self._runs[job.id]
+                self.queue.job_memory.pop(job.id, None)
             self._wake.set()
 
     async def _cancel_requested(self, job_id: str) -> bool:
@@ -243,9 +257,10 @@ class Worker:
         if run.logs:
             lines, run.logs[:] = list(run.logs), []
             await store.append_logs(job.id, lines, self.settings.worker.log_max_lines)
-        if run.progress is not None:
-            (percent, message), run.progress = run.progress, None
-            await store.progress(job.id, job.lease_token, percent, message)
+        if run.progress is not None or run.rss_due:
+            (percent, message), run.progress = run.progress or (None, None), None
+            run.rss_due, run.progress_at = False, time.monotonic()
+            await store.progress(job.id, job.lease_token, percent, message, run.rss_mb)
 
     async def _report_loop(self) -> None:
         timeout: float | None = None
@@ -255,7 +270,8 @@ class Worker:
             # Cleared before looking: what comes in while writing sets it again.
             self._unreported.clear()
             now = time.monotonic()
-            pending = [r for r in self._runs.values() if (r.logs or r.progress) and not r.lost]
+            pending = [r for r in self._runs.values()
+                       if (r.logs or r.progress or r.rss_due) and not r.lost]
             due = [r for r in pending if r.report_due <= now]
             for run in due:
                 run.report_due = now + _REPORT_S

@@ -141,8 +141,11 @@ class Store(ABC):
 
     @abstractmethod
     async def progress(
-        self, job_id: str, token: int, percent: float | None, message: str | None
-    ) -> None: ...
+        self, job_id: str, token: int, percent: float | None, message: str | None,
+        rss_mb: float | None = None,
+    ) -> None:
+        """Record a running job's progress; its `job.progress` event carries `rss_mb`, the
+        job's current resident memory, when given (it is not stored)."""
 
     @abstractmethod
     async def append_logs(self, job_id: str, lines: list[str], cap: int) -> None:
@@ -197,6 +200,11 @@ class Store(ABC):
 
     @abstractmethod
     async def running_jobs(self, worker: str | None = None) -> list[Job]: ...
+
+    @abstractmethod
+    async def recent_peaks(self, kind: str, limit: int) -> list[float]:
+        """The measured `peak_memory_mb` of the kind's last `limit` completed jobs (those
+        that have one), most recently finished first."""
 
     @abstractmethod
     async def events_after(self, seq: int, limit: int = 1000) -> list[Event]: ...

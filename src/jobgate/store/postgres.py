@@ -506,7 +506,8 @@ class PostgresStore(Store):
         return await self._run(op)
 
     async def progress(
-        self, job_id: str, token: int, percent: float | None, message: str | None
+        self, job_id: str, token: int, percent: float | None, message: str | None,
+        rss_mb: float | None = None,
     ) -> None:
         async def op(tx: _Tx) -> None:
             row = await tx.row(
@@ -516,8 +517,10 @@ class PostgresStore(Store):
                 (percent, message, job_id, token),
             )
             if row is not None:
-                tx.emit("job.progress", Job(job_id, "", row[0], {}),
-                        {"progress": percent, "message": message})
+                data: dict[str, Any] = {"progress": percent, "message": message}
+                if rss_mb is not None:
+                    data["rss_mb"] = rss_mb
+                tx.emit("job.progress", Job(job_id, "", row[0], {}), data)
 
         await self._run(op)
 
@@ -676,6 +679,15 @@ class PostgresStore(Store):
         async def op(tx: _Tx) -> list[tuple[DispatchKey, float]]:
             return [((-p, vt, i), run_at) for p, vt, i, run_at in await tx.rows(
                 "SELECT priority, vt, id, run_at FROM jobs WHERE state = 'queued'")]
+
+        return await self._run(op, write=False)
+
+    async def recent_peaks(self, kind: str, limit: int) -> list[float]:
+        async def op(tx: _Tx) -> list[float]:
+            return [float(r[0]) for r in await tx.rows(
+                "SELECT peak_memory_mb FROM jobs WHERE kind = %s AND state = 'completed' "
+                "AND peak_memory_mb IS NOT NULL ORDER BY finished_at DESC, id DESC LIMIT %s",
+                (kind, limit))]
 
         return await self._run(op, write=False)
 

@@ -173,7 +173,8 @@ class SqliteStore(GroupCommit, Store):
         return await self._call_grouped("finish", (job_id, token, outcome), _finish_many)
 
     async def progress(
-        self, job_id: str, token: int, percent: float | None, message: str | None
+        self, job_id: str, token: int, percent: float | None, message: str | None,
+        rss_mb: float | None = None,
     ) -> None:
         def op(tx: Tx) -> None:
             cur = tx.conn.execute(
@@ -183,8 +184,10 @@ class SqliteStore(GroupCommit, Store):
             )
             row = cur.fetchone()
             if row is not None:
-                tx.emit("job.progress", Job(job_id, "", row[0], {}),
-                        {"progress": percent, "message": message})
+                data: dict[str, Any] = {"progress": percent, "message": message}
+                if rss_mb is not None:
+                    data["rss_mb"] = rss_mb
+                tx.emit("job.progress", Job(job_id, "", row[0], {}), data)
 
         await self._call(op)
 
@@ -368,6 +371,15 @@ class SqliteStore(GroupCommit, Store):
         def op(tx: Tx) -> list[Job]:
             return _select(tx, "state = 'running' AND (? IS NULL OR worker = ?)",
                            (worker, worker))
+
+        return await self._call(op, write=False)
+
+    async def recent_peaks(self, kind: str, limit: int) -> list[float]:
+        def op(tx: Tx) -> list[float]:
+            return [float(r[0]) for r in tx.conn.execute(
+                "SELECT peak_memory_mb FROM jobs WHERE kind = ? AND state = 'completed' "
+                "AND peak_memory_mb IS NOT NULL ORDER BY finished_at DESC, id DESC LIMIT ?",
+                (kind, limit))]
 
         return await self._call(op, write=False)
 
