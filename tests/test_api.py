@@ -49,7 +49,7 @@ SHARED_LIMITS = "[limits]\nmax_running = 4\nmemory_budget_mb = 4096\n"
 STATS_KEYS = {
     "queued", "running", "max_running", "completed", "failed", "cancelled",
     "memory_reserved_mb", "memory_budget_mb", "throughput_per_min", "avg_duration_s",
-    "success_rate",
+    "success_rate", "nodes",
 }
 FINAL = ("completed", "failed", "cancelled")
 
@@ -478,7 +478,10 @@ def test_outputs_refuse_paths_outside_the_jobs_folder(server, bob, name):
 def test_queue_stats_have_the_contracts_keys_and_sensible_values(start_server):
     server = start_server("[limits]\nmax_running = 3\nmemory_budget_mb = 2048\n")
     with server.client("bob") as bob:
-        assert bob.get("/api/queue").json() == {
+        first = bob.get("/api/queue").json()
+        [node] = first.pop("nodes")  # the embedded worker
+        assert (node["slots"], node["running"], node["running_count"]) == (3, [], 0)
+        assert first == {
             "queued": 0, "running": 0, "max_running": 3, "completed": 0, "failed": 0,
             "cancelled": 0, "memory_reserved_mb": 0, "memory_budget_mb": 2048,
             "throughput_per_min": 0, "avg_duration_s": None, "success_rate": None,
