@@ -43,8 +43,10 @@ log = logging.getLogger("jobgate.worker")
 _REPORT_S = 0.25
 _PRESSURE_CHECK_S = 1.0
 _RETENTION_S = 300.0
-NODE_LIVE_LEASES = 2  # a node is live while its last heartbeat is younger than this many
-_NODE_FORGET_S = 86400.0  # leases; a dead node's row is removed after a day
+# A node is live while its last heartbeat is younger than this many lease periods (it
+# beats every third of one); a dead node's row is deleted after a day.
+NODE_LIVE_LEASES = 2
+_NODE_FORGET_S = 86400.0
 _WAKE_TYPES = frozenset({"job.queued", "job.retrying", "job.completed", "job.failed",
                          "job.cancelled"})
 
