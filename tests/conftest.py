@@ -162,18 +162,21 @@ async def wait_for(predicate: Callable[[], bool], timeout_s: float = 10,
 
 
 class Server:
-    """A real `jobgate serve` process with users alice (admin), bob and carol."""
+    """A real `jobgate serve` process with users alice (admin), bob and carol; on its own
+    SQLite file, or on the database at `db_url` (a PostgreSQL one shared with worker
+    nodes: start it with `--no-worker` for an API-only node)."""
 
-    def __init__(self, folder: Path, config: str) -> None:
+    def __init__(self, folder: Path, config: str, db_url: str | None = None) -> None:
         self.folder = folder
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         (folder / "input").mkdir(exist_ok=True)
+        default_db = f"sqlite:///{folder / 'jobgate.db'}"
         self.config = folder / "jobgate.toml"
         self.config.write_text(
             f'[server]\nport = {self.port}\ndata_dir = "{folder / "data"}"\n'
             f'input_dir = "{folder / "input"}"\n'
-            f'[storage]\nurl = "sqlite:///{folder / "jobgate.db"}"\n' + textwrap.dedent(config)
+            f'[storage]\nurl = "{db_url or default_db}"\n' + textwrap.dedent(config)
         )
         self.tokens: dict[str, str] = {}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -187,12 +190,15 @@ class Server:
         return env
 
     def add_users(self) -> None:
+        """Add the users (unless another server on the same database did) and their tokens."""
         async def add() -> None:
             settings = load_settings(self.config, env={})
             store = store_for_url(settings.storage.url)
             await store.open()
             for name in ("alice", "bob", "carol"):
-                await store.add_user(name, hash_password(f"{name}-password"), name == "alice")
+                if await store.get_user(name) is None:
+                    await store.add_user(name, hash_password(f"{name}-password"),
+                                         name == "alice")
                 self.tokens[name] = await new_token(store, name)
             await store.close()
 
@@ -258,15 +264,17 @@ def running_server(folder: Path, config: str) -> Iterator[Server]:
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """`start_server(config_toml)` → a running Server; stopped after the test."""
+    """`start_server(config_toml)` → a running Server; stopped after the test. With
+    `db_url`, on that database; `args` go to `jobgate serve` (e.g. "--no-worker")."""
     servers: list[Server] = []
 
-    def start(config: str = "", kinds: str = TEST_KINDS) -> Server:
+    def start(config: str = "", kinds: str = TEST_KINDS, db_url: str | None = None,
+              args: tuple[str, ...] = ()) -> Server:
         folder = tmp_path / f"server{len(servers)}"
         folder.mkdir()
-        server = Server(folder, config + kinds)
+        server = Server(folder, config + kinds, db_url)
         server.add_users()
-        server.start()
+        server.start(*args)
         servers.append(server)
         return server
 

@@ -51,7 +51,7 @@ STATS_KEYS = {
     "memory_reserved_mb", "memory_budget_mb", "throughput_per_min", "avg_duration_s",
     "success_rate",
     "node_memory_budget_mb", "memory_available_mb", "pressure", "running_rss_mb",
-    "running_peak_mb",
+    "running_peak_mb", "nodes",
 }
 FINAL = ("completed", "failed", "cancelled")
 
@@ -483,6 +483,8 @@ def test_queue_stats_have_the_contracts_keys_and_sensible_values(start_server):
     with server.client("bob") as bob:
         first = bob.get("/api/queue").json()
         available = first.pop("memory_available_mb")
+        [node] = first.pop("nodes")  # the embedded worker
+        assert (node["slots"], node["running"], node["running_count"]) == (3, [], 0)
         assert first == {
             "queued": 0, "running": 0, "max_running": 3, "completed": 0, "failed": 0,
             "cancelled": 0, "memory_reserved_mb": 0, "memory_budget_mb": 2048,

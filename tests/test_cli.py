@@ -6,10 +6,13 @@ kept for the `clean` test, which deletes all of her finished jobs.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -27,7 +30,7 @@ UNKNOWN_ID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
 STATS_KEYS = {
     "queued", "running", "max_running", "completed", "failed", "cancelled",
     "memory_reserved_mb", "memory_budget_mb", "throughput_per_min", "avg_duration_s",
-    "success_rate",
+    "success_rate", "nodes",
     "node_memory_budget_mb", "memory_available_mb", "pressure", "running_rss_mb",
     "running_peak_mb",
 }
@@ -335,8 +338,15 @@ def test_cancel_stops_a_running_job(server, bob):
 def test_stats_show_the_queue(server):
     text = jobgate(server, "stats")
     assert text.returncode == 0, text.stderr
-    queue_lines = text.stdout.split("\n\n")[0].splitlines()
-    assert {line.split()[0] for line in queue_lines} == STATS_KEYS
+    scalars, nodes, kinds = text.stdout.split("\n\n")
+    assert {line.split()[0] for line in scalars.splitlines()} == STATS_KEYS - {"nodes"}
+    head, columns, row = nodes.splitlines()  # the embedded worker is the one live node
+    assert head == "live nodes: 1"
+    assert columns.split() == ["NODE", "HOST", "SLOTS", "RUNNING", "HEARTBEAT"]
+    name, host, slots, running, age, *ago = row.split()
+    assert name.startswith(f"{host}:") and (slots, running, ago) == ("4", "0", ["s", "ago"])
+    assert float(age) >= 0
+    assert kinds.split()[:2] == ["KIND", "ESTIMATE_MB"]
 
     as_json = jobgate(server, "stats", "--json")
     assert as_json.returncode == 0, as_json.stderr
@@ -460,3 +470,82 @@ def test_an_error_is_one_line_on_stderr_and_a_nonzero_exit(
     assert result.returncode == code, result.stderr
     assert message.lower() in line.lower(), line
     assert result.stdout == "" or args[0] == "serve", result.stdout
+
+
+# --- migrate, and a database newer than this jobgate ---------------------------------------
+
+def _run(folder: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m jobgate ARGS` in `folder`, with no configuration from the environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBGATE_")}
+    return subprocess.run([sys.executable, "-m", "jobgate", *args], env=env, cwd=folder,
+                          capture_output=True, text=True, timeout=60)
+
+
+async def _set_version(db_url: str, version: int, drop_nodes: bool = False) -> None:
+    """Make the database look migrated to `version` (as an older or a newer jobgate left it)."""
+    if db_url.startswith("sqlite://"):
+        with contextlib.closing(sqlite3.connect(db_url.removeprefix("sqlite:///"))) as conn:
+            if drop_nodes:
+                conn.execute("DROP TABLE nodes")
+            conn.execute(f"PRAGMA user_version = {version:d}")
+            conn.commit()
+        return
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        if drop_nodes:
+            await conn.execute("DROP TABLE nodes")
+        await conn.execute("DELETE FROM jobgate_schema WHERE version > %s", (version,))
+        await conn.execute("INSERT INTO jobgate_schema (version) SELECT %s WHERE NOT EXISTS "
+                           "(SELECT 1 FROM jobgate_schema WHERE version = %s)",
+                           (version, version))
+
+
+async def test_migrate_brings_the_schema_up_to_date_and_says_so(db_url, tmp_path):
+    from jobgate.store import store_for_url
+
+    latest = store_for_url(db_url).latest_schema_version()
+    first = _run(tmp_path, "migrate", "--db", db_url)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip().endswith(
+        f"schema version 0 -> {latest} ({latest} migrations applied)"), first.stdout
+    again = _run(tmp_path, "migrate", "--db", db_url)
+    assert again.returncode == 0 and again.stdout.strip().endswith(
+        f"schema version {latest}, up to date"), again.stdout
+
+    # A database an older jobgate left (before the nodes table): migrated by one step.
+    await _set_version(db_url, latest - 1, drop_nodes=True)
+    step = _run(tmp_path, "migrate", "--db", db_url)
+    assert step.returncode == 0, step.stderr
+    assert step.stdout.strip().endswith(
+        f"schema version {latest - 1} -> {latest} (1 migration applied)"), step.stdout
+    store = store_for_url(db_url)
+    await store.open()
+    try:
+        assert await store.nodes() == [] and await store.schema_version() == latest
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("command", ["serve", "worker", "migrate"])
+async def test_a_database_newer_than_jobgate_is_refused_in_one_line(db_url, tmp_path, command):
+    from jobgate.store import store_for_url
+
+    assert _run(tmp_path, "migrate", "--db", db_url).returncode == 0
+    latest = store_for_url(db_url).latest_schema_version()
+    await _set_version(db_url, latest + 1)
+    args = ["--port", str(free_port())] if command == "serve" else []
+
+    result = _run(tmp_path, command, "--db", db_url, *args)
+
+    line = assert_one_line_error(result)
+    assert f"schema version {latest + 1}, newer than this jobgate ({latest})" in line, line
+    assert result.stdout == ""
+
+
+def test_migrate_names_a_database_it_cannot_reach_without_its_password(tmp_path):
+    url = f"postgresql://jobgate:s3cret@127.0.0.1:{free_port()}/jobgate"
+    result = _run(tmp_path, "migrate", "--db", url)
+    line = assert_one_line_error(result)
+    assert "cannot open the database postgresql://jobgate:***@127.0.0.1" in line, line
+    assert "s3cret" not in result.stderr + result.stdout

@@ -25,7 +25,7 @@ from conftest import wait_for
 from jobgate.model import FINAL, TRANSITIONS, IllegalMove, Job, State, event_type, new_id
 from jobgate.scheduler import Limits
 from jobgate.store import store_for_url
-from jobgate.store.base import Conflict, NotFound, Outcome, QueueFull, Quota, Store
+from jobgate.store.base import Conflict, Node, NotFound, Outcome, QueueFull, Quota, Store
 
 KINDS = ["noop", "sleep", "big", "small", "solo"]
 OPEN = Limits(max_running=1000)
@@ -1051,6 +1051,81 @@ async def test_users_and_tokens(store):
     assert await store.user_for_token("unknown") is None
     with pytest.raises(NotFound):
         await store.add_token("nobody", "token-hash-3")
+
+
+# --- worker nodes and the schema version -------------------------------------------------
+
+def make_node(name: str = "n1", pid: int = 101, slots: int = 3) -> Node:
+    return Node(name, "host-a", pid, slots, "0.1.0", time.time())
+
+
+async def test_a_node_registers_heartbeats_and_leaves(store, other_node):
+    before = time.time()
+    await store.heartbeat(make_node())
+    [node] = await other_node.nodes()  # another node (the API's) sees it
+    assert (node.name, node.host, node.pid, node.slots, node.version) == (
+        "n1", "host-a", 101, 3, "0.1.0")
+    assert before <= node.heartbeat_at <= time.time()
+    assert (node.busy, node.running) == (0, ())
+    await asyncio.sleep(0.01)
+    await other_node.heartbeat(make_node(pid=202, slots=5))  # restarted under the same name
+    [again] = await store.nodes()
+    assert (again.pid, again.slots) == (202, 5) and again.heartbeat_at > node.heartbeat_at
+    assert await store.remove_node("n1") is True
+    assert await store.remove_node("n1") is False
+    assert await other_node.nodes() == []
+
+
+async def test_nodes_list_the_jobs_each_runs(store):
+    for name in ("n1", "n2", "n3"):
+        await store.heartbeat(make_node(name))
+    a1, b1, a2 = [await submit(store, o) for o in ("alice", "bob", "alice")]
+    first = await claim(store, slots=2, worker="n1")
+    second = await claim(store, slots=1, worker="n2")
+    assert {j.id for j in first} == {a1.id, b1.id} and [j.id for j in second] == [a2.id]
+    nodes = {n.name: n for n in await store.nodes()}
+    assert nodes["n1"].running == tuple(sorted((a1.id, b1.id))) and nodes["n1"].busy == 2
+    assert (nodes["n2"].running, nodes["n2"].busy) == ((a2.id,), 1)
+    assert (nodes["n3"].running, nodes["n3"].busy) == ((), 0)
+    # Seen by bob: only his jobs are named, every job is counted.
+    mine = {n.name: n for n in await store.nodes(owner="bob")}
+    assert (mine["n1"].running, mine["n1"].busy) == ((b1.id,), 2)
+    assert (mine["n2"].running, mine["n2"].busy) == ((), 1)
+    job = next(j for j in first if j.id == b1.id)
+    await store.finish(job.id, job.lease_token, Outcome(State.COMPLETED))
+    nodes = {n.name: n for n in await store.nodes()}
+    assert (nodes["n1"].running, nodes["n1"].busy) == ((a1.id,), 1)
+
+
+async def test_only_nodes_with_a_recent_heartbeat_are_live(store):
+    await store.heartbeat(make_node("old"))
+    await asyncio.sleep(0.3)
+    between = time.time()
+    await store.heartbeat(make_node("new"))
+    assert [n.name for n in await store.nodes(alive_within_s=0.2)] == ["new"]
+    assert [n.name for n in await store.nodes()] == ["new", "old"]
+    assert await store.forget_nodes(between) == 1
+    assert [n.name for n in await store.nodes()] == ["new"]
+
+
+async def test_heartbeat_works_from_another_threads_event_loop(store):
+    """A worker heartbeats from its lease thread, whose loop is not the store's."""
+    await asyncio.to_thread(asyncio.run, store.heartbeat(make_node()))
+    assert [n.name for n in await store.nodes(alive_within_s=60)] == ["n1"]
+
+
+async def test_schema_version_is_read_without_migrating(db_url):
+    store = store_for_url(db_url)
+    latest = store.latest_schema_version()
+    assert latest >= 2
+    assert await store.schema_version() == 0  # nothing created by looking
+    assert await store.schema_version() == 0
+    await store.open()
+    try:
+        assert await store.schema_version() == latest
+    finally:
+        await store.close()
+    assert await store.schema_version() == latest
 
 
 # --- SQLite only ---------------------------------------------------------------------------

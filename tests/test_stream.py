@@ -464,11 +464,12 @@ def test_queue_stats_come_without_an_id_when_the_queue_changes_at_most_every_500
     assert len(stats) >= 2  # …and a few stats
     keys = {"queued", "running", "max_running", "completed", "failed", "cancelled",
             "memory_reserved_mb", "memory_budget_mb", "throughput_per_min", "avg_duration_s",
-            "success_rate", "type", "seq", "ts",
+            "success_rate", "type", "seq", "ts", "nodes",
             "node_memory_budget_mb", "memory_available_mb", "pressure", "running_rss_mb",
             "running_peak_mb"}
     for f in stats:
         assert f.id is None and set(f.data) == keys
+        assert len(f.data["nodes"]) == 1 and isinstance(f.data["nodes"][0], str)  # names only
     assert stats[-1].data["completed"] > first.data["completed"]
     times = [dt(f.data["ts"]) for f in stats]
     gaps = [b - a for a, b in itertools.pairwise(times)]

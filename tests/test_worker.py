@@ -547,6 +547,8 @@ def test_lease_renewal_is_not_starved_by_a_job_that_blocks_the_event_loop(
             while True:
                 recovered = await store.recover()
                 assert recovered == [], "the lease of a running job ran out"
+                # The node's heartbeat goes on too: it stays live (two lease periods).
+                assert len(await store.nodes(alive_within_s=2.0)) == 1, "heartbeat starved"
                 job = await store.get(job_id)
                 if job.state not in (State.QUEUED, State.RUNNING):
                     return job

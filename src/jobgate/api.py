@@ -32,7 +32,7 @@ from jobgate.ratelimit import RateLimiter, RateLimits, retry_after
 from jobgate.store import store_for_url
 from jobgate.store.base import Conflict, NotFound, QueueFull, User
 from jobgate.stream import Hub, stats_json
-from jobgate.worker import Worker
+from jobgate.worker import Worker, node_live_s
 
 log = logging.getLogger("jobgate.api")
 
@@ -322,7 +322,10 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
     @app.get("/api/queue", tags=["queue"])
     async def queue_stats(request: Request, user: CurrentUser) -> dict[str, Any]:
         jg = _jg(request)
-        return stats_json(jg.queue, settings, await jg.queue.stats())
+        # A user sees which nodes run their own jobs; an admin sees every job's node.
+        nodes = await jg.queue.store.nodes(node_live_s(settings),
+                                           None if user.admin else user.name)
+        return stats_json(jg.queue, settings, await jg.queue.stats(), nodes)
 
     @app.post("/api/clean", tags=["queue"])
     async def clean(body: CleanBody, request: Request, user: CurrentUser) -> dict[str, Any]:

@@ -93,6 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sock.bind((host, port))
     except OSError as exc:
         raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    _check_schema(settings)
     app = create_app(settings, run_worker=not args.no_worker)
     print(f"jobgate: serving on http://{host}:{port} ({settings.storage.url}, "
           f"{len(settings.kinds)} kinds)", file=sys.stderr)
@@ -136,6 +137,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from jobgate.worker import Worker
 
     settings = _settings(args, worker={"slots": args.slots, "name": args.name})
+    _check_schema(settings)
 
     async def run() -> None:
         queue = JobQueue(settings, store_for_url(settings.storage.url,
@@ -153,6 +155,56 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     return 0
+
+
+def _safe_url(url: str) -> str:
+    """A database URL fit to print: without its password."""
+    return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)
+
+
+def _schema_versions(settings: Settings, migrate: bool = False) -> tuple[int, int, int]:
+    """(the database's schema version before, after migrating if asked, this jobgate's)."""
+    from jobgate.store import store_for_url
+    from jobgate.store.base import SchemaTooNew
+
+    store = store_for_url(settings.storage.url, settings.storage.durability)
+
+    async def run() -> tuple[int, int, int]:
+        before, latest = await store.schema_version(), store.latest_schema_version()
+        if before > latest:
+            raise SchemaTooNew(f"the database has schema version {before}, newer than this "
+                               f"jobgate ({latest}): upgrade jobgate")
+        if migrate and before < latest:
+            await store.open()  # opening migrates
+            await store.close()
+            return before, await store.schema_version(), latest
+        return before, before, latest
+
+    try:
+        return asyncio.run(run())
+    except SchemaTooNew as exc:
+        raise CliError(f"{_safe_url(settings.storage.url)}: {exc}") from None
+    except Exception as exc:  # unreachable, refused, not a database: one line, as always
+        message = str(exc).strip().splitlines()
+        raise CliError(f"cannot open the database {_safe_url(settings.storage.url)}: "
+                       f"{message[0] if message else type(exc).__name__}") from None
+
+
+def _check_schema(settings: Settings) -> None:
+    """Refuse, before serving or working, a database migrated by a newer jobgate."""
+    _schema_versions(settings)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    before, after, latest = _schema_versions(settings, migrate=True)
+    where = _safe_url(settings.storage.url)
+    if before == after:
+        print(f"{where}: schema version {after}, up to date")
+    else:
+        print(f"{where}: schema version {before} -> {after} "
+              f"({after - before} migration{'s' if after - before != 1 else ''} applied)")
+    return 0 if after == latest else 1
 
 
 def _local(args: argparse.Namespace, action: Callable[[Any], Any]) -> Any:
@@ -421,9 +473,27 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(json.dumps(stats, indent=2))
         return 0
     for key, value in stats.items():
+        if key == "nodes":
+            continue  # the table below
         print(f"{key:20} {value if value is not None else '-'}")
+    _print_nodes(stats.get("nodes"))
     _print_kind_memory(client)
     return 0
+
+
+def _print_nodes(nodes: list[dict[str, Any]] | None) -> None:
+    """The live worker nodes as a table: name, host, slots, jobs running, heartbeat age."""
+    if nodes is None:
+        return
+    print(f"\nlive nodes: {len(nodes)}")
+    if not nodes:
+        return
+    width = max(12, *(len(n["name"]) for n in nodes))
+    print(f"{'NODE':{width}}  {'HOST':16} {'SLOTS':>5} {'RUNNING':>7}  HEARTBEAT")
+    for n in nodes:
+        print(f"{n['name']:{width}}  {n['host'][:16]:16} {n['slots']:>5} "
+              f"{n.get('running_count', len(n['running'])):>7}  "
+              f"{n['heartbeat_age_s']:.1f} s ago")
 
 
 def _print_kind_memory(client: Client) -> None:
@@ -491,6 +561,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--slots", type=int)
     sp.add_argument("--name")
     sp.set_defaults(func=cmd_worker)
+
+    sp = sub.add_parser("migrate", help="bring the database's schema up to date")
+    server_opts(sp)
+    sp.set_defaults(func=cmd_migrate)
 
     sp = sub.add_parser("submit", help="submit a job")
     sp.add_argument("kind")

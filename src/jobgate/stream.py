@@ -32,6 +32,8 @@ from jobgate.auth import Principal
 from jobgate.config import Settings
 from jobgate.model import Event, State, iso
 from jobgate.queue import JobQueue
+from jobgate.store.base import Node
+from jobgate.worker import node_live_s
 
 log = logging.getLogger("jobgate.stream")
 
@@ -316,6 +318,10 @@ class Hub:
     async def _stats(self) -> Frame:
         data = {"type": "queue.stats", "seq": self.head, "ts": iso(time.time()),
                 **stats_json(self.queue, self.settings, await self.queue.stats())}
+        # Live nodes by name only: this frame goes to every client, at every queue change;
+        # GET /api/queue has each node's details and running jobs.
+        nodes = await self.queue.store.nodes(node_live_s(self.settings))
+        data["nodes"] = [n.name for n in nodes]
         return Frame.make("stats", json.dumps(data, separators=(",", ":")))
 
     def position_frame(self, stats: Frame, job_id: str) -> Frame:
@@ -352,8 +358,10 @@ class Hub:
                 stream.idle = True
 
 
-def stats_json(queue: JobQueue, settings: Settings, stats: Any) -> dict[str, Any]:
-    """The queue's statistics in the shape of `GET /api/queue`.
+def stats_json(queue: JobQueue, settings: Settings, stats: Any,
+               nodes: list[Node] | None = None) -> dict[str, Any]:
+    """The queue's statistics in the shape of `GET /api/queue` (with `nodes`: the live
+    worker nodes and the jobs each runs).
 
     The memory keys after `success_rate` are this server's machine and its embedded
     worker, if any: the node's budget, the memory the machine has available now, why the
@@ -362,7 +370,7 @@ def stats_json(queue: JobQueue, settings: Settings, stats: Any) -> dict[str, Any
     of each job's peak so far). None of it costs a database read.
     """
     measured = queue.job_memory.values()
-    return {
+    out = {
         **{s.value: stats.counts.get(s.value, 0) for s in State},
         "max_running": settings.limits.max_running,
         "memory_reserved_mb": stats.memory_reserved_mb,
@@ -375,6 +383,20 @@ def stats_json(queue: JobQueue, settings: Settings, stats: Any) -> dict[str, Any
         "pressure": queue.pressure,
         "running_rss_mb": round(sum(rss for rss, _ in measured), 1),
         "running_peak_mb": round(sum(peak for _, peak in measured), 1),
+    }
+    if nodes is not None:
+        out["nodes"] = [node_json(n) for n in nodes]
+    return out
+
+
+def node_json(node: Node) -> dict[str, Any]:
+    """A live node as `GET /api/queue` lists it: `running` are the ids of the jobs it runs
+    that the caller may see, `running_count` counts all of them."""
+    return {
+        "name": node.name, "host": node.host, "pid": node.pid, "slots": node.slots,
+        "version": node.version, "running": list(node.running), "running_count": node.busy,
+        "started_at": iso(node.started_at), "heartbeat_at": iso(node.heartbeat_at),
+        "heartbeat_age_s": round(max(0.0, time.time() - node.heartbeat_at), 1),
     }
 
 

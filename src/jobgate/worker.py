@@ -3,8 +3,11 @@
 - claim loop: claims as many ready jobs as it has free slots, in one transaction; sleeps
   until an event (a job queued, a job ended anywhere) or the next `run_at`, never polling
   tighter than `worker.poll_s`.
-- lease renewal: its own thread with its own event loop, so a job that hogs this process's
-  event loop cannot starve it; a lease it finds lost stops the job.
+- lease renewal and heartbeat: its own thread with its own event loop, so a job that hogs
+  this process's event loop cannot starve it; a lease it finds lost stops the job. The
+  same loop keeps this node's row in the node registry fresh (registered at start,
+  removed on a graceful stop); a node is live while its heartbeat is younger than
+  `NODE_LIVE_LEASES` lease periods.
 - reporter: writes a job's progress and log lines as they come, then at most a few times
   a second per job, so the first line after a quiet spell is seen at once and a chatty
   job costs a few writes, not one per line. Each `job.progress` event carries the job's
@@ -30,10 +33,11 @@ from typing import Any
 
 import psutil
 
-from jobgate import executor
+from jobgate import __version__, executor
+from jobgate.config import Settings
 from jobgate.model import Event, Job, State
 from jobgate.queue import JobQueue, RunResult
-from jobgate.store.base import Outcome
+from jobgate.store.base import Node, Outcome
 from jobgate.threads import JobThreads
 
 log = logging.getLogger("jobgate.worker")
@@ -42,12 +46,22 @@ _REPORT_S = 0.25
 _RSS_REPORT_S = 2.0  # a running job without progress gets an rss_mb-only event this often
 _PRESSURE_CHECK_S = 1.0
 _RETENTION_S = 300.0
+# A node is live while its last heartbeat is younger than this many lease periods (it
+# beats every third of one); a dead node's row is deleted after a day.
+NODE_LIVE_LEASES = 2
+_NODE_FORGET_S = 86400.0
 _WAKE_TYPES = frozenset({"job.queued", "job.retrying", "job.completed", "job.failed",
                          "job.cancelled"})
 
 
 def default_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def node_live_s(settings: Settings) -> float:
+    """How recent a node's heartbeat must be for it to count as live (it beats every
+    third of a lease period, with its lease renewals)."""
+    return NODE_LIVE_LEASES * settings.worker.lease_s
 
 
 @dataclass
@@ -80,14 +94,21 @@ class Worker:
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._renewer: threading.Thread | None = None
+        self._renewer_loop: asyncio.AbstractEventLoop | None = None
+        self._renewer_wake = asyncio.Event()  # set on the renewer's own loop
+        self._renewer_stopping = False
+        self.node = Node(self.name, socket.gethostname(), os.getpid(), self.slots,
+                         __version__, time.time())
 
     @property
     def running(self) -> list[Job]:
         return [r.job for r in self._runs.values()]
 
     async def run(self) -> None:
-        """Work until `stop()`; then hand running jobs back to the queue."""
+        """Work until `stop()`; then hand running jobs back to the queue and unregister."""
         loop = asyncio.get_running_loop()
+        self.node = dataclasses.replace(self.node, started_at=time.time())
+        await self.queue.store.heartbeat(self.node)  # registered before it claims anything
         unsubscribe = self.queue.bus.on(self._on_event)
         self._renewer = threading.Thread(target=self._renew_thread, args=(loop,),
                                          name="jobgate-lease", daemon=True)
@@ -101,8 +122,13 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*side, return_exceptions=True)
             unsubscribe()
-            await self._hand_back()
+            await self._hand_back()  # leases are still renewed while the runs stop
             self._threads.close()
+            await self._stop_renewer()
+            try:
+                await self.queue.store.remove_node(self.name)
+            except Exception:  # the database went away: the heartbeat expires instead
+                log.warning("could not unregister node %s", self.name, exc_info=True)
 
     def stop(self) -> None:
         self._stop.set()
@@ -280,14 +306,34 @@ class Worker:
                 await asyncio.gather(*(self._report(r) for r in due))
             timeout = max(0.0, min(later) - time.monotonic()) if later else None
 
-    # --- leases -------------------------------------------------------------------------
+    # --- leases and heartbeat ---------------------------------------------------------
     def _renew_thread(self, main: asyncio.AbstractEventLoop) -> None:
-        asyncio.run(self._renew_loop(main))
+        with asyncio.Runner() as runner:
+            self._renewer_loop = runner.get_loop()
+            runner.run(self._renew_loop(main))
+
+    async def _stop_renewer(self) -> None:
+        """End the renewal thread now (not at its next tick) and wait for it: after this,
+        no heartbeat can register this node again."""
+        self._renewer_stopping = True
+        loop = self._renewer_loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has already closed
+                loop.call_soon_threadsafe(self._renewer_wake.set)
+        if self._renewer is not None:
+            await asyncio.to_thread(self._renewer.join)
 
     async def _renew_loop(self, main: asyncio.AbstractEventLoop) -> None:
         lease_s = self.settings.worker.lease_s
-        while not self._stop.is_set():
-            await asyncio.sleep(lease_s / 3)
+        while not self._renewer_stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._renewer_wake.wait(), lease_s / 3)
+            if self._renewer_stopping:
+                return
+            try:
+                await self.queue.store.heartbeat(self.node)
+            except Exception:
+                log.exception("heartbeat failed; trying again")
             leases = {r.job.id: r.job.lease_token for r in list(self._runs.values())}
             if not leases:
                 continue
@@ -341,6 +387,7 @@ class Worker:
         while True:
             await self.queue.clean(retention.finished)
             await self.queue.store.prune_events(time.time() - retention.events)
+            await self.queue.store.forget_nodes(time.time() - _NODE_FORGET_S)
             await asyncio.sleep(_RETENTION_S)
 
 

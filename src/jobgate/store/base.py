@@ -76,6 +76,23 @@ class Stats:
     success_rate: float | None
 
 
+@dataclass(frozen=True)
+class Node:
+    """A worker node as it registered itself. `heartbeat_at` is set by the store on every
+    `heartbeat`; `busy` (how many jobs it runs now) and `running` (their ids) are filled in
+    by `nodes`."""
+
+    name: str
+    host: str
+    pid: int
+    slots: int
+    version: str
+    started_at: float
+    heartbeat_at: float = 0.0
+    busy: int = 0
+    running: tuple[str, ...] = ()
+
+
 EventListener = Callable[[list[Event]], None]
 
 
@@ -92,6 +109,15 @@ class Store(ABC):
 
     @abstractmethod
     async def close(self) -> None: ...
+
+    @abstractmethod
+    async def schema_version(self) -> int:
+        """The database's schema version as it is (0: no schema yet), read without
+        migrating or creating anything; works whether the store is open or not."""
+
+    @abstractmethod
+    def latest_schema_version(self) -> int:
+        """The schema version this jobgate migrates a database to."""
 
     @abstractmethod
     def listen(self, callback: EventListener) -> None:
@@ -211,6 +237,26 @@ class Store(ABC):
 
     @abstractmethod
     async def prune_events(self, before_ts: float) -> int: ...
+
+    # --- worker nodes ---------------------------------------------------------------------
+    @abstractmethod
+    async def heartbeat(self, node: Node) -> None:
+        """Register `node` or refresh it (upsert by name): its heartbeat is now."""
+
+    @abstractmethod
+    async def nodes(self, alive_within_s: float | None = None,
+                    owner: str | None = None) -> list[Node]:
+        """Registered nodes by name, each with the jobs it runs (in `running`, only
+        `owner`'s when given); with `alive_within_s`, only nodes whose last heartbeat is
+        at most that old."""
+
+    @abstractmethod
+    async def remove_node(self, name: str) -> bool:
+        """Unregister a node (it stops gracefully); False if it was not registered."""
+
+    @abstractmethod
+    async def forget_nodes(self, before_ts: float) -> int:
+        """Unregister nodes whose last heartbeat is older than `before_ts` (killed ones)."""
 
     # --- users ----------------------------------------------------------------------
     @abstractmethod

@@ -24,6 +24,7 @@ import json
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
@@ -33,6 +34,7 @@ from jobgate.scheduler import Limits, Running, admit, blocked, free_slots, next_
 from jobgate.store.base import (
     Conflict,
     EventListener,
+    Node,
     NotFound,
     Outcome,
     Page,
@@ -240,6 +242,19 @@ class PostgresStore(Store):
 
     def listen(self, callback: EventListener) -> None:
         self._listeners.append(callback)
+
+    async def schema_version(self) -> int:
+        async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+            cur = await conn.execute("SELECT to_regclass('jobgate_schema') IS NOT NULL")
+            row = await cur.fetchone()
+            if not row or not row[0]:
+                return 0
+            cur = await conn.execute("SELECT coalesce(max(version), 0) FROM jobgate_schema")
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+    def latest_schema_version(self) -> int:
+        return latest_version()
 
     async def _listen_loop(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Other nodes' events: on each notification, and every `_POLL_S` regardless."""
@@ -733,6 +748,54 @@ class PostgresStore(Store):
     async def prune_events(self, before_ts: float) -> int:
         async def op(tx: _Tx) -> int:
             await tx.cur.execute("DELETE FROM events WHERE ts < %s", (before_ts,))
+            return tx.cur.rowcount
+
+        return await self._run(op)
+
+    # --- worker nodes ---------------------------------------------------------------------
+    async def heartbeat(self, node: Node) -> None:
+        async def op(tx: _Tx) -> None:
+            await tx.cur.execute(
+                "INSERT INTO nodes (name, host, pid, slots, version, started_at, heartbeat_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
+                "host = excluded.host, pid = excluded.pid, slots = excluded.slots, "
+                "version = excluded.version, started_at = excluded.started_at, "
+                "heartbeat_at = excluded.heartbeat_at",
+                (node.name, node.host, node.pid, node.slots, node.version, node.started_at,
+                 tx.now))
+
+        await self._run(op)
+
+    async def nodes(self, alive_within_s: float | None = None,
+                    owner: str | None = None) -> list[Node]:
+        async def op(tx: _Tx) -> list[Node]:
+            since = -1.0 if alive_within_s is None else tx.now - alive_within_s
+            busy: Counter[str] = Counter()
+            running: dict[str, list[str]] = {}
+            for worker, job_id, job_owner in await tx.rows(
+                    "SELECT worker, id, owner FROM jobs WHERE state = 'running' ORDER BY id"):
+                busy[worker] += 1
+                if owner is None or job_owner == owner:
+                    running.setdefault(worker, []).append(job_id)
+            rows = await tx.rows(
+                "SELECT name, host, pid, slots, version, started_at, heartbeat_at FROM nodes "
+                "WHERE heartbeat_at >= %s ORDER BY name", (since,))
+            return [Node(name, host, int(pid), int(slots), version, float(started),
+                         float(beat), busy[name], tuple(running.get(name, ())))
+                    for name, host, pid, slots, version, started, beat in rows]
+
+        return await self._run(op, write=False)
+
+    async def remove_node(self, name: str) -> bool:
+        async def op(tx: _Tx) -> bool:
+            await tx.cur.execute("DELETE FROM nodes WHERE name = %s", (name,))
+            return tx.cur.rowcount > 0
+
+        return await self._run(op)
+
+    async def forget_nodes(self, before_ts: float) -> int:
+        async def op(tx: _Tx) -> int:
+            await tx.cur.execute("DELETE FROM nodes WHERE heartbeat_at < %s", (before_ts,))
             return tx.cur.rowcount
 
         return await self._run(op)

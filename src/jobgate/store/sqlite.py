@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import Counter
 from collections.abc import Collection
 from typing import Any
 
@@ -16,6 +17,7 @@ from jobgate.model import FINAL, DispatchKey, Event, IllegalMove, Job, State, ch
 from jobgate.scheduler import Limits, Running, admit, blocked, free_slots, next_vt
 from jobgate.store.base import (
     Conflict,
+    Node,
     NotFound,
     Outcome,
     Page,
@@ -394,6 +396,53 @@ class SqliteStore(GroupCommit, Store):
     async def prune_events(self, before_ts: float) -> int:
         def op(tx: Tx) -> int:
             return tx.conn.execute("DELETE FROM events WHERE ts < ?", (before_ts,)).rowcount
+
+        return await self._call(op)
+
+    # --- worker nodes -------------------------------------------------------------------
+    async def heartbeat(self, node: Node) -> None:
+        def op(tx: Tx) -> None:
+            tx.conn.execute(
+                "INSERT INTO nodes (name, host, pid, slots, version, started_at, heartbeat_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "host = excluded.host, pid = excluded.pid, slots = excluded.slots, "
+                "version = excluded.version, started_at = excluded.started_at, "
+                "heartbeat_at = excluded.heartbeat_at",
+                (node.name, node.host, node.pid, node.slots, node.version, node.started_at,
+                 tx.now))
+
+        await self._call(op)
+
+    async def nodes(self, alive_within_s: float | None = None,
+                    owner: str | None = None) -> list[Node]:
+        def op(tx: Tx) -> list[Node]:
+            since = -1.0 if alive_within_s is None else tx.now - alive_within_s
+            busy: Counter[str] = Counter()
+            running: dict[str, list[str]] = {}
+            for worker, job_id, job_owner in tx.conn.execute(
+                    "SELECT worker, id, owner FROM jobs WHERE state = 'running' ORDER BY id"):
+                busy[worker] += 1
+                if owner is None or job_owner == owner:
+                    running.setdefault(worker, []).append(job_id)
+            rows = tx.conn.execute(
+                "SELECT name, host, pid, slots, version, started_at, heartbeat_at FROM nodes "
+                "WHERE heartbeat_at >= ? ORDER BY name", (since,))
+            return [Node(name, host, int(pid), int(slots), version, float(started),
+                         float(beat), busy[name], tuple(running.get(name, ())))
+                    for name, host, pid, slots, version, started, beat in rows]
+
+        return await self._call(op, write=False)
+
+    async def remove_node(self, name: str) -> bool:
+        def op(tx: Tx) -> bool:
+            return tx.conn.execute("DELETE FROM nodes WHERE name = ?", (name,)).rowcount > 0
+
+        return await self._call(op)
+
+    async def forget_nodes(self, before_ts: float) -> int:
+        def op(tx: Tx) -> int:
+            return tx.conn.execute("DELETE FROM nodes WHERE heartbeat_at < ?",
+                                   (before_ts,)).rowcount
 
         return await self._call(op)
 

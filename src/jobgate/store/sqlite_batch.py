@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from jobgate.model import Event, Job, State, check_move, event_type, iso
@@ -164,6 +165,12 @@ class GroupCommit:
 
     def listen(self, callback: EventListener) -> None:
         self._listeners.append(callback)
+
+    async def schema_version(self) -> int:
+        return await asyncio.to_thread(_file_version, self.path)
+
+    def latest_schema_version(self) -> int:
+        return latest_version()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -389,6 +396,15 @@ def _migrations() -> list[tuple[int, str]]:
 def latest_version() -> int:
     """The schema version this jobgate writes."""
     return _migrations()[-1][0]
+
+
+def _file_version(path: str) -> int:
+    """The schema version of the file at `path`, opened read-only (0: no file yet)."""
+    if not os.path.exists(path):
+        return 0
+    uri = f"{Path(path).resolve().as_uri()}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
