@@ -11,26 +11,17 @@ import argparse
 import asyncio
 import json
 import os
-import queue
 import re
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from jobgate.config import DEFAULT_PORT, ConfigError, Settings, load_settings, parse_duration
-from jobgate.follow import EventReader, apply_event, progress_line
-
-DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
-_FINAL = ("completed", "failed", "cancelled")
-
-
-class CliError(Exception):
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
+from jobgate.client import Client, CliError
+from jobgate.config import ConfigError, Settings, load_settings, parse_duration
+from jobgate.follow import EventReader, watch
+from jobgate.model import State
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -258,43 +249,6 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 # --- client commands ---------------------------------------------------------------------
 
-class Client:
-    def __init__(self) -> None:
-        import httpx  # only client commands pay for it
-
-        self.url = os.environ.get("JOBGATE_URL", DEFAULT_URL).rstrip("/")
-        token = os.environ.get("JOBGATE_TOKEN")
-        if token is not None and not (token.isascii() and token.isprintable()):
-            raise CliError("JOBGATE_TOKEN is not a valid token: it has characters a token "
-                           "never has (print a new one with `jobgate token NAME`)", 2)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        try:
-            self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30)
-            self.http.build_request("GET", "/health")
-        except (httpx.InvalidURL, ValueError) as exc:
-            raise CliError(f"JOBGATE_URL is not a valid URL ({self.url!r}): {exc}", 2) from None
-
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        import httpx
-
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.InvalidURL as exc:
-            raise CliError(f"JOBGATE_URL is not a valid URL ({self.url!r}): {exc}", 2) from None
-        except httpx.HTTPError as exc:
-            raise CliError(f"cannot reach jobgate at {self.url} ({exc.__class__.__name__}): "
-                           "is `jobgate serve` running? (JOBGATE_URL)") from None
-        if response.status_code >= 400:
-            try:
-                message = response.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = response.text.strip()[:200] or response.reason_phrase
-            raise CliError(f"{message} (HTTP {response.status_code})")
-        if response.status_code == 204 or not response.content:
-            return None
-        return response.json()
-
-
 _JOB_ID = re.compile(r"[0-9A-Za-z]{1,64}")
 
 
@@ -328,62 +282,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     where = f", position {job['position']}" if job.get("position") else ""
     print(f"{job['id']} {job['state']}{where}")
     if args.watch:
-        return _watch(client, job["id"], args.cancel_on_exit)
+        return watch(client, job["id"], args.cancel_on_exit)
     return 0
-
-
-def _watch(client: Client, job_id: str, cancel_on_exit: bool = False) -> int:
-    """Follow a job to its end on its event stream, with a live progress line.
-
-    The exit code says how it ended: 0 completed, 1 failed or cancelled. Ctrl-C leaves the
-    job running (exit 130) unless `cancel_on_exit`.
-    """
-    started = time.monotonic()
-    tty = sys.stderr.isatty()
-    last = ""
-    job = client.call("GET", f"/api/jobs/{job_id}")
-    reader = EventReader(client.url, client.http.headers, f"/api/jobs/{job_id}/events")
-    reader.start()
-    try:
-        while True:
-            line = progress_line(job, time.monotonic() - started)
-            if line != last:
-                print(("\r\x1b[2K" if tty else "") + line, end="" if tty else "\n",
-                      file=sys.stderr, flush=True)
-                last = line
-            if job["state"] in _FINAL:
-                break
-            try:
-                kind, data = reader.events.get(timeout=1.0)  # the line's clock ticks on
-            except queue.Empty:
-                continue
-            if kind == "event":
-                apply_event(job, data)
-            elif kind == "reset":
-                job = client.call("GET", f"/api/jobs/{job_id}")
-            elif kind == "end":
-                job = client.call("GET", f"/api/jobs/{job_id}")
-                if job["state"] not in _FINAL:
-                    raise CliError(f"the event stream of job {job_id} ended early")
-            else:
-                raise CliError(str(data))
-    except KeyboardInterrupt:
-        if tty:
-            print(file=sys.stderr)
-        if cancel_on_exit:
-            client.call("POST", f"/api/jobs/{job_id}/cancel")
-            print(f"jobgate: cancelled {job_id}", file=sys.stderr)
-        else:
-            print(f"jobgate: stopped watching; {job_id} goes on "
-                  "(jobgate cancel ID stops it)", file=sys.stderr)
-        return 130
-    finally:
-        reader.stop()
-    if tty:
-        print(file=sys.stderr)
-    if job["state"] == "failed" and job.get("error"):
-        print(f"jobgate: {job['error'].splitlines()[-1]}", file=sys.stderr)
-    return 0 if job["state"] == "completed" else 1
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -580,7 +480,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_submit)
 
     sp = sub.add_parser("ls", help="list jobs")
-    sp.add_argument("--state", choices=["queued", "running", *_FINAL])
+    sp.add_argument("--state", choices=[s.value for s in State])
     sp.add_argument("--kind")
     sp.add_argument("--owner")
     sp.add_argument("--limit", type=int)

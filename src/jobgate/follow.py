@@ -1,5 +1,5 @@
 """Following a job from the command line: its event stream read in a thread, and the
-live line `jobgate submit --watch` shows.
+live line `jobgate submit --watch` shows until the job ends.
 
 The stream is `GET /api/jobs/{id}/events` (Server-Sent Events) with the caller's bearer
 token; a connection that drops is resumed from the last event id seen, for a while, so a
@@ -11,11 +11,15 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
+import sys
 import threading
 import time
 from typing import Any
 
+from jobgate.client import Client, CliError
+
 _FINAL_EVENTS = ("job.completed", "job.failed", "job.cancelled")
+_FINAL = ("completed", "failed", "cancelled")
 
 
 def apply_event(job: dict[str, Any], event: dict[str, Any]) -> None:
@@ -138,3 +142,57 @@ def progress_line(job: dict[str, Any], elapsed_s: float) -> str:
         filled = int(pct / 5)
         bar = "[" + "#" * filled + "-" * (20 - filled) + f"] {pct:5.1f}% "
     return f"{state:9} {bar}{job.get('message') or ''} [{elapsed_s:.0f}s]".rstrip()
+
+
+def watch(client: Client, job_id: str, cancel_on_exit: bool = False) -> int:
+    """Follow a job to its end on its event stream, with a live progress line.
+
+    The exit code says how it ended: 0 completed, 1 failed or cancelled. Ctrl-C leaves the
+    job running (exit 130) unless `cancel_on_exit`.
+    """
+    started = time.monotonic()
+    tty = sys.stderr.isatty()
+    last = ""
+    job = client.call("GET", f"/api/jobs/{job_id}")
+    reader = EventReader(client.url, client.http.headers, f"/api/jobs/{job_id}/events")
+    reader.start()
+    try:
+        while True:
+            line = progress_line(job, time.monotonic() - started)
+            if line != last:
+                print(("\r\x1b[2K" if tty else "") + line, end="" if tty else "\n",
+                      file=sys.stderr, flush=True)
+                last = line
+            if job["state"] in _FINAL:
+                break
+            try:
+                kind, data = reader.events.get(timeout=1.0)  # the line's clock ticks on
+            except queue.Empty:
+                continue
+            if kind == "event":
+                apply_event(job, data)
+            elif kind == "reset":
+                job = client.call("GET", f"/api/jobs/{job_id}")
+            elif kind == "end":
+                job = client.call("GET", f"/api/jobs/{job_id}")
+                if job["state"] not in _FINAL:
+                    raise CliError(f"the event stream of job {job_id} ended early")
+            else:
+                raise CliError(str(data))
+    except KeyboardInterrupt:
+        if tty:
+            print(file=sys.stderr)
+        if cancel_on_exit:
+            client.call("POST", f"/api/jobs/{job_id}/cancel")
+            print(f"jobgate: cancelled {job_id}", file=sys.stderr)
+        else:
+            print(f"jobgate: stopped watching; {job_id} goes on "
+                  "(jobgate cancel ID stops it)", file=sys.stderr)
+        return 130
+    finally:
+        reader.stop()
+    if tty:
+        print(file=sys.stderr)
+    if job["state"] == "failed" and job.get("error"):
+        print(f"jobgate: {job['error'].splitlines()[-1]}", file=sys.stderr)
+    return 0 if job["state"] == "completed" else 1

@@ -1,0 +1,58 @@
+"""The command line's HTTP client: the API at `JOBGATE_URL` with `JOBGATE_TOKEN`; every
+refusal, unreachable server or bad setting is a `CliError` (one line, an exit code)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from jobgate.config import DEFAULT_PORT
+
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+
+class CliError(Exception):
+    """One line for stderr and the exit code: 1 refused or failed, 2 bad usage."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Client:
+    """Calls the API at `JOBGATE_URL` as the user of `JOBGATE_TOKEN`."""
+
+    def __init__(self) -> None:
+        import httpx  # only client commands pay for it
+
+        self.url = os.environ.get("JOBGATE_URL", DEFAULT_URL).rstrip("/")
+        token = os.environ.get("JOBGATE_TOKEN")
+        if token is not None and not (token.isascii() and token.isprintable()):
+            raise CliError("JOBGATE_TOKEN is not a valid token: it has characters a token "
+                           "never has (print a new one with `jobgate token NAME`)", 2)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+            self.http.build_request("GET", "/health")
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise CliError(f"JOBGATE_URL is not a valid URL ({self.url!r}): {exc}", 2) from None
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.InvalidURL as exc:
+            raise CliError(f"JOBGATE_URL is not a valid URL ({self.url!r}): {exc}", 2) from None
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach jobgate at {self.url} ({exc.__class__.__name__}): "
+                           "is `jobgate serve` running? (JOBGATE_URL)") from None
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text.strip()[:200] or response.reason_phrase
+            raise CliError(f"{message} (HTTP {response.status_code})")
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
