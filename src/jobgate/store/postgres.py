@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from jobgate.model import FINAL, DispatchKey, Event, IllegalMove, Job, State, check_move
 from jobgate.model import event_type as _event_type
-from jobgate.scheduler import Limits, Running, admit, blocked, free_slots, next_vt
+from jobgate.scheduler import Limits, Running, admit, blocked, free_slots
 from jobgate.store.base import (
     Conflict,
     EventListener,
@@ -42,7 +42,7 @@ from jobgate.store.base import (
     Store,
     User,
 )
-from jobgate.store.postgres_batch import Groups, finish_many, submit_many
+from jobgate.store.postgres_batch import SORT_OFF, Groups, Turns, finish_many, submit_many
 from jobgate.store.rows import COLUMNS, JSON_COLUMNS, event_from_row, migrations
 from jobgate.store.rows import dumps as _dumps
 from jobgate.store.rows import job_from_row as _job
@@ -386,7 +386,7 @@ class PostgresStore(Store):
     async def submit(self, job: Job, quota: Quota) -> tuple[Job, bool]:
         async def op(tx: _Tx, items: list[tuple[Job, Quota]]
                      ) -> list[tuple[Job, bool] | Exception]:
-            await tx.lock(_TURNS_LOCK)
+            await tx.execute(f"SELECT pg_advisory_xact_lock(%s), {SORT_OFF}", (_TURNS_LOCK,))
             return await submit_many(tx, items)
 
         result: tuple[Job, bool] = await self._grouped("submit", (job, quota), op)
@@ -426,7 +426,9 @@ class PostgresStore(Store):
         self, worker: str, slots: int, limits: Limits, lease_s: float, kinds: list[str]
     ) -> list[Job]:
         async def op(tx: _Tx) -> list[Job]:
-            await tx.lock(_CLAIM_LOCK)  # admission is one decision at a time, across nodes
+            # Admission is one decision at a time, across nodes; candidates are read by
+            # walking the dispatch index (SORT_OFF).
+            await tx.execute(f"SELECT pg_advisory_xact_lock(%s), {SORT_OFF}", (_CLAIM_LOCK,))
             running = Running()
             for owner, kind, n, mem in await tx.rows(
                 "SELECT owner, kind, count(*), coalesce(sum(memory_mb), 0) FROM jobs "
@@ -451,13 +453,16 @@ class PostgresStore(Store):
             if not admitted:
                 return []
             check_move("", State.QUEUED, State.RUNNING)
+            # The admitted rows are locked by this transaction since `_candidates` read them
+            # queued, so `id` alone picks them: a condition on `state` would let the planner
+            # scan a partial index of every queued job instead of the primary key.
             chosen = sorted(
                 (_job(r) for r in await tx.rows(
                     "UPDATE jobs SET state = 'running', attempt = attempt + 1, started_at = %s, "
                     "finished_at = NULL, worker = %s, lease_token = lease_token + 1, "
                     "lease_expires_at = %s, progress = NULL, message = NULL, error = NULL, "
                     "result = NULL, cancel_requested = FALSE, pid = NULL "
-                    f"WHERE id = ANY(%s) AND state = 'queued' RETURNING {_COLUMNS}",
+                    f"WHERE id = ANY(%s) RETURNING {_COLUMNS}",
                     (tx.now, worker, tx.now + lease_s, [j.id for j in admitted]))),
                 key=lambda j: j.dispatch_key)
             for job in chosen:
@@ -495,7 +500,8 @@ class PostgresStore(Store):
     async def finish(self, job_id: str, token: int, outcome: Outcome) -> Job | None:
         async def op(tx: _Tx, items: list[tuple[str, int, Outcome]]) -> list[Job | None]:
             if any(o.state is State.QUEUED for _, _, o in items):
-                await tx.lock(_TURNS_LOCK)
+                await tx.execute(f"SELECT pg_advisory_xact_lock(%s), {SORT_OFF}",
+                                 (_TURNS_LOCK,))
             return await finish_many(tx, items, _requeue)
 
         result: Job | None = await self._grouped("finish", (job_id, token, outcome), op)
@@ -800,12 +806,7 @@ async def _requeue(tx: _Tx, job: Job, outcome: Outcome) -> Job:
 async def _owner_vt(tx: _Tx, owner: str, priority: int) -> int:
     """The fair turn of a job of `owner` entering the queue at `priority` (scheduler.py);
     the caller holds `_TURNS_LOCK`."""
-    row = await tx.row(
-        "SELECT (SELECT min(vt) FROM jobs WHERE state = 'queued' AND priority = %s), "
-        "(SELECT max(vt) FROM jobs WHERE owner = %s AND state IN ('queued', 'running') "
-        "AND priority = %s)", (priority, owner, priority))
-    assert row is not None
-    return next_vt(row[0], row[1])
+    return await Turns(tx).next(owner, priority)
 
 
 async def _delete(tx: _Tx, job_ids: list[str]) -> int:
