@@ -212,6 +212,7 @@ class PgPart:
             self._end_to_end(srv)
             self._scaling(srv)
             self._latency(srv)
+        self.rows.sort(key=lambda row: int(row.item))  # stable: 8, 9, 10 in table order
         self.notes.append(
             f"PostgreSQL {facts['version']} (Debian's binaries, started by the bench on a "
             "loopback port, tests/pg.py) with its default durability: fsync="

@@ -1,6 +1,7 @@
-"""jobgate's benchmark, with Huey's SqliteHuey as the reference peer, in one run.
+"""jobgate's benchmark, with Huey's SqliteHuey (SQLite) and Procrastinate (PostgreSQL) as
+the reference peers, in one run.
 
-    uv run --group bench python bench/run.py [--quick] [--out FILE]
+    uv run --group bench python bench/run.py [--quick] [--only PARTS] [--out FILE]
 
 Prints a Markdown table (also written to bench/results.md) with a target and a "met?"
 column for each of the issue's targets; see bench/README.md for what each row measures.

@@ -14,6 +14,9 @@ makes it exact across nodes:
   After commit, `NOTIFY jobgate_events` (payload: the new highest seq) wakes the other
   nodes, whose listener reads `events WHERE seq > last` (also every second, in case a
   notification is missed) and hands them to the `listen` callbacks in order.
+- **Grouped writes**: concurrent submits (or finishes) of one process share one
+  transaction and a few multi-row statements (postgres_batch.py), so a burst costs a few
+  commits, not one per job.
 """
 
 from __future__ import annotations
