@@ -1,6 +1,7 @@
-"""jobgate's benchmark, with Huey's SqliteHuey as the reference peer, in one run.
+"""jobgate's benchmark, with Huey's SqliteHuey (SQLite) and Procrastinate (PostgreSQL) as
+the reference peers, in one run.
 
-    uv run --group bench python bench/run.py [--quick] [--out FILE]
+    uv run --group bench python bench/run.py [--quick] [--only PARTS] [--out FILE]
 
 Prints a Markdown table (also written to bench/results.md) with a target and a "met?"
 column for each of the issue's targets; see bench/README.md for what each row measures.
@@ -27,6 +28,7 @@ import psutil
 
 import huey_bench
 import jobgate_bench as jg
+import pg_bench
 import stream_bench
 from harness import BENCH_DIR, BenchError, Procs, Row, fmt_rate, fmt_us, median, percentile, step
 
@@ -104,7 +106,8 @@ def _machine() -> str:
         pass
     return (f"{psutil.cpu_count()} CPUs ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB"
             f", Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
-            f"jobgate {metadata.version('jobgate')}, huey {metadata.version('huey')}")
+            f"jobgate {metadata.version('jobgate')}, huey {metadata.version('huey')}, "
+            f"procrastinate {metadata.version('procrastinate')}")
 
 
 def _met(ok: bool) -> str:
@@ -137,6 +140,7 @@ class Bench:
             "rss": ("idle RSS", self.idle_rss, "4"),
             "depth": ("claim and position at depth", self.depth, "5"),
             "streams": ("event streams (SSE)", self.streams, "6"),
+            "pg": ("PostgreSQL: jobgate nodes and Procrastinate", self.pg, "8"),
         }
         for name, (title, fn, item) in parts.items():
             if only is None or name in only.split(","):
@@ -385,6 +389,17 @@ class Bench:
             "process and one core with each other, so at 1,000 clients a part of the delay is "
             "the bench reading 1,000 sockets in turn.")
 
+    # --- 8 to 10: PostgreSQL ------------------------------------------------------------
+    def pg(self) -> None:
+        part = pg_bench.PgPart(self.plan.jobs, self.plan.repeats, LATENCY_JOBS,
+                               LATENCY_INTERVAL_MS, self.folder)
+        try:
+            part.run()
+        finally:  # what was measured before a failure still shows
+            self.report.rows.extend(part.rows)
+            self.report.notes.extend(part.notes)
+
+
 def _fs_type(path: Path) -> str:
     best, fstype = "", "an unknown file system"
     for part in psutil.disk_partitions(all=True):
@@ -398,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="1,000 jobs, depths 1,000 and 10,000, one run each")
     parser.add_argument("--only", help="comma-separated parts: huey, e2e, submit, latency, "
-                        "rss, depth, streams (default: all)")
+                        "rss, depth, streams, pg (default: all)")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results.md",
                         help="where to write the table (default: bench/results.md)")
     args = parser.parse_args(argv)

@@ -202,6 +202,69 @@ async def test_per_user_queued_refuses_only_that_user(store):
     assert len(page.jobs) == 2
 
 
+# Concurrent calls of one process may share a transaction (group commit): each must still
+# get its own result, and limits hold exactly inside one group.
+
+async def test_concurrent_submits_each_get_their_own_result_and_quotas_stay_exact(store):
+    quota = Quota(max_queued=12, per_user_queued=5)
+    owners = ["alice"] * 8 + ["bob"] * 8 + ["carol"] * 4
+    jobs = [make_job(owner) for owner in owners]
+    results = await asyncio.gather(*(store.submit(job, quota) for job in jobs),
+                                   return_exceptions=True)
+    made = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert all(isinstance(r, QueueFull) for r in refused)
+    assert all(created and job.id == sent.id for (job, created), sent in
+               zip(made, [j for j, r in zip(jobs, results, strict=True)
+                          if not isinstance(r, BaseException)], strict=True))
+    per_owner = Counter(job.owner for job, _ in made)
+    assert sum(per_owner.values()) == 12 and max(per_owner.values()) <= 5
+    assert (await store.stats()).counts["queued"] == 12
+    queued = [e for e in await store.events_after(0) if e.type == "job.queued"]
+    assert sorted(e.job_id for e in queued) == sorted(job.id for job, _ in made)
+
+
+async def test_concurrent_submits_with_one_idempotency_key_make_one_job(store):
+    results = await asyncio.gather(*(store.submit(make_job(args={"n": i}, idempotency_key="k"),
+                                                  NO_QUOTA) for i in range(10)))
+    assert len({job.id for job, _ in results}) == 1
+    assert [created for _, created in results].count(True) == 1
+    assert (await store.stats()).counts["queued"] == 1
+
+
+async def test_concurrent_finishes_each_persist_their_own_outcome(store):
+    for _ in range(8):
+        await submit(store, max_attempts=3)
+    jobs = await claim(store)
+    assert len(jobs) == 8
+    outcomes = [done(), done(State.FAILED, error="boom"), done(State.CANCELLED),
+                Outcome(State.QUEUED, retry_at=time.time(), message="again"),
+                done(result={"n": 4}), done(), done(), done()]
+    tokens = [job.lease_token for job in jobs]
+    tokens[5] += 1  # a stale lease: this end must change nothing
+    calls = [store.finish(job.id, token, outcome)
+             for job, token, outcome in zip(jobs, tokens, outcomes, strict=True)]
+    calls.append(store.finish(jobs[6].id, jobs[6].lease_token, done(State.FAILED)))
+    results = await asyncio.gather(*calls)
+    expected = [State.COMPLETED, State.FAILED, State.CANCELLED, State.QUEUED, State.COMPLETED,
+                State.RUNNING, State.COMPLETED, State.COMPLETED]
+    for job, result, want in zip(jobs, results[:8], expected, strict=True):
+        assert await state(store, job.id) is want
+        assert (result is None) == (want is State.RUNNING)
+        if result is not None:
+            assert (result.id, result.state) == (job.id, want)
+    assert results[-1] is None  # the same run ended twice: the first end counts
+    got = await store.get(jobs[4].id)
+    assert got is not None and (got.result, got.progress) == ({"n": 4}, 100.0)
+    got = await store.get(jobs[1].id)
+    assert got is not None and (got.error, got.finished_at is not None) == ("boom", True)
+    ends = Counter(e.type for e in await store.events_after(0)
+                   if e.type in ("job.completed", "job.failed", "job.cancelled",
+                                 "job.retrying"))
+    assert ends == {"job.completed": 4, "job.failed": 1, "job.cancelled": 1,
+                    "job.retrying": 1}
+
+
 # --- claim ---------------------------------------------------------------------------------
 
 async def test_claim_starts_the_job_with_a_lease_a_new_token_and_the_next_attempt(store):

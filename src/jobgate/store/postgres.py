@@ -14,6 +14,9 @@ makes it exact across nodes:
   After commit, `NOTIFY jobgate_events` (payload: the new highest seq) wakes the other
   nodes, whose listener reads `events WHERE seq > last` (also every second, in case a
   notification is missed) and hands them to the `listen` callbacks in order.
+- **Grouped writes**: concurrent submits (or finishes) of one process share one
+  transaction and a few multi-row statements (postgres_batch.py), so a burst costs a few
+  commits, not one per job.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any, TypeVar
 
 from jobgate.model import FINAL, DispatchKey, Event, IllegalMove, Job, State, check_move
 from jobgate.model import event_type as _event_type
-from jobgate.scheduler import Limits, Running, admit, blocked, free_slots, next_vt
+from jobgate.scheduler import Limits, Running, admit, blocked, free_slots
 from jobgate.store.base import (
     Conflict,
     EventListener,
@@ -38,17 +41,16 @@ from jobgate.store.base import (
     NotFound,
     Outcome,
     Page,
-    QueueFull,
     Quota,
     SchemaTooNew,
     Stats,
     Store,
     User,
 )
+from jobgate.store.postgres_batch import SORT_OFF, Groups, Turns, finish_many, submit_many
 from jobgate.store.rows import COLUMNS, JSON_COLUMNS, event_from_row, migrations
 from jobgate.store.rows import dumps as _dumps
 from jobgate.store.rows import job_from_row as _job
-from jobgate.store.rows import job_values as _job_values
 from jobgate.store.sqlite_batch import event_data
 
 try:
@@ -77,8 +79,20 @@ _POOL_MAX = 10
 _FINAL = [s.value for s in FINAL]
 
 _COLUMNS = COLUMNS
-_PLACEHOLDERS = ", ".join("%s" for _ in _COLUMNS.split(","))
 _JSON_COLS = JSON_COLUMNS
+
+
+# Events are numbered by event_seq's row, updated last in the transaction; the insert runs
+# to its end as part of the statement; the notification carries the new highest seq. The
+# arrays go in binary (%b, see postgres_batch._TYPES).
+_EVENTS_SQL = (
+    "WITH s AS (UPDATE event_seq SET last = last + %s RETURNING last), "
+    "i AS (INSERT INTO events (seq, type, ts, job_id, owner, data) "
+    "SELECT s.last - %s + e.n, e.type, %s, e.job_id, e.owner, e.data FROM s, "
+    "unnest(%b::text[], %b::text[], %b::text[], %b::text[]) WITH ORDINALITY "
+    "AS e(type, job_id, owner, data, n)) "
+    "SELECT last, pg_notify(%s, last::text) FROM s"
+)
 
 
 def _to_db(name: str, value: Any) -> Any:
@@ -111,6 +125,9 @@ class _Tx:
     async def value(self, sql: str, params: Any = ()) -> Any:
         row = await self.row(sql, params)
         return None if row is None else row[0]
+
+    async def execute(self, sql: str, params: Any = ()) -> None:
+        await self.cur.execute(sql, params)
 
     async def lock(self, key: int) -> None:
         await self.cur.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
@@ -191,6 +208,7 @@ class PostgresStore(Store):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._wake_channel = f"jobgate_wake_{secrets.token_hex(8)}"
+        self._groups = Groups()
 
     # --- connection, migrations, events ------------------------------------------------
     async def open(self) -> None:
@@ -260,11 +278,13 @@ class PostgresStore(Store):
         """Other nodes' events: on each notification, and every `_POLL_S` regardless."""
         while not self._closing:
             try:
-                async for _ in conn.notifies(timeout=_POLL_S, stop_after=1):
-                    pass
+                top = 0
+                async for note in conn.notifies(timeout=_POLL_S, stop_after=1):
+                    top = int(note.payload) if note.payload.isdigit() else 0
                 if self._closing:
                     return
-                await self._catch_up()
+                if top == 0 or top > self._last_seq:  # not only this node's own events
+                    await self._catch_up()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database went away: try again shortly
@@ -357,41 +377,38 @@ class PostgresStore(Store):
             return value
         raise AssertionError("unreachable")
 
+    async def _grouped(self, name: str, item: Any,
+                       fn: Callable[[_Tx, list[Any]], Awaitable[list[Any]]]) -> Any:
+        """One call of a grouped operation (postgres_batch): run with the other calls of
+        `name` made meanwhile on this loop, in one transaction; alone on another loop."""
+        if asyncio.get_running_loop() is not self._loop:
+            value = (await self._run(lambda tx: fn(tx, [item])))[0]
+            if isinstance(value, Exception):
+                raise value
+            return value
+        return await self._groups.call(name, item, fn, self._run)
+
     async def _write_events(self, tx: _Tx) -> list[Event]:
-        n = len(tx.pending)
-        top = int(await tx.value("UPDATE event_seq SET last = last + %s RETURNING last", (n,)))
-        seq = top - n
-        events: list[Event] = []
-        rows: list[tuple[Any, ...]] = []
-        for type_, job_id, owner, data in tx.pending:
-            seq += 1
-            events.append(Event(seq, type_, tx.now, job_id, owner, data))
-            rows.append((seq, type_, tx.now, job_id, owner, json.dumps(data)))
-        sql = ("INSERT INTO events (seq, type, ts, job_id, owner, data) "
-               "VALUES (%s, %s, %s, %s, %s, %s)")
-        if len(rows) == 1:
-            await tx.cur.execute(sql, rows[0])
-        else:
-            await tx.cur.executemany(sql, rows)
-        await tx.cur.execute("SELECT pg_notify(%s, %s)", (_CHANNEL, str(top)))
-        return events
+        """Number the transaction's events, write them and notify, in one statement (one
+        round trip however many events a group makes)."""
+        pending = tx.pending
+        top = int(await tx.value(
+            _EVENTS_SQL, (len(pending), len(pending), tx.now, [p[0] for p in pending],
+                          [p[1] for p in pending], [p[2] for p in pending],
+                          [json.dumps(p[3]) for p in pending], _CHANNEL)))
+        first = top - len(pending) + 1
+        return [Event(first + i, type_, tx.now, job_id, owner, data)
+                for i, (type_, job_id, owner, data) in enumerate(pending)]
 
     # --- jobs -----------------------------------------------------------------------------
     async def submit(self, job: Job, quota: Quota) -> tuple[Job, bool]:
-        async def op(tx: _Tx) -> tuple[Job, bool]:
-            await tx.lock(_TURNS_LOCK)
-            same = await _existing(tx, job)
-            if same is not None:
-                return same, False
-            await _check_quota(tx, job, quota)
-            job.vt = await _owner_vt(tx, job.owner, job.priority)
-            job.state = State.QUEUED
-            await tx.cur.execute(f"INSERT INTO jobs ({_COLUMNS}) VALUES ({_PLACEHOLDERS})",
-                                 _job_values(job))
-            tx.emit("job.queued", job, event_data(job))
-            return job, True
+        async def op(tx: _Tx, items: list[tuple[Job, Quota]]
+                     ) -> list[tuple[Job, bool] | Exception]:
+            await tx.execute(f"SELECT pg_advisory_xact_lock(%s), {SORT_OFF}", (_TURNS_LOCK,))
+            return await submit_many(tx, items)
 
-        return await self._run(op)
+        result: tuple[Job, bool] = await self._grouped("submit", (job, quota), op)
+        return result
 
     async def get(self, job_id: str) -> Job | None:
         async def op(tx: _Tx) -> Job | None:
@@ -427,7 +444,9 @@ class PostgresStore(Store):
         self, worker: str, slots: int, limits: Limits, lease_s: float, kinds: list[str]
     ) -> list[Job]:
         async def op(tx: _Tx) -> list[Job]:
-            await tx.lock(_CLAIM_LOCK)  # admission is one decision at a time, across nodes
+            # Admission is one decision at a time, across nodes; candidates are read by
+            # walking the dispatch index (SORT_OFF).
+            await tx.execute(f"SELECT pg_advisory_xact_lock(%s), {SORT_OFF}", (_CLAIM_LOCK,))
             running = Running()
             for owner, kind, n, mem in await tx.rows(
                 "SELECT owner, kind, count(*), coalesce(sum(memory_mb), 0) FROM jobs "
@@ -452,13 +471,16 @@ class PostgresStore(Store):
             if not admitted:
                 return []
             check_move("", State.QUEUED, State.RUNNING)
+            # The admitted rows are locked by this transaction since `_candidates` read them
+            # queued, so `id` alone picks them: a condition on `state` would let the planner
+            # scan a partial index of every queued job instead of the primary key.
             chosen = sorted(
                 (_job(r) for r in await tx.rows(
                     "UPDATE jobs SET state = 'running', attempt = attempt + 1, started_at = %s, "
                     "finished_at = NULL, worker = %s, lease_token = lease_token + 1, "
                     "lease_expires_at = %s, progress = NULL, message = NULL, error = NULL, "
                     "result = NULL, cancel_requested = FALSE, pid = NULL "
-                    f"WHERE id = ANY(%s) AND state = 'queued' RETURNING {_COLUMNS}",
+                    f"WHERE id = ANY(%s) RETURNING {_COLUMNS}",
                     (tx.now, worker, tx.now + lease_s, [j.id for j in admitted]))),
                 key=lambda j: j.dispatch_key)
             for job in chosen:
@@ -494,31 +516,14 @@ class PostgresStore(Store):
         await self._run(op)
 
     async def finish(self, job_id: str, token: int, outcome: Outcome) -> Job | None:
-        async def op(tx: _Tx) -> Job | None:
-            if outcome.state is State.QUEUED:
-                await tx.lock(_TURNS_LOCK)
-            jobs = await tx.select("id = %s FOR UPDATE", (job_id,))
-            if not jobs:
-                return None
-            job = jobs[0]
-            if job.state is not State.RUNNING or job.lease_token != token:
-                return None  # the lease moved on: somebody else owns this job now
-            common = {"lease_expires_at": None, "pid": None, "error": outcome.error,
-                      "message": outcome.message, "peak_memory_mb": outcome.peak_memory_mb}
-            if outcome.state is State.QUEUED:
-                assert outcome.retry_at is not None
-                return await tx.move(
-                    job, State.QUEUED, vt=await _owner_vt(tx, job.owner, job.priority),
-                    run_at=outcome.retry_at, worker=None,
-                    attempt=job.attempt - 1 if outcome.hand_back else job.attempt,
-                    lease_token=job.lease_token + 1, **common)
-            return await tx.move(
-                job, outcome.state, finished_at=tx.now, result=outcome.result,
-                outputs=list(outcome.outputs), cancel_requested=False,
-                progress=100.0 if outcome.state is State.COMPLETED else job.progress,
-                **common)
+        async def op(tx: _Tx, items: list[tuple[str, int, Outcome]]) -> list[Job | None]:
+            if any(o.state is State.QUEUED for _, _, o in items):
+                await tx.execute(f"SELECT pg_advisory_xact_lock(%s), {SORT_OFF}",
+                                 (_TURNS_LOCK,))
+            return await finish_many(tx, items, _requeue)
 
-        return await self._run(op)
+        result: Job | None = await self._grouped("finish", (job_id, token, outcome), op)
+        return result
 
     async def progress(
         self, job_id: str, token: int, percent: float | None, message: str | None,
@@ -864,46 +869,22 @@ async def _candidates(tx: _Tx, kinds: list[str], owners: set[str], limits: Limit
     ]
 
 
+async def _requeue(tx: _Tx, job: Job, outcome: Outcome) -> Job:
+    """A run that goes back to the queue (retry or hand-back), behind its owner's peers;
+    the caller holds `_TURNS_LOCK` and the job's row."""
+    assert outcome.retry_at is not None
+    return await tx.move(
+        job, State.QUEUED, vt=await _owner_vt(tx, job.owner, job.priority),
+        run_at=outcome.retry_at, worker=None,
+        attempt=job.attempt - 1 if outcome.hand_back else job.attempt,
+        lease_token=job.lease_token + 1, lease_expires_at=None, pid=None, error=outcome.error,
+        message=outcome.message, peak_memory_mb=outcome.peak_memory_mb)
+
+
 async def _owner_vt(tx: _Tx, owner: str, priority: int) -> int:
     """The fair turn of a job of `owner` entering the queue at `priority` (scheduler.py);
     the caller holds `_TURNS_LOCK`."""
-    row = await tx.row(
-        "SELECT (SELECT min(vt) FROM jobs WHERE state = 'queued' AND priority = %s), "
-        "(SELECT max(vt) FROM jobs WHERE owner = %s AND state IN ('queued', 'running') "
-        "AND priority = %s)", (priority, owner, priority))
-    assert row is not None
-    return next_vt(row[0], row[1])
-
-
-async def _existing(tx: _Tx, job: Job) -> Job | None:
-    """The job a repeated Idempotency-Key or a live unique_key stands for, if any."""
-    if job.idempotency_key is not None:
-        same = await tx.select("owner = %s AND idempotency_key = %s",
-                               (job.owner, job.idempotency_key))
-        if same:
-            return same[0]
-    if job.unique_key is not None:
-        same = await tx.select(
-            "owner = %s AND unique_key = %s AND state IN ('queued', 'running')",
-            (job.owner, job.unique_key))
-        if same:
-            return same[0]
-    return None
-
-
-async def _check_quota(tx: _Tx, job: Job, quota: Quota) -> None:
-    if quota.max_queued is not None:
-        n = await tx.value(
-            "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'queued' LIMIT %s) AS q",
-            (quota.max_queued,))
-        if n >= quota.max_queued:
-            raise QueueFull(f"queue full: {n}/{quota.max_queued}")
-    if quota.per_user_queued is not None:
-        n = await tx.value(
-            "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE owner = %s "
-            "AND state = 'queued' LIMIT %s) AS q", (job.owner, quota.per_user_queued))
-        if n >= quota.per_user_queued:
-            raise QueueFull(f"queue full for {job.owner}: {n}/{quota.per_user_queued}")
+    return await Turns(tx).next(owner, priority)
 
 
 async def _delete(tx: _Tx, job_ids: list[str]) -> int:
