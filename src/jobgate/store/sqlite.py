@@ -7,56 +7,42 @@ group commit.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections import Counter
 from collections.abc import Collection
 from typing import Any
 
 from jobgate.model import FINAL, DispatchKey, Event, IllegalMove, Job, State, check_move
-from jobgate.scheduler import Limits, Running, admit, blocked, free_slots, next_vt
+from jobgate.scheduler import Limits, Running, admit, blocked, free_slots
 from jobgate.store.base import (
     Conflict,
     Node,
     NotFound,
     Outcome,
     Page,
-    QueueFull,
     Quota,
     Stats,
     Store,
     User,
 )
 from jobgate.store.rows import COLUMNS, event_from_row
-from jobgate.store.rows import dumps as _dumps
 from jobgate.store.rows import job_from_row as _job
-from jobgate.store.rows import job_values as _job_values
-from jobgate.store.sqlite_batch import GroupCommit, SchemaTooNew, Tx, event_data, latest_version
+from jobgate.store.sqlite_batch import GroupCommit, SchemaTooNew, Tx, latest_version, placeholders
+from jobgate.store.sqlite_grouped import finish_many, owner_vt, submit_many
 
 __all__ = ["SchemaTooNew", "SqliteStore", "latest_version"]
 
 _CLAIM_ROUNDS = 4  # reads of candidates per claim, when limits exclude some on the way
 _FINAL = tuple(s.value for s in FINAL)
-
-
-
 _COLUMNS = COLUMNS
-_PLACEHOLDERS = ", ".join("?" for _ in _COLUMNS.split(","))
-
-
-def _select(tx: Tx, where: str, params: tuple[Any, ...] = ()) -> list[Job]:
-    return [_job(r) for r in tx.conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE {where}", params)]
 
 
 def _one(tx: Tx, job_id: str) -> Job:
-    rows = _select(tx, "id = ?", (job_id,))
+    rows = tx.select("id = ?", (job_id,))
     if not rows:
         raise NotFound(f"no job {job_id}")
     return rows[0]
 
-
-def _placeholders(items: Any) -> str:
-    return ", ".join("?" for _ in items)
 
 
 class SqliteStore(GroupCommit, Store):
@@ -66,11 +52,11 @@ class SqliteStore(GroupCommit, Store):
 
     # --- jobs ---------------------------------------------------------------------------
     async def submit(self, job: Job, quota: Quota) -> tuple[Job, bool]:
-        return await self._call_grouped("submit", (job, quota), _submit_many)
+        return await self._call_grouped("submit", (job, quota), submit_many)
 
     async def get(self, job_id: str) -> Job | None:
         def op(tx: Tx) -> Job | None:
-            rows = _select(tx, "id = ?", (job_id,))
+            rows = tx.select("id = ?", (job_id,))
             return rows[0] if rows else None
 
         return await self._call(op, write=False)
@@ -91,7 +77,7 @@ class SqliteStore(GroupCommit, Store):
                 params.append(value)
 
         def op(tx: Tx) -> Page:
-            jobs = _select(tx, " AND ".join(where) + " ORDER BY id DESC LIMIT ?",
+            jobs = tx.select(" AND ".join(where) + " ORDER BY id DESC LIMIT ?",
                            (*params, limit + 1))
             more = len(jobs) > limit
             return Page(jobs[:limit], jobs[limit - 1].id if more else None)
@@ -135,7 +121,7 @@ class SqliteStore(GroupCommit, Store):
                     "finished_at = NULL, worker = ?, lease_token = lease_token + 1, "
                     "lease_expires_at = ?, progress = NULL, message = NULL, error = NULL, "
                     "result = NULL, cancel_requested = 0, pid = NULL "
-                    f"WHERE id IN ({_placeholders(ids)}) AND state = 'queued' "
+                    f"WHERE id IN ({placeholders(ids)}) AND state = 'queued' "
                     f"RETURNING {_COLUMNS}", (tx.now, worker, tx.now + lease_s, *ids))),
                 key=lambda j: j.dispatch_key)
             for job in chosen:
@@ -154,7 +140,7 @@ class SqliteStore(GroupCommit, Store):
             )
             for job_id, token, state, cancel in tx.conn.execute(
                 "SELECT id, lease_token, state, cancel_requested FROM jobs "
-                f"WHERE id IN ({_placeholders(leases)})", list(leases)
+                f"WHERE id IN ({placeholders(leases)})", list(leases)
             ):
                 if state == "running" and token == leases[job_id] and not cancel:
                     stop.discard(job_id)
@@ -172,7 +158,7 @@ class SqliteStore(GroupCommit, Store):
         await self._call(op)
 
     async def finish(self, job_id: str, token: int, outcome: Outcome) -> Job | None:
-        return await self._call_grouped("finish", (job_id, token, outcome), _finish_many)
+        return await self._call_grouped("finish", (job_id, token, outcome), finish_many)
 
     async def progress(
         self, job_id: str, token: int, percent: float | None, message: str | None,
@@ -256,7 +242,7 @@ class SqliteStore(GroupCommit, Store):
             if job.state not in (State.FAILED, State.CANCELLED):
                 # running→queued is the worker's move (a retry after failure), not a user's
                 raise IllegalMove(job.id, job.state, State.QUEUED)
-            return tx.move(job, State.QUEUED, vt=_owner_vt(tx, job.owner, job.priority),
+            return tx.move(job, State.QUEUED, vt=owner_vt(tx, job.owner, job.priority),
                            run_at=tx.now, attempt=0, finished_at=None, started_at=None, error=None,
                            result=None, progress=None, message="retried by hand", worker=None,
                            cancel_requested=False, lease_expires_at=None)
@@ -278,8 +264,8 @@ class SqliteStore(GroupCommit, Store):
 
         def op(tx: Tx) -> list[Job]:
             out = []
-            for job in _select(tx, "state = 'running' AND (lease_expires_at < ? OR worker IN "
-                               f"({_placeholders(lost)}))", (tx.now, *lost)):
+            for job in tx.select("state = 'running' AND (lease_expires_at < ? OR worker IN "
+                               f"({placeholders(lost)}))", (tx.now, *lost)):
                 pid, worker = job.pid, job.worker
                 common: dict[str, Any] = {"lease_expires_at": None, "pid": None,
                                           "lease_token": job.lease_token + 1}
@@ -287,7 +273,7 @@ class SqliteStore(GroupCommit, Store):
                     tx.move(job, State.CANCELLED, finished_at=tx.now,
                             message="cancelled (worker lost)", **common)
                 elif job.attempt < job.max_attempts:
-                    tx.move(job, State.QUEUED, vt=_owner_vt(tx, job.owner, job.priority),
+                    tx.move(job, State.QUEUED, vt=owner_vt(tx, job.owner, job.priority),
                             run_at=tx.now, worker=None,
                             message="recovered after its worker was lost", **common)
                 else:
@@ -302,7 +288,7 @@ class SqliteStore(GroupCommit, Store):
 
     async def expire_queued(self, start_timeout_s: float) -> list[Job]:
         def op(tx: Tx) -> list[Job]:
-            jobs = _select(tx, "state = 'queued' AND run_at < ?", (tx.now - start_timeout_s,))
+            jobs = tx.select("state = 'queued' AND run_at < ?", (tx.now - start_timeout_s,))
             minutes = f"{start_timeout_s / 60:g} min" if start_timeout_s >= 60 else \
                 f"{start_timeout_s:g} s"
             for job in jobs:
@@ -371,7 +357,7 @@ class SqliteStore(GroupCommit, Store):
 
     async def running_jobs(self, worker: str | None = None) -> list[Job]:
         def op(tx: Tx) -> list[Job]:
-            return _select(tx, "state = 'running' AND (? IS NULL OR worker = ?)",
+            return tx.select("state = 'running' AND (? IS NULL OR worker = ?)",
                            (worker, worker))
 
         return await self._call(op, write=False)
@@ -490,10 +476,10 @@ def _candidates(tx: Tx, kinds: list[str], owners: set[str], limits: Limits,
     """The first ready queued jobs in dispatch order that no limit excludes outright."""
     # `+` keeps SQLite off the run_at and kind indexes: walking jobs_dispatch in order and
     # stopping at LIMIT is O(limit); filtering by run_at first would sort the whole queue.
-    where = f"state = 'queued' AND +run_at <= ? AND +kind IN ({_placeholders(kinds)})"
+    where = f"state = 'queued' AND +run_at <= ? AND +kind IN ({placeholders(kinds)})"
     params: list[Any] = [tx.now, *kinds]
     if owners:
-        where += f" AND owner NOT IN ({_placeholders(owners)})"
+        where += f" AND owner NOT IN ({placeholders(owners)})"
         params.extend(owners)
     return [
         Job(id=i, kind=k, owner=o, args={}, priority=p, vt=vt, memory_mb=m)
@@ -503,169 +489,13 @@ def _candidates(tx: Tx, kinds: list[str], owners: set[str], limits: Limits,
     ]
 
 
-class _Turns:
-    """Fair turns (scheduler.next_vt) handed out within one operation: the queue's head and
-    each owner's last turn are read once, then followed as jobs enter."""
-
-    def __init__(self, tx: Tx) -> None:
-        self.tx = tx
-        self.head: dict[int, int | None] = {}
-        self.last: dict[tuple[str, int], int | None] = {}
-
-    def next(self, owner: str, priority: int) -> int:
-        conn = self.tx.conn
-        if priority not in self.head:
-            self.head[priority] = conn.execute(
-                "SELECT min(vt) FROM jobs WHERE state = 'queued' AND priority = ?",
-                (priority,)).fetchone()[0]
-        key = (owner, priority)
-        if key not in self.last:
-            self.last[key] = conn.execute(
-                "SELECT max(vt) FROM jobs WHERE owner = ? AND state IN ('queued', 'running') "
-                "AND priority = ?", (owner, priority)).fetchone()[0]
-        head = self.head[priority]
-        vt = next_vt(head, self.last[key])
-        self.last[key] = vt
-        self.head[priority] = vt if head is None else min(head, vt)
-        return vt
-
-
-def _owner_vt(tx: Tx, owner: str, priority: int) -> int:
-    """The fair turn of a job of `owner` entering the queue at `priority` (scheduler.py)."""
-    return _Turns(tx).next(owner, priority)
-
-
-def _submit_many(tx: Tx, items: list[tuple[Job, Quota]]) -> list[tuple[Job, bool] | Exception]:
-    """Queue jobs: each is checked (idempotency, unique key, quotas) before anything of it
-    is written, so a refused one leaves no trace beside the others."""
-    turns = _Turns(tx)
-    out: list[tuple[Job, bool] | Exception] = []
-    rows: list[tuple[Any, ...]] = []
-    for job, quota in items:
-        try:
-            same = _existing(tx, job, rows)
-            if same is None:
-                _check_quota(tx, job, quota, rows)
-        except QueueFull as exc:
-            out.append(exc)
-            continue
-        if same is not None:
-            out.append((same, False))
-            continue
-        job.vt = turns.next(job.owner, job.priority)
-        job.state = State.QUEUED
-        rows.append(_job_values(job))
-        tx.emit("job.queued", job, event_data(job))
-        out.append((job, True))
-        if job.idempotency_key is not None or job.unique_key is not None:
-            _flush(tx, rows)  # later jobs of this batch must find this one
-    _flush(tx, rows)
-    return out
-
-
-def _flush(tx: Tx, rows: list[tuple[Any, ...]]) -> None:
-    if rows:
-        tx.conn.executemany(f"INSERT INTO jobs ({_COLUMNS}) VALUES ({_PLACEHOLDERS})", rows)
-        rows.clear()
-
-
-def _existing(tx: Tx, job: Job, rows: list[tuple[Any, ...]]) -> Job | None:
-    """The job a repeated Idempotency-Key or a live unique_key stands for, if any."""
-    if job.idempotency_key is None and job.unique_key is None:
-        return None
-    _flush(tx, rows)
-    if job.idempotency_key is not None:
-        same = _select(tx, "owner = ? AND idempotency_key = ?", (job.owner, job.idempotency_key))
-        if same:
-            return same[0]
-    if job.unique_key is not None:
-        same = _select(tx, "owner = ? AND unique_key = ? AND state IN ('queued', 'running')",
-                       (job.owner, job.unique_key))
-        if same:
-            return same[0]
-    return None
-
-
-def _check_quota(tx: Tx, job: Job, quota: Quota, rows: list[tuple[Any, ...]]) -> None:
-    # Counting stops at the limit, so a deep queue costs no more than a full one.
-    if quota.max_queued is None and quota.per_user_queued is None:
-        return
-    _flush(tx, rows)
-    if quota.max_queued is not None:
-        n = tx.conn.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'queued' LIMIT ?)",
-            (quota.max_queued,)).fetchone()[0]
-        if n >= quota.max_queued:
-            raise QueueFull(f"queue full: {n}/{quota.max_queued}")
-    if quota.per_user_queued is not None:
-        n = tx.conn.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE owner = ? "
-            "AND state = 'queued' LIMIT ?)", (job.owner, quota.per_user_queued)
-        ).fetchone()[0]
-        if n >= quota.per_user_queued:
-            raise QueueFull(f"queue full for {job.owner}: {n}/{quota.per_user_queued}")
-
-
 def _delete(tx: Tx, job_ids: list[str]) -> int:
     deleted = 0
     for start in range(0, len(job_ids), 500):
         chunk = job_ids[start:start + 500]
-        marks = _placeholders(chunk)
+        marks = placeholders(chunk)
         tx.conn.execute(f"DELETE FROM logs WHERE job_id IN ({marks})", chunk)
         deleted += tx.conn.execute(
-            f"DELETE FROM jobs WHERE id IN ({marks}) AND state IN ({_placeholders(_FINAL)})",
+            f"DELETE FROM jobs WHERE id IN ({marks}) AND state IN ({placeholders(_FINAL)})",
             [*chunk, *_FINAL]).rowcount
     return deleted
-
-
-_END_COLUMNS = ("state", "finished_at", "result", "outputs", "cancel_requested", "progress",
-                "lease_expires_at", "pid", "error", "message", "peak_memory_mb")
-_END_SQL = (f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _END_COLUMNS)} "
-            "WHERE id = ? AND lease_token = ?")
-
-
-def _finish_many(tx: Tx, items: list[tuple[str, int, Outcome]]) -> list[Job | None]:
-    """End runs, fenced by their lease tokens: one read and one `executemany` for all the
-    runs that end (a retry, which needs its fair turn worked out, takes its own move)."""
-    ids = list({job_id for job_id, _, _ in items})
-    current: dict[str, Job] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        current.update((j.id, j) for j in _select(tx, f"id IN ({_placeholders(chunk)})",
-                                                  tuple(chunk)))
-    out: list[Job | None] = []
-    ended: list[tuple[Any, ...]] = []
-    for job_id, token, outcome in items:
-        job = current.get(job_id)
-        if job is None or job.state is not State.RUNNING or job.lease_token != token:
-            out.append(None)  # the lease moved on: somebody else owns this job now
-            continue
-        src = job.state
-        common = {"lease_expires_at": None, "pid": None, "error": outcome.error,
-                  "message": outcome.message, "peak_memory_mb": outcome.peak_memory_mb}
-        if outcome.state is State.QUEUED:
-            assert outcome.retry_at is not None
-            out.append(tx.move(job, State.QUEUED, vt=_owner_vt(tx, job.owner, job.priority),
-                               run_at=outcome.retry_at, worker=None,
-                               attempt=job.attempt - 1 if outcome.hand_back else job.attempt,
-                               lease_token=job.lease_token + 1, **common))
-            continue
-        check_move(job.id, src, outcome.state)
-        job.state, job.finished_at, job.result = outcome.state, tx.now, outcome.result
-        job.outputs, job.cancel_requested = list(outcome.outputs), False
-        if outcome.state is State.COMPLETED:
-            job.progress = 100.0
-        job.lease_expires_at, job.pid, job.error = None, None, outcome.error
-        job.message, job.peak_memory_mb = outcome.message, outcome.peak_memory_mb
-        ended.append((job.state.value, job.finished_at, _json_or_none(job.result),
-                      _dumps(job.outputs), 0, job.progress, None, None, job.error,
-                      job.message, job.peak_memory_mb, job.id, token))
-        tx.announce(job, src)
-        out.append(job)
-    if ended:
-        tx.conn.executemany(_END_SQL, ended)
-    return out
-
-
-def _json_or_none(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)

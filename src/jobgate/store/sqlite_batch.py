@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from jobgate.model import Event, Job, State, check_move, event_type, iso
 from jobgate.store.base import EventListener
 from jobgate.store.base import SchemaTooNew as SchemaTooNew  # moved to base
-from jobgate.store.rows import event_from_row, migrations
+from jobgate.store.rows import COLUMNS, event_from_row, job_from_row, migrations
 
 T = TypeVar("T")
 ItemT = TypeVar("ItemT")
@@ -55,6 +55,11 @@ class Tx:
 
     def emit(self, type_: str, job: Job | None, data: dict[str, Any]) -> None:
         self.pending.append((type_, job.id if job else None, job.owner if job else None, data))
+
+    def select(self, where: str, params: tuple[Any, ...] = ()) -> list[Job]:
+        """Whole jobs, as `WHERE where` finds them."""
+        return [job_from_row(r) for r in
+                self.conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE {where}", params)]
 
     def move(self, job: Job, dst: State, **fields: Any) -> Job:
         """The one way a single job changes state: checked, written, and announced."""
@@ -440,3 +445,7 @@ def _split(sql: str) -> list[str]:
             current = []
     return [s for s in statements if s.strip()]
 
+
+def placeholders(items: Any) -> str:
+    """`?, ?, …`: one per item, for `IN (…)`."""
+    return ", ".join("?" for _ in items)

@@ -1,0 +1,364 @@
+"""The PostgreSQL backend's connection side: the pool, one transaction per operation
+(`Tx`), numbered migrations, and the listener that hands every node's committed events to
+this process in `seq` order. The operations themselves are in postgres.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+try:
+    import psycopg
+    from psycopg import errors as pg_errors
+    from psycopg_pool import AsyncConnectionPool
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        "the PostgreSQL backend needs psycopg: pip install 'jobgate[postgres]' "
+        "(or pip install 'psycopg[binary,pool]')"
+    ) from exc
+
+from jobgate.model import Event, Job, State, check_move
+from jobgate.model import event_type as _event_type
+from jobgate.store.base import EventListener, NotFound, SchemaTooNew
+from jobgate.store.postgres_batch import Groups
+from jobgate.store.rows import COLUMNS, JSON_COLUMNS, event_from_row, migrations
+from jobgate.store.rows import dumps as _dumps
+from jobgate.store.rows import job_from_row as _job
+from jobgate.store.sqlite_batch import event_data
+
+# pg_errors: psycopg's errors, for postgres.py, whose import of psycopg goes through here.
+__all__ = ["PgConnection", "Tx", "latest_version", "pg_errors"]
+
+T = TypeVar("T")
+log = logging.getLogger("jobgate.store")
+
+_CHANNEL = "jobgate_events"
+_MIGRATE_LOCK = 0x6A6F6203  # advisory lock keys ("job" + n; postgres.py has 1 and 2)
+_POLL_S = 1.0  # the listener reads new events at least this often, notified or not
+_RETRIES = 20  # a transaction chosen as a deadlock victim runs again, up to this often
+_POOL_MAX = 10
+_COLUMNS = COLUMNS
+_JSON_COLS = JSON_COLUMNS
+
+# Events are numbered by event_seq's row, updated last in the transaction; the insert runs
+# to its end as part of the statement; the notification carries the new highest seq. The
+# arrays go in binary (%b, see postgres_batch._TYPES).
+_EVENTS_SQL = (
+    "WITH s AS (UPDATE event_seq SET last = last + %s RETURNING last), "
+    "i AS (INSERT INTO events (seq, type, ts, job_id, owner, data) "
+    "SELECT s.last - %s + e.n, e.type, %s, e.job_id, e.owner, e.data FROM s, "
+    "unnest(%b::text[], %b::text[], %b::text[], %b::text[]) WITH ORDINALITY "
+    "AS e(type, job_id, owner, data, n)) "
+    "SELECT last, pg_notify(%s, last::text) FROM s"
+)
+
+
+def _to_db(name: str, value: Any) -> Any:
+    if name in _JSON_COLS:
+        return None if value is None and name == "result" else _dumps(value)
+    if isinstance(value, State):
+        return value.value
+    return value
+
+
+_event = event_from_row
+
+
+class Tx:
+    """One operation's open transaction: a cursor, its clock, and the events it makes."""
+
+    def __init__(self, cur: psycopg.AsyncCursor[Any], now: float) -> None:
+        self.cur = cur
+        self.now = now
+        self.pending: list[tuple[str, str | None, str | None, dict[str, Any]]] = []
+
+    async def rows(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        await self.cur.execute(sql, params)
+        return await self.cur.fetchall()
+
+    async def row(self, sql: str, params: Any = ()) -> tuple[Any, ...] | None:
+        await self.cur.execute(sql, params)
+        return await self.cur.fetchone()
+
+    async def value(self, sql: str, params: Any = ()) -> Any:
+        row = await self.row(sql, params)
+        return None if row is None else row[0]
+
+    async def execute(self, sql: str, params: Any = ()) -> None:
+        await self.cur.execute(sql, params)
+
+    async def lock(self, key: int) -> None:
+        await self.cur.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+
+    async def select(self, where: str, params: Any = ()) -> list[Job]:
+        return [_job(r) for r in await self.rows(f"SELECT {_COLUMNS} FROM jobs WHERE {where}",
+                                                 params)]
+
+    async def one(self, job_id: str, lock: bool = True) -> Job:
+        jobs = await self.select("id = %s" + (" FOR UPDATE" if lock else ""), (job_id,))
+        if not jobs:
+            raise NotFound(f"no job {job_id}")
+        return jobs[0]
+
+    def emit(self, type_: str, job: Job | None, data: dict[str, Any]) -> None:
+        self.pending.append((type_, job.id if job else None, job.owner if job else None, data))
+
+    async def move(self, job: Job, dst: State, **fields: Any) -> Job:
+        """The one way a single job changes state: checked, written, and announced."""
+        src = job.state
+        check_move(job.id, src, dst)
+        fields["state"] = dst
+        for name, value in fields.items():
+            setattr(job, name, value)
+        cols = ", ".join(f"{name} = %s" for name in fields)
+        await self.cur.execute(f"UPDATE jobs SET {cols} WHERE id = %s",
+                               [*(_to_db(n, v) for n, v in fields.items()), job.id])
+        self.announce(job, src)
+        return job
+
+    def announce(self, job: Job, src: State) -> None:
+        self.emit(_event_type(src, job.state), job, event_data(job))
+
+
+def _migrations() -> list[tuple[int, str]]:
+    return migrations("postgres")
+
+
+def latest_version() -> int:
+    """The schema version this jobgate writes."""
+    return _migrations()[-1][0]
+
+
+async def _migrate(conn: psycopg.AsyncConnection[Any]) -> None:
+    steps = _migrations()
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+        await conn.execute("CREATE TABLE IF NOT EXISTS jobgate_schema (version INTEGER NOT NULL)")
+        cur = await conn.execute("SELECT max(version) FROM jobgate_schema")
+        row = await cur.fetchone()
+        current = int(row[0]) if row and row[0] is not None else 0
+        if current > steps[-1][0]:
+            raise SchemaTooNew(
+                f"the database has schema version {current}, newer than this jobgate "
+                f"({steps[-1][0]}): upgrade jobgate"
+            )
+        for version, sql in steps:
+            if version <= current:
+                continue
+            await conn.execute(sql.encode())
+            await conn.execute("INSERT INTO jobgate_schema (version) VALUES (%s)", (version,))
+
+
+
+class PgConnection:
+    """The pool, transactions and event delivery a `PostgresStore` is built on."""
+
+    def __init__(self, url: str, pool_size: int = _POOL_MAX) -> None:
+        self.url = url
+        self._pool_size = pool_size
+        self._pool: AsyncConnectionPool[Any] | None = None
+        self._listeners: list[EventListener] = []
+        self._last_seq = 0
+        self._deliver_lock: asyncio.Lock | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._listen_conn: psycopg.AsyncConnection[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+        self._wake_channel = f"jobgate_wake_{secrets.token_hex(8)}"
+        self._groups = Groups()
+
+    # --- connection, migrations, events ------------------------------------------------
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._deliver_lock = asyncio.Lock()
+        self._closing = False
+        listen_conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+        try:
+            await _migrate(listen_conn)
+            await listen_conn.execute(f"LISTEN {_CHANNEL}")
+            await listen_conn.execute(f"LISTEN {self._wake_channel}")
+            cur = await listen_conn.execute("SELECT last FROM event_seq")
+            row = await cur.fetchone()
+            self._last_seq = int(row[0]) if row else 0
+        except BaseException:
+            await listen_conn.close()
+            raise
+        self._listen_conn = listen_conn
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            self.url, min_size=1, max_size=self._pool_size, open=False,
+            kwargs={"autocommit": True}, name="jobgate",
+        )
+        await pool.open(wait=True)
+        self._pool = pool
+        self._listener = asyncio.create_task(self._listen_loop(listen_conn),
+                                             name="jobgate-pg-listen")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            # psycopg does not give up a wait for notifications on cancellation: the
+            # listener is woken on its own channel and stops by itself.
+            self._closing = True
+            with contextlib.suppress(Exception):
+                async with self._usable().connection() as conn:
+                    await conn.execute(f"NOTIFY {self._wake_channel}")
+            try:
+                await asyncio.wait_for(asyncio.shield(self._listener), 2 * _POLL_S + 1)
+            except TimeoutError:  # pragma: no cover - the wake was lost: force it
+                self._listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._listener
+            self._listener = None
+        if self._listen_conn is not None:
+            await self._listen_conn.close()
+            self._listen_conn = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    def listen(self, callback: EventListener) -> None:
+        self._listeners.append(callback)
+
+    async def schema_version(self) -> int:
+        async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+            cur = await conn.execute("SELECT to_regclass('jobgate_schema') IS NOT NULL")
+            row = await cur.fetchone()
+            if not row or not row[0]:
+                return 0
+            cur = await conn.execute("SELECT coalesce(max(version), 0) FROM jobgate_schema")
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+    def latest_schema_version(self) -> int:
+        return latest_version()
+
+    async def _listen_loop(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Other nodes' events: on each notification, and every `_POLL_S` regardless."""
+        while not self._closing:
+            try:
+                top = 0
+                async for note in conn.notifies(timeout=_POLL_S, stop_after=1):
+                    top = int(note.payload) if note.payload.isdigit() else 0
+                if self._closing:
+                    return
+                if top == 0 or top > self._last_seq:  # not only this node's own events
+                    await self._catch_up()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database went away: try again shortly
+                log.warning("event listener: %s", exc)
+                await asyncio.sleep(_POLL_S)
+                if conn.closed:
+                    with contextlib.suppress(Exception):
+                        conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+                        await conn.execute(f"LISTEN {_CHANNEL}")
+                        await conn.execute(f"LISTEN {self._wake_channel}")
+                        self._listen_conn = conn
+
+    async def _catch_up(self, own: list[Event] | None = None) -> None:
+        """Deliver, in seq order and once each, every committed event past `_last_seq`.
+        `own` are the events of a transaction this node just committed: delivered as
+        they are when nothing comes before them, else read back with the others."""
+        assert self._deliver_lock is not None
+        async with self._deliver_lock:
+            if own:
+                if own[-1].seq <= self._last_seq:
+                    return
+                if own[0].seq == self._last_seq + 1:
+                    self._last_seq = own[-1].seq
+                    self._hand(own)
+                    return
+            while True:
+                events = await self._read_events(self._last_seq, 1000)
+                if not events:
+                    return
+                self._last_seq = events[-1].seq
+                self._hand(events)
+                if own and self._last_seq >= own[-1].seq and len(events) < 1000:
+                    return
+
+    def _hand(self, events: list[Event]) -> None:
+        for callback in self._listeners:
+            try:
+                callback(events)
+            except Exception:  # one listener failing must not stop the others
+                log.exception("event listener failed")
+
+    async def _read_events(self, seq: int, limit: int) -> list[Event]:
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT seq, type, ts, job_id, owner, data FROM events WHERE seq > %s "
+                "ORDER BY seq LIMIT %s", (seq, limit))
+            return [_event(r) for r in await cur.fetchall()]
+
+    def _usable(self) -> AsyncConnectionPool[Any]:
+        if self._pool is None:
+            raise RuntimeError("the store is not open")
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection; on another event loop (a worker's lease thread), a
+        connection of its own for this one call, since the pool belongs to its loop."""
+        pool = self._usable()
+        if asyncio.get_running_loop() is self._loop:
+            async with pool.connection() as conn:
+                yield conn
+            return
+        async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+            yield conn
+
+    async def _run(self, fn: Callable[[Tx], Awaitable[T]], write: bool = True) -> T:
+        """Run `fn` in one transaction (again if it was a deadlock's victim); its events are
+        numbered and written last, and delivered here before this returns."""
+        for attempt in range(_RETRIES):
+            own: list[Event] = []
+            try:
+                async with self._connection() as conn, conn.transaction():
+                    cur = conn.cursor()
+                    tx = Tx(cur, time.time())
+                    value = await fn(tx)
+                    if tx.pending:
+                        own = await self._write_events(tx)
+            except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
+                if attempt == _RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.001 * (attempt + 1))
+                continue
+            if own:
+                if asyncio.get_running_loop() is self._loop:
+                    await self._catch_up(own)
+                else:  # callbacks run on the store's loop
+                    assert self._loop is not None
+                    await asyncio.wrap_future(
+                        asyncio.run_coroutine_threadsafe(self._catch_up(own), self._loop))
+            return value
+        raise AssertionError("unreachable")
+
+    async def _grouped(self, name: str, item: Any,
+                       fn: Callable[[Tx, list[Any]], Awaitable[list[Any]]]) -> Any:
+        """One call of a grouped operation (postgres_batch): run with the other calls of
+        `name` made meanwhile on this loop, in one transaction; alone on another loop."""
+        if asyncio.get_running_loop() is not self._loop:
+            value = (await self._run(lambda tx: fn(tx, [item])))[0]
+            if isinstance(value, Exception):
+                raise value
+            return value
+        return await self._groups.call(name, item, fn, self._run)
+
+    async def _write_events(self, tx: Tx) -> list[Event]:
+        """Number the transaction's events, write them and notify, in one statement (one
+        round trip however many events a group makes)."""
+        pending = tx.pending
+        top = int(await tx.value(
+            _EVENTS_SQL, (len(pending), len(pending), tx.now, [p[0] for p in pending],
+                          [p[1] for p in pending], [p[2] for p in pending],
+                          [json.dumps(p[3]) for p in pending], _CHANNEL)))
+        first = top - len(pending) + 1
+        return [Event(first + i, type_, tx.now, job_id, owner, data)
+                for i, (type_, job_id, owner, data) in enumerate(pending)]

@@ -1,0 +1,176 @@
+"""SQLite's grouped operations: the submits (or finishes) of many callers, handed to the
+connection thread together (`GroupCommit._call_grouped`), become one pass of checks and
+one multi-row statement in one transaction; each caller still gets its own result or its
+own error. Fair turns (`vt`) for jobs entering the queue are worked out here too."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jobgate.model import Job, State, check_move
+from jobgate.scheduler import next_vt
+from jobgate.store.base import Outcome, QueueFull, Quota
+from jobgate.store.rows import COLUMNS
+from jobgate.store.rows import dumps as _dumps
+from jobgate.store.rows import job_values as _job_values
+from jobgate.store.sqlite_batch import Tx, event_data, placeholders
+
+_COLUMNS = COLUMNS
+_PLACEHOLDERS = ", ".join("?" for _ in _COLUMNS.split(","))
+
+
+class Turns:
+    """Fair turns (scheduler.next_vt) handed out within one operation: the queue's head and
+    each owner's last turn are read once, then followed as jobs enter."""
+
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+        self.head: dict[int, int | None] = {}
+        self.last: dict[tuple[str, int], int | None] = {}
+
+    def next(self, owner: str, priority: int) -> int:
+        conn = self.tx.conn
+        if priority not in self.head:
+            self.head[priority] = conn.execute(
+                "SELECT min(vt) FROM jobs WHERE state = 'queued' AND priority = ?",
+                (priority,)).fetchone()[0]
+        key = (owner, priority)
+        if key not in self.last:
+            self.last[key] = conn.execute(
+                "SELECT max(vt) FROM jobs WHERE owner = ? AND state IN ('queued', 'running') "
+                "AND priority = ?", (owner, priority)).fetchone()[0]
+        head = self.head[priority]
+        vt = next_vt(head, self.last[key])
+        self.last[key] = vt
+        self.head[priority] = vt if head is None else min(head, vt)
+        return vt
+
+
+def owner_vt(tx: Tx, owner: str, priority: int) -> int:
+    """The fair turn of a job of `owner` entering the queue at `priority` (scheduler.py)."""
+    return Turns(tx).next(owner, priority)
+
+
+def submit_many(tx: Tx, items: list[tuple[Job, Quota]]) -> list[tuple[Job, bool] | Exception]:
+    """Queue jobs: each is checked (idempotency, unique key, quotas) before anything of it
+    is written, so a refused one leaves no trace beside the others."""
+    turns = Turns(tx)
+    out: list[tuple[Job, bool] | Exception] = []
+    rows: list[tuple[Any, ...]] = []
+    for job, quota in items:
+        try:
+            same = _existing(tx, job, rows)
+            if same is None:
+                _check_quota(tx, job, quota, rows)
+        except QueueFull as exc:
+            out.append(exc)
+            continue
+        if same is not None:
+            out.append((same, False))
+            continue
+        job.vt = turns.next(job.owner, job.priority)
+        job.state = State.QUEUED
+        rows.append(_job_values(job))
+        tx.emit("job.queued", job, event_data(job))
+        out.append((job, True))
+        if job.idempotency_key is not None or job.unique_key is not None:
+            _flush(tx, rows)  # later jobs of this batch must find this one
+    _flush(tx, rows)
+    return out
+
+
+def _flush(tx: Tx, rows: list[tuple[Any, ...]]) -> None:
+    if rows:
+        tx.conn.executemany(f"INSERT INTO jobs ({_COLUMNS}) VALUES ({_PLACEHOLDERS})", rows)
+        rows.clear()
+
+
+def _existing(tx: Tx, job: Job, rows: list[tuple[Any, ...]]) -> Job | None:
+    """The job a repeated Idempotency-Key or a live unique_key stands for, if any."""
+    if job.idempotency_key is None and job.unique_key is None:
+        return None
+    _flush(tx, rows)
+    if job.idempotency_key is not None:
+        same = tx.select("owner = ? AND idempotency_key = ?", (job.owner, job.idempotency_key))
+        if same:
+            return same[0]
+    if job.unique_key is not None:
+        same = tx.select("owner = ? AND unique_key = ? AND state IN ('queued', 'running')",
+                       (job.owner, job.unique_key))
+        if same:
+            return same[0]
+    return None
+
+
+def _check_quota(tx: Tx, job: Job, quota: Quota, rows: list[tuple[Any, ...]]) -> None:
+    # Counting stops at the limit, so a deep queue costs no more than a full one.
+    if quota.max_queued is None and quota.per_user_queued is None:
+        return
+    _flush(tx, rows)
+    if quota.max_queued is not None:
+        n = tx.conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'queued' LIMIT ?)",
+            (quota.max_queued,)).fetchone()[0]
+        if n >= quota.max_queued:
+            raise QueueFull(f"queue full: {n}/{quota.max_queued}")
+    if quota.per_user_queued is not None:
+        n = tx.conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE owner = ? "
+            "AND state = 'queued' LIMIT ?)", (job.owner, quota.per_user_queued)
+        ).fetchone()[0]
+        if n >= quota.per_user_queued:
+            raise QueueFull(f"queue full for {job.owner}: {n}/{quota.per_user_queued}")
+
+
+_END_COLUMNS = ("state", "finished_at", "result", "outputs", "cancel_requested", "progress",
+                "lease_expires_at", "pid", "error", "message", "peak_memory_mb")
+_END_SQL = (f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _END_COLUMNS)} "
+            "WHERE id = ? AND lease_token = ?")
+
+
+def finish_many(tx: Tx, items: list[tuple[str, int, Outcome]]) -> list[Job | None]:
+    """End runs, fenced by their lease tokens: one read and one `executemany` for all the
+    runs that end (a retry, which needs its fair turn worked out, takes its own move)."""
+    ids = list({job_id for job_id, _, _ in items})
+    current: dict[str, Job] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        current.update((j.id, j) for j in tx.select(f"id IN ({placeholders(chunk)})",
+                                                  tuple(chunk)))
+    out: list[Job | None] = []
+    ended: list[tuple[Any, ...]] = []
+    for job_id, token, outcome in items:
+        job = current.get(job_id)
+        if job is None or job.state is not State.RUNNING or job.lease_token != token:
+            out.append(None)  # the lease moved on: somebody else owns this job now
+            continue
+        src = job.state
+        common = {"lease_expires_at": None, "pid": None, "error": outcome.error,
+                  "message": outcome.message, "peak_memory_mb": outcome.peak_memory_mb}
+        if outcome.state is State.QUEUED:
+            assert outcome.retry_at is not None
+            out.append(tx.move(job, State.QUEUED, vt=owner_vt(tx, job.owner, job.priority),
+                               run_at=outcome.retry_at, worker=None,
+                               attempt=job.attempt - 1 if outcome.hand_back else job.attempt,
+                               lease_token=job.lease_token + 1, **common))
+            continue
+        check_move(job.id, src, outcome.state)
+        job.state, job.finished_at, job.result = outcome.state, tx.now, outcome.result
+        job.outputs, job.cancel_requested = list(outcome.outputs), False
+        if outcome.state is State.COMPLETED:
+            job.progress = 100.0
+        job.lease_expires_at, job.pid, job.error = None, None, outcome.error
+        job.message, job.peak_memory_mb = outcome.message, outcome.peak_memory_mb
+        ended.append((job.state.value, job.finished_at, _json_or_none(job.result),
+                      _dumps(job.outputs), 0, job.progress, None, None, job.error,
+                      job.message, job.peak_memory_mb, job.id, token))
+        tx.announce(job, src)
+        out.append(job)
+    if ended:
+        tx.conn.executemany(_END_SQL, ended)
+    return out
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
