@@ -358,6 +358,7 @@ def test_a_server_without_auth_needs_no_sign_in(browser, start_server):
 def test_the_form_follows_the_kinds_schema(pages):
     page = pages.new()
     sign_in(page, "bob")
+    expect(page.locator("#kind option")).to_have_count(6)  # /api/kinds has answered
     kinds = page.locator("#kind option").all_inner_texts()
     assert set(kinds) == {"noop", "sleep", "steps", "fail", "pick", "report"}
     page.select_option("#kind", "pick")
