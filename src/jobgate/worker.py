@@ -37,6 +37,7 @@ from jobgate import __version__, executor
 from jobgate.config import Settings
 from jobgate.model import Event, Job, State
 from jobgate.queue import JobQueue, RunResult
+from jobgate.scheduler import Limits
 from jobgate.store.base import Node, Outcome
 from jobgate.threads import JobThreads
 
@@ -89,6 +90,8 @@ class Worker:
         self.node_budget_mb = queue.node_memory_budget_mb
         self._runs: dict[str, _Run] = {}
         self._wake = asyncio.Event()
+        self._claiming = False  # the claim loop runs: ends go through it
+        self._ends: list[tuple[str, int, Outcome, asyncio.Future[None]]] = []
         self._unreported = asyncio.Event()
         self._threads = JobThreads(self.slots)
         self._stop = asyncio.Event()
@@ -148,26 +151,74 @@ class Worker:
     async def _claim_loop(self) -> None:
         kinds = sorted(self.settings.kinds)
         lease_s = self.settings.worker.lease_s
-        while not self._stop.is_set():
-            live = [r for r in self._runs.values() if not r.ending]
-            free = self.slots - len(live)
-            self._wake.clear()
-            self.queue.pressure = reason = self._pressure() if free > 0 else None
-            if reason is not None:
-                # Nothing new starts until the machine recovers; look again shortly.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), _PRESSURE_CHECK_S)
-                continue
-            if free > 0:
-                limits = dataclasses.replace(
-                    self.queue.limits, node_memory_budget_mb=self.node_budget_mb,
-                    node_memory_free_mb=self.node_budget_mb - sum(r.job.memory_mb for r in live))
-                jobs = await self.queue.store.claim(self.name, free, limits, lease_s, kinds)
-                for job in jobs:
-                    self._start(job)
-                if jobs:
+        self._claiming = True
+        try:
+            while not self._stop.is_set():
+                live = [r for r in self._runs.values() if not r.ending]
+                free = self.slots - len(live)
+                self._wake.clear()
+                self.queue.pressure = reason = self._pressure() if free > 0 else None
+                if reason is not None:
+                    await self._finish_ends()
+                    # Nothing new starts until the machine recovers; look again shortly.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), _PRESSURE_CHECK_S)
                     continue
-            await self._sleep(free > 0)
+                if free > 0:
+                    limits = dataclasses.replace(
+                        self.queue.limits, node_memory_budget_mb=self.node_budget_mb,
+                        node_memory_free_mb=self.node_budget_mb - sum(r.job.memory_mb
+                                                                      for r in live))
+                    jobs = await self._finish_and_claim(free, limits, lease_s, kinds)
+                    for job in jobs:
+                        self._start(job)
+                    if jobs:
+                        continue
+                await self._sleep(free > 0)
+        finally:
+            self._claiming = False
+            await self._finish_ends()
+
+    async def _finish_and_claim(self, free: int, limits: Limits, lease_s: float,
+                                kinds: list[str]) -> list[Job]:
+        """Write the runs that ended and claim jobs for the free slots, in one call."""
+        ends, self._ends = self._ends, []
+        try:
+            _, jobs = await self.queue.store.finish_and_claim(
+                [(job_id, token, outcome) for job_id, token, outcome, _ in ends],
+                self.name, free, limits, lease_s, kinds)
+        except BaseException:
+            self._ends[:0] = ends  # written one by one when the loop ends
+            raise
+        for *_, done in ends:
+            if not done.done():
+                done.set_result(None)
+        return jobs
+
+    async def _finish_ends(self) -> None:
+        ends, self._ends = self._ends, []
+        store = self.queue.store
+        results = await asyncio.gather(*(store.finish(*end[:3]) for end in ends),
+                                       return_exceptions=True)
+        for (*_, done), result in zip(ends, results, strict=True):
+            if done.done():
+                continue
+            if isinstance(result, BaseException):
+                done.set_exception(result)
+            else:
+                done.set_result(None)
+
+    async def _end(self, job_id: str, token: int, outcome: Outcome) -> None:
+        """Write how a run ended: through the claim loop, which writes it together with the
+        claim of the jobs for the slot it frees (one commit, not two); straight to the store
+        when the loop is not claiming."""
+        if not self._claiming:
+            await self.queue.store.finish(job_id, token, outcome)
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ends.append((job_id, token, outcome, done))
+        self._wake.set()
+        await done
 
     def _pressure(self) -> str | None:
         """Why this machine should start nothing now, if it should not."""
@@ -254,12 +305,8 @@ class Worker:
                                       message="handed back: its worker stopped")
                 else:
                     outcome = self.queue.outcome(job, result)
-                # The slot is free: the claim loop, woken after the end is handed to the
-                # store, claims in the same transaction when the store is busy.
-                run.ending = True
-                ended = asyncio.ensure_future(self.queue.store.finish(job.id, token, outcome))
-                self._wake.set()
-                await ended
+                run.ending = True  # the slot is free
+                await self._end(job.id, token, outcome)
         finally:
             if self._runs.get(job.id) is run:
                 del self._runs[job.id]

@@ -7,6 +7,7 @@ of every change in that same transaction, so an event exists exactly when its ch
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -164,6 +165,16 @@ class Store(ABC):
     @abstractmethod
     async def finish(self, job_id: str, token: int, outcome: Outcome) -> Job | None:
         """Persist how a running job ended, if `token` still holds its lease; None if not."""
+
+    async def finish_and_claim(
+        self, ends: list[tuple[str, int, Outcome]], worker: str, slots: int, limits: Limits,
+        lease_s: float, kinds: list[str],
+    ) -> tuple[list[Job | None], list[Job]]:
+        """`finish` each of `ends` (job id, token, outcome), then `claim`: the slots the
+        ends free are filled at once. A backend may do both in one transaction (SQLite
+        does: one commit instead of two for a worker whose jobs end in waves)."""
+        ended = list(await asyncio.gather(*(self.finish(*end) for end in ends)))
+        return ended, await self.claim(worker, slots, limits, lease_s, kinds)
 
     @abstractmethod
     async def progress(

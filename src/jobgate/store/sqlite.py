@@ -87,46 +87,15 @@ class SqliteStore(GroupCommit, Store):
     async def claim(
         self, worker: str, slots: int, limits: Limits, lease_s: float, kinds: list[str]
     ) -> list[Job]:
-        def op(tx: Tx) -> list[Job]:
-            running = Running()
-            for owner, kind, n, mem in tx.conn.execute(
-                "SELECT owner, kind, count(*), coalesce(sum(memory_mb), 0) FROM jobs "
-                "WHERE state = 'running' GROUP BY owner, kind"
-            ):
-                running.add(owner, kind, mem, n)
-            room = free_slots(limits, running, slots)
-            admitted: list[Job] = []
-            seen: set[str] = set()
-            # Admission reads a few columns of the first candidates; when limits filled up
-            # on the way (a user or kind reached its cap), it reads on past them.
-            for _ in range(_CLAIM_ROUNDS):
-                want = room - len(admitted)
-                owners, full_kinds = blocked(limits, running)
-                open_kinds = [k for k in kinds if k not in full_kinds]
-                if want <= 0 or not open_kinds:
-                    break
-                candidates = [j for j in _candidates(tx, open_kinds, owners, limits, running,
-                                                     want * 2 + 8) if j.id not in seen]
-                if not candidates:
-                    break
-                seen.update(j.id for j in candidates)
-                admitted += admit(candidates, limits, running, want)
-            if not admitted:
-                return []
-            check_move("", State.QUEUED, State.RUNNING)
-            ids = [j.id for j in admitted]
-            chosen = sorted(
-                (_job(r) for r in tx.conn.execute(
-                    "UPDATE jobs SET state = 'running', attempt = attempt + 1, started_at = ?, "
-                    "finished_at = NULL, worker = ?, lease_token = lease_token + 1, "
-                    "lease_expires_at = ?, progress = NULL, message = NULL, error = NULL, "
-                    "result = NULL, cancel_requested = 0, pid = NULL "
-                    f"WHERE id IN ({placeholders(ids)}) AND state = 'queued' "
-                    f"RETURNING {_COLUMNS}", (tx.now, worker, tx.now + lease_s, *ids))),
-                key=lambda j: j.dispatch_key)
-            for job in chosen:
-                tx.announce(job, State.QUEUED)
-            return chosen
+        return await self._call(lambda tx: _claim(tx, worker, slots, limits, lease_s, kinds))
+
+    async def finish_and_claim(
+        self, ends: list[tuple[str, int, Outcome]], worker: str, slots: int, limits: Limits,
+        lease_s: float, kinds: list[str],
+    ) -> tuple[list[Job | None], list[Job]]:
+        def op(tx: Tx) -> tuple[list[Job | None], list[Job]]:
+            ended = finish_many(tx, ends) if ends else []
+            return ended, _claim(tx, worker, slots, limits, lease_s, kinds)
 
         return await self._call(op)
 
@@ -469,6 +438,50 @@ class SqliteStore(GroupCommit, Store):
             return User(row[0], bool(row[1])) if row else None
 
         return await self._call(op, write=False)
+
+
+def _claim(tx: Tx, worker: str, slots: int, limits: Limits, lease_s: float,
+           kinds: list[str]) -> list[Job]:
+    """Move up to `slots` ready jobs to running, in dispatch order, within `limits`."""
+    running = Running()
+    for owner, kind, n, mem in tx.conn.execute(
+        "SELECT owner, kind, count(*), coalesce(sum(memory_mb), 0) FROM jobs "
+        "WHERE state = 'running' GROUP BY owner, kind"
+    ):
+        running.add(owner, kind, mem, n)
+    room = free_slots(limits, running, slots)
+    admitted: list[Job] = []
+    seen: set[str] = set()
+    # Admission reads a few columns of the first candidates; when limits filled up
+    # on the way (a user or kind reached its cap), it reads on past them.
+    for _ in range(_CLAIM_ROUNDS):
+        want = room - len(admitted)
+        owners, full_kinds = blocked(limits, running)
+        open_kinds = [k for k in kinds if k not in full_kinds]
+        if want <= 0 or not open_kinds:
+            break
+        candidates = [j for j in _candidates(tx, open_kinds, owners, limits, running,
+                                             want * 2 + 8) if j.id not in seen]
+        if not candidates:
+            break
+        seen.update(j.id for j in candidates)
+        admitted += admit(candidates, limits, running, want)
+    if not admitted:
+        return []
+    check_move("", State.QUEUED, State.RUNNING)
+    ids = [j.id for j in admitted]
+    chosen = sorted(
+        (_job(r) for r in tx.conn.execute(
+            "UPDATE jobs SET state = 'running', attempt = attempt + 1, started_at = ?, "
+            "finished_at = NULL, worker = ?, lease_token = lease_token + 1, "
+            "lease_expires_at = ?, progress = NULL, message = NULL, error = NULL, "
+            "result = NULL, cancel_requested = 0, pid = NULL "
+            f"WHERE id IN ({placeholders(ids)}) AND state = 'queued' "
+            f"RETURNING {_COLUMNS}", (tx.now, worker, tx.now + lease_s, *ids))),
+        key=lambda j: j.dispatch_key)
+    for job in chosen:
+        tx.announce(job, State.QUEUED)
+    return chosen
 
 
 def _candidates(tx: Tx, kinds: list[str], owners: set[str], limits: Limits,
