@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import TEST_KINDS, Server, free_port, running_server
+from conftest import TEST_KINDS, Backend, Server, free_port, running_server
 
 JOB_LINE = re.compile(r"^(?P<id>[0-9A-HJKMNP-TV-Z]{26}) (?P<state>queued|running|completed)")
 UNKNOWN_ID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
@@ -37,9 +37,10 @@ STATS_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory, backend: Backend
+           ) -> Iterator[Server]:
     with running_server(tmp_path_factory.mktemp("cli"),
-                        "[limits]\nmax_running = 4\n" + TEST_KINDS) as srv:
+                        "[limits]\nmax_running = 4\n" + TEST_KINDS, backend) as srv:
         yield srv
 
 
