@@ -85,9 +85,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run each test that uses `backend` on every backend (module-scoped, so a module's
-    shared server is started once per backend). A test already parametrized by `db_url`
-    (which makes its own databases) is left alone: its `backend` is SQLite's, unused."""
+    shared server is started once per backend); a test marked `sqlite_only` on SQLite only.
+    A test already parametrized by `db_url` (which makes its own databases) is left alone:
+    its `backend` is SQLite's, unused."""
     if "backend" not in metafunc.fixturenames or "db_url" in metafunc.fixturenames:
+        return
+    marks = getattr(metafunc.module, "pytestmark", [])
+    if any(m.name == "sqlite_only" for m in (marks if isinstance(marks, list) else [marks])):
+        # A whole module on SQLite: left unparametrized, so its tests keep their order.
         return
     only = metafunc.definition.get_closest_marker("sqlite_only")
     names = ["sqlite"] if only else list(BACKENDS)
