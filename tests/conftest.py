@@ -1,7 +1,13 @@
-"""Shared fixtures: real SQLite files, real `jobgate serve` processes, real subprocesses.
+"""Shared fixtures: real SQLite files, a real PostgreSQL server, real `jobgate serve`
+processes, real subprocesses.
 
-Each test gets its own folder, database file and server; a server fixture starts a real
+Each test gets its own folder, database and server; a server fixture starts a real
 `python -m jobgate serve` on a free loopback port and waits for /health.
+
+Every test that asks for `backend` (directly, or through `start_server` or a module's
+`server` fixture) runs once per backend, `[sqlite]` and `[postgresql]`; the parametrization
+is module-scoped so that a module's shared server is started once per backend. A test about
+SQLite itself says so with `@pytest.mark.sqlite_only("why")` (or a module's `pytestmark`).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +72,55 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only(reason): the test is about SQLite itself; it runs on SQLite "
+        "only (its `backend` is not parametrized over PostgreSQL)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each test that uses `backend` on every backend (module-scoped, so a module's
+    shared server is started once per backend); a test marked `sqlite_only` on SQLite only.
+    A test already parametrized by `db_url` (which makes its own databases) is left alone:
+    its `backend` is SQLite's, unused."""
+    if "backend" not in metafunc.fixturenames or "db_url" in metafunc.fixturenames:
+        return
+    marks = getattr(metafunc.module, "pytestmark", [])
+    if any(m.name == "sqlite_only" for m in (marks if isinstance(marks, list) else [marks])):
+        # A whole module on SQLite: left unparametrized, so its tests keep their order.
+        return
+    only = metafunc.definition.get_closest_marker("sqlite_only")
+    names = ["sqlite"] if only else list(BACKENDS)
+    metafunc.parametrize("backend", names, indirect=True, scope="module")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where a test server keeps its jobs: an SQLite file in its folder, or a fresh database
+    on the session's throwaway PostgreSQL server."""
+
+    name: str
+    pg: PgServer | None = None
+
+    def new_url(self, folder: Path) -> str:
+        """A fresh, empty database for a server living in `folder`."""
+        if self.pg is not None:
+            return self.pg.new_database()
+        return f"sqlite:///{folder / 'jobgate.db'}"
+
+
+@pytest.fixture(scope="module")
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """The backend this test runs on (see `pytest_generate_tests`)."""
+    name = getattr(request, "param", "sqlite")
+    if name == "postgresql":
+        return Backend(name, request.getfixturevalue("postgres"))
+    return Backend(name)
 
 
 @pytest.fixture(scope="session")
@@ -251,9 +307,11 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_server(folder: Path, config: str) -> Iterator[Server]:
-    """A started Server in `folder` (users added), stopped when the block ends."""
-    server = Server(folder, config)
+def running_server(folder: Path, config: str, backend: Backend | None = None
+                   ) -> Iterator[Server]:
+    """A started Server in `folder` (users added) on a fresh database of `backend` (SQLite
+    by default), stopped when the block ends."""
+    server = Server(folder, config, backend.new_url(folder) if backend else None)
     server.add_users()
     server.start()
     try:
@@ -263,16 +321,17 @@ def running_server(folder: Path, config: str) -> Iterator[Server]:
 
 
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """`start_server(config_toml)` → a running Server; stopped after the test. With
-    `db_url`, on that database; `args` go to `jobgate serve` (e.g. "--no-worker")."""
+def start_server(tmp_path: Path, backend: Backend) -> Iterator[Callable[..., Server]]:
+    """`start_server(config_toml)` → a running Server on a fresh database of the test's
+    backend; stopped after the test. With `db_url`, on that database instead; `args` go to
+    `jobgate serve` (e.g. "--no-worker")."""
     servers: list[Server] = []
 
     def start(config: str = "", kinds: str = TEST_KINDS, db_url: str | None = None,
               args: tuple[str, ...] = ()) -> Server:
         folder = tmp_path / f"server{len(servers)}"
         folder.mkdir()
-        server = Server(folder, config + kinds, db_url)
+        server = Server(folder, config + kinds, db_url or backend.new_url(folder))
         server.add_users()
         server.start(*args)
         servers.append(server)

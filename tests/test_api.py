@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from conftest import TEST_KINDS, Server, running_server
+from conftest import TEST_KINDS, Backend, Server, running_server
 
 # Kinds beyond the shared test kinds: required, path, url and pattern arguments, one at a
 # time (`single`), and an output file.
@@ -43,6 +43,10 @@ seconds = { type = "number", min = 0, max = 600 }
 argv = ["sh", "-c", "printf '%s\n' \"$0\" > \"$1/report.txt\"", "{text}", "{output_dir}"]
 [kinds.report.args]
 text = { type = "string", default = "hello" }
+
+[kinds.nul]
+argv = ["sh", "-c", "printf 'a\\000b\\nprogress=50 x\\000y\\n'; printf 'oops\\000!\\n' >&2; exit 1"]
+progress = 'progress=(?P<percent>[0-9.]+) (?P<message>.*)'
 """
 
 SHARED_LIMITS = "[limits]\nmax_running = 4\nmemory_budget_mb = 4096\n"
@@ -57,10 +61,11 @@ FINAL = ("completed", "failed", "cancelled")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory, backend: Backend
+           ) -> Iterator[Server]:
     """One server for the tests that only look at the jobs they submit themselves."""
     with running_server(tmp_path_factory.mktemp("shared"),
-                        SHARED_LIMITS + TEST_KINDS + EXTRA_KINDS) as srv:
+                        SHARED_LIMITS + TEST_KINDS + EXTRA_KINDS, backend) as srv:
         yield srv
 
 
@@ -338,6 +343,26 @@ def test_unique_key_does_not_hand_out_someone_elses_job(bob, carol):
         carol.post(f"/api/jobs/{carols['id']}/cancel")
 
 
+def test_nul_characters_in_ids_names_keys_and_filters_are_just_unknown(bob, alice):
+    # PostgreSQL's text cannot hold a NUL: a lookup with one must still find nothing.
+    for method, path in [("GET", "/api/jobs/a%00b"), ("POST", "/api/jobs/a%00b/cancel"),
+                         ("POST", "/api/jobs/a%00b/retry"), ("DELETE", "/api/jobs/a%00b"),
+                         ("GET", "/api/jobs/a%00b/logs"), ("GET", "/api/jobs/a%00b/outputs/x")]:
+        assert_error(bob.request(method, path), 404, "no job")
+    for http, params in [(bob, {"kind": "noop\x00"}), (alice, {"owner": "bob\x00"}),
+                         (bob, {"cursor": "\x00"})]:
+        response = http.get("/api/jobs", params=params)
+        assert response.status_code == 200, response.text
+        assert response.json()["jobs"] == []
+    login = bob.post("/api/auth/token", json={"username": "bob\x00", "password": "x"})
+    assert_error(login, 401, "wrong user name or password")
+    body = {"kind": "steps", "run_at": later(), "unique_key": "nul\x00key"}
+    first, again = bob.post("/api/jobs", json=body), bob.post("/api/jobs", json=body)
+    assert (first.status_code, again.status_code) == (201, 200), (first.text, again.text)
+    assert again.json()["id"] == first.json()["id"]
+    bob.post(f"/api/jobs/{first.json()['id']}/cancel")
+
+
 # --- moves: cancel, retry, delete ---------------------------------------------------------
 
 def test_cancel_a_queued_job(bob):
@@ -473,6 +498,18 @@ def test_outputs_refuse_paths_outside_the_jobs_folder(server, bob, name):
 
     assert status == 404, body
     assert b"[server]" not in body and b"root:" not in body
+
+
+def test_nul_characters_in_a_jobs_output_are_kept_as_text(bob, backend):
+    job = submit(bob, "nul")
+    job = wait_for(bob, job["id"], *FINAL)
+    # SQLite keeps a NUL as it is; PostgreSQL's text cannot hold one: it stores U+FFFD,
+    # as the worker does for bytes that are not UTF-8.
+    nul = "\ufffd" if backend.name == "postgresql" else "\x00"
+    assert job["state"] == "failed", job
+    assert f"oops{nul}!" in job["error"], job
+    lines = [line["line"] for line in bob.get(f"/api/jobs/{job['id']}/logs").json()["lines"]]
+    assert sorted(lines) == [f"a{nul}b", f"oops{nul}!", f"progress=50 x{nul}y"], job
 
 
 # --- queue, health, docs -----------------------------------------------------------------

@@ -13,15 +13,16 @@ import httpx
 import jwt
 import pytest
 
-from conftest import TEST_KINDS, Server, running_server
+from conftest import TEST_KINDS, Backend, Server, running_server
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory, backend: Backend
+           ) -> Iterator[Server]:
     # Rate limits off here: these tests log in many times; test_ratelimit covers them.
     config = ('[rate_limits]\nlogin_per_user = "off"\nlogin_per_ip = "off"\n'
               "login_free_failures = 1000\n")
-    with running_server(tmp_path_factory.mktemp("auth"), config + TEST_KINDS) as srv:
+    with running_server(tmp_path_factory.mktemp("auth"), config + TEST_KINDS, backend) as srv:
         yield srv
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import TEST_KINDS, Server, free_port, running_server
+from conftest import TEST_KINDS, Backend, Server, free_port, running_server
 
 JOB_LINE = re.compile(r"^(?P<id>[0-9A-HJKMNP-TV-Z]{26}) (?P<state>queued|running|completed)")
 UNKNOWN_ID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
@@ -37,9 +37,10 @@ STATS_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory, backend: Backend
+           ) -> Iterator[Server]:
     with running_server(tmp_path_factory.mktemp("cli"),
-                        "[limits]\nmax_running = 4\n" + TEST_KINDS) as srv:
+                        "[limits]\nmax_running = 4\n" + TEST_KINDS, backend) as srv:
         yield srv
 
 
@@ -392,34 +393,19 @@ def test_clean_deletes_finished_jobs_of_the_caller(server, bob):
 # --- errors: one line on stderr, a non-zero exit, never a traceback -----------------------
 
 # (arguments, user, extra environment, stdin, exit code, a piece of the message)
+# Errors the server (or the command, in its database) finds: on every backend.
 CLI_ERRORS = [
-    pytest.param(["ls"], "bob", {"JOBGATE_URL": "http://127.0.0.1:{free}"}, None, 1,
-                 "cannot reach jobgate", id="no server"),
     pytest.param(["ls"], "bob", {"JOBGATE_TOKEN": "jg_bogus"}, None, 1, "invalid token",
                  id="bad token"),
     pytest.param(["ls"], None, {}, None, 1, "missing authorization", id="no token"),
-    pytest.param(["ls"], "bob", {"JOBGATE_URL": "http://[::1"}, None, 2, "JOBGATE_URL",
-                 id="malformed JOBGATE_URL"),
-    pytest.param(["ls"], "bob", {"JOBGATE_TOKEN": "t\u00f6ken"}, None, 2, "JOBGATE_TOKEN",
-                 id="non-ascii token"),
     pytest.param(["submit", "nope"], "bob", {}, None, 1, "unknown kind 'nope'",
                  id="unknown kind"),
     pytest.param(["submit", "steps", "count=abc"], "bob", {}, None, 1,
                  "count: expected an integer", id="bad argument"),
     pytest.param(["submit", "steps", "colour=red"], "bob", {}, None, 1,
                  "colour: unknown argument", id="unknown argument"),
-    pytest.param(["submit", "steps", "count"], "bob", {}, None, 2, "expected key=value",
-                 id="key without ="),
-    pytest.param(["submit", "steps", "=3"], "bob", {}, None, 2, "expected key=value",
-                 id="value without key"),
     pytest.param(["submit", "noop", "--priority", "9"], "bob", {}, None, 1, "admin",
                  id="priority above the default"),
-    pytest.param(["submit"], "bob", {}, None, 2, "kind", id="submit without kind"),
-    pytest.param(["frobnicate"], "bob", {}, None, 2, "invalid choice", id="unknown command"),
-    pytest.param(["ls", "--state", "done"], "bob", {}, None, 2, "invalid choice",
-                 id="unknown state"),
-    pytest.param(["ls", "--limit", "many"], "bob", {}, None, 2, "invalid int",
-                 id="limit not a number"),
     pytest.param(["show", UNKNOWN_ID], "bob", {}, None, 1, f"no job {UNKNOWN_ID}",
                  id="show unknown job"),
     pytest.param(["logs", UNKNOWN_ID], "bob", {}, None, 1, "no job", id="logs unknown job"),
@@ -428,6 +414,29 @@ CLI_ERRORS = [
     pytest.param(["retry", "x" * 500], "bob", {}, None, 1, "no job", id="retry a long id"),
     pytest.param(["show", "../queue"], "bob", {}, None, 1, "no job",
                  id="show an id that is a path"),
+    pytest.param(["user", "add", "bob"], None, {}, None, 1, "bob", id="duplicate user"),
+    pytest.param(["token", "nobody"], None, {}, None, 1, "nobody", id="token for no user"),
+]
+
+# Errors the command finds before any database is read (arguments, environment, the
+# configuration file, a busy port): the backend makes no difference to them.
+LOCAL_CLI_ERRORS = [
+    pytest.param(["ls"], "bob", {"JOBGATE_URL": "http://127.0.0.1:{free}"}, None, 1,
+                 "cannot reach jobgate", id="no server"),
+    pytest.param(["ls"], "bob", {"JOBGATE_URL": "http://[::1"}, None, 2, "JOBGATE_URL",
+                 id="malformed JOBGATE_URL"),
+    pytest.param(["ls"], "bob", {"JOBGATE_TOKEN": "t\u00f6ken"}, None, 2, "JOBGATE_TOKEN",
+                 id="non-ascii token"),
+    pytest.param(["submit", "steps", "count"], "bob", {}, None, 2, "expected key=value",
+                 id="key without ="),
+    pytest.param(["submit", "steps", "=3"], "bob", {}, None, 2, "expected key=value",
+                 id="value without key"),
+    pytest.param(["submit"], "bob", {}, None, 2, "kind", id="submit without kind"),
+    pytest.param(["frobnicate"], "bob", {}, None, 2, "invalid choice", id="unknown command"),
+    pytest.param(["ls", "--state", "done"], "bob", {}, None, 2, "invalid choice",
+                 id="unknown state"),
+    pytest.param(["ls", "--limit", "many"], "bob", {}, None, 2, "invalid int",
+                 id="limit not a number"),
     pytest.param(["clean", "--older-than", "soon"], "bob", {}, None, 2, "--older-than",
                  id="bad --older-than"),
     pytest.param(["clean", "--older-than", "-1d"], "bob", {}, None, 2, "--older-than",
@@ -441,18 +450,15 @@ CLI_ERRORS = [
     pytest.param(["serve", "--config", "busy.toml", "--port", "{port}"], None, {}, None, 1,
                  "{port}",
                  id="port in use"),
-    pytest.param(["user", "add", "bob"], None, {}, None, 1, "bob", id="duplicate user"),
     pytest.param(["user", "add", "bad name!"], None, {}, None, 2, "bad user name",
                  id="bad user name"),
     pytest.param(["user", "add", "zed", "--password-stdin"], None, {}, "short\n", 2,
                  "at least 8 characters", id="short password"),
-    pytest.param(["token", "nobody"], None, {}, None, 1, "nobody", id="token for no user"),
 ]
 
 
-@pytest.mark.parametrize(("args", "user", "env", "stdin", "code", "message"), CLI_ERRORS)
-def test_an_error_is_one_line_on_stderr_and_a_nonzero_exit(
-        server, args, user, env, stdin, code, message):
+def _check_error(server: Server, args: list[str], user: str | None, env: dict[str, str],
+                 stdin: str | None, code: int, message: str) -> None:
     (server.folder / "bad.toml").write_text("[limits]\nmax_runing = 2\n")
     (server.folder / "broken.toml").write_text("[limits\nmax_running = 2\n")
     # A valid config with a database of its own, so a second `serve` touches no test's jobs.
@@ -470,6 +476,19 @@ def test_an_error_is_one_line_on_stderr_and_a_nonzero_exit(
     assert result.returncode == code, result.stderr
     assert message.lower() in line.lower(), line
     assert result.stdout == "" or args[0] == "serve", result.stdout
+
+
+@pytest.mark.parametrize(("args", "user", "env", "stdin", "code", "message"), CLI_ERRORS)
+def test_an_error_is_one_line_on_stderr_and_a_nonzero_exit(
+        server, args, user, env, stdin, code, message):
+    _check_error(server, args, user, env, stdin, code, message)
+
+
+@pytest.mark.sqlite_only("found before any database is read: the backend makes no difference")
+@pytest.mark.parametrize(("args", "user", "env", "stdin", "code", "message"), LOCAL_CLI_ERRORS)
+def test_a_local_error_is_one_line_on_stderr_and_a_nonzero_exit(
+        server, args, user, env, stdin, code, message):
+    _check_error(server, args, user, env, stdin, code, message)
 
 
 # --- migrate, and a database newer than this jobgate ---------------------------------------

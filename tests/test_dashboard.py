@@ -31,6 +31,10 @@ DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
 POLL_MS = 1500  # app.js POLL_MS
 
+# The page talks to the API only, it does not know the backend: SQLite is enough here
+# (tests/test_api.py and tests/test_stream.py run the same API on both backends).
+pytestmark = pytest.mark.sqlite_only("the dashboard does not know the backend")
+
 # Beyond the shared test kinds: a kind with choices, a pattern and a required argument,
 # and one that logs line by line and leaves an output file.
 DASHBOARD_KINDS = r"""

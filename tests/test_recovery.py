@@ -1,5 +1,8 @@
 """Crash safety with a real `jobgate serve`: kill -9, restart, and nothing acknowledged is lost.
 
+On both backends: on SQLite the server's file is what outlives it; on PostgreSQL the
+database server does, and the restarted node recovers the jobs of the one that died.
+
 The `crashy` kinds stand for a job that was running when the server died: the first
 attempt leaves a flag file and waits on a grandchild (which carries a unique marker, so
 an orphan can be found with psutil); any later attempt sees the flag and succeeds.

@@ -125,6 +125,29 @@ async def test_get_of_an_unknown_job_is_none(store):
     assert await store.get("nope") is None
 
 
+async def test_a_nul_character_finds_nothing_and_is_kept_in_text(store, db_url):
+    # PostgreSQL's text cannot hold a NUL, SQLite's can: lookups with one find nothing on
+    # both, and text written with one is kept (as U+FFFD on PostgreSQL).
+    nul = "\ufffd" if db_url.startswith("postgresql") else "\x00"
+    first, second = await submit(store, "bob"), await submit(store, "bob")
+    assert await store.get(first.id + "\x00") is None
+    assert await store.get_user("bob\x00") is None
+    assert (await store.list_jobs("bob\x00")).jobs == []
+    assert (await store.list_jobs("bob", kind="noop\x00")).jobs == []
+    assert [j.id for j in (await store.list_jobs("bob", before=second.id + "\x00")).jobs] \
+        == [second.id, first.id], "before a cursor with a NUL: up to its prefix"
+    assert (await store.list_jobs("bob", before="\x00")).jobs == []
+    job = await claim_one(store)
+    await store.progress(job.id, job.lease_token, 50, "half\x00way")
+    assert (await store.get(job.id)).message == f"half{nul}way"
+    await store.append_logs(job.id, ["a\x00b", "c"], cap=100)
+    assert await store.logs(job.id) == [(1, f"a{nul}b"), (2, "c")]
+    await store.finish(job.id, job.lease_token,
+                       Outcome(State.FAILED, error="boom\x00", message="failed\x00"))
+    done = await store.get(job.id)
+    assert (done.state, done.error, done.message) == (State.FAILED, f"boom{nul}", f"failed{nul}")
+
+
 async def test_queue_assigns_ids_sortable_by_creation(make_settings, open_queue):
     queue, _ = await open_queue(make_settings(), worker=False)
     jobs = await asyncio.gather(*(queue.submit("alice", "noop") for _ in range(50)))

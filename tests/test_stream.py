@@ -19,7 +19,7 @@ import httpx
 import jwt
 import pytest
 
-from conftest import TEST_KINDS, Server, running_server
+from conftest import TEST_KINDS, Backend, Server, running_server
 from jobgate.config import load_settings
 from jobgate.store import store_for_url
 
@@ -59,8 +59,10 @@ submit_per_ip = "off"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("stream"), CONFIG + TEST_KINDS + CHATTY) as srv:
+def server(tmp_path_factory: pytest.TempPathFactory, backend: Backend
+           ) -> Iterator[Server]:
+    with running_server(tmp_path_factory.mktemp("stream"), CONFIG + TEST_KINDS + CHATTY,
+                        backend) as srv:
         yield srv
 
 

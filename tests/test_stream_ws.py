@@ -22,7 +22,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from conftest import TEST_KINDS, Server, running_server
+from conftest import TEST_KINDS, Backend, Server, running_server
 
 CONFIG = """
 [limits]
@@ -54,12 +54,14 @@ ORIGINS = "JOBGATE_SERVER_ALLOWED_ORIGINS"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory, backend: Backend
+           ) -> Iterator[Server]:
     # [server] is written by the test Server itself: the allowed origin comes from the
     # environment the server inherits, as `JOBGATE_SERVER_ALLOWED_ORIGINS` would in use.
     os.environ[ORIGINS] = '["https://dash.example"]'
     try:
-        with running_server(tmp_path_factory.mktemp("ws"), CONFIG + TEST_KINDS) as srv:
+        with running_server(tmp_path_factory.mktemp("ws"), CONFIG + TEST_KINDS,
+                            backend) as srv:
             yield srv
     finally:
         del os.environ[ORIGINS]

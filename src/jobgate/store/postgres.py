@@ -86,8 +86,13 @@ class PostgresStore(PgConnection, Store):
         limit: int = 50,
     ) -> Page:
         where, params = ["TRUE"], []
+        before_clause = "id < %s"
+        if before is not None and "\x00" in before:
+            # A string sent here cannot hold a NUL (postgres_conn._nul_free); no id has one,
+            # so the ids before "abc\0…" are those up to "abc", as SQLite orders them.
+            before, before_clause = before.split("\x00", 1)[0], "id <= %s"
         for clause, value in (("owner = %s", owner), ("state = %s", state),
-                              ("kind = %s", kind), ("id < %s", before)):
+                              ("kind = %s", kind), (before_clause, before)):
             if value is not None:
                 where.append(clause)
                 params.append(value.value if isinstance(value, State) else value)

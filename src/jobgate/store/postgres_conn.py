@@ -16,6 +16,9 @@ from typing import Any, TypeVar
 try:
     import psycopg
     from psycopg import errors as pg_errors
+    from psycopg.abc import Buffer
+    from psycopg.adapt import AdaptersMap
+    from psycopg.types.string import StrBinaryDumper, StrDumper, StrDumperUnknown
     from psycopg_pool import AsyncConnectionPool
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(
@@ -57,6 +60,40 @@ _EVENTS_SQL = (
     "AS e(type, job_id, owner, data, n)) "
     "SELECT last, pg_notify(%s, last::text) FROM s"
 )
+
+
+def _nul_free(text: str) -> str:
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+class _NulFreeText(StrDumper):
+    def dump(self, obj: str) -> Buffer | None:
+        return super().dump(_nul_free(obj))
+
+
+class _NulFreeUnknown(StrDumperUnknown):
+    def dump(self, obj: str) -> Buffer | None:
+        return super().dump(_nul_free(obj))
+
+
+class _NulFreeBinary(StrBinaryDumper):
+    def dump(self, obj: str) -> Buffer | None:
+        return super().dump(_nul_free(obj))
+
+
+# PostgreSQL's text cannot hold a NUL character (SQLite's can): every string sent from
+# here has its NULs replaced by U+FFFD, as the worker does for bytes that are not UTF-8.
+# So a job printing a NUL still has its logs, progress and error written, and a lookup
+# with one (a job id, a user name, a filter) finds nothing instead of failing. Registered
+# in psycopg's order: the last dumper for a format is the default for `str`.
+_ADAPTERS = AdaptersMap(psycopg.adapters)
+for _dumper in (_NulFreeBinary, _NulFreeText, _NulFreeUnknown):
+    _ADAPTERS.register_dumper(str, _dumper)
+
+
+async def _connect(url: str) -> psycopg.AsyncConnection[Any]:
+    """A connection of its own (autocommit, NUL-free strings), outside the pool."""
+    return await psycopg.AsyncConnection.connect(url, autocommit=True, context=_ADAPTERS)
 
 
 def _to_db(name: str, value: Any) -> Any:
@@ -178,7 +215,7 @@ class PgConnection:
         self._loop = asyncio.get_running_loop()
         self._deliver_lock = asyncio.Lock()
         self._closing = False
-        listen_conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+        listen_conn = await _connect(self.url)
         try:
             await _migrate(listen_conn)
             await listen_conn.execute(f"LISTEN {_CHANNEL}")
@@ -192,7 +229,7 @@ class PgConnection:
         self._listen_conn = listen_conn
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             self.url, min_size=1, max_size=self._pool_size, open=False,
-            kwargs={"autocommit": True}, name="jobgate",
+            kwargs={"autocommit": True, "context": _ADAPTERS}, name="jobgate",
         )
         await pool.open(wait=True)
         self._pool = pool
@@ -225,7 +262,7 @@ class PgConnection:
         self._listeners.append(callback)
 
     async def schema_version(self) -> int:
-        async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+        async with await _connect(self.url) as conn:
             cur = await conn.execute("SELECT to_regclass('jobgate_schema') IS NOT NULL")
             row = await cur.fetchone()
             if not row or not row[0]:
@@ -255,7 +292,7 @@ class PgConnection:
                 await asyncio.sleep(_POLL_S)
                 if conn.closed:
                     with contextlib.suppress(Exception):
-                        conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+                        conn = await _connect(self.url)
                         await conn.execute(f"LISTEN {_CHANNEL}")
                         await conn.execute(f"LISTEN {self._wake_channel}")
                         self._listen_conn = conn
@@ -310,7 +347,7 @@ class PgConnection:
             async with pool.connection() as conn:
                 yield conn
             return
-        async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+        async with await _connect(self.url) as conn:
             yield conn
 
     async def _run(self, fn: Callable[[Tx], Awaitable[T]], write: bool = True) -> T:
