@@ -1360,3 +1360,21 @@ async def test_renew_works_from_another_threads_event_loop(store):
     renewed = await store.get(job.id)
     assert renewed is not None and renewed.lease_expires_at is not None
     assert renewed.lease_expires_at > time.time() + 55
+
+
+async def test_finish_and_claim_fills_the_slots_its_ends_free_in_one_call(store):
+    limits = Limits(max_running=2)
+    for _ in range(3):
+        await submit(store)
+    a, b = await claim(store, limits=limits)
+    [waiting] = [key[2] for key, _ in await store.queued_keys()]
+    stale = (b.id, b.lease_token + 1, done())  # a lease that moved on ends nothing
+    ended, claimed = await store.finish_and_claim(
+        [(a.id, a.lease_token, done()), stale], "w1", 2, limits, 30, KINDS)
+    assert ended[0] is not None and ended[0].state is State.COMPLETED and ended[1] is None
+    # a's slot went to the waiting job; b still runs, so max_running 2 leaves no more room.
+    assert [j.id for j in claimed] == [waiting]
+    still = await store.get(b.id)
+    assert still is not None and still.state is State.RUNNING
+    assert await events_of(store, a.id) == ["job.queued", "job.started", "job.completed"]
+    assert await store.finish_and_claim([], "w1", 2, limits, 30, KINDS) == ([], [])
