@@ -28,9 +28,9 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 from jobgate.model import Event, Job, State, check_move
 from jobgate.model import event_type as _event_type
-from jobgate.store.base import EventListener, NotFound, SchemaTooNew
+from jobgate.store.base import EventListener, NotFound
 from jobgate.store.postgres_batch import Groups
-from jobgate.store.rows import COLUMNS, JSON_COLUMNS, event_from_row, migrations
+from jobgate.store.rows import COLUMNS, JSON_COLUMNS, event_from_row, migrations, pending_migrations
 from jobgate.store.rows import dumps as _dumps
 from jobgate.store.rows import job_from_row as _job
 from jobgate.store.sqlite_batch import event_data
@@ -173,24 +173,15 @@ def latest_version() -> int:
 
 
 async def _migrate(conn: psycopg.AsyncConnection[Any]) -> None:
-    steps = _migrations()
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
         await conn.execute("CREATE TABLE IF NOT EXISTS jobgate_schema (version INTEGER NOT NULL)")
         cur = await conn.execute("SELECT max(version) FROM jobgate_schema")
         row = await cur.fetchone()
         current = int(row[0]) if row and row[0] is not None else 0
-        if current > steps[-1][0]:
-            raise SchemaTooNew(
-                f"the database has schema version {current}, newer than this jobgate "
-                f"({steps[-1][0]}): upgrade jobgate"
-            )
-        for version, sql in steps:
-            if version <= current:
-                continue
+        for version, sql in pending_migrations("postgres", current):
             await conn.execute(sql.encode())
             await conn.execute("INSERT INTO jobgate_schema (version) VALUES (%s)", (version,))
-
 
 
 class PgConnection:

@@ -9,6 +9,7 @@ from importlib import resources
 from typing import Any
 
 from jobgate.model import Event, Job, State
+from jobgate.store.base import SchemaTooNew
 
 #: The jobs table's columns, in the order `job_from_row` and `job_values` use.
 COLUMNS = (
@@ -82,3 +83,15 @@ def migrations(backend: str) -> list[tuple[int, str]]:
         if name.startswith(f"{backend}_") and name.endswith(".sql"):
             found.append((int(name.split("_")[1]), entry.read_text()))
     return sorted(found)
+
+
+def pending_migrations(backend: str, current: int) -> list[tuple[int, str]]:
+    """The migrations a database at schema version `current` still needs, oldest first;
+    SchemaTooNew when a newer jobgate migrated it (this one must not touch it)."""
+    steps = migrations(backend)
+    if current > steps[-1][0]:
+        raise SchemaTooNew(
+            f"the database has schema version {current}, newer than this jobgate "
+            f"({steps[-1][0]}): upgrade jobgate"
+        )
+    return [(version, sql) for version, sql in steps if version > current]

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from jobgate.model import Event, Job, State, check_move, event_type, iso
 from jobgate.store.base import EventListener
 from jobgate.store.base import SchemaTooNew as SchemaTooNew  # moved to base
-from jobgate.store.rows import COLUMNS, event_from_row, job_from_row, migrations
+from jobgate.store.rows import COLUMNS, event_from_row, job_from_row, migrations, pending_migrations
 
 T = TypeVar("T")
 ItemT = TypeVar("ItemT")
@@ -414,15 +414,7 @@ def _file_version(path: str) -> int:
 
 def _migrate(conn: sqlite3.Connection) -> None:
     current = conn.execute("PRAGMA user_version").fetchone()[0]
-    steps = _migrations()
-    if current > steps[-1][0]:
-        raise SchemaTooNew(
-            f"the database has schema version {current}, newer than this jobgate "
-            f"({steps[-1][0]}): upgrade jobgate"
-        )
-    for version, sql in steps:
-        if version <= current:
-            continue
+    for version, sql in pending_migrations("sqlite", current):
         conn.execute("BEGIN IMMEDIATE")
         try:
             for statement in _split(sql):
