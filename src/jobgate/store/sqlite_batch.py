@@ -34,6 +34,8 @@ T = TypeVar("T")
 ItemT = TypeVar("ItemT")
 _BATCH_MAX = 512  # operations per transaction
 _IDLE_CHECK_S = 0.05  # how often an idle connection looks for other processes' events
+_BUSY_CHECK_S = 0.002  # ... and how often while they wrote within the last _BUSY_SPELL_S
+_BUSY_SPELL_S = 1.0
 _BUSY_TIMEOUT_MS = 5000  # while opening: migrations of two processes starting together
 _BUSY_FIRST_S = 0.0005  # then a busy write lock is retried after this, growing 1.5x ...
 _BUSY_MAX_S = 0.002  # ... up to this
@@ -199,15 +201,20 @@ class GroupCommit:
             ready.set_exception(exc)
             return
         ready.set_result(None)
+        foreign_at = 0.0  # when another process was last seen writing
         while True:
+            # Another process that just wrote (a producer, a worker node) likely writes
+            # again soon: look often for a while, then settle back to the idle pace.
+            busy = time.monotonic() - foreign_at < _BUSY_SPELL_S
             try:
-                first = self._ops.get(timeout=_IDLE_CHECK_S)
+                first = self._ops.get(timeout=_BUSY_CHECK_S if busy else _IDLE_CHECK_S)
             except queue.Empty:
                 with contextlib.suppress(sqlite3.OperationalError):  # busy: next time
                     version = conn.execute("PRAGMA data_version").fetchone()[0]
                     if version != data_version:
                         events = self._foreign_events(conn)
                         data_version = version
+                        foreign_at = time.monotonic()
                         self._publish(events, [])
                 continue
             if first is None:
@@ -222,7 +229,9 @@ class GroupCommit:
                     self._ops.put(None)
                     break
                 batch.append(op)
-            data_version = self._run_batch(conn, batch, data_version)
+            version = self._run_batch(conn, batch, data_version)
+            if version != data_version:  # it read other processes' writes on the way
+                data_version, foreign_at = version, time.monotonic()
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op], data_version: int) -> int:
