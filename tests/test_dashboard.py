@@ -616,10 +616,13 @@ def test_an_expired_session_goes_back_to_sign_in_and_then_to_the_same_view(pages
     expect(page.locator("#job-state")).to_have_attribute("data-state", "completed")
 
     # The server turns the token down (it expired): the delete is not done, sign in again.
+    # The token changes and the delete is confirmed in one turn of the page's event loop:
+    # any other request of the page with that token would show the sign-in form first.
     token = expired_token(server, "bob")
-    page.evaluate("(t) => { window.jobgate.state.session.token = t; }", token)
     page.click("#act-delete")
-    page.click("#confirm-ok")
+    expect(page.locator("#confirm-ok")).to_be_visible()  # it asks first
+    page.evaluate("(t) => { window.jobgate.state.session.token = t;"
+                  " document.getElementById('confirm-ok').click(); }", token)
     expect(page.locator("#signin-form")).to_be_visible()
     expect(page.locator("#signin-note")).to_contain_text(EXPIRED_NOTE)
     expect(page.locator("#username")).to_have_value("bob")
