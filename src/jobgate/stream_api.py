@@ -366,14 +366,7 @@ class _WsSession:
         if target is None:
             return
         what, job_id = target
-        if what == "job" and job_id is not None:
-            self.job_ids.add(job_id)
-        elif what == "jobs":
-            self.everything = True
-        else:
-            self.stream.stats = True
-        await self._send({"type": "subscribed", "subscribe": what,
-                          **({"id": job_id} if job_id else {})})
+        await self._follow(what, job_id, True)
         if what == "queue" and self.hub.stats_frame is not None:
             await self.ws.send_text(self.hub.stats_frame.text)
         point = resume if resume is not None else self.resume
@@ -384,15 +377,21 @@ class _WsSession:
         target = await self._target(msg, "unsubscribe")
         if target is None:
             return
-        what, job_id = target
+        await self._follow(*target, False)
+
+    async def _follow(self, what: str, job_id: str | None, on: bool) -> None:
+        """Start (or stop) sending one job's, all own jobs' or the queue's events; say so."""
         if what == "job" and job_id is not None:
-            self.job_ids.discard(job_id)
+            if on:
+                self.job_ids.add(job_id)
+            else:
+                self.job_ids.discard(job_id)
         elif what == "jobs":
-            self.everything = False
+            self.everything = on
         else:
-            self.stream.stats = False
-        await self._send({"type": "unsubscribed", "unsubscribe": what,
-                          **({"id": job_id} if job_id else {})})
+            self.stream.stats = on
+        verb = "subscribe" if on else "unsubscribe"
+        await self._send({"type": f"{verb}d", verb: what, **({"id": job_id} if job_id else {})})
 
     async def _replay(self, after: int) -> None:
         """Stored events after `after` that the subscriptions take and were not sent yet."""
