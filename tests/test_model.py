@@ -144,6 +144,15 @@ def test_iso_is_utc_with_milliseconds_and_z():
     assert ISO_UTC.match(iso(time.time()) or "")
 
 
+@pytest.mark.parametrize("ts", [0.0, 0.9995, 0.9999996, 59.9999999, 1_700_000_000.0005,
+                                1_700_000_000.9999995, 4_102_444_799.999, 1e9 + 0.1234565])
+def test_iso_is_what_datetime_itself_writes(ts):
+    # iso() formats the second once and adds the milliseconds: no drift from datetime's own
+    # rounding, even at a second's edge.
+    expected = dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds")
+    assert iso(ts) == expected.replace("+00:00", "Z")
+
+
 @pytest.mark.parametrize("ts", [0.0, 1.5, 1_700_000_000.123, 4_102_444_800.999])
 def test_iso_parse_iso_round_trip_to_the_millisecond(ts):
     assert parse_iso(iso(ts) or "") == pytest.approx(ts, abs=0.0005)

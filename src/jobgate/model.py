@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import math
 import os
 import threading
 import time
@@ -107,9 +108,18 @@ def iso(ts: float | None) -> str | None:
 
 @functools.lru_cache(maxsize=64)  # a batch stamps all its jobs with one time
 def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+    # What datetime's isoformat(timespec="milliseconds") gives, at a fraction of its cost
+    # (every event carries a time or two): the whole second is formatted once.
+    seconds = math.floor(ts)
+    micros = round((ts - seconds) * 1e6)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    return f"{_iso_second(seconds)}.{micros // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=64)
+def _iso_second(seconds: int) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def parse_iso(text: str) -> float:

@@ -163,13 +163,14 @@ class Store(ABC):
     async def set_pid(self, job_id: str, token: int, pid: int | None) -> None: ...
 
     @abstractmethod
-    async def finish(self, job_id: str, token: int, outcome: Outcome) -> Job | None:
-        """Persist how a running job ended, if `token` still holds its lease; None if not."""
+    async def finish(self, job_id: str, token: int, outcome: Outcome) -> State | None:
+        """Persist how a running job ended, if `token` still holds its lease: the state it
+        moved to (`outcome.state`), or None if the lease had moved on."""
 
     async def finish_and_claim(
         self, ends: list[tuple[str, int, Outcome]], worker: str, slots: int, limits: Limits,
         lease_s: float, kinds: list[str],
-    ) -> tuple[list[Job | None], list[Job]]:
+    ) -> tuple[list[State | None], list[Job]]:
         """`finish` each of `ends` (job id, token, outcome), then `claim`: the slots the
         ends free are filled at once. A backend may do both in one transaction (SQLite
         does: one commit instead of two for a worker whose jobs end in waves)."""

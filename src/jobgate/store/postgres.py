@@ -180,14 +180,14 @@ class PostgresStore(PgConnection, Store):
 
         await self._run(op)
 
-    async def finish(self, job_id: str, token: int, outcome: Outcome) -> Job | None:
-        async def op(tx: Tx, items: list[tuple[str, int, Outcome]]) -> list[Job | None]:
+    async def finish(self, job_id: str, token: int, outcome: Outcome) -> State | None:
+        async def op(tx: Tx, items: list[tuple[str, int, Outcome]]) -> list[State | None]:
             if any(o.state is State.QUEUED for _, _, o in items):
                 await tx.execute(f"SELECT pg_advisory_xact_lock(%s), {SORT_OFF}",
                                  (_TURNS_LOCK,))
             return await finish_many(tx, items, _requeue)
 
-        result: Job | None = await self._grouped("finish", (job_id, token, outcome), op)
+        result: State | None = await self._grouped("finish", (job_id, token, outcome), op)
         return result
 
     async def progress(

@@ -12,7 +12,6 @@ transaction itself reaches every caller of the group.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -20,7 +19,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from jobgate.model import Job, State, check_move
 from jobgate.scheduler import next_vt
 from jobgate.store.base import Outcome, QueueFull, Quota
-from jobgate.store.rows import COLUMNS, job_from_row, job_values
+from jobgate.store.rows import COLUMNS, job_from_row, job_values, to_json
 from jobgate.store.rows import dumps as _dumps
 from jobgate.store.sqlite_batch import event_data
 
@@ -281,12 +280,12 @@ _END_SQL = (
 
 async def finish_many(tx: Tx, items: list[tuple[str, int, Outcome]],
                       requeue: Callable[[Any, Job, Outcome], Awaitable[Job]]
-                      ) -> list[Job | None]:
+                      ) -> list[State | None]:
     """End runs, fenced by their lease tokens: one statement moves every run that ends
     (completed, failed, cancelled) and returns the rows its events are made of; a run that
     goes back to the queue needs its fair turn and takes `requeue` (under the turns lock,
     which the caller took)."""
-    out: dict[int, Job | None] = {}
+    out: dict[int, State | None] = {}
     ending: dict[tuple[str, int], list[int]] = {}
     cols: list[list[Any]] = [[] for _ in range(8)]
     for index, (job_id, token, outcome) in enumerate(items):
@@ -300,7 +299,7 @@ async def finish_many(tx: Tx, items: list[tuple[str, int, Outcome]],
         ending[(job_id, token)] = [index]
         for col, value in zip(cols, (
                 job_id, token, outcome.state.value,
-                None if outcome.result is None else json.dumps(outcome.result),
+                None if outcome.result is None else to_json(outcome.result),
                 _dumps(list(outcome.outputs)), outcome.error, outcome.message,
                 outcome.peak_memory_mb), strict=True):
             col.append(value)
@@ -309,11 +308,11 @@ async def finish_many(tx: Tx, items: list[tuple[str, int, Outcome]],
             job = job_from_row(row)
             indexes = ending[(job.id, job.lease_token)]
             tx.announce(job, State.RUNNING)
-            out[indexes[0]] = job
+            out[indexes[0]] = job.state
     for index, (job_id, token, outcome) in enumerate(items):
         if outcome.state is not State.QUEUED:
             continue
         jobs = await tx.select("id = %s FOR UPDATE", (job_id,))
         if jobs and jobs[0].state is State.RUNNING and jobs[0].lease_token == token:
-            out[index] = await requeue(tx, jobs[0], outcome)
+            out[index] = (await requeue(tx, jobs[0], outcome)).state
     return [out[i] for i in range(len(items))]

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+import orjson
+
 from jobgate.model import Event, Job, State
 from jobgate.store.base import SchemaTooNew
 
@@ -19,7 +21,28 @@ COLUMNS = (
     "cancel_requested, pid, idempotency_key"
 )
 JSON_COLUMNS = frozenset({"args", "result", "depends_on", "outputs"})
-_STATES = {s.value: s for s in State}  # a dict lookup; calling the enum costs 10x more
+#: State by value: a dict lookup (calling the enum costs 10x more).
+STATES = {s.value: s for s in State}
+
+
+def to_json(value: Any) -> str:
+    """JSON text: orjson's (ten times faster, and every event is written as JSON), or the
+    standard library's for what orjson refuses (an int past 64 bits, a lone surrogate),
+    marked with a leading space so `from_json` reads it back with the same library."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return " " + json.dumps(value)
+
+
+def from_json(text: str) -> Any:
+    """The value of `to_json`'s text (or of older text written by `json.dumps`)."""
+    if text.startswith(" "):
+        return json.loads(text)  # orjson would read a big int back as a float
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # NaN or a lone surrogate written by json.dumps
+        return json.loads(text)
 
 
 def loads(text: str) -> Any:
@@ -28,13 +51,13 @@ def loads(text: str) -> Any:
         return []
     if text == "{}":
         return {}
-    return json.loads(text)
+    return from_json(text)
 
 
 def dumps(value: Any) -> str:
     if not value and isinstance(value, (list, dict)):
         return "[]" if isinstance(value, list) else "{}"
-    return json.dumps(value)
+    return to_json(value)
 
 
 def job_from_row(row: Sequence[Any]) -> Job:
@@ -45,7 +68,7 @@ def job_from_row(row: Sequence[Any]) -> Job:
      cancel_requested, pid, idempotency_key) = tuple(row)[:28]
     return Job(
         id=id_, kind=kind, owner=owner, args=loads(args), priority=priority,
-        state=_STATES[state], progress=progress, message=message, attempt=attempt,
+        state=STATES[state], progress=progress, message=message, attempt=attempt,
         max_attempts=max_attempts, created_at=created_at, run_at=run_at,
         started_at=started_at, finished_at=finished_at,
         result=None if result is None else loads(result), error=error, worker=worker,
@@ -71,7 +94,7 @@ def job_values(job: Job) -> tuple[Any, ...]:
 
 def event_from_row(row: Sequence[Any]) -> Event:
     """An event from a row of (seq, type, ts, job_id, owner, data)."""
-    return Event(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]))
+    return Event(row[0], row[1], row[2], row[3], row[4], from_json(row[5]))
 
 
 def migrations(backend: str) -> list[tuple[int, str]]:

@@ -92,8 +92,8 @@ class SqliteStore(GroupCommit, Store):
     async def finish_and_claim(
         self, ends: list[tuple[str, int, Outcome]], worker: str, slots: int, limits: Limits,
         lease_s: float, kinds: list[str],
-    ) -> tuple[list[Job | None], list[Job]]:
-        def op(tx: Tx) -> tuple[list[Job | None], list[Job]]:
+    ) -> tuple[list[State | None], list[Job]]:
+        def op(tx: Tx) -> tuple[list[State | None], list[Job]]:
             ended = finish_many(tx, ends) if ends else []
             return ended, _claim(tx, worker, slots, limits, lease_s, kinds)
 
@@ -126,7 +126,7 @@ class SqliteStore(GroupCommit, Store):
 
         await self._call(op)
 
-    async def finish(self, job_id: str, token: int, outcome: Outcome) -> Job | None:
+    async def finish(self, job_id: str, token: int, outcome: Outcome) -> State | None:
         return await self._call_grouped("finish", (job_id, token, outcome), finish_many)
 
     async def progress(

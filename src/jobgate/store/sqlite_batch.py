@@ -13,7 +13,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import json
 import logging
 import os
 import queue
@@ -28,7 +27,14 @@ from typing import Any, TypeVar
 from jobgate.model import Event, Job, State, check_move, event_type, iso
 from jobgate.store.base import EventListener
 from jobgate.store.base import SchemaTooNew as SchemaTooNew  # moved to base
-from jobgate.store.rows import COLUMNS, event_from_row, job_from_row, migrations, pending_migrations
+from jobgate.store.rows import (
+    COLUMNS,
+    event_from_row,
+    job_from_row,
+    migrations,
+    pending_migrations,
+    to_json,
+)
 
 T = TypeVar("T")
 ItemT = TypeVar("ItemT")
@@ -105,7 +111,7 @@ _JSON_COLS = {"args", "result", "depends_on", "outputs"}
 
 def _to_db(name: str, value: Any) -> Any:
     if name in _JSON_COLS:
-        return json.dumps(value)
+        return to_json(value)
     if isinstance(value, State):
         return value.value
     return value
@@ -269,7 +275,7 @@ class GroupCommit:
                     for type_, job_id, owner, data in tx.pending:
                         seq += 1
                         events.append(Event(seq, type_, now, job_id, owner, data))
-                        rows.append((seq, type_, now, job_id, owner, json.dumps(data)))
+                        rows.append((seq, type_, now, job_id, owner, to_json(data)))
                     results.append((op, value, None))
                 if rows:
                     conn.executemany("INSERT INTO events (seq, type, ts, job_id, owner, data) "

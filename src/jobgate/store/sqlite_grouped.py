@@ -5,13 +5,12 @@ own error. Fair turns (`vt`) for jobs entering the queue are worked out here too
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from jobgate.model import Job, State, check_move
 from jobgate.scheduler import next_vt
 from jobgate.store.base import Outcome, QueueFull, Quota
-from jobgate.store.rows import COLUMNS
+from jobgate.store.rows import COLUMNS, STATES, to_json
 from jobgate.store.rows import dumps as _dumps
 from jobgate.store.rows import job_values as _job_values
 from jobgate.store.sqlite_batch import Tx, event_data, placeholders
@@ -129,48 +128,56 @@ _END_SQL = (f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _END_COLUMNS)} "
             "WHERE id = ? AND lease_token = ?")
 
 
-def finish_many(tx: Tx, items: list[tuple[str, int, Outcome]]) -> list[Job | None]:
-    """End runs, fenced by their lease tokens: one read and one `executemany` for all the
-    runs that end (a retry, which needs its fair turn worked out, takes its own move)."""
+def finish_many(tx: Tx, items: list[tuple[str, int, Outcome]]) -> list[State | None]:
+    """End runs, fenced by their lease tokens: one narrow read and one `executemany` for
+    all the runs that end (a retry, which needs its fair turn worked out, takes its own
+    move). Each item gets the state its job moved to, or None if its lease moved on."""
     ids = list({job_id for job_id, _, _ in items})
+    # What the fence and the end events need, not whole rows: a worker ends jobs in waves.
     current: dict[str, Job] = {}
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]
-        current.update((j.id, j) for j in tx.select(f"id IN ({placeholders(chunk)})",
-                                                  tuple(chunk)))
-    out: list[Job | None] = []
+        for id_, state, token, kind, owner, attempt, max_attempts, progress in tx.conn.execute(
+                "SELECT id, state, lease_token, kind, owner, attempt, max_attempts, progress "
+                f"FROM jobs WHERE id IN ({placeholders(chunk)})", chunk):
+            current[id_] = Job(id=id_, kind=kind, owner=owner, args={}, state=STATES[state],
+                               lease_token=token, attempt=attempt,
+                               max_attempts=max_attempts, progress=progress)
+    out: list[State | None] = []
     ended: list[tuple[Any, ...]] = []
     for job_id, token, outcome in items:
         job = current.get(job_id)
         if job is None or job.state is not State.RUNNING or job.lease_token != token:
             out.append(None)  # the lease moved on: somebody else owns this job now
             continue
-        src = job.state
         common = {"lease_expires_at": None, "pid": None, "error": outcome.error,
                   "message": outcome.message, "peak_memory_mb": outcome.peak_memory_mb}
         if outcome.state is State.QUEUED:
             assert outcome.retry_at is not None
-            out.append(tx.move(job, State.QUEUED, vt=owner_vt(tx, job.owner, job.priority),
-                               run_at=outcome.retry_at, worker=None,
-                               attempt=job.attempt - 1 if outcome.hand_back else job.attempt,
-                               lease_token=job.lease_token + 1, **common))
+            whole = tx.select("id = ?", (job_id,))[0]
+            tx.move(whole, State.QUEUED, vt=owner_vt(tx, whole.owner, whole.priority),
+                    run_at=outcome.retry_at, worker=None,
+                    attempt=whole.attempt - 1 if outcome.hand_back else whole.attempt,
+                    lease_token=whole.lease_token + 1, **common)
+            job.state = State.QUEUED  # a second end of the same run finds it gone
+            out.append(State.QUEUED)
             continue
-        check_move(job.id, src, outcome.state)
+        check_move(job.id, State.RUNNING, outcome.state)
         job.state, job.finished_at, job.result = outcome.state, tx.now, outcome.result
-        job.outputs, job.cancel_requested = list(outcome.outputs), False
+        job.outputs = list(outcome.outputs)
         if outcome.state is State.COMPLETED:
             job.progress = 100.0
-        job.lease_expires_at, job.pid, job.error = None, None, outcome.error
-        job.message, job.peak_memory_mb = outcome.message, outcome.peak_memory_mb
+        job.error, job.message = outcome.error, outcome.message
+        job.peak_memory_mb = outcome.peak_memory_mb
         ended.append((job.state.value, job.finished_at, _json_or_none(job.result),
                       _dumps(job.outputs), 0, job.progress, None, None, job.error,
                       job.message, job.peak_memory_mb, job.id, token))
-        tx.announce(job, src)
-        out.append(job)
+        tx.announce(job, State.RUNNING)
+        out.append(job.state)
     if ended:
         tx.conn.executemany(_END_SQL, ended)
     return out
 
 
 def _json_or_none(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
+    return None if value is None else to_json(value)
