@@ -7,11 +7,20 @@ import random
 import pytest
 
 from jobgate.model import Job, new_id
-from jobgate.scheduler import Limits, Running, admit, backoff_s, blocked, free_slots, next_vt
+from jobgate.scheduler import (
+    Candidate,
+    Limits,
+    Running,
+    admit,
+    backoff_s,
+    blocked,
+    free_slots,
+    next_vt,
+)
 
 
-def job(owner: str = "alice", kind: str = "noop", memory_mb: int = 0) -> Job:
-    return Job(id=new_id(), kind=kind, owner=owner, args={}, memory_mb=memory_mb)
+def job(owner: str = "alice", kind: str = "noop", memory_mb: int = 0) -> Candidate:
+    return Candidate(new_id(), kind, owner, memory_mb)
 
 
 def names(jobs: list[Job], everyone: list[Job]) -> list[int]:

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-
-from jobgate.model import Job
+from typing import NamedTuple
 
 
 def next_vt(head_vt: int | None, owner_last_vt: int | None) -> int:
@@ -57,6 +56,15 @@ class Running:
         self.by_kind[kind] += count
 
 
+class Candidate(NamedTuple):
+    """What admission reads of a queued job (a claim reads these columns, not whole rows)."""
+
+    id: str
+    kind: str
+    owner: str
+    memory_mb: int
+
+
 def free_slots(limits: Limits, running: Running, slots: int) -> int:
     """How many jobs a node with `slots` free slots may claim at most."""
     return max(0, min(slots, limits.max_running - running.total))
@@ -71,7 +79,8 @@ def blocked(limits: Limits, running: Running) -> tuple[set[str], set[str]]:
     return owners, kinds
 
 
-def admit(candidates: list[Job], limits: Limits, running: Running, slots: int) -> list[Job]:
+def admit(candidates: list[Candidate], limits: Limits, running: Running, slots: int
+          ) -> list[Candidate]:
     """The candidates (in dispatch order) that may start now, honouring every limit.
 
     Memory is handed out in dispatch order. The first job that needs memory and does not
@@ -83,7 +92,7 @@ def admit(candidates: list[Job], limits: Limits, running: Running, slots: int) -
 
     `running` is updated with the admitted jobs.
     """
-    chosen: list[Job] = []
+    chosen: list[Candidate] = []
     room = free_slots(limits, running, slots)
     node_free = limits.node_memory_free_mb
     held = False  # a job waits for memory: nothing that needs memory passes it

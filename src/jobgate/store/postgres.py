@@ -28,7 +28,7 @@ from collections.abc import Collection
 from typing import Any
 
 from jobgate.model import FINAL, DispatchKey, Event, IllegalMove, Job, State, check_move
-from jobgate.scheduler import Limits, Running, admit, blocked, free_slots
+from jobgate.scheduler import Candidate, Limits, Running, admit, blocked, free_slots
 from jobgate.store.base import (
     Conflict,
     Node,
@@ -119,7 +119,7 @@ class PostgresStore(PgConnection, Store):
             ):
                 running.add(owner, kind, int(mem), int(n))
             room = free_slots(limits, running, slots)
-            admitted: list[Job] = []
+            admitted: list[Candidate] = []
             seen: set[str] = set()
             for _ in range(_CLAIM_ROUNDS):
                 want = room - len(admitted)
@@ -512,7 +512,7 @@ class PostgresStore(PgConnection, Store):
 
 
 async def _candidates(tx: Tx, kinds: list[str], owners: set[str], limits: Limits,
-                      running: Running, seen: set[str], limit: int) -> list[Job]:
+                      running: Running, seen: set[str], limit: int) -> list[Candidate]:
     """The first ready queued jobs in dispatch order that no limit excludes outright (rows
     another transaction holds are skipped: it is changing them)."""
     where = "state = 'queued' AND run_at <= %s AND kind = ANY(%s)"
@@ -526,9 +526,8 @@ async def _candidates(tx: Tx, kinds: list[str], owners: set[str], limits: Limits
     # No filter on memory: a job that does not fit must be seen, to hold the memory for
     # itself against the jobs behind it (scheduler.admit).
     return [
-        Job(id=i, kind=k, owner=o, args={}, priority=p, vt=vt, memory_mb=m)
-        for i, k, o, p, vt, m in await tx.rows(
-            f"SELECT id, kind, owner, priority, vt, memory_mb FROM jobs WHERE {where} "
+        Candidate._make(row) for row in await tx.rows(
+            f"SELECT id, kind, owner, memory_mb FROM jobs WHERE {where} "
             "ORDER BY priority DESC, vt, id LIMIT %s FOR UPDATE SKIP LOCKED",
             (*params, limit))
     ]

@@ -13,7 +13,7 @@ from collections.abc import Collection
 from typing import Any
 
 from jobgate.model import FINAL, DispatchKey, Event, IllegalMove, Job, State, check_move
-from jobgate.scheduler import Limits, Running, admit, blocked, free_slots
+from jobgate.scheduler import Candidate, Limits, Running, admit, blocked, free_slots
 from jobgate.store.base import (
     Conflict,
     Node,
@@ -450,7 +450,7 @@ def _claim(tx: Tx, worker: str, slots: int, limits: Limits, lease_s: float,
     ):
         running.add(owner, kind, mem, n)
     room = free_slots(limits, running, slots)
-    admitted: list[Job] = []
+    admitted: list[Candidate] = []
     seen: set[str] = set()
     # Admission reads a few columns of the first candidates; when limits filled up
     # on the way (a user or kind reached its cap), it reads on past them.
@@ -485,7 +485,7 @@ def _claim(tx: Tx, worker: str, slots: int, limits: Limits, lease_s: float,
 
 
 def _candidates(tx: Tx, kinds: list[str], owners: set[str], limits: Limits,
-                running: Running, limit: int) -> list[Job]:
+                running: Running, limit: int) -> list[Candidate]:
     """The first ready queued jobs in dispatch order that no limit excludes outright."""
     # `+` keeps SQLite off the run_at and kind indexes: walking jobs_dispatch in order and
     # stopping at LIMIT is O(limit); filtering by run_at first would sort the whole queue.
@@ -495,9 +495,8 @@ def _candidates(tx: Tx, kinds: list[str], owners: set[str], limits: Limits,
         where += f" AND owner NOT IN ({placeholders(owners)})"
         params.extend(owners)
     return [
-        Job(id=i, kind=k, owner=o, args={}, priority=p, vt=vt, memory_mb=m)
-        for i, k, o, p, vt, m in tx.conn.execute(
-            f"SELECT id, kind, owner, priority, vt, memory_mb FROM jobs WHERE {where} "
+        Candidate._make(row) for row in tx.conn.execute(
+            f"SELECT id, kind, owner, memory_mb FROM jobs WHERE {where} "
             "ORDER BY priority DESC, vt, id LIMIT ?", (*params, limit))
     ]
 
