@@ -500,20 +500,25 @@ def _run(folder: Any, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
-async def _set_version(db_url: str, version: int, drop_nodes: bool = False) -> None:
+# What undoes each backend's latest migration: a database as the jobgate before it left it.
+_UNDO_LATEST = {"sqlite": "CREATE INDEX events_ts ON events (ts)",  # sqlite_004
+                "postgres": "DROP TABLE nodes"}  # postgres_002
+
+
+async def _set_version(db_url: str, version: int, undo_latest: bool = False) -> None:
     """Make the database look migrated to `version` (as an older or a newer jobgate left it)."""
     if db_url.startswith("sqlite://"):
         with contextlib.closing(sqlite3.connect(db_url.removeprefix("sqlite:///"))) as conn:
-            if drop_nodes:
-                conn.execute("DROP TABLE nodes")
+            if undo_latest:
+                conn.execute(_UNDO_LATEST["sqlite"])
             conn.execute(f"PRAGMA user_version = {version:d}")
             conn.commit()
         return
     import psycopg
 
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-        if drop_nodes:
-            await conn.execute("DROP TABLE nodes")
+        if undo_latest:
+            await conn.execute(_UNDO_LATEST["postgres"])
         await conn.execute("DELETE FROM jobgate_schema WHERE version > %s", (version,))
         await conn.execute("INSERT INTO jobgate_schema (version) SELECT %s WHERE NOT EXISTS "
                            "(SELECT 1 FROM jobgate_schema WHERE version = %s)",
@@ -532,8 +537,8 @@ async def test_migrate_brings_the_schema_up_to_date_and_says_so(db_url, tmp_path
     assert again.returncode == 0 and again.stdout.strip().endswith(
         f"schema version {latest}, up to date"), again.stdout
 
-    # A database an older jobgate left (before the nodes table): migrated by one step.
-    await _set_version(db_url, latest - 1, drop_nodes=True)
+    # A database the jobgate before the latest migration left: migrated by one step.
+    await _set_version(db_url, latest - 1, undo_latest=True)
     step = _run(tmp_path, "migrate", "--db", db_url)
     assert step.returncode == 0, step.stderr
     assert step.stdout.strip().endswith(

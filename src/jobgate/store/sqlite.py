@@ -350,7 +350,12 @@ class SqliteStore(GroupCommit, Store):
 
     async def prune_events(self, before_ts: float) -> int:
         def op(tx: Tx) -> int:
-            return tx.conn.execute("DELETE FROM events WHERE ts < ?", (before_ts,)).rowcount
+            # Events are numbered in commit order, so the old ones are the first: the first
+            # event at or after `before_ts` is found by walking `seq` from the start.
+            return tx.conn.execute(
+                "DELETE FROM events WHERE seq < coalesce("
+                "(SELECT seq FROM events WHERE ts >= ? ORDER BY seq LIMIT 1), "
+                "(SELECT max(seq) + 1 FROM events))", (before_ts,)).rowcount
 
         return await self._call(op)
 
