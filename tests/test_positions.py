@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import random
 import time
 
+from jobgate import positions
 from jobgate.model import Event, iso, new_id, parse_iso
-from jobgate.positions import PositionIndex, RankedKeys, sort_key
+from jobgate.positions import Entry, PositionIndex, RankedKeys, sort_key
 from jobgate.scheduler import Limits
 
 _seq = itertools.count(1)
@@ -171,29 +173,73 @@ async def test_queue_position_is_the_order_claim_takes(make_settings, open_queue
 
 def test_ranked_keys_match_a_sorted_list_across_block_splits_and_merges():
     """Thousands of keys (several blocks), added and removed at random, in and out of
-    order: every rank equals the index in a plainly sorted list."""
+    order, with ranks asked in between (so entries' remembered places go stale): every
+    rank equals the index in a plainly sorted list."""
     rng = random.Random(7)
     keys = RankedKeys()
     plain: list[str] = []
     pool = [sort_key((-rng.choice([0, 0, 5, -1000, 1000]), rng.randrange(10**12), f"j{i:06d}"))
             for i in range(7000)]
-    for key in pool:
-        keys.add(key)
+    entries = {key: Entry(key) for key in pool}
+
+    def check(samples: int) -> None:
+        plain.sort()
+        assert len(keys) == len(plain) and list(keys) == plain
+        for i in rng.sample(range(len(plain)), min(samples, len(plain))):
+            assert keys.rank(entries[plain[i]]) == i
+
+    for n, key in enumerate(pool):
+        keys.add(entries[key])
         plain.append(key)
-    for key in rng.sample(pool, 4000):
-        keys.discard(key)
+        if n % 997 == 0:
+            check(50)
+    check(300)
+    for n, key in enumerate(rng.sample(pool, 4000)):
+        keys.discard(entries[key])
+        keys.discard(entries[key])  # a second time: nothing left to remove
         plain.remove(key)
-    keys.discard(sort_key((0, 1, "never added")))
+        if n % 499 == 0:
+            check(50)
     for key in pool[:500]:
         if key not in plain:
-            keys.add(key)
+            keys.add(entries[key])
             plain.append(key)
-    plain.sort()
-    assert len(keys) == len(plain) and list(keys) == plain
-    for i in rng.sample(range(len(plain)), 300):
-        assert keys.rank(plain[i]) == i
-    assert keys.rank(sort_key((1000, 10**15, "z"))) == len(plain)  # past every key
-    assert keys.rank(sort_key((-1000, 0, ""))) == 0
+    check(300)
+    # The head of the queue leaves one by one (claims) while new keys enter at both ends.
+    for n in range(1500):
+        plain.sort()
+        keys.discard(entries[plain.pop(0)])
+        if n % 3 == 0:
+            fresh = sort_key((0, rng.choice([0, 10**13]), f"k{n:06d}"))
+            entries[fresh] = Entry(fresh)
+            keys.add(entries[fresh])
+            plain.append(fresh)
+        if n % 50 == 0:
+            check(20)
+    check(300)
+
+
+def test_ranks_in_a_queue_that_fills_in_order_need_no_search(monkeypatch):
+    """A queue filling up in dispatch order (one producer, one priority) keeps every key
+    where its entry last saw it: ranks are found without a search."""
+    keys = RankedKeys()
+    entries = [Entry(sort_key((0, vt, f"j{vt:06d}"))) for vt in range(5000)]
+    for entry in entries:
+        keys.add(entry)
+    searched = 0
+    original = bisect.bisect_left
+
+    def counting(*args: object, **kwargs: object) -> int:
+        nonlocal searched
+        searched += 1
+        return original(*args, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(positions, "bisect_left", counting)
+    assert [keys.rank(e) for e in entries[::7]] == list(range(0, 5000, 7))
+    assert searched == 0
+    keys.discard(entries[3])  # keys behind it in its block move: theirs are searched again
+    assert keys.rank(entries[4]) == 3 and searched == 2
+    assert keys.rank(entries[4]) == 3 and searched == 2  # ... once
 
 
 def test_sort_keys_sort_like_dispatch_keys():

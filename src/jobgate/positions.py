@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from itertools import accumulate
 
@@ -30,17 +30,49 @@ def sort_key(key: DispatchKey) -> str:
     return f"{neg_priority + PRIORITY_LIMIT:05d}{vt:020d}{job_id}"
 
 
+class _Block(list[str]):
+    """Consecutive keys of the order, sorted."""
+
+    __slots__ = ("offset", "pos")
+
+    def __init__(self, keys: list[str], pos: int) -> None:
+        super().__init__(keys)
+        self.pos = pos  # its index among the blocks
+        # How far its keys moved by inserts and removals at its front (each moves every
+        # other key by one): a key's index seen earlier is corrected by the change.
+        self.offset = 0
+
+
+class Entry:
+    """One job's key, and where in the order it was last found: a hint, checked by
+    identity before it is trusted, so that a rank need not search at all."""
+
+    __slots__ = ("block", "index", "key", "offset")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.block: _Block | None = None  # None: not in the order (delayed, or removed)
+        self.index = 0
+        self.offset = 0
+
+    def _seen(self, block: _Block, index: int) -> None:
+        self.block, self.index, self.offset = block, index, block.offset
+
+
 class RankedKeys:
     """Sorted keys in blocks, with each block's starting rank kept beside them.
 
-    A rank is two C bisects (which block, where in it) plus a table lookup, so it costs
-    about the same at 1,000 keys as at 100,000; an insert or removal moves at most one
-    block's worth of pointers and marks the rank table for rebuilding (one pass over the
-    block sizes, in C, on the next rank asked for).
+    A key's rank is its block's start plus its index in the block. Each entry remembers
+    where its key was, and most of the time it is still there (keys move only when one
+    is inserted or removed before them in the same block), so a rank is a few lookups
+    whatever the depth, instead of a search that touches memory all over a deep queue.
+    When the hint is stale, two C bisects find the key again. An insert or removal moves
+    at most one block's worth of pointers and marks the rank table for rebuilding (one
+    pass over the block sizes, in C, on the next rank asked for).
     """
 
     def __init__(self) -> None:
-        self._blocks: list[list[str]] = []
+        self._blocks: list[_Block] = []
         self._maxes: list[str] = []
         self._starts: list[int] | None = []
         self._len = 0
@@ -51,46 +83,74 @@ class RankedKeys:
     def clear(self) -> None:
         self._blocks, self._maxes, self._starts, self._len = [], [], [], 0
 
-    def add(self, key: str) -> None:
+    def add(self, entry: Entry) -> None:
+        key = entry.key
         self._len += 1
         self._starts = None
-        if not self._blocks:
-            self._blocks.append([key])
+        last = len(self._blocks) - 1
+        if last < 0 or (key > self._maxes[last] and len(self._blocks[last]) >= _BLOCK):
+            # A new last block when the last one is full: a queue filling up moves no key.
+            block = _Block([key], last + 1)
+            self._blocks.append(block)
             self._maxes.append(key)
+            entry._seen(block, 0)
             return
-        i = min(bisect_left(self._maxes, key), len(self._blocks) - 1)
-        block = self._blocks[i]
-        insort(block, key)
-        self._maxes[i] = block[-1]
+        p = min(bisect_left(self._maxes, key), last)
+        block = self._blocks[p]
+        i = bisect_left(block, key)
+        block.insert(i, key)
+        if i == 0 and len(block) > 1:
+            block.offset += 1
+        self._maxes[p] = block[-1]
+        entry._seen(block, i)
         if len(block) > 2 * _BLOCK:
-            self._blocks[i:i + 1] = [block[:_BLOCK], block[_BLOCK:]]
-            self._maxes[i:i + 1] = [block[_BLOCK - 1], block[-1]]
+            tail = _Block(block[_BLOCK:], p + 1)
+            del block[_BLOCK:]
+            self._blocks.insert(p + 1, tail)
+            self._maxes[p:p + 1] = [block[-1], tail[-1]]
+            self._renumber(p + 2)
 
-    def discard(self, key: str) -> None:
-        i = bisect_left(self._maxes, key)
-        if i == len(self._blocks):
+    def discard(self, entry: Entry) -> None:
+        if entry.block is None:
             return
-        block = self._blocks[i]
-        j = bisect_left(block, key)
-        if j == len(block) or block[j] != key:
-            return
-        del block[j]
+        p, i = self._find(entry)
+        block = self._blocks[p]
+        del block[i]
+        entry.block = None
         self._len -= 1
         self._starts = None
         if block:
-            self._maxes[i] = block[-1]
+            if i == 0:
+                block.offset -= 1
+            self._maxes[p] = block[-1]
         else:
-            del self._blocks[i]
-            del self._maxes[i]
+            del self._blocks[p]
+            del self._maxes[p]
+            self._renumber(p)
 
-    def rank(self, key: str) -> int:
-        """How many keys sort before `key`."""
-        i = bisect_left(self._maxes, key)
-        if i == len(self._blocks):
-            return self._len
+    def rank(self, entry: Entry) -> int:
+        """How many keys sort before the entry's key (which must be in the order)."""
+        p, i = self._find(entry)
         if self._starts is None:
             self._starts = [0, *accumulate(map(len, self._blocks))]
-        return self._starts[i] + bisect_left(self._blocks[i], key)
+        return self._starts[p] + i
+
+    def _find(self, entry: Entry) -> tuple[int, int]:
+        """(block, index in it) of a key in the order."""
+        block, key = entry.block, entry.key
+        assert block is not None
+        i = entry.index + block.offset - entry.offset
+        if 0 <= i < len(block) and block[i] is key:
+            return block.pos, i
+        p = bisect_left(self._maxes, key)
+        block = self._blocks[p]
+        i = bisect_left(block, key)
+        entry._seen(block, i)
+        return p, i
+
+    def _renumber(self, start: int) -> None:
+        for pos in range(start, len(self._blocks)):
+            self._blocks[pos].pos = pos
 
     def __iter__(self) -> Iterator[str]:
         for block in self._blocks:
@@ -102,29 +162,27 @@ class PositionIndex:
 
     def __init__(self) -> None:
         self._ready = RankedKeys()
-        self._keys: dict[str, str] = {}  # job id: its sort_key
+        self._entries: dict[str, Entry] = {}  # job id: its key (in the order once due)
         self._delayed: list[tuple[float, str, str]] = []  # heap of (run_at, sort key, id)
-        self._not_due: set[str] = set()  # ids in the heap, not yet in the order
 
     def load(self, keys: Iterable[tuple[DispatchKey, float]]) -> None:
         self._ready.clear()
-        self._keys.clear()
+        self._entries.clear()
         self._delayed.clear()
-        self._not_due.clear()
         for key, run_at in keys:
             self._add(key, run_at)
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._entries)
 
     def position(self, job_id: str, now_s: float | None = None) -> int | None:
         """1-based place among ready queued jobs, or None (not queued, or not yet due)."""
         if self._delayed:
             self._promote(time.time() if now_s is None else now_s)
-        key = self._keys.get(job_id)
-        if key is None or job_id in self._not_due:
+        entry = self._entries.get(job_id)
+        if entry is None or entry.block is None:
             return None
-        return self._ready.rank(key) + 1
+        return self._ready.rank(entry) + 1
 
     def ready_count(self, now_s: float | None = None) -> int:
         self._promote(time.time() if now_s is None else now_s)
@@ -144,23 +202,21 @@ class PositionIndex:
                 self._remove(event.job_id)
 
     def _add(self, dispatch_key: DispatchKey, run_at: float) -> None:
-        job_id, key = dispatch_key[2], sort_key(dispatch_key)
-        self._keys[job_id] = key
+        job_id = dispatch_key[2]
+        entry = self._entries[job_id] = Entry(sort_key(dispatch_key))
         if run_at <= time.time():
-            self._ready.add(key)
+            self._ready.add(entry)
         else:
-            heapq.heappush(self._delayed, (run_at, key, job_id))
-            self._not_due.add(job_id)
+            heapq.heappush(self._delayed, (run_at, entry.key, job_id))
 
     def _remove(self, job_id: str) -> None:
-        key = self._keys.pop(job_id, None)
-        self._not_due.discard(job_id)
-        if key is not None:
-            self._ready.discard(key)  # a delayed key is skipped when it comes due
+        entry = self._entries.pop(job_id, None)
+        if entry is not None:
+            self._ready.discard(entry)  # a delayed key is skipped when it comes due
 
     def _promote(self, now_s: float) -> None:
         while self._delayed and self._delayed[0][0] <= now_s:
             _, key, job_id = heapq.heappop(self._delayed)
-            if self._keys.get(job_id) == key and job_id in self._not_due:
-                self._not_due.discard(job_id)
-                self._ready.add(key)
+            entry = self._entries.get(job_id)
+            if entry is not None and entry.key == key and entry.block is None:
+                self._ready.add(entry)
