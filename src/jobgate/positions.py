@@ -1,8 +1,9 @@
 """Queue positions without counting rows: an order-statistic index of queued jobs.
 
 A waiting job's dispatch key never changes (see scheduler.py), so its position is its rank
-among the keys of ready queued jobs: O(log n) in a sorted list, where `COUNT(*)` over an
-index would cost O(position). The index follows the store's committed events, including
+among the keys of ready queued jobs, kept in sorted blocks: at most O(log n), and usually
+a few lookups (each entry remembers where its key was), where `COUNT(*)` over an index
+would cost O(position). The index follows the store's committed events, including
 other processes' (`Store.listen`), and is rebuilt from the database at start.
 
 Jobs whose `run_at` is still in the future (delayed, or in retry backoff) have no position:
@@ -20,7 +21,7 @@ from itertools import accumulate
 from jobgate.kinds import PRIORITY_LIMIT
 from jobgate.model import DispatchKey, Event, parse_iso
 
-_BLOCK = 1000  # keys per block: a block is split in two past twice this
+_BLOCK = 1000  # keys per block: split in two past twice this (a new last block past it)
 
 
 def sort_key(key: DispatchKey) -> str:
