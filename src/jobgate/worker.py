@@ -77,6 +77,9 @@ class _Run:
     rss_mb: float | None = None  # the process tree's resident memory, last sampled
     rss_due: bool = False  # an rss_mb-only progress event is owed
     progress_at: float = field(default_factory=time.monotonic)  # the last progress written
+    # One report at a time: on PostgreSQL two writes in flight may commit in either order,
+    # and a job's last progress must not be overtaken by an older one.
+    reporting: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Worker:
@@ -327,13 +330,14 @@ class Worker:
     # --- reporting ----------------------------------------------------------------------
     async def _report(self, run: _Run) -> None:
         store, job = self.queue.store, run.job
-        if run.logs:
-            lines, run.logs[:] = list(run.logs), []
-            await store.append_logs(job.id, lines, self.settings.worker.log_max_lines)
-        if run.progress is not None or run.rss_due:
-            (percent, message), run.progress = run.progress or (None, None), None
-            run.rss_due, run.progress_at = False, time.monotonic()
-            await store.progress(job.id, job.lease_token, percent, message, run.rss_mb)
+        async with run.reporting:
+            if run.logs:
+                lines, run.logs[:] = list(run.logs), []
+                await store.append_logs(job.id, lines, self.settings.worker.log_max_lines)
+            if run.progress is not None or run.rss_due:
+                (percent, message), run.progress = run.progress or (None, None), None
+                run.rss_due, run.progress_at = False, time.monotonic()
+                await store.progress(job.id, job.lease_token, percent, message, run.rss_mb)
 
     async def _report_loop(self) -> None:
         timeout: float | None = None
