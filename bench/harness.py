@@ -4,6 +4,7 @@ waits with deadlines, percentiles, and the rows of the result table."""
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -130,6 +131,23 @@ def run_cli(argv: Sequence[str], env: dict[str, str] | None = None, timeout_s: f
         raise BenchError(f"{' '.join(argv)} failed ({done.returncode}):\n"
                          f"{done.stdout}{done.stderr}")
     return done.stdout
+
+
+def run_producer(script: str, env: dict[str, str], *args: str, timeout_s: float
+                 ) -> dict[str, float]:
+    """Run a peer's producer script (in bench/) to its end; its last line of output is a
+    JSON object of its figures."""
+    out = run_cli([PYTHON, str(BENCH_DIR / script), *args], env=env, timeout_s=timeout_s)
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def runs_counted(path: str) -> int:
+    """How many tasks ran, from the file a peer's no-op task appends one byte to."""
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str,

@@ -8,11 +8,10 @@ was dequeued.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import BENCH_DIR, PYTHON, Procs, clean_env, run_cli, wait_until
+from harness import BENCH_DIR, PYTHON, Procs, clean_env, run_producer, runs_counted, wait_until
 
 # Polling is tightened from Huey's defaults (0.1 s, backing off to 10 s when idle) so that
 # an idle back-off never counts against Huey; -q keeps it from logging two lines per task
@@ -45,17 +44,11 @@ def consumer_argv(workers: int) -> list[str]:
 
 
 def _produce(env: dict[str, str], *args: str) -> dict[str, float]:
-    out = run_cli([PYTHON, str(BENCH_DIR / "huey_producer.py"), *args], env=env,
-                  timeout_s=_RUN_TIMEOUT_S)
-    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
-    return result
+    return run_producer("huey_producer.py", env, *args, timeout_s=_RUN_TIMEOUT_S)
 
 
 def _executed(env: dict[str, str]) -> int:
-    try:
-        return os.path.getsize(env["BENCH_HUEY_OUT"])
-    except FileNotFoundError:
-        return 0
+    return runs_counted(env["BENCH_HUEY_OUT"])
 
 
 def synchronous(setup: Setup, folder: Path) -> int:

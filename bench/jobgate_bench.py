@@ -62,24 +62,28 @@ class Site:
         return self.folder / "jobgate.db"
 
 
-def make_site(folder: Path) -> Site:
-    """A config like the brief's: default durability (synchronous=FULL), max_running 64."""
+def make_site(folder: Path, url: str | None = None, max_running: int = MAX_RUNNING,
+              kinds: dict[str, str] | None = None) -> Site:
+    """A config like the brief's: default durability (synchronous=FULL), max_running 64,
+    a SQLite file in `folder` unless `url` names another database; `kinds` maps kind
+    names to their functions (by default the no-op one)."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = folder / "jobgate.toml"
+    url = url or f"sqlite:///{folder / 'jobgate.db'}"
+    kinds = kinds or {KIND: "jobgate.demo:noop"}
     config.write_text(
         "[server]\n"
         f"port = {port}\n"
         f'data_dir = "{folder / "data"}"\n'
         "[storage]\n"
-        f'url = "sqlite:///{folder / "jobgate.db"}"\n'
+        f'url = "{url}"\n'
         "[limits]\n"
-        f"max_running = {MAX_RUNNING}\n"
+        f"max_running = {max_running}\n"
         # The HTTP submit rows send thousands of submits from one user on purpose.
         '[rate_limits]\nsubmit_per_user = "off"\nsubmit_per_ip = "off"\n'
-
-        f"[kinds.{KIND}]\n"
-        'function = "jobgate.demo:noop"\n'
+        + "".join(f'[kinds.{name}]\nfunction = "{function}"\n'
+                  for name, function in kinds.items())
     )
     return Site(folder, config, port)
 

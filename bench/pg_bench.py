@@ -29,7 +29,6 @@ from harness import (
     Row,
     clean_env,
     fmt_rate,
-    free_port,
     median,
     percentile,
     step,
@@ -76,22 +75,8 @@ def server_facts(srv: Any) -> dict[str, str]:
 
 
 def make_site(folder: Path, url: str, max_running: int) -> jg.Site:
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config = folder / "jobgate.toml"
-    config.write_text(
-        "[server]\n"
-        f"port = {port}\n"
-        f'data_dir = "{folder / "data"}"\n'
-        "[storage]\n"
-        f'url = "{url}"\n'
-        "[limits]\n"
-        f"max_running = {max_running}\n"
-        '[rate_limits]\nsubmit_per_user = "off"\nsubmit_per_ip = "off"\n'
-        '[kinds.noop]\nfunction = "pg_kinds:noop"\n'
-        '[kinds.sleep50]\nfunction = "pg_kinds:sleep50"\n'
-    )
-    return jg.Site(folder, config, port)
+    return jg.make_site(folder, url, max_running,
+                        {"noop": "pg_kinds:noop", "sleep50": "pg_kinds:sleep50"})
 
 
 async def _submit_many(queue: JobQueue, n: int, kind: str) -> list[Job]:

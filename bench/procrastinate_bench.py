@@ -7,10 +7,9 @@ Executions are counted from the file the task appends to (see `procrastinate_app
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from harness import BENCH_DIR, PYTHON, Procs, clean_env, run_cli, wait_until
+from harness import BENCH_DIR, PYTHON, Procs, clean_env, run_producer, runs_counted, wait_until
 
 CHUNK = 500  # jobs per batch_defer_async call, as jobgate's 500 submits in flight
 # --log-level warning: Procrastinate logs two lines per job at its default level (INFO);
@@ -32,17 +31,11 @@ def worker_argv(concurrency: int) -> list[str]:
 
 
 def _produce(env: dict[str, str], *args: str) -> dict[str, float]:
-    out = run_cli([PYTHON, str(BENCH_DIR / "procrastinate_producer.py"), *args], env=env,
-                  timeout_s=_RUN_TIMEOUT_S)
-    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
-    return result
+    return run_producer("procrastinate_producer.py", env, *args, timeout_s=_RUN_TIMEOUT_S)
 
 
 def _executed(env: dict[str, str]) -> int:
-    try:
-        return os.path.getsize(env["BENCH_PROCRASTINATE_OUT"])
-    except FileNotFoundError:
-        return 0
+    return runs_counted(env["BENCH_PROCRASTINATE_OUT"])
 
 
 def _start_worker(procs: Procs, env: dict[str, str], concurrency: int) -> None:

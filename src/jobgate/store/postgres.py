@@ -127,8 +127,8 @@ class PostgresStore(PgConnection, Store):
                 open_kinds = [k for k in kinds if k not in full_kinds]
                 if want <= 0 or not open_kinds:
                     break
-                candidates = [j for j in await _candidates(tx, open_kinds, owners, limits,
-                                                           running, seen, want * 2 + 8)]
+                candidates = await _candidates(tx, open_kinds, owners, limits, running, seen,
+                                               want * 2 + 8)
                 if not candidates:
                     break
                 seen.update(j.id for j in candidates)
