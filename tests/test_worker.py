@@ -260,6 +260,29 @@ async def test_a_delayed_job_does_not_start_early_and_does_start(make_settings, 
     assert done.attempt == 1
 
 
+
+async def test_a_delayed_job_is_waited_for_without_polling_the_database(make_settings,
+                                                                        open_queue):
+    queue, _ = await open_queue(make_settings(kinds=KINDS))
+    store = queue.store
+    looks: list[float] = []
+    claim = store.finish_and_claim
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        looks.append(time.time())
+        return await claim(*args, **kwargs)
+
+    store.finish_and_claim = counted  # type: ignore[method-assign]
+    run_at = time.time() + 1.5
+    delayed, _ = await queue.submit("bob", "quick", run_at=run_at)
+    done = await wait_state(queue, delayed.id, "completed", "failed")
+    assert done.state.value == "completed" and done.started_at >= run_at
+    # The worker sleeps until the job is due: a look when it was queued, one when it is
+    # due (a poller would have made hundreds in 1.5 s).
+    before_start = [t for t in looks if t < done.started_at]
+    assert 1 <= len(before_start) <= 4, before_start
+
+
 # --- retries -----------------------------------------------------------------------------
 
 async def test_failing_job_is_attempted_three_times_with_backoff(make_settings, open_queue):
