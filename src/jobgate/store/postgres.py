@@ -110,8 +110,10 @@ class PostgresStore(PgConnection, Store):
     ) -> list[Job]:
         async def op(tx: Tx) -> list[Job]:
             # Admission is one decision at a time, across nodes; candidates are read by
-            # walking the dispatch index (SORT_OFF).
+            # walking the dispatch index (SORT_OFF). The lock may have been waited for:
+            # what the claim dates (start, lease) counts from when it was taken.
             await tx.execute(f"SELECT pg_advisory_xact_lock(%s), {SORT_OFF}", (_CLAIM_LOCK,))
+            tx.clock()
             running = Running()
             for owner, kind, n, mem in await tx.rows(
                 "SELECT owner, kind, count(*), coalesce(sum(memory_mb), 0) FROM jobs "
@@ -150,6 +152,7 @@ class PostgresStore(PgConnection, Store):
                 key=lambda j: j.dispatch_key)
             for job in chosen:
                 tx.announce(job, State.QUEUED)
+            tx.at_end(lambda tx: _date_leases(tx, chosen, lease_s))
             return chosen
 
         return await self._run(op)
@@ -158,6 +161,11 @@ class PostgresStore(PgConnection, Store):
         async def op(tx: Tx) -> set[str]:
             stop = set(leases)
             ids, tokens = list(leases), [leases[i] for i in leases]
+            # The rows first (a finish or a log write may hold one a moment), then the
+            # time: a renewal that waited still gives a whole lease.
+            await tx.execute("SELECT 1 FROM jobs WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                             (ids,))
+            tx.clock()
             for job_id, token, state, cancel in await tx.rows(
                 "UPDATE jobs SET lease_expires_at = CASE WHEN jobs.lease_token = l.token "
                 "AND jobs.state = 'running' THEN %s ELSE jobs.lease_expires_at END "
@@ -531,6 +539,17 @@ async def _candidates(tx: Tx, kinds: list[str], owners: set[str], limits: Limits
             "ORDER BY priority DESC, vt, id LIMIT %s FOR UPDATE SKIP LOCKED",
             (*params, limit))
     ]
+
+
+async def _date_leases(tx: Tx, jobs: list[Job], lease_s: float) -> None:
+    """Date the leases of jobs just claimed from the end of their transaction, after every
+    wait it had (the claim lock, the event numbers): a claim that waited longer than a
+    lease still hands its worker a whole one, never one another node finds expired."""
+    expires = tx.clock() + lease_s
+    await tx.execute("UPDATE jobs SET lease_expires_at = %s WHERE id = ANY(%s)",
+                     (expires, [j.id for j in jobs]))
+    for job in jobs:
+        job.lease_expires_at = expires
 
 
 async def _requeue(tx: Tx, job: Job, outcome: Outcome) -> Job:

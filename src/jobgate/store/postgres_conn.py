@@ -114,6 +114,18 @@ class Tx:
         self.cur = cur
         self.now = now
         self.pending: list[tuple[str, str | None, str | None, dict[str, Any]]] = []
+        self.last: list[Callable[[Tx], Awaitable[None]]] = []
+
+    def clock(self) -> float:
+        """The time now, for what must count from this point of the transaction on (a
+        lease dated after a lock that may have been waited for): `now` is when it began."""
+        self.now = time.time()
+        return self.now
+
+    def at_end(self, fn: Callable[[Tx], Awaitable[None]]) -> None:
+        """Run `fn` last, after the events are written (which may wait for other
+        transactions' event numbers), just before the commit."""
+        self.last.append(fn)
 
     async def rows(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
         await self.cur.execute(sql, params)
@@ -353,6 +365,8 @@ class PgConnection:
                     value = await fn(tx)
                     if tx.pending:
                         own = await self._write_events(tx)
+                    for last in tx.last:
+                        await last(tx)
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
                 if attempt == _RETRIES - 1:
                     raise

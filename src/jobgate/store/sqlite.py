@@ -8,6 +8,7 @@ group commit.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Collection
 from typing import Any
@@ -475,6 +476,10 @@ def _claim(tx: Tx, worker: str, slots: int, limits: Limits, lease_s: float,
         return []
     check_move("", State.QUEUED, State.RUNNING)
     ids = [j.id for j in admitted]
+    # The batch holds the write lock from `tx.now` on, so nothing else can take these jobs
+    # before it commits; the lease still counts from this statement, not from the start of
+    # a batch that ran other operations first.
+    now = time.time()
     chosen = sorted(
         (_job(r) for r in tx.conn.execute(
             "UPDATE jobs SET state = 'running', attempt = attempt + 1, started_at = ?, "
@@ -482,7 +487,7 @@ def _claim(tx: Tx, worker: str, slots: int, limits: Limits, lease_s: float,
             "lease_expires_at = ?, progress = NULL, message = NULL, error = NULL, "
             "result = NULL, cancel_requested = 0, pid = NULL "
             f"WHERE id IN ({placeholders(ids)}) AND state = 'queued' "
-            f"RETURNING {_COLUMNS}", (tx.now, worker, tx.now + lease_s, *ids))),
+            f"RETURNING {_COLUMNS}", (now, worker, now + lease_s, *ids))),
         key=lambda j: j.dispatch_key)
     for job in chosen:
         tx.announce(job, State.QUEUED)
