@@ -428,17 +428,23 @@ def _file_version(path: str) -> int:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
+    """Apply the pending migrations. The version is read again inside the write lock
+    (`BEGIN IMMEDIATE`), so of two processes opening a fresh file at once, the second finds
+    the first one's schema and applies nothing twice."""
     current = conn.execute("PRAGMA user_version").fetchone()[0]
-    for version, sql in pending_migrations("sqlite", current):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+    if not pending_migrations("sqlite", current):
+        return  # up to date: no write lock taken
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        current = conn.execute("PRAGMA user_version").fetchone()[0]
+        for version, sql in pending_migrations("sqlite", current):
             for statement in _split(sql):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {version:d}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _split(sql: str) -> list[str]:
