@@ -447,3 +447,24 @@ def test_serve_with_a_non_integer_max_length_prints_one_line(tmp_path):
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "kinds.k.args.a.max_length" in result.stderr
+
+
+def test_jobgate_db_as_a_bare_path_is_that_sqlite_file_as_with_db(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBGATE_")}
+    for how, extra_env, args in (("JOBGATE_DB", {"JOBGATE_DB": "./env.db"}, []),
+                                 ("--db", {}, ["--db", "./flag.db"])):
+        result = subprocess.run(
+            [sys.executable, "-m", "jobgate", "migrate", *args], cwd=tmp_path,
+            env={**env, **extra_env}, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{how}: {result.stderr}"
+        assert "schema version 0 ->" in result.stdout, f"{how}: {result.stdout}"
+    assert (tmp_path / "env.db").is_file() and (tmp_path / "flag.db").is_file()
+    assert not (tmp_path / "jobgate.db").exists()
+
+
+def test_a_bare_path_is_a_sqlite_url_and_a_url_stays_as_it_is(load):
+    assert load(JOBGATE_DB="./env.db").storage.url == "sqlite:///./env.db"
+    assert load(JOBGATE_DB="/var/lib/jobgate/j.db").storage.url == \
+        "sqlite:////var/lib/jobgate/j.db"
+    assert load(JOBGATE_STORAGE_URL="data/j.db").storage.url == "sqlite:///data/j.db"
+    assert load(JOBGATE_DB="postgresql://u@h/db").storage.url == "postgresql://u@h/db"

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from jobgate.client import Client, CliError
-from jobgate.config import ConfigError, Settings, load_settings, parse_duration
+from jobgate.config import ConfigError, Settings, database_url, load_settings, parse_duration
 from jobgate.follow import EventReader, watch
 from jobgate.model import State
 
@@ -64,7 +64,7 @@ def _settings(args: argparse.Namespace, **sections: dict[str, Any]) -> Settings:
 
 
 def _db_url(value: str) -> str:
-    return value if "://" in value else f"sqlite:///{value}"
+    return database_url(value)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -1,8 +1,10 @@
 """Settings: one typed object with defaults, read from `jobgate.toml` and `JOBGATE_*`.
 
 Every key can be overridden by `JOBGATE_<SECTION>_<KEY>` (`JOBGATE_LIMITS_MAX_RUNNING=2`);
-`JOBGATE_DB` is short for `JOBGATE_STORAGE_URL`. A bad value is refused with its key and
-the reason as a ConfigError, which the CLI prints as one line and exits with code 2.
+`JOBGATE_DB` is short for `JOBGATE_STORAGE_URL`; a database given as a bare path
+(`JOBGATE_DB=./jobgate.db`, as `--db ./jobgate.db`) is that SQLite file. A bad value is
+refused with its key and the reason as a ConfigError, which the CLI prints as one line and
+exits with code 2.
 """
 
 from __future__ import annotations
@@ -27,6 +29,17 @@ DEFAULT_LEASE_S = 30.0
 DEFAULT_AUTO_MEMORY_MB = 256  # what a job of an "auto" kind reserves before any history
 DEFAULT_AUTO_MEMORY_HISTORY = 20  # an "auto" kind learns from this many recent jobs
 DEFAULT_AUTO_MEMORY_MARGIN_PCT = 25  # ... reserving this much above their 90th percentile
+
+
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def database_url(value: str) -> str:
+    """A database URL from what a user wrote: a URL as it is, a bare file path (no
+    `scheme:`) as the SQLite file at that path (relative to the working directory)."""
+    if not value or _URL_SCHEME.match(value):
+        return value
+    return f"sqlite:///{value}"
 
 
 class ConfigError(ValueError):
@@ -271,6 +284,7 @@ def load_settings(
         if not isinstance(section_data, dict):
             raise ConfigError(f"{section}: expected a table")
         setattr(settings, section, _build(cls, section, section_data))
+    settings.storage.url = database_url(settings.storage.url)
     _check(settings)
     return settings
 
