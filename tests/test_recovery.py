@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 import sys
 import threading
 import time
@@ -23,7 +24,7 @@ import httpx
 import psutil
 import pytest
 
-from conftest import TEST_KINDS
+from conftest import TEST_KINDS, alive
 
 # A lease far longer than any test: recovery after a restart must not wait for it.
 CONFIG = """
@@ -220,3 +221,41 @@ def test_orphans_of_a_job_requeued_at_restart_are_reaped(start_server, tmp_path,
     assert job["state"] == "completed" and job["attempt"] == 2
     wait_until(lambda: not marked(marker), 10, "the orphan to be reaped")
     assert not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.parametrize("successor", ["gpu-box", "other-box"])
+def test_a_killed_named_worker_is_recovered_at_once_and_its_orphans_reaped(
+        start_server, tmp_path, marker, successor):
+    # A worker node with a name of its own (not `host:pid`), killed while it runs a job
+    # whose child outlives it; then a worker starts on this machine: the same one
+    # restarted under its name, or another. The lease is an hour: only the node registry
+    # (its row names this host and a pid that is gone) can tell that the node died.
+    server = start_server(CONFIG, kinds=KINDS, args=("--no-worker",))
+
+    def worker(name: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "jobgate", "worker", "--name", name],
+                                cwd=server.folder, env=server.env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    first = worker("gpu-box")
+    second = None
+    try:
+        with server.client("bob") as http:
+            job_id = submit(http, "crashy", {"flag": str(tmp_path / "flag"), "marker": marker})
+            wait_until(lambda: http.get(f"/api/jobs/{job_id}").json()["state"] == "running",
+                       30, "the job to run")
+            assert http.get(f"/api/jobs/{job_id}").json()["worker"] == "gpu-box"
+            wait_until(lambda: len(marked(marker)) == 1, 30, "the job's child")
+            first.kill()
+            first.wait()
+            [orphan] = marked(marker)  # the job's own process died with its worker
+            second = worker(successor)
+            job = wait_final(http, [job_id], timeout_s=60)[job_id]
+        assert (job["state"], job["attempt"]) == ("completed", 2)
+        wait_until(lambda: not marked(marker), 10, "the orphan to be reaped")
+        assert not alive(orphan)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)

@@ -716,6 +716,20 @@ async def test_recover_leaves_live_leases_alone(store):
     assert await state(store, job.id) is State.RUNNING
 
 
+async def test_recover_never_takes_a_run_its_caller_still_holds(store):
+    await submit(store, max_attempts=2)
+    await submit(store, max_attempts=2)
+    held, other = await claim(store, slots=2, lease_s=0.05, worker="w1")
+    await asyncio.sleep(0.1)  # both leases ran out
+    stale = {held.id: held.lease_token, other.id: other.lease_token - 1}
+    [recovered] = await store.recover(["w1"], keep=stale)
+    # Only a run of the same lease token is kept: `other` is held under an older one.
+    assert recovered.id == other.id
+    assert recovered.lease_token == other.lease_token, "the lost run's token, to reap it"
+    assert await state(store, held.id) is State.RUNNING
+    assert await state(store, other.id) is State.QUEUED
+
+
 async def test_recover_of_a_lost_worker_acts_at_once_on_its_jobs_only(store):
     await submit(store, max_attempts=2)
     await submit(store, max_attempts=1)

@@ -121,6 +121,16 @@ async def running_tree(queue, job_id: str, token: int | None = None) -> list[psu
         await asyncio.sleep(0.02)
 
 
+async def steal(store, worker: str, timeout_s: float = 10) -> list[Any]:
+    """Another node's recovery declaring `worker` dead: the jobs it took (on PostgreSQL a
+    row that a renewal holds that moment is skipped, so it looks again)."""
+    deadline = time.monotonic() + timeout_s
+    while not (lost := await store.recover([worker])):
+        assert time.monotonic() < deadline, f"nothing of {worker} to recover"
+        await asyncio.sleep(0.02)
+    return lost
+
+
 async def stop_everything(queue, job_id: str, procs: list[psutil.Process]) -> None:
     """Clean up after a test that may have left a run its worker no longer controls."""
     with contextlib.suppress(IllegalMove):
@@ -482,7 +492,7 @@ async def test_a_worker_whose_lease_was_stolen_stops_and_never_finishes_the_job(
     job, _ = await queue.submit("bob", "stolen", {"tag": tag})
     await wait_state(queue, job.id, "running")
     await wait_for(lambda: SEEN.get(tag) == "started", what="the first attempt to start")
-    [lost] = await other.store.recover([worker.name])  # as if node-a's lease had run out
+    [lost] = await steal(other.store, worker.name)  # as if node-a's lease had run out
     assert lost.id == job.id
     await wait_for(lambda: SEEN.get(tag) == "stopped", what="node-a to stop its stale run")
     done = await wait_state(queue, job.id, "completed", "failed", "cancelled")
@@ -502,7 +512,7 @@ async def test_a_stolen_lease_stops_the_first_workers_process(make_settings, ope
     first = await wait_state(queue, job.id, "running")
     stale = await running_tree(queue, job.id, first.lease_token)
     try:
-        [lost] = await other.store.recover([worker.name])
+        [lost] = await steal(other.store, worker.name)
         assert lost.id == job.id
         assert await survivors(stale, timeout_s=15) == []
         deadline = time.monotonic() + 15
@@ -532,7 +542,7 @@ async def test_a_stale_run_is_stopped_even_when_the_same_worker_claims_the_job_a
         while (await queue.get(job.id)).lease_expires_at == before:
             assert time.monotonic() < deadline, "the lease was never renewed"
             await asyncio.sleep(0.01)
-        [lost] = await other.store.recover([worker.name])
+        [lost] = await steal(other.store, worker.name)
         assert lost.id == job.id
         again = await wait_state(queue, job.id, "running", timeout_s=10)
         assert again.attempt == 2

@@ -46,15 +46,22 @@ except OSError:  # pragma: no cover - not Linux
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(nice: int | None = None) -> None:
-    """In the child, before exec: get SIGKILL if the worker dies (Linux only), and take
-    the kind's lower CPU priority.
+_ORPHANED_EXIT = 111  # a child that found its worker already gone (never seen by one)
 
-    Children the command starts itself are reaped from the stored process group when a
-    worker recovers the job after a crash.
+
+def _die_with_parent(parent_pid: int, nice: int | None = None) -> None:
+    """In the child, before exec: get SIGKILL if the worker (`parent_pid`) dies (Linux
+    only), and take the kind's lower CPU priority.
+
+    The signal is armed only from here on: a worker that died between the fork and now is
+    no longer this process's parent, and the child exits at once instead of running
+    unsupervised. Children the command starts itself are reaped (by their run's mark and
+    the stored process group) when a worker recovers the job after a crash.
     """
     if _libc is not None:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(_ORPHANED_EXIT)
     if nice:
         os.nice(nice)
 
@@ -161,10 +168,10 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
     loop = asyncio.get_running_loop()
     try:
         transport, protocol = await loop.subprocess_exec(
-            lambda: _Protocol(loop), *argv, cwd=folder, env=_job_env(job.id),
+            lambda: _Protocol(loop), *argv, cwd=folder, env=_job_env(job.id, job.lease_token),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, start_new_session=True,
-            preexec_fn=functools.partial(_die_with_parent, kind.nice),
+            preexec_fn=functools.partial(_die_with_parent, os.getpid(), kind.nice),
         )
         proc = asyncio.subprocess.Process(transport, protocol, loop)
     except OSError as exc:
@@ -207,7 +214,7 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
     _killpg(proc.pid, signal.SIGKILL)
     peak.kill_descendants()
     await waiter
-    await asyncio.to_thread(kill_marked, job.id)
+    await asyncio.to_thread(kill_marked, job.id, job.lease_token)
     try:
         await asyncio.wait_for(readers, _PIPE_DRAIN_S)
     except TimeoutError:
@@ -252,29 +259,46 @@ async def _read_lines(stream: asyncio.StreamReader, on_line: Callable[[str], Non
 
 
 _JOB_ENV = "JOBGATE_JOB_ID"
+_RUN_ENV = "JOBGATE_RUN_ID"
 
 
-def _job_env(job_id: str) -> dict[str, str]:
-    """The server's environment without jobgate's own settings, plus the job's id: every
-    process the job starts inherits it, which finds them even after they left its group."""
+def run_mark(job_id: str, token: int) -> str:
+    """What marks the processes of one run of a job: its id and the run's lease token (a
+    new one for every claim), so two runs of one job never share a mark."""
+    return f"{job_id}/{token}"
+
+
+def _job_env(job_id: str, token: int) -> dict[str, str]:
+    """The server's environment without jobgate's own settings, plus the job's id and its
+    run's mark: every process the run starts inherits them, which finds them even after
+    they left its group."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBGATE_")}
     env[_JOB_ENV] = job_id
+    env[_RUN_ENV] = run_mark(job_id, token)
     return env
 
 
-def kill_marked(job_id: str) -> int:
-    """SIGKILL every process that carries this job's id in its environment."""
+def _mark_of(p: psutil.Process) -> str | None:
+    try:
+        return p.environ().get(_RUN_ENV)
+    except psutil.Error:
+        return None
+
+
+def kill_marked(job_id: str, token: int) -> int:
+    """SIGKILL every process of this run of the job (marked in its environment), and only
+    those: never another run's, such as a re-run of the job elsewhere on this machine after
+    this run lost its lease."""
+    mark = run_mark(job_id, token)
     killed = 0
     me = os.getpid()
     for p in psutil.process_iter():
         if p.pid == me:
             continue
-        try:
-            if p.environ().get(_JOB_ENV) == job_id:
+        if _mark_of(p) == mark:
+            with contextlib.suppress(psutil.Error):
                 p.kill()
                 killed += 1
-        except psutil.Error:
-            continue
     return killed
 
 
@@ -358,14 +382,19 @@ class _Peak:
             await asyncio.sleep(every_s)
 
 
-def reap(job_id: str, pgid: int | None, started_at: float | None) -> bool:
-    """Kill what is left of a lost worker's job: its processes, and its group if still ours."""
-    found = kill_marked(job_id) > 0
-    return reap_group(pgid, started_at) or found if pgid else found
+def reap(job_id: str, token: int, pgid: int | None, started_at: float | None) -> bool:
+    """Kill what is left of a lost run (`token`) of a job: its marked processes, and its
+    process group if the group is still that run's."""
+    found = kill_marked(job_id, token) > 0
+    if pgid:
+        found = reap_group(pgid, started_at, run_mark(job_id, token)) or found
+    return found
 
 
-def reap_group(pgid: int, started_at: float | None) -> bool:
-    """Kill a lost job's process group, if it is still the job's."""
+def reap_group(pgid: int, started_at: float | None, mark: str | None = None) -> bool:
+    """Kill a lost run's process group, if it is still that run's: not when the number
+    now names an older process's group, or one with a process of another run (`mark`)."""
+    ours = False
     for p in psutil.process_iter(["pid", "create_time"]):
         try:
             if os.getpgid(p.pid) != pgid:
@@ -374,9 +403,12 @@ def reap_group(pgid: int, started_at: float | None) -> bool:
             continue
         if started_at is not None and p.info["create_time"] < started_at - 2:
             continue  # an older process that reused the number: not ours
+        if mark is not None and _mark_of(p) not in (None, mark):
+            return False  # the number leads another run's group now
+        ours = True
+    if ours:
         _killpg(pgid, signal.SIGKILL)
-        return True
-    return False
+    return ours
 
 
 def _human(seconds: float) -> str:

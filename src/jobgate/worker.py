@@ -51,6 +51,9 @@ _RETENTION_S = 300.0
 # beats every third of one); a dead node's row is deleted after a day.
 NODE_LIVE_LEASES = 2
 _NODE_FORGET_S = 86400.0
+# The recovery loop looks every third of a lease period (at least every second); coming
+# back later than that by this many lease periods means this node was stopped or suspended.
+_RECOVERY_LATE_LEASES = 0.5
 _WAKE_TYPES = frozenset({"job.queued", "job.retrying", "job.completed", "job.failed",
                          "job.cancelled"})
 
@@ -105,6 +108,11 @@ class Worker:
         self._renewer_stopping = False
         self.node = Node(self.name, socket.gethostname(), os.getpid(), self.slots,
                          __version__, time.time())
+        # Recovery: the node registry as this node found it (before it registered itself),
+        # and when the recovery loop last looked (wall clock: leases are wall times).
+        self._registry_at_start: list[Node] = []
+        self._recovered_at = time.time()
+        self._recover_from = 0.0  # after a sleep of this node: take nothing back before
 
     @property
     def running(self) -> list[Job]:
@@ -114,6 +122,7 @@ class Worker:
         """Work until `stop()`; then hand running jobs back to the queue and unregister."""
         loop = asyncio.get_running_loop()
         self.node = dataclasses.replace(self.node, started_at=time.time())
+        self._registry_at_start = await self.queue.store.nodes()
         await self.queue.store.heartbeat(self.node)  # registered before it claims anything
         unsubscribe = self.queue.bus.on(self._on_event)
         self._renewer = threading.Thread(target=self._renew_thread, args=(loop,),
@@ -414,19 +423,78 @@ class Worker:
 
     # --- recovery, timeouts, retention --------------------------------------------------
     async def _recover(self, startup: bool = False) -> None:
-        lost = []
-        if startup:
-            lost = [j.worker for j in await self.queue.store.running_jobs()
-                    if j.worker and _dead_local_worker(j.worker, self.name)]
-        for job in await self.queue.store.recover(lost):
+        """Take back the jobs of lost runs (a lease run out, a node known dead) and reap
+        what those runs left on this machine; never a run this node still holds."""
+        store, lease_s, now = self.queue.store, self.settings.worker.lease_s, time.time()
+        late_s = now - self._recovered_at - _recovery_every_s(lease_s)
+        self._recovered_at = now
+        if not startup and late_s > _RECOVERY_LATE_LEASES * lease_s:
+            # This node was stopped or suspended past its leases (SIGSTOP, a laptop lid,
+            # swapping): its own runs first, then a lease period for the other nodes of
+            # this machine, which likely slept too, to renew theirs.
+            log.warning("recovery ran %.0f s late (this node was stopped, suspended or "
+                        "blocked); renewing its leases before taking anything back", late_s)
+            self._recover_from = now + lease_s
+            await self._renew_now()
+        if now < self._recover_from:
+            return
+        nodes = self._registry_at_start if startup else await store.nodes()
+        registry = {n.name: n for n in nodes}
+        lost = {n.name for n in nodes if self._dead(n, startup)}
+        if startup:  # runs of workers that left no row, named `host:pid` (older jobgate)
+            lost |= {j.worker for j in await store.running_jobs()
+                     if j.worker and j.worker not in registry
+                     and _dead_local_worker(j.worker, self.name)}
+        held = {r.job.id: r.job.lease_token for r in list(self._runs.values()) if not r.lost}
+        host = socket.gethostname()
+        for job in await store.recover(lost, keep=held):
             log.warning("recovered job %s from lost worker %s", job.id, job.worker)
-            if job.worker and _is_local(job.worker):
-                await asyncio.to_thread(executor.reap, job.id, job.pid, job.started_at)
+            node = registry.get(job.worker or "")
+            if node is not None and node.host != host:
+                continue  # that run's processes were on another machine
+            # Its group only when the run is known to have been on this machine; its
+            # marked processes in any case (the mark is that run's alone).
+            local = node is not None or (job.worker is not None and _is_local(job.worker))
+            await asyncio.to_thread(executor.reap, job.id, job.lease_token,
+                                    job.pid if local else None, job.started_at)
+
+    def _dead(self, node: Node, startup: bool) -> bool:
+        """Whether a registered node is known dead: its heartbeat is older than the live
+        window, or it ran on this machine and its process is gone. At start, this node's
+        own name stands for the process that had it before (killed, now restarted)."""
+        if node.name == self.name and not startup:
+            return False
+        if time.time() - node.heartbeat_at > node_live_s(self.settings):
+            return True
+        if node.host != socket.gethostname():
+            return False  # live as far as this machine can tell
+        alive = _process_since(node.pid, node.started_at)
+        if node.name == self.name and alive:
+            log.warning("another live node on this machine is named %s (pid %d)",
+                        node.name, node.pid)
+        return not alive
+
+    async def _renew_now(self) -> None:
+        """Renew this node's leases from here, now (the lease thread may not have run yet)."""
+        leases = {r.job.id: r.job.lease_token for r in list(self._runs.values())
+                  if not r.lost}
+        if not leases:
+            return
+        try:
+            stop = await self.queue.store.renew(self.name, leases, self.settings.worker.lease_s)
+        except Exception:
+            log.exception("lease renewal failed")
+            return
+        if stop:
+            self._stop_runs(stop)
 
     async def _recovery_loop(self) -> None:
         while True:
-            await asyncio.sleep(max(1.0, self.settings.worker.lease_s / 3))
-            await self._recover()
+            await asyncio.sleep(_recovery_every_s(self.settings.worker.lease_s))
+            try:
+                await self._recover()
+            except Exception:  # the database went away a moment: the next round retries
+                log.exception("recovery failed; trying again")
 
     async def _start_timeout_loop(self, timeout_s: float) -> None:
         while True:
@@ -440,6 +508,21 @@ class Worker:
             await self.queue.store.prune_events(time.time() - retention.events)
             await self.queue.store.forget_nodes(time.time() - _NODE_FORGET_S)
             await asyncio.sleep(_RETENTION_S)
+
+
+def _recovery_every_s(lease_s: float) -> float:
+    return max(1.0, lease_s / 3)
+
+
+def _process_since(pid: int, started_at: float) -> bool:
+    """Whether process `pid` of this machine exists and is the one that started at
+    `started_at` (a process created after that only reuses the number)."""
+    try:
+        return bool(psutil.Process(pid).create_time() <= started_at + 1)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # not ours to look at: it exists
+        return True
 
 
 def _is_local(worker: str) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,10 +206,13 @@ class Store(ABC):
         """Delete a finished job with its logs; IllegalMove if it is not finished."""
 
     @abstractmethod
-    async def recover(self, lost_workers: Collection[str] = ()) -> list[Job]:
+    async def recover(self, lost_workers: Collection[str] = (),
+                      keep: Mapping[str, int] | None = None) -> list[Job]:
         """Running jobs whose lease expired, or whose worker is known dead: queued again
         while attempts remain (and not cancel-requested), else failed with "worker lost".
-        The jobs returned carry the `pid` and `worker` of the run that was lost."""
+        `keep` ({id: lease token}) are the runs the caller holds and still runs: never
+        taken, whatever their lease says. The jobs returned carry the `pid`, `worker` and
+        `lease_token` of the run that was lost (to reap what it left running)."""
 
     @abstractmethod
     async def expire_queued(self, start_timeout_s: float) -> list[Job]:

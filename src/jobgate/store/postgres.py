@@ -24,7 +24,7 @@ The pool, transactions, migrations and the event listener are in postgres_conn.p
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from jobgate.model import FINAL, DispatchKey, Event, IllegalMove, Job, State, check_move
@@ -161,11 +161,6 @@ class PostgresStore(PgConnection, Store):
         async def op(tx: Tx) -> set[str]:
             stop = set(leases)
             ids, tokens = list(leases), [leases[i] for i in leases]
-            # The rows first (a finish or a log write may hold one a moment), then the
-            # time: a renewal that waited still gives a whole lease.
-            await tx.execute("SELECT 1 FROM jobs WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
-                             (ids,))
-            tx.clock()
             for job_id, token, state, cancel in await tx.rows(
                 "UPDATE jobs SET lease_expires_at = CASE WHEN jobs.lease_token = l.token "
                 "AND jobs.state = 'running' THEN %s ELSE jobs.lease_expires_at END "
@@ -299,8 +294,10 @@ class PostgresStore(PgConnection, Store):
 
         return await self._run(op)
 
-    async def recover(self, lost_workers: Collection[str] = ()) -> list[Job]:
+    async def recover(self, lost_workers: Collection[str] = (),
+                      keep: Mapping[str, int] | None = None) -> list[Job]:
         lost = list(lost_workers)
+        held = dict(keep or {})
 
         async def op(tx: Tx) -> list[Job]:
             await tx.lock(_TURNS_LOCK)
@@ -308,7 +305,9 @@ class PostgresStore(PgConnection, Store):
             for job in await tx.select(
                     "state = 'running' AND (lease_expires_at < %s OR worker = ANY(%s)) "
                     "ORDER BY id FOR UPDATE SKIP LOCKED", (tx.now, lost)):
-                pid, worker = job.pid, job.worker
+                if held.get(job.id) == job.lease_token:
+                    continue  # the caller runs it: a late renewal, not a lost run
+                pid, worker, token = job.pid, job.worker, job.lease_token
                 common: dict[str, Any] = {"lease_expires_at": None, "pid": None,
                                           "lease_token": job.lease_token + 1}
                 if job.cancel_requested:
@@ -322,7 +321,7 @@ class PostgresStore(PgConnection, Store):
                 else:
                     await tx.move(job, State.FAILED, finished_at=tx.now, error="worker lost",
                                   message="worker lost", **common)
-                job.pid, job.worker = pid, worker
+                job.pid, job.worker, job.lease_token = pid, worker, token
                 out.append(job)
             return out
 

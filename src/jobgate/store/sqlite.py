@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from jobgate.model import FINAL, DispatchKey, Event, IllegalMove, Job, State, check_move
@@ -229,14 +229,18 @@ class SqliteStore(GroupCommit, Store):
 
         return await self._call(op)
 
-    async def recover(self, lost_workers: Collection[str] = ()) -> list[Job]:
+    async def recover(self, lost_workers: Collection[str] = (),
+                      keep: Mapping[str, int] | None = None) -> list[Job]:
         lost = list(lost_workers)
+        held = dict(keep or {})
 
         def op(tx: Tx) -> list[Job]:
             out = []
             for job in tx.select("state = 'running' AND (lease_expires_at < ? OR worker IN "
                                f"({placeholders(lost)}))", (tx.now, *lost)):
-                pid, worker = job.pid, job.worker
+                if held.get(job.id) == job.lease_token:
+                    continue  # the caller runs it: a late renewal, not a lost run
+                pid, worker, token = job.pid, job.worker, job.lease_token
                 common: dict[str, Any] = {"lease_expires_at": None, "pid": None,
                                           "lease_token": job.lease_token + 1}
                 if job.cancel_requested:
@@ -249,8 +253,8 @@ class SqliteStore(GroupCommit, Store):
                 else:
                     tx.move(job, State.FAILED, finished_at=tx.now, error="worker lost",
                             message="worker lost", **common)
-                # so the caller can reap what the lost worker left running
-                job.pid, job.worker = pid, worker
+                # so the caller can reap what the lost run left running
+                job.pid, job.worker, job.lease_token = pid, worker, token
                 out.append(job)
             return out
 
