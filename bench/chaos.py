@@ -57,9 +57,14 @@ from jobgate.store import store_for_url  # noqa: E402
 from jobgate.store.base import Store  # noqa: E402
 
 USERS = ("alice", "bob", "carol")
+# $0 job id, $1 folder, $2 seconds, $3 "hide": the grandchild drops JOBGATE_JOB_ID (as a
+# program that cleans its environment would), so only its process group leads to it.
 _SCRIPT = (
-    'f="$1/$0"; echo "start $0 $CHAOS_NODE $$ $PPID $(date +%s.%N)" >> "$f"; '
-    "sleep 600 >/dev/null 2>&1 & g=$!; sleep \"$2\"; kill $g 2>/dev/null; wait $g; "
+    'export CHAOS_JOB="$0"; f="$1/$0"; '
+    'echo "start $0 $CHAOS_NODE $$ $PPID $(date +%s.%N)" >> "$f"; '
+    'if [ "$3" = true ]; then env -u JOBGATE_JOB_ID sleep 600 >/dev/null 2>&1 & g=$!; '
+    "else sleep 600 >/dev/null 2>&1 & g=$!; fi; "
+    'sleep "$2"; kill $g 2>/dev/null; wait $g; '
     'echo "end $0 $CHAOS_NODE $$ $PPID $(date +%s.%N)" >> "$f"'
 )
 
@@ -84,12 +89,13 @@ class Plan:
 
     @property
     def orphan_deadline_s(self) -> float:
-        # Recovery may only reap once the lease ran out and a recovery pass ran.
-        return 3 * self.lease_s + 2
+        # Recovery may only reap once the lease ran out and a recovery pass ran (every
+        # max(1 s, lease/3)): a lease, plus another for a loaded machine, plus a second.
+        return 2 * self.lease_s + 1
 
 
 def config_text(folder: Path, url: str, plan: Plan) -> str:
-    argv = ["sh", "-c", _SCRIPT, "{job_id}", "{dir}", "{seconds}"]
+    argv = ["sh", "-c", _SCRIPT, "{job_id}", "{dir}", "{seconds}", "{hide}"]
     quoted = ", ".join("'" + a + "'" for a in argv)
     return (
         f'[server]\ndata_dir = "{folder / "data"}"\ninput_dir = "{folder}"\n'
@@ -100,6 +106,7 @@ def config_text(folder: Path, url: str, plan: Plan) -> str:
         f"[kinds.chaos]\nargv = [{quoted}]\nmax_attempts = 100\nbackoff = \"0.1s\"\n"
         "[kinds.chaos.args]\n"
         'dir = { type = "string" }\nseconds = { type = "number", min = 0, max = 60 }\n'
+        'hide = { type = "boolean", default = false }\n'
     )
 
 
@@ -125,7 +132,8 @@ class ProcWatch:
             return None
         if self.tag not in env:
             return None
-        job = next((e[15:].decode() for e in env if e.startswith(b"JOBGATE_JOB_ID=")), None)
+        job = next((e[15:].decode() for e in env if e.startswith(b"JOBGATE_JOB_ID=")), None) \
+            or next((e[10:].decode() for e in env if e.startswith(b"CHAOS_JOB=")), None)
         node = next((e[11:].decode() for e in env if e.startswith(b"CHAOS_NODE=")), None)
         return (job, int(node)) if job and node and node.isdigit() else None
 
@@ -234,12 +242,10 @@ class Fleet:
 
     async def kill(self, life: NodeLife, at_start: bool) -> None:
         proc = self.procs[life.index]
-        caught = False
-        if at_start:  # wait (up to 3 s) for a child forked but not yet exec'd
-            deadline = time.monotonic() + 3
-            while time.monotonic() < deadline and not (caught := _forking(life.pid)):
-                await asyncio.sleep(0)
-        life.ended = time.time()
+        caught = None
+        if at_start:  # as soon as a child is forked but not yet exec'd (up to 3 s)
+            caught = await asyncio.to_thread(_kill_when_forking, life.pid, 3.0)
+        life.ended = caught or time.time()
         life.how = "kill-at-start" if caught else "kill"
         proc.kill()
         await asyncio.to_thread(proc.wait)
@@ -341,13 +347,27 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _forking(pid: int) -> bool:
-    """Has this worker a child that is still a copy of itself (forked, not yet exec'd)?"""
-    for child in _descendants(pid):
-        with contextlib.suppress(psutil.Error):
-            if child.name().startswith("python"):
-                return True
-    return False
+def _kill_when_forking(pid: int, timeout_s: float) -> float | None:
+    """SIGKILL the worker the moment it has a child that is still a copy of itself (forked,
+    its job's program not yet exec'd); when that was, or None if it never had one."""
+    deadline = time.monotonic() + timeout_s
+    seen = set(os.listdir("/proc"))
+    while time.monotonic() < deadline:
+        now = set(os.listdir("/proc"))  # look at the processes that are new alone
+        fresh, seen = now - seen, now
+        for child in fresh:
+            try:
+                with open(f"/proc/{child}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            close = stat.rfind(b")")
+            if int(stat[close + 2:].split()[1]) == pid and \
+                    stat[stat.find(b"(") + 1:close].startswith(b"python"):
+                when = time.time()
+                os.kill(pid, signal.SIGKILL)
+                return when
+    return None
 
 
 def kill_leftovers(tag: str) -> int:
@@ -385,11 +405,12 @@ async def _produce(queue: JobQueue, plan: Plan, live: Live, rng: random.Random,
             continue
         batch = min(20, plan.jobs - sent)
         sent += batch
-        specs = [(rng.choice(USERS), round(rng.uniform(*plan.job_s), 2)) for _ in range(batch)]
+        specs = [(rng.choice(USERS), round(rng.uniform(*plan.job_s), 2), rng.random() < 0.5)
+                 for _ in range(batch)]
         done = await asyncio.gather(
-            *(queue.submit(owner, "chaos", {"dir": str(runs_dir), "seconds": s})
-              for owner, s in specs), return_exceptions=True)
-        for (owner, _), result in zip(specs, done, strict=True):
+            *(queue.submit(owner, "chaos", {"dir": str(runs_dir), "seconds": s, "hide": hide})
+              for owner, s, hide in specs), return_exceptions=True)
+        for (owner, _, _), result in zip(specs, done, strict=True):
             if isinstance(result, BaseException):
                 live.submit_errors += 1
             else:
@@ -418,6 +439,7 @@ async def _chaos(fleet: Fleet, plan: Plan, live: Live, rng: random.Random) -> No
                + ["stop"] * plan.stops + ["term"] * plan.terms)
     rng.shuffle(actions)
     pausing: asyncio.Task[None] | None = None
+    kills = 0
     for i, action in enumerate(actions):
         goal = (i + 1) * plan.jobs // (len(actions) + 1)
         deadline = time.monotonic() + 120
@@ -427,6 +449,9 @@ async def _chaos(fleet: Fleet, plan: Plan, live: Live, rng: random.Random) -> No
         if action == "stop" and pausing is not None:
             await pausing
         candidates = fleet.alive()
+        if action.startswith("kill"):  # kills alternate: --name workers, host:pid ones
+            kind = [n for n in candidates if n.named == (kills % 2 == 0)]
+            candidates, kills = kind or candidates, kills + 1
         busy = [n for n in candidates if live.running_by_worker.get(n.name, 0) > 0]
         victim = rng.choice(busy or candidates)
         print(f"[chaos] {i + 1}/{len(actions)} {action} {victim.name} (node {victim.index}, "
