@@ -7,9 +7,11 @@ checked from the store's events and the side effects the jobs left (bench/chaos_
 Prints a table of figures per backend and exits 1 on any violation. Everything it starts
 (workers, their jobs' processes, the PostgreSQL server) is stopped however it ends.
 
-Each job runs `sh -c` that appends `start JOB NODE PID PPID EPOCH` to a file of its own,
-starts a grandchild (`sleep 600` in the background, so an orphan shows), sleeps a random
-while, stops the grandchild and appends the same `end` line. Every job process inherits
+Each job runs `sh -c` that appends `start JOB NODE PID PPID EPOCH SECONDS` to a file of its
+own, starts a grandchild (`sleep 600` in the background, so an orphan shows; for half the
+jobs it drops JOBGATE_JOB_ID from its environment, as a program that cleans its environment
+would, so that only its process group leads to it), sleeps SECONDS, stops the grandchild
+and appends `end JOB NODE PID PPID EPOCH`. Every job process inherits
 CHAOS_RUN (this campaign) and CHAOS_NODE (the index of its worker process) from the
 worker's environment, and JOBGATE_JOB_ID from jobgate: a sampler thread reads /proc every
 `--sample-ms` and records each job process seen.
@@ -61,7 +63,7 @@ USERS = ("alice", "bob", "carol")
 # program that cleans its environment would), so only its process group leads to it.
 _SCRIPT = (
     'export CHAOS_JOB="$0"; f="$1/$0"; '
-    'echo "start $0 $CHAOS_NODE $$ $PPID $(date +%s.%N)" >> "$f"; '
+    'echo "start $0 $CHAOS_NODE $$ $PPID $(date +%s.%N) $2" >> "$f"; '
     'if [ "$3" = true ]; then env -u JOBGATE_JOB_ID sleep 600 >/dev/null 2>&1 & g=$!; '
     "else sleep 600 >/dev/null 2>&1 & g=$!; fi; "
     'sleep "$2"; kill $g 2>/dev/null; wait $g; '
@@ -83,6 +85,8 @@ class Plan:
     per_user_running: int = 3
     lease_s: float = 2.0
     job_s: tuple[float, float] = (0.05, 0.5)
+    long_share: float = 0.05  # of the jobs: long enough to be re-run while a stop lasts
+    long_s: tuple[float, float] = (4.0, 8.0)
     start_kill_share: float = 0.2  # of the kills: SIGKILL as the worker starts a job
     sample_s: float = 0.03
     drain_s: float = 180.0
@@ -269,7 +273,8 @@ class Fleet:
         A signal takes effect when its target next runs, so each step waits until what it
         stopped is stopped: the worker first (then it forks no more), then each job's
         process group (a group signal reaches a child being forked, too), then any process
-        that left its group."""
+        that left its group or the worker's tree (found by CHAOS_NODE: a paused machine
+        pauses those too)."""
         self.stopping.add(life.index)
         try:
             stopped = time.time()
@@ -281,7 +286,7 @@ class Fleet:
                     os.killpg(group, signal.SIGSTOP)
             kids: list[psutil.Process] = []
             for _ in range(100):
-                kids = _descendants(life.pid)
+                kids = _descendants(life.pid) + self._marked(life.index)
                 moving = [p for p in kids if not _is_stopped(p.pid)]
                 if not moving:
                     break
@@ -302,6 +307,17 @@ class Fleet:
             life.stops.append((stopped, kids_stopped, time.time()))
         finally:
             self.stopping.discard(life.index)
+
+    def _marked(self, index: int) -> list[psutil.Process]:
+        """The processes of this worker's jobs, wherever they are in the process tree."""
+        found = []
+        for p in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                env = p.environ()
+                if env.get("CHAOS_RUN") == self.tag and env.get("CHAOS_NODE") == str(index) \
+                        and ("JOBGATE_JOB_ID" in env or "CHAOS_JOB" in env):
+                    found.append(p)
+        return found
 
     def stop_all(self, how: str) -> None:
         for proc in self.procs.values():
@@ -405,8 +421,9 @@ async def _produce(queue: JobQueue, plan: Plan, live: Live, rng: random.Random,
             continue
         batch = min(20, plan.jobs - sent)
         sent += batch
-        specs = [(rng.choice(USERS), round(rng.uniform(*plan.job_s), 2), rng.random() < 0.5)
-                 for _ in range(batch)]
+        specs = [(rng.choice(USERS), round(rng.uniform(
+                      *(plan.long_s if rng.random() < plan.long_share else plan.job_s)), 2),
+                  rng.random() < 0.5) for _ in range(batch)]
         done = await asyncio.gather(
             *(queue.submit(owner, "chaos", {"dir": str(runs_dir), "seconds": s, "hide": hide})
               for owner, s, hide in specs), return_exceptions=True)
@@ -533,15 +550,33 @@ async def campaign(plan: Plan, folder: Path, url: str) -> tuple[Verdict, float]:
     with (folder / "events.jsonl").open("w") as f:  # for a look afterwards
         f.writelines(json.dumps(e) + "\n" for e in events)
     (folder / "nodes.json").write_text(json.dumps([asdict(n) for n in fleet.lives], indent=1))
-    runs, malformed = parse_runs({p.name: p.read_text() for p in runs_dir.iterdir()})
-    samples, tracks = read_samples(samples_path, fleet.lives)
+    (folder / "record.json").write_text(json.dumps({
+        "plan": asdict(plan), "acknowledged": live.acknowledged,
+        "submit_errors": live.submit_errors, "db_samples": live.db_samples,
+        "jobs": {i: asdict(j) for i, j in jobs.items()}}))
+    return recheck(folder), time.monotonic() - started
+
+
+def recheck(folder: Path) -> Verdict:
+    """The invariants checked again from what a campaign left in `folder`."""
+    record = json.loads((folder / "record.json").read_text())
+    plan = Plan(**{**record["plan"], "job_s": tuple(record["plan"]["job_s"]),
+                   "long_s": tuple(record["plan"].get("long_s", Plan.long_s))})
+    nodes = [NodeLife(**{**n, "stops": [tuple(s) for s in n["stops"]]})
+             for n in json.loads((folder / "nodes.json").read_text())]
+    events = [tuple(json.loads(line))
+              for line in (folder / "events.jsonl").read_text().splitlines()]
+    runs, malformed = parse_runs({p.name: p.read_text() for p in (folder / "runs").iterdir()})
+    samples, tracks = read_samples(folder / "procs.txt", nodes)
     observed = Observed(
-        live.acknowledged, live.submit_errors, jobs, events, runs, malformed, fleet.lives,
-        tracks, samples, live.db_samples, plan.max_running,
+        record["acknowledged"], record["submit_errors"],
+        {i: JobView(**j) for i, j in record["jobs"].items()}, events,
+        runs, malformed, nodes, tracks, samples,
+        [(t, n, d) for t, n, d in record["db_samples"]], plan.max_running,
         plan.per_user_running, plan.lease_s, plan.orphan_deadline_s)
     verdict = check(observed)
     (folder / "violations.txt").write_text("".join(f"{v}\n" for v in verdict.every_violation))
-    return verdict, time.monotonic() - started
+    return verdict
 
 
 def run_backend(plan: Plan, folder: Path) -> tuple[Verdict, float]:
@@ -591,7 +626,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-ms", type=float, default=30)
     parser.add_argument("--folder", type=Path, default=None,
                         help="keep the campaign's files here (default: a temporary folder)")
+    parser.add_argument("--recheck", type=Path, default=None, metavar="FOLDER",
+                        help="check again what a campaign left in FOLDER/BACKEND, run nothing")
     args = parser.parse_args(argv)
+    if args.recheck is not None:
+        rechecked = {b.name: (recheck(b), 0.0) for b in sorted(args.recheck.iterdir())
+                     if (b / "record.json").exists()}
+        print(table(rechecked))
+        return 1 if any(v.counts for v, _ in rechecked.values()) else 0
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     print(f"[chaos] seed {seed}", file=sys.stderr, flush=True)
     signal.signal(signal.SIGTERM, _interrupt)

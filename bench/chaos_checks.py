@@ -25,6 +25,8 @@ EPSILON_S = 0.05
 # A job process still writing this long after its worker was SIGKILLed ran unsupervised
 # (the kernel's kill-on-parent-death is asynchronous, but takes microseconds, not this).
 UNSUPERVISED_AFTER_S = 0.5
+# How much longer than it planned a run may take on a loaded machine.
+RUN_SLACK_S = 5.0
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Run:
     pid: int
     start: float
     end: float | None = None
+    seconds: float | None = None  # how long it meant to work
 
 
 @dataclass
@@ -112,7 +115,8 @@ class Verdict:
 
 
 def parse_runs(texts: dict[str, str]) -> tuple[list[Run], int]:
-    """Runs from the per-job side-effect files (`start|end JOB NODE PID PPID EPOCH`)."""
+    """Runs from the per-job side-effect files (`start|end JOB NODE PID PPID EPOCH`, and
+    the seconds it means to work on a start line)."""
     runs: list[Run] = []
     malformed = 0
     for text in texts.values():
@@ -126,7 +130,8 @@ def parse_runs(texts: dict[str, str]) -> tuple[list[Run], int]:
                 malformed += 1
                 continue
             if what == "start":
-                run = Run(job_id, node, pid, t)
+                run = Run(job_id, node, pid, t,
+                          seconds=float(parts[6]) if len(parts) > 6 else None)
                 open_runs[pid] = run
                 runs.append(run)
             elif what == "end" and pid in open_runs and open_runs[pid].end is None:
@@ -136,17 +141,24 @@ def parse_runs(texts: dict[str, str]) -> tuple[list[Run], int]:
     return runs, malformed
 
 
-def _disturbed_after(node: NodeLife, t: float) -> bool:
-    """Did the campaign kill, terminate or stop this worker at or after `t`?"""
-    if node.ended is not None and node.ended >= t - EPSILON_S:
+def _disturbed_during(node: NodeLife, run: Run) -> bool:
+    """Did the campaign kill, terminate or stop this worker while the run may have been
+    going on: from its start (or up to UNSUPERVISED_AFTER_S before it: a run that starts as
+    the kernel tears its killed worker down) until its planned end, plus RUN_SLACK_S for a
+    loaded machine?"""
+    start = run.start - UNSUPERVISED_AFTER_S
+    until = run.start + (run.seconds if run.seconds is not None else 1e9) + RUN_SLACK_S
+    if node.ended is not None and start <= node.ended <= until:
         return True
-    return any(stopped >= t - EPSILON_S for stopped, _, _ in node.stops)
+    return any(start <= stopped <= until for stopped, _, _ in node.stops)
 
 
 def _report_lost(node: NodeLife, end: float, lease_s: float) -> bool:
     """A run that ended at `end` whose result its worker could not have stored: the worker
-    was killed or terminated, or stopped, just after (within a lease), before reporting."""
-    if node.ended is not None and end - EPSILON_S <= node.ended <= end + lease_s:
+    was killed or terminated, or stopped, just after (within a lease), before reporting.
+    A SIGKILLed worker takes a moment to die, and its job with it: an end written up to
+    UNSUPERVISED_AFTER_S after the kill counts as before it."""
+    if node.ended is not None and end - UNSUPERVISED_AFTER_S <= node.ended <= end + lease_s:
         return True
     return any(stopped - lease_s <= end <= children_stopped + EPSILON_S
                for stopped, children_stopped, _ in node.stops)
@@ -194,9 +206,11 @@ def check(o: Observed) -> Verdict:
     for job_id, runs in runs_of.items():
         for run in runs:
             node = nodes.get(run.node)
+            # Its node's claims (a restarted worker may have the same name: by its life).
             mine = [c for c in claims.get(job_id, [])
                     if node is not None and c.worker == node.name
-                    and node.started - 1 <= c.ts <= run.start + EPSILON_S]
+                    and node.started - EPSILON_S <= c.ts <= run.start + EPSILON_S
+                    and (node.ended is None or c.ts <= node.ended + EPSILON_S)]
             run_claim[id(run)] = max(mine, key=lambda c: c.seq) if mine else None
             if not mine:
                 violate("run without a claim", f"{job_id} run pid {run.pid} on node "
@@ -233,13 +247,17 @@ def check(o: Observed) -> Verdict:
             problem = "its completion is not from its latest claim"
         elif job.worker is not None and job.worker != winner.worker:
             problem = f"stored worker {job.worker} is not the latest claim's {winner.worker}"
-        elif len(own) != 1:
-            problem = f"{len(own)} runs of the completing claim ({winner.worker}) ended"
+        elif not own:
+            problem = f"no run of the completing claim ({winner.worker}) ended"
         elif own[0].end is not None and own[0].end > done_ts + EPSILON_S:
             problem = "the completing run ended after the completion was stored"
         if problem is not None:
             violate("stale-lease completion", f"{job_id}: {problem}")
             stale += 1
+            continue
+        if len(own) > 1:
+            twice += 1
+            violate("completed twice", f"{job_id}: {len(own)} runs of one claim ended")
             continue
         others = [r for r in ended if r is not own[0]]
         bad = [r for r in others if r.end is not None and not
@@ -250,7 +268,8 @@ def check(o: Observed) -> Verdict:
             # On SQLite a worker stopped in a write holds every node's writes (renewals
             # too) until it is continued: say so when that is when a run's report was due.
             paused = sorted({n.index for r in bad for n in o.nodes if n.index != r.node
-                             and any(a <= (r.end or 0) <= c for a, _, c in n.stops)})
+                             and any(a - o.lease_s <= (r.end or 0) <= c
+                                     for a, _, c in n.stops)})
             if paused:
                 twice_while_paused += 1
             violate("completed twice", f"{job_id}: {len(ended)} runs reached their end; "
@@ -262,10 +281,16 @@ def check(o: Observed) -> Verdict:
     cut = 0
     for run in o.runs:
         node = nodes.get(run.node)
-        if run.end is None and node is not None and not _disturbed_after(node, run.start):
+        if run.end is None and node is not None and not _disturbed_during(node, run):
             cut += 1
+            claim = run_claim.get(id(run))
+            later = [c.ts for c in claims.get(run.job_id, []) if claim and c.seq > claim.seq]
+            until = min(later, default=run.start + 60)
+            paused = sorted(n.index for n in o.nodes if n.index != node.index
+                            and any(a <= until and c >= run.start for a, _, c in n.stops))
             violate("healthy run cut short", f"{run.job_id} pid {run.pid} on {node.name} "
-                    f"(node {node.index}) from {run.start:.3f}: the node was not touched")
+                    f"(node {node.index}) from {run.start:.3f}: the node was not touched"
+                    + (f" (while node {paused} was stopped)" if paused else ""))
 
     # --- no process outlives its worker ---------------------------------------------------
     unsupervised = 0
