@@ -437,17 +437,24 @@ async def _produce(queue: JobQueue, plan: Plan, live: Live, rng: random.Random,
 
 async def _sample_db(store: Store, live: Live) -> None:
     while True:
-        running = await store.running_jobs()
-        per_user: dict[str, int] = {}
-        by_worker: dict[str, int] = {}
-        for job in running:
-            per_user[job.owner] = per_user.get(job.owner, 0) + 1
-            by_worker[job.worker or "?"] = by_worker.get(job.worker or "?", 0) + 1
-        live.db_samples.append((time.time(), len(running), per_user))
-        live.running_by_worker = by_worker
-        stats = await store.stats()
-        live.finished = sum(stats.counts.get(s, 0) for s in ("completed", "failed", "cancelled"))
+        try:
+            await _sample_db_once(store, live)
+        except Exception as exc:  # a busy database: the next look will do
+            print(f"[chaos] database sample failed: {exc!r}", file=sys.stderr, flush=True)
         await asyncio.sleep(0.05)
+
+
+async def _sample_db_once(store: Store, live: Live) -> None:
+    running = await store.running_jobs()
+    per_user: dict[str, int] = {}
+    by_worker: dict[str, int] = {}
+    for job in running:
+        per_user[job.owner] = per_user.get(job.owner, 0) + 1
+        by_worker[job.worker or "?"] = by_worker.get(job.worker or "?", 0) + 1
+    live.db_samples.append((time.time(), len(running), per_user))
+    live.running_by_worker = by_worker
+    stats = await store.stats()
+    live.finished = sum(stats.counts.get(s, 0) for s in ("completed", "failed", "cancelled"))
 
 
 async def _chaos(fleet: Fleet, plan: Plan, live: Live, rng: random.Random) -> None:
@@ -515,8 +522,12 @@ async def campaign(plan: Plan, folder: Path, url: str) -> tuple[Verdict, float]:
         fleet.sampler = sampler
         for slot in range(plan.workers):
             fleet.start(slot)
-        if not await _wait(lambda: all(p.poll() is None for p in fleet.procs.values()), 1):
-            raise RuntimeError("a worker exited at start; see worker-*.log")
+        deadline = time.monotonic() + 60
+        while len(await queue.store.nodes()) < plan.workers:
+            if any(p.poll() is not None for p in fleet.procs.values()) or \
+                    time.monotonic() > deadline:
+                raise RuntimeError(f"a worker did not start; see {folder}/worker-*.log")
+            await asyncio.sleep(0.1)
         tasks.append(asyncio.create_task(_sample_db(queue.store, live)))
         producer = asyncio.create_task(_produce(queue, plan, live, rng, runs_dir))
         await _chaos(fleet, plan, live, rng)
