@@ -257,6 +257,7 @@ class Fleet:
 
     async def term(self, life: NodeLife) -> None:
         proc = self.procs[life.index]
+        life.termed = time.time()
         proc.send_signal(signal.SIGTERM)
         try:
             await asyncio.to_thread(proc.wait, 30)

@@ -41,6 +41,7 @@ class NodeLife:
     started: float
     ended: float | None = None  # SIGKILL sent, or the process seen gone after SIGTERM
     how: str | None = None  # "kill", "kill-at-start", "term", "final"
+    termed: float | None = None  # SIGTERM sent
     # (worker stopped, its job processes stopped, its job processes continued)
     stops: list[tuple[float, float, float]] = field(default_factory=list)
 
@@ -155,10 +156,12 @@ def _disturbed_during(node: NodeLife, run: Run) -> bool:
 
 def _report_lost(node: NodeLife, end: float, lease_s: float) -> bool:
     """A run that ended at `end` whose result its worker could not have stored: the worker
-    was killed or terminated, or stopped, just after (within a lease), before reporting.
-    A SIGKILLed worker takes a moment to die, and its job with it: an end written up to
-    UNSUPERVISED_AFTER_S after the kill counts as before it."""
-    if node.ended is not None and end - UNSUPERVISED_AFTER_S <= node.ended <= end + lease_s:
+    was SIGKILLed, or stopped, just after (within a lease), before reporting. A SIGKILLed
+    worker takes a moment to die, and its job with it: an end written up to
+    UNSUPERVISED_AFTER_S after the kill counts as before it. (A SIGTERM excuses nothing:
+    a worker that stops gracefully has the time to store what ended.)"""
+    if node.ended is not None and node.how in ("kill", "kill-at-start") and \
+            end - UNSUPERVISED_AFTER_S <= node.ended <= end + lease_s:
         return True
     return any(stopped - lease_s <= end <= children_stopped + EPSILON_S
                for stopped, children_stopped, _ in node.stops)
@@ -218,7 +221,8 @@ def check(o: Observed) -> Verdict:
 
     late = sum(1 for r in o.runs if (c := run_claim.get(id(r))) is not None
                and r.start - c.ts > o.lease_s)
-    twice = stale = excused = ended_twice_raw = twice_while_paused = 0
+    twice = stale = excused = ended_twice_raw = twice_while_paused = twice_late = 0
+    twice_termed = 0
     for job_id in o.acknowledged:
         job = o.jobs.get(job_id)
         runs = runs_of.get(job_id, [])
@@ -272,10 +276,25 @@ def check(o: Observed) -> Verdict:
                                      for a, _, c in n.stops)})
             if paused:
                 twice_while_paused += 1
+            # A run that began more than a lease after its claim began on a lease that had
+            # already run out (unless renewed before its process started).
+            late_runs = [r for r in bad if (c := run_claim.get(id(r))) is not None
+                         and r.start - c.ts > o.lease_s]
+            if late_runs:
+                twice_late += 1
+            termed = [r for r in bad if nodes[r.node].how == "term" and r.end is not None
+                      and (nodes[r.node].ended or 0) >= r.end
+                      and (nodes[r.node].termed or r.end) >= r.end - o.lease_s]
+            if termed:
+                twice_termed += 1
             violate("completed twice", f"{job_id}: {len(ended)} runs reached their end; "
                     + ", ".join(f"node {r.node} pid {r.pid} {r.start:.3f}-{r.end:.3f}"
                                 for r in ended)
-                    + (f" (a run ended while node {paused} was stopped)" if paused else ""))
+                    + (f" (a run ended while node {paused} was stopped)" if paused else "")
+                    + (" (a run started more than a lease after its claim)"
+                       if late_runs else "")
+                    + (" (a run ended just before its worker's SIGTERM hand-back)"
+                       if termed else ""))
 
     # --- runs cut short on a worker nobody touched ----------------------------------------
     cut = 0
@@ -353,8 +372,9 @@ def check(o: Observed) -> Verdict:
         f"{sum(len(c) for c in claims.values()):,} / {len(o.runs):,} / " \
         f"{sum(1 for r in o.runs if r.end is not None):,}"
     f["jobs with 2+ ended runs (of which allowed)"] = f"{ended_twice_raw} ({excused})"
-    f["completed twice (a run ended while another worker was stopped)"] = \
-        f"{twice} ({twice_while_paused})"
+    f["completed twice (a run: ended while another worker was stopped / began a lease "
+      "after its claim / ended before its worker's SIGTERM)"] = \
+        f"{twice} ({twice_while_paused} / {twice_late} / {twice_termed})"
     f["runs started more than a lease after their claim"] = str(late)
     f["stale-lease completions"] = str(stale)
     f["healthy runs cut short"] = str(cut)
