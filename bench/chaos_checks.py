@@ -190,6 +190,10 @@ def check(o: Observed) -> Verdict:
     for i in o.acknowledged:
         if i in o.jobs and i not in queued_events:
             violate("lost", f"{i} has no job.queued event")
+    # The campaign cancels nothing and allows 100 attempts: every job must complete.
+    for i, final in o.jobs.items():
+        if final.state in ("failed", "cancelled"):
+            violate("not completed", f"{i} ended {final.state} ({final.error}), unasked")
 
     # --- claims, completions and runs, per job -------------------------------------------
     claims: dict[str, list[Claim]] = defaultdict(list)

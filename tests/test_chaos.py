@@ -58,6 +58,13 @@ def test_nothing_acknowledged_is_lost(chaos: Verdict) -> None:
     assert_none(chaos, "lost", "malformed side effect")
 
 
+@pytest.mark.xfail(reason="a worker that takes its own job back after its lease ran out "
+                   "(a stall) applies the old lease's 'lost' renewal to the new run: the "
+                   "job ends cancelled though nobody cancelled it", strict=False)
+def test_every_job_completes(chaos: Verdict) -> None:
+    assert_none(chaos, "not completed")
+
+
 @pytest.mark.xfail(reason="issue 12 item 0: a worker stopped inside a transaction holds "
                    "every node's writes, lease renewals too, and when it resumes their "
                    "finished jobs are taken back as lost and run again; a resumed worker "
@@ -120,6 +127,7 @@ def _killed_at(t: float) -> list[NodeLife]:
     ({}, {}),
     ({"jobs": {}}, {"lost": 1}),
     ({"jobs": {"j1": JobView("running", "n0", None)}}, {"lost": 1}),
+    ({"jobs": {"j1": JobView("cancelled", "n0", None)}}, {"not completed": 1}),
     # A second run that reached its end, on a node nobody touched: twice.
     ({"runs": [Run("j1", 0, 99, 10.05, 10.08, 0.03), Run("j1", 0, 100, 10.1, 10.5, 0.4)]},
      {"completed twice": 1}),
@@ -157,7 +165,8 @@ def _killed_at(t: float) -> list[NodeLife]:
       "jobs": {"j1": JobView("failed", "n0", "worker lost")},
       "events": [(1, "job.queued", 9.0, "j1", {}),
                  (2, "job.started", 10.0, "j1", {"worker": "n0"}),
-                 (3, "job.failed", 12.0, "j1", {})]}, {"run outlived its worker": 1}),
+                 (3, "job.failed", 12.0, "j1", {})]},
+     {"run outlived its worker": 1, "not completed": 1}),
     ({"samples": [Sample(10.2, ("j1", "j2"))]}, {"max_running exceeded": 1}),
 ])
 def test_each_check_finds_what_it_is_for(change: dict[str, Any], found: dict[str, int]
