@@ -270,7 +270,7 @@ def check(o: Observed) -> Verdict:
         others = [r for r in ended if r is not own[0]]
         bad = [r for r in others if r.end is not None and not
                _report_lost(nodes[r.node], r.end, o.lease_s)] if others else []
-        excused += len(others) - len(bad)
+        excused += 1 if others and not bad else 0
         if bad:
             twice += 1
             # On SQLite a worker stopped in a write holds every node's writes (renewals
