@@ -730,6 +730,19 @@ async def test_recover_never_takes_a_run_its_caller_still_holds(store):
     assert await state(store, other.id) is State.QUEUED
 
 
+async def test_recover_spares_a_lease_that_ran_out_while_it_waited_for_the_database(store):
+    await submit(store, max_attempts=2)
+    looked_at = time.time()
+    running = await claim_one(store, lease_s=0.05, worker="w1")
+    await asyncio.sleep(0.1)  # its lease ran out after the caller decided to look
+    # As when another writer stalled every node (no one could renew) while recovery waited.
+    assert await store.recover(expired_before=looked_at) == []
+    assert await state(store, running.id) is State.RUNNING
+    [recovered] = await store.recover(expired_before=time.time())
+    assert recovered.id == running.id
+    assert await state(store, running.id) is State.QUEUED
+
+
 async def test_recover_of_a_lost_worker_acts_at_once_on_its_jobs_only(store):
     await submit(store, max_attempts=2)
     await submit(store, max_attempts=1)

@@ -205,7 +205,8 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
     timed_out = False
     done, _ = await asyncio.wait([waiter, stopper], timeout=kind.timeout_s,
                                  return_when=asyncio.FIRST_COMPLETED)
-    if waiter not in done:
+    stopped = waiter not in done  # else it ended by itself, whatever came at that moment
+    if stopped:
         timed_out = stopper not in done
         peak.sample()  # know the whole tree before stopping it
         await _stop_group(proc.pid, waiter, grace_s)
@@ -231,6 +232,10 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
     if timed_out:
         return RunResult(ok=False, error=f"timed out after {_human(kind.timeout_s or 0)}",
                          exit_code=code, timed_out=True, peak_memory_mb=peak_mb)
+    if code == 0 and not stopped:
+        # Done before the cancel (or the worker's stop) reached it: its work is complete,
+        # and handing it back would run it a second time.
+        return RunResult(ok=True, exit_code=0, peak_memory_mb=peak_mb)
     if cancel.is_set():
         return RunResult(ok=False, cancelled=True, exit_code=code, peak_memory_mb=peak_mb)
     if code == 0:

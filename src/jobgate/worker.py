@@ -181,9 +181,14 @@ class Worker:
                         self.queue.limits, node_memory_budget_mb=self.node_budget_mb,
                         node_memory_free_mb=self.node_budget_mb - sum(r.job.memory_mb
                                                                       for r in live))
+                    asked_at = time.time()
                     jobs = await self._finish_and_claim(free, limits, lease_s, kinds)
+                    cancels: dict[str, int] = {}
+                    if jobs and time.time() - asked_at > lease_s / 3:
+                        jobs, cancels = await self._still_held(jobs, lease_s)
                     for job in jobs:
                         self._start(job)
+                    self._stop_runs(cancels)
                     if jobs:
                         continue
                 await self._sleep(free > 0)
@@ -260,6 +265,27 @@ class Worker:
             run = self._runs.get(event.job_id or "")
             if run is not None:
                 run.cancel.set()
+
+    async def _still_held(self, jobs: list[Job], lease_s: float
+                          ) -> tuple[list[Job], dict[str, int]]:
+        """Claims that took more than a third of a lease to come back (this node was
+        stopped, or the database blocked) are renewed before they start: a job another
+        node took back meanwhile must not run twice. Returns the jobs still this node's,
+        and those of them whose cancel was asked meanwhile."""
+        leases = {j.id: j.lease_token for j in jobs}
+        stop = await self.queue.store.renew(self.name, leases, lease_s)
+        held, cancels = [], {}
+        for job in jobs:
+            if job.id in stop:
+                current = await self.queue.store.get(job.id)
+                if current is None or current.lease_token != job.lease_token or \
+                        current.state is not State.RUNNING:
+                    log.warning("job %s was taken back while this node was stopped; "
+                                "not starting it", job.id)
+                    continue
+                cancels[job.id] = job.lease_token
+            held.append(job)
+        return held, cancels
 
     def _start(self, job: Job) -> None:
         stale = self._runs.get(job.id)
@@ -403,12 +429,15 @@ class Worker:
                 log.exception("lease renewal failed; trying again")
                 continue
             if stop:
-                main.call_soon_threadsafe(self._stop_runs, stop)
+                main.call_soon_threadsafe(self._stop_runs,
+                                          {job_id: leases[job_id] for job_id in stop})
 
-    def _stop_runs(self, job_ids: set[str]) -> None:
-        for job_id in job_ids:
+    def _stop_runs(self, runs: dict[str, int]) -> None:
+        """Stop the runs holding these leases (job id: token); a newer run of the same
+        job, claimed again by this node since, is not the one the answer was about."""
+        for job_id, token in runs.items():
             run = self._runs.get(job_id)
-            if run is None:
+            if run is None or run.job.lease_token != token:
                 continue
             run.cancel.set()
             # Cancel requested: the worker still ends it as cancelled. Lease lost: the job
@@ -447,7 +476,7 @@ class Worker:
                      and _dead_local_worker(j.worker, self.name)}
         held = {r.job.id: r.job.lease_token for r in list(self._runs.values()) if not r.lost}
         host = socket.gethostname()
-        for job in await store.recover(lost, keep=held):
+        for job in await store.recover(lost, keep=held, expired_before=now):
             log.warning("recovered job %s from lost worker %s", job.id, job.worker)
             node = registry.get(job.worker or "")
             if node is not None and node.host != host:
@@ -486,7 +515,7 @@ class Worker:
             log.exception("lease renewal failed")
             return
         if stop:
-            self._stop_runs(stop)
+            self._stop_runs({job_id: leases[job_id] for job_id in stop})
 
     async def _recovery_loop(self) -> None:
         while True:

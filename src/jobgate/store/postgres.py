@@ -43,7 +43,7 @@ from jobgate.store.base import (
 )
 from jobgate.store.postgres_batch import SORT_OFF, Turns, finish_many, submit_many
 from jobgate.store.postgres_conn import PgConnection, Tx, latest_version, pg_errors
-from jobgate.store.rows import COLUMNS
+from jobgate.store.rows import COLUMNS, lease_cutoff
 from jobgate.store.rows import job_from_row as _job
 
 __all__ = ["PostgresStore", "SchemaTooNew", "latest_version"]
@@ -295,16 +295,18 @@ class PostgresStore(PgConnection, Store):
         return await self._run(op)
 
     async def recover(self, lost_workers: Collection[str] = (),
-                      keep: Mapping[str, int] | None = None) -> list[Job]:
+                      keep: Mapping[str, int] | None = None,
+                      expired_before: float | None = None) -> list[Job]:
         lost = list(lost_workers)
         held = dict(keep or {})
 
         async def op(tx: Tx) -> list[Job]:
             await tx.lock(_TURNS_LOCK)
             out = []
+            cutoff = lease_cutoff(tx.now, expired_before)
             for job in await tx.select(
                     "state = 'running' AND (lease_expires_at < %s OR worker = ANY(%s)) "
-                    "ORDER BY id FOR UPDATE SKIP LOCKED", (tx.now, lost)):
+                    "ORDER BY id FOR UPDATE SKIP LOCKED", (cutoff, lost)):
                 if held.get(job.id) == job.lease_token:
                     continue  # the caller runs it: a late renewal, not a lost run
                 pid, worker, token = job.pid, job.worker, job.lease_token

@@ -118,3 +118,9 @@ def pending_migrations(backend: str, current: int) -> list[tuple[int, str]]:
             f"({steps[-1][0]}): upgrade jobgate"
         )
     return [(version, sql) for version, sql in steps if version > current]
+
+
+def lease_cutoff(now: float, expired_before: float | None) -> float:
+    """Leases that ran out before this are lost: `now`, or earlier when the caller decided
+    to look before it waited for the database (see `Store.recover`)."""
+    return now if expired_before is None else min(now, expired_before)

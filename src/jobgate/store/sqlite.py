@@ -26,7 +26,7 @@ from jobgate.store.base import (
     Store,
     User,
 )
-from jobgate.store.rows import COLUMNS, event_from_row
+from jobgate.store.rows import COLUMNS, event_from_row, lease_cutoff
 from jobgate.store.rows import job_from_row as _job
 from jobgate.store.sqlite_batch import GroupCommit, SchemaTooNew, Tx, latest_version, placeholders
 from jobgate.store.sqlite_grouped import finish_many, owner_vt, submit_many
@@ -230,14 +230,16 @@ class SqliteStore(GroupCommit, Store):
         return await self._call(op)
 
     async def recover(self, lost_workers: Collection[str] = (),
-                      keep: Mapping[str, int] | None = None) -> list[Job]:
+                      keep: Mapping[str, int] | None = None,
+                      expired_before: float | None = None) -> list[Job]:
         lost = list(lost_workers)
         held = dict(keep or {})
 
         def op(tx: Tx) -> list[Job]:
             out = []
+            cutoff = lease_cutoff(tx.now, expired_before)
             for job in tx.select("state = 'running' AND (lease_expires_at < ? OR worker IN "
-                               f"({placeholders(lost)}))", (tx.now, *lost)):
+                               f"({placeholders(lost)}))", (cutoff, *lost)):
                 if held.get(job.id) == job.lease_token:
                     continue  # the caller runs it: a late renewal, not a lost run
                 pid, worker, token = job.pid, job.worker, job.lease_token
