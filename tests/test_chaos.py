@@ -5,10 +5,6 @@ SIGSTOPs longer than the lease and a SIGTERM at random under load; then one test
 invariant, each from the same campaign's record.
 
 The long campaign and how each check works: bench/chaos.py and bench/chaos_checks.py.
-
-Some invariants fail on today's code, because of the defects issue 12 lists under item 0;
-those tests are marked xfail (not strict: a campaign may miss a defect by chance) until the
-fixes land, then the marks go.
 """
 
 from __future__ import annotations
@@ -58,20 +54,10 @@ def test_nothing_acknowledged_is_lost(chaos: Verdict) -> None:
     assert_none(chaos, "lost", "malformed side effect")
 
 
-@pytest.mark.xfail(reason="a worker that takes its own job back after its lease ran out "
-                   "(a stall) applies the old lease's 'lost' renewal to the new run: the "
-                   "job ends cancelled though nobody cancelled it", strict=False)
 def test_every_job_completes(chaos: Verdict) -> None:
     assert_none(chaos, "not completed")
 
 
-@pytest.mark.xfail(reason="issue 12 item 0: a worker stopped inside a transaction holds "
-                   "every node's writes, lease renewals too, and when it resumes their "
-                   "finished jobs are taken back as lost and run again; a resumed worker "
-                   "starts a job it claimed before the pause, on a lease that ran out; a "
-                   "worker killed as it starts a job leaves that run going; a run that "
-                   "exits 0 as its worker gets SIGTERM is handed back as cancelled and "
-                   "runs again", strict=False)
 def test_nothing_completes_twice(chaos: Verdict) -> None:
     assert_none(chaos, "completed twice")
 
@@ -80,15 +66,10 @@ def test_no_completion_comes_from_a_stale_lease(chaos: Verdict) -> None:
     assert_none(chaos, "stale-lease completion", "run without a claim")
 
 
-@pytest.mark.xfail(reason="issue 12 item 0: a resumed worker kills the re-run of its own "
-                   "job elsewhere (by the job's id, not its own processes)", strict=False)
 def test_no_healthy_run_is_cut_short(chaos: Verdict) -> None:
     assert_none(chaos, "healthy run cut short")
 
 
-@pytest.mark.xfail(reason="issue 12 item 0: a SIGKILLed worker started with --name leaves "
-                   "its jobs' grandchildren running; a worker killed as it starts a job "
-                   "leaves that process running", strict=False)
 def test_no_process_outlives_its_worker(chaos: Verdict) -> None:
     assert_none(chaos, "orphan process", "run outlived its worker")
 
