@@ -155,6 +155,10 @@ function = "{_MODULE}:allocates"
 function = "{_MODULE}:allocates"
 memory_limit_mb = 150
 
+[kinds.alloc_auto]
+function = "{_MODULE}:allocates"
+memory_mb = "auto"
+
 [kinds.inproc]
 function = "{_MODULE}:reports"
 in_process = true
@@ -350,6 +354,18 @@ async def test_peak_memory_is_measured_and_sampled(make_settings, open_queue):
     rss = [e.data["rss_mb"] for e in events if e.type == "job.progress"
            and e.job_id == slow.id and e.data.get("rss_mb")]
     assert rss and max(rss) > 60, "no memory sample reached the job's events"
+
+
+async def test_an_auto_python_kind_learns_its_estimate_from_measured_peaks(
+        make_settings, open_queue):
+    queue, _ = await open_with(make_settings, open_queue)
+    kind = queue.settings.kinds["alloc_auto"]
+    assert (await queue.kind_memory(kind)).source == "default"
+    job, _ = await queue.submit("bob", "alloc_auto", {"mb": 80})
+    done = await wait_state(queue, job.id, "completed", "failed")
+    assert done.state.value == "completed", done.error
+    learned = await queue.kind_memory(kind)
+    assert learned.source == "learned" and learned.estimate_mb > 80
 
 
 # --- in-process mode --------------------------------------------------------------------

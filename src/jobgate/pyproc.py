@@ -242,7 +242,10 @@ class PyPool:
             if not self._closed:
                 self._warm()  # its replacement, ready for the next job
         result = _result(kind, end, proc, peak, timed_out, cancel)
-        return dataclasses.replace(result, outputs=executor._outputs(folder))
+        # A retry may find files of an earlier attempt in the folder: they are outputs too.
+        if end.get("folder_used") or job.attempt > 1 or not reuse:
+            result = dataclasses.replace(result, outputs=executor._outputs(folder))
+        return result
 
     # --- processes --------------------------------------------------------------------
     async def _take(self) -> _Proc:
@@ -396,8 +399,6 @@ def _child_env() -> dict[str, str]:
 
 
 def _job_marks(job_id: str) -> dict[str, str]:
-    """The variables that mark a job's processes (as a command's carry them): set in the
+    """The variable that marks a job's processes (as a command's carry it): set in the
     pool process for the job's run, so everything it starts can be found and killed."""
-    base = _child_env()
-    return {k: v for k, v in executor._job_env(job_id).items() if base.get(k) != v}
-
+    return {executor._JOB_ENV: job_id}
