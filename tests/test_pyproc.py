@@ -148,6 +148,10 @@ function = "{_MODULE}:whoami"
 [kinds.crash]
 function = "{_MODULE}:crashes"
 
+[kinds.give_up]
+function = "{_MODULE}:crashes"
+max_attempts = 3
+
 [kinds.alloc]
 function = "{_MODULE}:allocates"
 
@@ -317,11 +321,18 @@ async def test_a_crash_fails_that_job_alone_and_the_next_one_runs(
     assert not psutil.pid_exists(first_pid) or not alive(psutil.Process(first_pid))
 
 
-async def test_non_retryable_from_a_pool_process_is_not_retried(make_settings, open_queue):
+async def test_non_retryable_from_a_pool_process_fails_at_once_and_keeps_the_process(
+        make_settings, open_queue):
     queue, _ = await open_with(make_settings, open_queue)
-    job, _ = await queue.submit("bob", "crash", {"how": "non-retryable"})
+    before, _ = await queue.submit("bob", "whoami")
+    first_pid = (await wait_state(queue, before.id, "completed", "failed")).result["pid"]
+    job, _ = await queue.submit("bob", "give_up", {"how": "non-retryable"})
     done = await wait_state(queue, job.id, "failed", "completed")
-    assert done.error == "never works"
+    assert (done.error, done.attempt, done.max_attempts) == ("never works", 1, 3)
+    after, _ = await queue.submit("bob", "whoami")
+    # A raised exception is a clean end: the same process runs the next job.
+    ended = await wait_state(queue, after.id, "completed", "failed")
+    assert ended.result["pid"] == first_pid != os.getpid()
 
 
 # --- memory -----------------------------------------------------------------------------
