@@ -42,6 +42,7 @@ log = logging.getLogger("jobgate.pyproc")
 
 _START_TIMEOUT_S = 60.0  # a pool process that has not said `ready` by then is broken
 _CLOSE_S = 2.0  # how long a process may take to leave after its socket closed
+_FRAMES_DRAIN_S = 1.0  # after an exit: how long its last frames may take to be read
 _MAX_LINE = 8192
 # Not `-m jobgate.pychild`: that would run it as `__main__`, and a job raising
 # `jobgate.NonRetryable` would raise another class than the one the child catches.
@@ -220,7 +221,14 @@ class PyPool:
         if done in finished:
             await asyncio.sleep(0)  # output read with the end goes to this job's log
             end = done.result()
-        elif proc.exited not in finished:  # cancel or timeout: stop it for real
+        elif proc.exited in finished:
+            # Its end may be on the socket still (a job that raised MemoryError reports,
+            # then exits): read to the end of the stream before calling it a crash.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(proc.frames), _FRAMES_DRAIN_S)
+            if done.done():
+                end = done.result()
+        else:  # cancel or timeout: stop it for real
             peak.sample()  # know the whole tree before stopping it
             await executor._stop_group(proc.pid, proc.exited, grace_s)
             if done.done():
