@@ -29,6 +29,7 @@ import psutil
 import huey_bench
 import jobgate_bench as jg
 import pg_bench
+import pyproc_bench
 import stream_bench
 from harness import BENCH_DIR, BenchError, Procs, Row, fmt_rate, fmt_us, median, percentile, step
 
@@ -141,6 +142,7 @@ class Bench:
             "depth": ("claim and position at depth", self.depth, "5"),
             "streams": ("event streams (SSE)", self.streams, "6"),
             "pg": ("PostgreSQL: jobgate nodes and Procrastinate", self.pg, "8"),
+            "pyproc": ("Python jobs: process pool against in-process", self.pyproc, "11"),
         }
         for name, (title, fn, item) in parts.items():
             if only is None or name in only.split(","):
@@ -399,6 +401,37 @@ class Bench:
             self.report.rows.extend(part.rows)
             self.report.notes.extend(part.notes)
 
+    # --- 11: Python jobs in pool processes against in-process ---------------------------
+    def pyproc(self) -> None:
+        n, plan, slots = self.plan.jobs, self.plan, pyproc_bench.E2E_MAX_RUNNING
+        e2e: dict[str, list[float]] = {k: [] for k in pyproc_bench.KINDS}
+        for rep in range(plan.repeats):
+            for kind in pyproc_bench.KINDS:  # interleaved, as row 1
+                site = pyproc_bench.make_site(self.folder(f"pyproc-e2e-{kind}-{rep}"), slots,
+                                              "jobgate.demo:noop")
+                with step(f"Python jobs end-to-end ({kind}) #{rep + 1}"), \
+                        Procs(site.folder) as procs:
+                    e2e[kind].append(asyncio.run(pyproc_bench.end_to_end(site, kind, n, procs)))
+        site = pyproc_bench.make_site(self.folder("pyproc-latency"), jg.MAX_RUNNING,
+                                      "jobgate.demo:clock")
+        with step("Python jobs submit→start"), Procs(site.folder) as procs:
+            delays = asyncio.run(pyproc_bench.latency(site, LATENCY_JOBS, LATENCY_INTERVAL_MS,
+                                                      procs))
+        texts = pyproc_bench.summary(e2e, n, delays)
+        config = (f"SQLite, durability=full; end to end: {n:,} no-op jobs (`jobgate.demo:noop`) "
+                  f"through the Python API, one `jobgate worker` with {slots} slots, its pool "
+                  f"warmed by {2 * slots} jobs first; delay: {LATENCY_JOBS} jobs of each kind "
+                  f"(`jobgate.demo:clock`) POSTed {LATENCY_INTERVAL_MS:g} ms apart, the kinds "
+                  "alternating, to `jobgate serve`; \"code running\" is the job's own "
+                  "time.time() at its start")
+        pool = median(e2e["pool"])
+        inproc = median(e2e["inproc"])
+        for kind, system in (("pool", "jobgate, Python kind in the process pool (default)"),
+                             ("inproc", "jobgate, Python kind with `in_process = true`")):
+            extra = f"; {inproc / pool:.2f}x in-process" if kind == "pool" else ""
+            self.report.rows.append(Row("11", "Python jobs: no-op end to end, submit→start",
+                                        system, config, texts[kind] + extra, "info", "—"))
+
 
 def _fs_type(path: Path) -> str:
     best, fstype = "", "an unknown file system"
@@ -413,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="1,000 jobs, depths 1,000 and 10,000, one run each")
     parser.add_argument("--only", help="comma-separated parts: huey, e2e, submit, latency, "
-                        "rss, depth, streams, pg (default: all)")
+                        "rss, depth, streams, pg, pyproc (default: all)")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results.md",
                         help="where to write the table (default: bench/results.md)")
     args = parser.parse_args(argv)

@@ -35,7 +35,7 @@ def argv(*items: str) -> str:
 
 # --- Python kinds: this module is importable by its own name, so the kinds name it -------
 
-#: What the cancellation tests' functions saw, by tag (they run in this process).
+#: What the cancellation tests' functions saw, by tag (their kinds run in this process).
 SEEN: dict[str, str] = {}
 
 
@@ -172,11 +172,15 @@ function = "{_MODULE}:raises_non_retryable"
 max_attempts = 3
 backoff = "0.1s"
 
+# In-process: these two report to SEEN in this process (their process-pool
+# counterparts are in test_pyproc.py).
 [kinds.py_wait_async]
 function = "{_MODULE}:waits_async"
+in_process = true
 
 [kinds.py_wait_sync]
 function = "{_MODULE}:waits_sync"
+in_process = true
 """
 
 KINDS = COMMAND_KINDS + PYTHON_KINDS

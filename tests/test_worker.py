@@ -87,6 +87,7 @@ max_attempts = 2
 [kinds.stolen]
 function = "{_MODULE}:stolen_once"
 max_attempts = 2
+in_process = true  # it reports to SEEN, in this process
 """
 
 
@@ -565,7 +566,8 @@ def test_lease_renewal_is_not_starved_by_a_job_that_blocks_the_event_loop(
     monkeypatch.setenv("PYTHONPATH", str(modules))
     monkeypatch.syspath_prepend(str(modules))
     server = start_server("[worker]\nlease_s = 1\n",
-                          kinds='[kinds.hog]\nfunction = "jgtest_busy:hog"\nmax_attempts = 2\n')
+                          kinds='[kinds.hog]\nfunction = "jgtest_busy:hog"\nmax_attempts = 2\n'
+                          'in_process = true\n')  # its point: it blocks the worker's loop
     with server.client("bob") as http:
         response = http.post("/api/jobs", json={"kind": "hog", "args": {"seconds": 4}})
         assert response.status_code == 201, response.text

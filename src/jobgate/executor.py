@@ -1,7 +1,9 @@
 """Running one job: a command in its own process group, or a Python function.
 
-The executor only runs and reports (progress, log lines, the end as a `RunResult`); the
-worker persists what it reports.
+A Python function runs in a process of the worker's pool (`jobgate.pyproc`) unless its
+kind sets `in_process = true`: then in a thread of the worker (or on its event loop, if
+async), with `JobContext` as its context. The executor only runs and reports (progress,
+log lines, the end as a `RunResult`); the worker persists what it reports.
 """
 
 from __future__ import annotations
@@ -19,14 +21,18 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from jobgate.kinds import Kind, load_function, render_argv
 from jobgate.model import Job
+from jobgate.pychild import NonRetryable as NonRetryable  # where job code finds it
 from jobgate.queue import RunResult
 from jobgate.threads import JobThreads
+
+if TYPE_CHECKING:
+    from jobgate.pyproc import PyPool
 
 ProgressFn = Callable[[float | None, str | None], None]
 LogFn = Callable[[str], None]
@@ -66,10 +72,6 @@ def _die_with_parent(parent_pid: int, nice: int | None = None) -> None:
         os.nice(nice)
 
 
-class NonRetryable(Exception):
-    """Raise from a Python job to fail it without retry, whatever attempts remain."""
-
-
 class Stop(asyncio.Event):
     """A run's stop signal (cancel, a lost lease), which can also call back when set:
     watching it costs a callback, not a task per job."""
@@ -92,7 +94,8 @@ class Stop(asyncio.Event):
 
 
 class JobContext:
-    """What a Python job's function receives first."""
+    """What an in-process Python job's function receives first (in a pool process it is
+    `jobgate.pychild.ChildContext`, with the same attributes)."""
 
     def __init__(self, job: Job, output_dir: Path, progress: ProgressFn, log: LogFn,
                  cancel: Stop, loop: asyncio.AbstractEventLoop) -> None:
@@ -144,14 +147,16 @@ def _outputs(folder: Path) -> tuple[str, ...]:
 async def run(job: Job, kind: Kind, folder: Path, progress: ProgressFn, log: LogFn,
               cancel: Stop, grace_s: float, threads: JobThreads,
               on_pid: Callable[[int], Awaitable[None]] | None = None,
-              on_memory: MemoryFn | None = None) -> RunResult:
+              on_memory: MemoryFn | None = None, pool: PyPool | None = None) -> RunResult:
     """Run a job to its end; `cancel` being set stops it (SIGTERM, then SIGKILL).
 
-    `on_memory` gets each sample of a command's process tree (a Python job runs inside
-    the worker's own process and is not measured).
+    `on_memory` gets each sample of the job's process tree (an in-process Python job runs
+    inside the worker's own process and is not measured). A Python kind runs in `pool`
+    unless it is `in_process`.
     """
     if kind.argv is None:
-        return await _run_python(job, kind, folder, progress, log, cancel, threads)
+        return await _run_python(job, kind, folder, progress, log, cancel, threads, pool,
+                                 grace_s, on_memory)
     folder.mkdir(parents=True, exist_ok=True)
     result = await _run_command(job, kind, folder, progress, log, cancel, grace_s, on_pid,
                                 on_memory)
@@ -427,7 +432,14 @@ def _human(seconds: float) -> str:
 # --- Python functions -------------------------------------------------------------------
 
 async def _run_python(job: Job, kind: Kind, folder: Path, progress: ProgressFn, log: LogFn,
-                      cancel: Stop, threads: JobThreads) -> RunResult:
+                      cancel: Stop, threads: JobThreads, pool: PyPool | None, grace_s: float,
+                      on_memory: MemoryFn | None) -> RunResult:
+    if not kind.in_process:
+        if pool is None:
+            raise RuntimeError(f"kind {kind.name} runs in a process pool; none was given")
+        return await pool.run(job, kind, folder, progress, log, cancel, grace_s, on_memory)
+    # In-process: no hard stop (a sync function only sees ctx.cancelled), no memory
+    # measurement, and a crash of the function takes the worker with it.
     loop = asyncio.get_running_loop()
     func = _function(kind)
     ctx = JobContext(job, folder, progress, log, cancel, loop)

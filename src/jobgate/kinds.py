@@ -72,6 +72,10 @@ class Kind:
     memory_limit_mb: int | None = None  # the process tree is killed past this RSS
     retry_on_memory_limit: bool = False
     nice: int | None = None  # 0-19: lower CPU priority for the job's processes
+    # A Python kind run in the worker's own process (a thread, or its event loop) rather
+    # than a pool process: cheaper per job, but no hard stop, no memory measurement or
+    # limit, and a crash takes the worker down.
+    in_process: bool = False
 
     def schema(self) -> dict[str, Any]:
         """The argument schema as JSON, for the API and the dashboard's forms."""
@@ -79,6 +83,7 @@ class Kind:
             "name": self.name,
             "description": self.description,
             "type": "command" if self.argv else "python",
+            "in_process": self.in_process,
             "max_attempts": self.max_attempts,
             "memory_mb": "auto" if self.memory_auto else self.memory_mb,
             "memory_limit_mb": self.memory_limit_mb,
@@ -103,6 +108,7 @@ _KIND_KEYS = {
     "argv", "function", "args", "progress", "timeout", "max_attempts", "backoff",
     "backoff_max", "retry_on_exit_codes", "memory_mb", "max_running", "priority",
     "allow_private_urls", "description", "memory_limit_mb", "retry_on_memory_limit", "nice",
+    "in_process",
 }
 _ARG_KEYS = {"type", "default", "pattern", "min", "max", "choices", "description", "max_length"}
 
@@ -186,6 +192,13 @@ def parse_kind(name: str, spec: Any, error: Callable[[str], Exception]) -> Kind:
                     f"got {priority}")
     if memory_mb < 0 or (max_running is not None and max_running < 1):
         raise error(f"{key}: memory_mb must be >= 0 and max_running >= 1")
+    in_process = bool(want("in_process", bool, "true or false"))
+    if in_process and argv is not None:
+        raise error(f"{key}.in_process: only for a Python kind (function); a command always "
+                    "runs in its own process")
+    if in_process and memory_limit_mb is not None:
+        raise error(f"{key}.memory_limit_mb: an in_process kind is not measured, so it "
+                    "cannot be limited")
     if memory_limit_mb is not None and memory_mb > memory_limit_mb:
         raise error(f"{key}.memory_mb: {memory_mb} is more than memory_limit_mb "
                     f"({memory_limit_mb}); a job could never stay under its limit")
@@ -209,6 +222,7 @@ def parse_kind(name: str, spec: Any, error: Callable[[str], Exception]) -> Kind:
         memory_limit_mb=memory_limit_mb,
         retry_on_memory_limit=bool(want("retry_on_memory_limit", bool, "true or false")),
         nice=nice,
+        in_process=in_process,
     )
 
 

@@ -36,6 +36,7 @@ import psutil
 from jobgate import __version__, executor
 from jobgate.config import Settings
 from jobgate.model import Event, Job, State
+from jobgate.pyproc import PyPool
 from jobgate.queue import JobQueue, RunResult
 from jobgate.scheduler import Limits
 from jobgate.store.base import Node, Outcome
@@ -99,7 +100,8 @@ class Worker:
         self._claiming = False  # the claim loop runs: ends go through it
         self._ends: list[tuple[str, int, Outcome, asyncio.Future[None]]] = []
         self._unreported = asyncio.Event()
-        self._threads = JobThreads(self.slots)
+        self._threads = JobThreads(self.slots)  # in-process Python kinds
+        self._pool = PyPool.for_kinds(self.slots, self.settings.kinds.values())
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._renewer: threading.Thread | None = None
@@ -129,6 +131,7 @@ class Worker:
                                          name="jobgate-lease", daemon=True)
         self._renewer.start()
         side = [asyncio.create_task(c, name=n) for n, c in self._side_loops().items()]
+        self._pool.start()
         try:
             await self._recover(startup=True)
             await self._claim_loop()
@@ -138,6 +141,7 @@ class Worker:
             await asyncio.gather(*side, return_exceptions=True)
             unsubscribe()
             await self._hand_back()  # leases are still renewed while the runs stop
+            await self._pool.close()
             self._threads.close()
             await self._stop_renewer()
             try:
@@ -330,7 +334,8 @@ class Worker:
         try:
             result = await executor.run(
                 job, kind, self.queue.job_dir(job.id), progress, log_line, run.cancel,
-                self.settings.worker.cancel_grace_s, self._threads, on_pid, memory)
+                self.settings.worker.cancel_grace_s, self._threads, on_pid, memory,
+                self._pool)
         except Exception as exc:  # a bug or a broken kind must still end the job
             log.exception("job %s crashed the executor", job.id)
             result = RunResult(ok=False, error=f"internal error: {exc}", retryable=False)
