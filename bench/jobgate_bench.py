@@ -82,7 +82,9 @@ def make_site(folder: Path, url: str | None = None, max_running: int = MAX_RUNNI
         f"max_running = {max_running}\n"
         # The HTTP submit rows send thousands of submits from one user on purpose.
         '[rate_limits]\nsubmit_per_user = "off"\nsubmit_per_ip = "off"\n'
-        + "".join(f'[kinds.{name}]\nfunction = "{function}"\n'
+        # In-process, as the peers' tasks run in their worker processes: these rows
+        # measure the queue, row 11 what a pool process per job adds.
+        + "".join(f'[kinds.{name}]\nfunction = "{function}"\nin_process = true\n'
                   for name, function in kinds.items())
     )
     return Site(folder, config, port)

@@ -49,7 +49,7 @@ def make_site(folder: Path, max_streams: int) -> StreamSite:
         f'[storage]\nurl = "sqlite:///{folder / "jobgate.db"}"\n'
         f"[streams]\nmax_per_user = {max_streams}\n"
         '[rate_limits]\nsubmit_per_user = "off"\nsubmit_per_ip = "off"\n'
-        '[kinds.ticker]\nfunction = "stream_kinds:ticker"\n')
+        '[kinds.ticker]\nfunction = "stream_kinds:ticker"\nin_process = true\n')
     return StreamSite(folder, config, port)
 
 

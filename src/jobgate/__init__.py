@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from jobgate.api import create_app
     from jobgate.config import ConfigError, Settings, load_settings
-    from jobgate.executor import JobContext, NonRetryable
+    from jobgate.executor import JobContext
     from jobgate.kinds import ArgumentError, Kind
     from jobgate.model import Event, IllegalMove, Job, State
+    from jobgate.pychild import NonRetryable
     from jobgate.queue import JobQueue
     from jobgate.store import store_for_url
     from jobgate.store.base import NotFound, QueueFull, Store
@@ -37,7 +38,7 @@ _EXPORTS = {
     "Settings": "jobgate.config",
     "load_settings": "jobgate.config",
     "JobContext": "jobgate.executor",
-    "NonRetryable": "jobgate.executor",
+    "NonRetryable": "jobgate.pychild",  # light: a pool process imports it for job code
     "ArgumentError": "jobgate.kinds",
     "Kind": "jobgate.kinds",
     "Event": "jobgate.model",

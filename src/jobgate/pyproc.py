@@ -208,7 +208,7 @@ class PyPool:
         proc.send({"t": "run", "id": job.id, "attempt": job.attempt, "owner": job.owner,
                    "function": kind.function, "key": f"kinds.{kind.name}.function",
                    "args": job.args, "folder": str(folder), "nice": kind.nice,
-                   "env": _job_marks(job.id)})
+                   "env": _job_marks(job.id, job.lease_token)})
         sampler = asyncio.create_task(_sample(peak, proc))
         stopper: asyncio.Future[Any] = asyncio.ensure_future(cancel.wait())
         watched: list[asyncio.Future[Any]] = [done, proc.exited, stopper]
@@ -245,7 +245,7 @@ class PyPool:
         else:
             if proc.returncode is None:
                 peak.sample()  # a clean end that left children: find them all first
-            await self._retire(proc, 0, peak, job.id)
+            await self._retire(proc, 0, peak, (job.id, job.lease_token))
             proc.end_job()
             if not self._closed:
                 self._warm()  # its replacement, ready for the next job
@@ -341,7 +341,7 @@ class PyPool:
         return proc
 
     async def _retire(self, proc: _Proc, wait_s: float, peak: executor._Peak | None = None,
-                      job_id: str | None = None) -> None:
+                      run: tuple[str, int] | None = None) -> None:
         """Make sure a process is gone (after `wait_s` to leave by itself), with its group,
         every descendant seen and, for a job, every process carrying its mark."""
         if wait_s and proc.returncode is None:
@@ -352,8 +352,8 @@ class PyPool:
             peak.kill_descendants()
         await proc.exited
         executor._killpg(proc.pid, signal.SIGKILL)  # what it started while dying
-        if job_id is not None:
-            await asyncio.to_thread(executor.kill_marked, job_id)
+        if run is not None:  # (job id, lease token): that run's processes only
+            await asyncio.to_thread(executor.kill_marked, *run)
         proc.writer.close()
         proc.frames.cancel()
         self._procs.discard(proc)
@@ -406,7 +406,7 @@ def _child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("JOBGATE_")}
 
 
-def _job_marks(job_id: str) -> dict[str, str]:
-    """The variable that marks a job's processes (as a command's carry it): set in the
+def _job_marks(job_id: str, token: int) -> dict[str, str]:
+    """The variables that mark a run's processes (as a command's carry them): set in the
     pool process for the job's run, so everything it starts can be found and killed."""
-    return {executor._JOB_ENV: job_id}
+    return {executor._JOB_ENV: job_id, executor._RUN_ENV: executor.run_mark(job_id, token)}
