@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import unquote_plus, unquote_to_bytes
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -230,13 +231,19 @@ def _jg(request: Request) -> App:
     return state
 
 
+# The bearer token, declared as OpenAPI's security scheme (the docs' "Authorize" button);
+# the header itself is read as it came, for the messages of `Authenticator.bearer`.
+_BEARER = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>`")
+
+
 async def _principal(request: Request,
-                     authorization: Annotated[str | None, Header()] = None) -> Principal:
+                     _: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)] = None
+                     ) -> Principal:
     jg = _jg(request)
     if not jg.settings.auth.enabled:
         return Principal(User(jg.settings.auth.anonymous_user, admin=True))
     try:
-        return await jg.auth.bearer(authorization)
+        return await jg.auth.bearer(request.headers.get("authorization"))
     except AuthError as exc:
         raise ApiError(401, "unauthorized", str(exc)) from None
 
