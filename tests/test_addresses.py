@@ -106,7 +106,7 @@ AMBIGUOUS = [
     ("http://ex_ample.com/", "not a valid host name"),
     ("http://-example.com/", "not a valid host name"),
     ("http://exa..mple.com/", "not a valid host name"),
-    ("http://\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.com/", "ASCII"),  # fullwidth,
+    ("http://\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.com/", "ASCII"),  # fullwidth letters
     ("http://127。0。0。1/", "ASCII"),
     ("http://example.com:0/", "port out of range"),
     ("http://example.com:99999/", "not a valid URL"),
