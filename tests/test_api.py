@@ -343,24 +343,52 @@ def test_unique_key_does_not_hand_out_someone_elses_job(bob, carol):
         carol.post(f"/api/jobs/{carols['id']}/cancel")
 
 
-def test_nul_characters_in_ids_names_keys_and_filters_are_just_unknown(bob, alice):
+def test_ids_with_nuls_or_invalid_text_are_just_unknown_and_never_echoed(bob):
     # PostgreSQL's text cannot hold a NUL: a lookup with one must still find nothing.
-    for method, path in [("GET", "/api/jobs/a%00b"), ("POST", "/api/jobs/a%00b/cancel"),
-                         ("POST", "/api/jobs/a%00b/retry"), ("DELETE", "/api/jobs/a%00b"),
-                         ("GET", "/api/jobs/a%00b/logs"), ("GET", "/api/jobs/a%00b/outputs/x")]:
-        assert_error(bob.request(method, path), 404, "no job")
-    for http, params in [(bob, {"kind": "noop\x00"}), (alice, {"owner": "bob\x00"}),
-                         (bob, {"cursor": "\x00"})]:
-        response = http.get("/api/jobs", params=params)
-        assert response.status_code == 200, response.text
-        assert response.json()["jobs"] == []
+    for job_id in ("a%00b", "%ff", "%ed%a0%80", "%1b%5b2J", "%e2%80%ae"):
+        for method, path in [("GET", f"/api/jobs/{job_id}"),
+                             ("POST", f"/api/jobs/{job_id}/cancel"),
+                             ("POST", f"/api/jobs/{job_id}/retry"),
+                             ("DELETE", f"/api/jobs/{job_id}"),
+                             ("GET", f"/api/jobs/{job_id}/logs"),
+                             ("GET", f"/api/jobs/{job_id}/outputs/x"),
+                             ("GET", f"/api/jobs/{job_id}/events")]:
+            response = bob.request(method, path)
+            assert_error(response, 404, "no job with that id")
+            assert response.content.isascii(), response.content
+
+
+@pytest.mark.parametrize(("params", "field"), [
+    ({"kind": "noop\x00"}, "kind"), ({"owner": "bob\x00"}, "owner"), ({"cursor": "\x00"}, "cursor"),
+    ("kind=%ed%a0%80", "kind"), ("cursor=%ff", "cursor"), ("state=queued%00", "state"),
+    ("limit=5&x%00=1", "x\\x00"),
+])
+def test_nuls_and_invalid_text_in_query_strings_are_refused_naming_the_parameter(
+        alice, params, field):
+    for path in ("/api/jobs", "/api/queue", "/api/events"):
+        # A string is the query exactly as sent (httpx would escape its "%").
+        response = alice.get(f"{path}?{params}") if isinstance(params, str) else \
+            alice.get(path, params=params)
+        assert_error(response, 422, f"{field}: must")
+        assert response.json()["error"]["field"] == field
+
+
+@pytest.mark.parametrize("body", [
+    {"kind": "noop", "unique_key": "nul\x00key"}, {"kind": "noop\x00"},
+    {"kind": "noop", "args": {"a\x00": 1}}, {"kind": "noop", "run_at": "2030-01-01\x00"},
+])
+def test_nuls_in_body_fields_are_refused_naming_the_field(bob, body):
+    before = total_jobs_of(bob)
+    response = bob.post("/api/jobs", json=body)
+    assert_error(response, 422, "must not contain NUL characters")
+    assert response.json()["error"]["field"]
     login = bob.post("/api/auth/token", json={"username": "bob\x00", "password": "x"})
-    assert_error(login, 401, "wrong user name or password")
-    body = {"kind": "steps", "run_at": later(), "unique_key": "nul\x00key"}
-    first, again = bob.post("/api/jobs", json=body), bob.post("/api/jobs", json=body)
-    assert (first.status_code, again.status_code) == (201, 200), (first.text, again.text)
-    assert again.json()["id"] == first.json()["id"]
-    bob.post(f"/api/jobs/{first.json()['id']}/cancel")
+    assert_error(login, 422, "username: must not contain NUL characters")
+    assert total_jobs_of(bob) == before
+
+
+def total_jobs_of(http: httpx.Client) -> int:
+    return len(http.get("/api/jobs", params={"limit": 500}).json()["jobs"])
 
 
 # --- moves: cancel, retry, delete ---------------------------------------------------------
@@ -498,6 +526,17 @@ def test_outputs_refuse_paths_outside_the_jobs_folder(server, bob, name):
 
     assert status == 404, body
     assert b"[server]" not in body and b"root:" not in body
+
+
+def test_an_output_name_with_a_nul_or_too_long_is_a_404_that_escapes_it(bob):
+    job = wait_for(bob, submit(bob, "report", {"text": "hi"})["id"], "completed")
+    for name, shown in [("a%00b", "'a\\x00b'"), ("report.txt%00", "'report.txt\\x00'"),
+                        ("a" * 5000, "…"), ("/".join(["a"] * 2100), "…"),
+                        ("%ed%a0%80", "\\ufffd")]:
+        response = bob.get(f"/api/jobs/{job['id']}/outputs/{name}")
+        assert_error(response, 404, "has no output")
+        assert shown in response.json()["error"]["message"]
+        assert response.content.isascii() or "…" in shown
 
 
 def test_nul_characters_in_a_jobs_output_are_kept_as_text(bob, backend):
@@ -670,6 +709,54 @@ BAD_REQUESTS = [
                  422, "private or local address", id="ipv6 loopback url"),
     pytest.param("bob", "POST", "/api/jobs", _submit("fetch", {"url": "file:///etc/passwd"}),
                  422, "url: expected an http:// or https:// url", id="file url"),
+    pytest.param("bob", "POST", "/api/jobs", _submit("fetch", {"url": "http://100.64.0.1/"}),
+                 422, "private or local address", id="carrier-grade nat url"),
+    pytest.param("bob", "POST", "/api/jobs", _submit("fetch", {"url": "http://[fec0::1]/"}),
+                 422, "private or local address", id="site-local url"),
+    pytest.param("bob", "POST", "/api/jobs",
+                 _submit("fetch", {"url": "http://[2002:7f00:1::1]/"}),
+                 422, "private or local address", id="6to4 of loopback url"),
+    pytest.param("bob", "POST", "/api/jobs",
+                 _submit("fetch", {"url": "http://[64:ff9b::a00:1]/"}),
+                 422, "private or local address", id="nat64 of private url"),
+    pytest.param("bob", "POST", "/api/jobs",
+                 _submit("fetch", {"url": "http://127.0.0.1\\@8.8.8.8/"}),
+                 422, "url: must not contain whitespace, backslashes", id="backslash url"),
+    pytest.param("bob", "POST", "/api/jobs",
+                 _submit("fetch", {"url": "http://8.8.8.8@127.0.0.1/"}),
+                 422, "url: must not carry a user name", id="userinfo url"),
+    pytest.param("bob", "POST", "/api/jobs", {"content": b'{"kind": "report", "args": '
+                                              b'{"text": "\\ud800"}}', "headers": _JSON},
+                 422, "text: must be valid unicode", id="lone surrogate in a string"),
+    pytest.param("bob", "POST", "/api/jobs", {"content": b'{"kind": "convert", "args": '
+                                              b'{"input": "a\\udfff.mp4"}}', "headers": _JSON},
+                 422, "input: must be valid unicode", id="lone surrogate in a path"),
+    pytest.param("bob", "POST", "/api/jobs", {"content": b'{"kind": "noop", "args": '
+                                              b'{"\\ud800": 1}}', "headers": _JSON},
+                 422, "unicode", id="lone surrogate in an argument name"),
+    pytest.param("bob", "POST", "/api/jobs", _submit("convert", {"input": "a" * 300}), 422,
+                 "input: is not a usable file name", id="path too long for the file system"),
+    pytest.param("bob", "POST", "/api/jobs", _submit("fail", {"code": 2**70}), 422,
+                 "code: is out of range", id="integer past 64 bits"),
+    pytest.param("bob", "POST", "/api/jobs", _submit("fail", {"code": "\u00b2"}), 422,
+                 "code: expected an integer", id="superscript digit"),
+    pytest.param("bob", "POST", "/api/jobs", _submit("fail", {"code": "\u0661\u0662"}), 422,
+                 "code: expected an integer", id="arabic-indic digits"),
+    pytest.param("bob", "POST", "/api/jobs",
+                 {"content": b'{"kind": "sleep", "args": {"seconds": 1e400}}', "headers": _JSON},
+                 422, "seconds: must be a finite number", id="float overflowing to inf"),
+    pytest.param("bob", "POST", "/api/jobs",
+                 {"content": b'{"kind": "noop", "priority": 1e400}', "headers": _JSON},
+                 422, "priority:", id="priority overflowing to inf"),
+    pytest.param("bob", "POST", "/api/jobs", {"content": b'{"kind": "noop"}',
+                                              "headers": {"Content-Type": "text/plain"}},
+                 422, "object", id="wrong content type"),
+    pytest.param("bob", "GET", f"/api/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV/logs?after={2**63}", {},
+                 422, "after:", id="after past 64 bits"),
+    pytest.param("bob", "GET", "/api/jobs/%ff", {}, 404, "no job with that id",
+                 id="invalid utf-8 job id"),
+    pytest.param("bob", "GET", "/api/jobs?kind=%00", {}, 422, "kind: must not contain nul",
+                 id="nul in a filter"),
     pytest.param("bob", "POST", "/api/jobs", {"content": b'{"kind": "noop",', "headers": _JSON},
                  400, "json", id="malformed json"),
     pytest.param("bob", "POST", "/api/jobs", {"content": b"\xff\xfe\x00", "headers": _JSON},

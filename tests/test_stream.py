@@ -311,11 +311,20 @@ def test_resuming_from_before_the_kept_window_tells_the_client_to_reload(start_s
 
 
 def test_a_bad_last_event_id_is_a_400(server, streams):
-    for value in ("abc", "-5", "1.5", "9" * 30):
-        r = httpx.get(f"{server.url}/api/events", headers={
-            "Authorization": f"Bearer {server.tokens['bob']}", "Last-Event-ID": value})
+    auth = {"Authorization": f"Bearer {server.tokens['bob']}"}
+    for value in ("abc", "-5", "1.5", "9" * 30, "\u00b2".encode(), "\u0661\u0662".encode(),
+                  b"1\xff"):
+        r = httpx.get(f"{server.url}/api/events", headers={**auth, "Last-Event-ID": value})
         assert r.status_code == 400, (value, r.text)
         assert r.json()["error"]["code"] == "invalid_request"
+    # The query parameter a browser uses: "²" passes isdigit() but not int(); "١٢" passes
+    # both (as 12) and is no event seq either.
+    for value in ("\u00b2", "\u0661\u0662", "\uff11", "\U0001d7e3"):
+        for path in ("/api/events", "/api/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV/events"):
+            r = httpx.get(f"{server.url}{path}", params={"last_event_id": value}, headers=auth)
+            assert r.status_code == 400, (value, r.text)
+            assert r.json()["error"]["code"] == "invalid_request"
+            assert "Last-Event-ID" in r.json()["error"]["message"]
 
 
 # --- isolation ----------------------------------------------------------------------------

@@ -202,7 +202,16 @@ async def test_bad_messages_get_an_error_and_the_connection_stays(server):
                         json.dumps({"subscribe": "job"}), json.dumps({"hello": 1}),
                         json.dumps({"subscribe": "jobs", "resume": -1}),
                         json.dumps({"subscribe": "jobs", "resume": "x"}),
-                        json.dumps({"subscribe": "job", "id": "x" * 100})):
+                        json.dumps({"subscribe": "job", "id": "x" * 100}),
+                        # A lone surrogate or a NUL in an id, a seq past 64 bits, nesting
+                        # deeper than the JSON parser's stack: answered, the socket stays.
+                        json.dumps({"subscribe": "job", "id": "\ud800"}),
+                        json.dumps({"unsubscribe": "job", "id": "a\udfffb"}),
+                        json.dumps({"subscribe": "job", "id": "a\x00b"}),
+                        json.dumps({"subscribe": "jobs", "resume": 2**64}),
+                        json.dumps({"resume": 2**63}),
+                        json.dumps({"subscribe": {"\ud800": "\ud800" * 10_000}}),
+                        "[" * 30_000 + "]" * 30_000):
             await ws.send(message)
             reply = await recv(ws)
             assert reply["type"] == "error", (message, reply)

@@ -10,16 +10,19 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import unquote_plus, unquote_to_bytes
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobgate.auth import Authenticator, AuthError, Principal, load_or_create_key
@@ -29,6 +32,7 @@ from jobgate.kinds import ArgumentError
 from jobgate.model import FINAL, IllegalMove, Job, State, iso, parse_iso
 from jobgate.queue import JobQueue
 from jobgate.ratelimit import RateLimiter, RateLimits, retry_after
+from jobgate.sanitize import INT64_MAX, checked_text, scrub, shown, stored_text, text_problem
 from jobgate.store import store_for_url
 from jobgate.store.base import Conflict, NotFound, QueueFull, User
 from jobgate.stream import Hub, stats_json
@@ -45,16 +49,22 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.extra = status, code, message, extra
 
 
+#: Every string the API takes (body fields, query parameters, headers) refuses NULs and
+#: lone surrogates with a 422 naming the field; `_QueryText` does it for query strings.
+SafeStr = Annotated[str, AfterValidator(checked_text)]
+
+
 class SubmitBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: str = Field(min_length=1, max_length=64)
-    args: dict[str, Any] = Field(default_factory=dict)
+    kind: SafeStr = Field(min_length=1, max_length=64)
+    args: dict[SafeStr, Any] = Field(default_factory=dict)
     priority: int | None = Field(default=None, ge=-1000, le=1000)
-    run_at: StrictStr | StrictInt | StrictFloat | None = None
-    unique_key: str | None = Field(default=None, min_length=1, max_length=200)
-    depends_on: list[str] | None = None
-    webhook_url: str | None = None
+    run_at: Annotated[StrictStr, AfterValidator(checked_text)] | StrictInt | StrictFloat | \
+        None = None
+    unique_key: SafeStr | None = Field(default=None, min_length=1, max_length=200)
+    depends_on: list[SafeStr] | None = Field(default=None, max_length=1000)
+    webhook_url: SafeStr | None = Field(default=None, max_length=4096)
     # The memory this job reserves, in place of its kind's estimate (checked by the queue).
     memory_mb: StrictInt | None = None
 
@@ -62,14 +72,14 @@ class SubmitBody(BaseModel):
 class LoginBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    username: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=1024)
+    username: SafeStr = Field(min_length=1, max_length=64)
+    password: SafeStr = Field(min_length=1, max_length=1024)
 
 
 class CleanBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    older_than_s: float = Field(default=0, ge=0)
+    older_than_s: float = Field(default=0, ge=0, le=1e11, allow_inf_nan=False)
 
 
 @dataclass
@@ -119,7 +129,42 @@ def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
 
     stream_api.install(app)
     app.add_middleware(_BodyLimit, limit_bytes=settings.server.max_request_kb * 1024)
+    app.add_middleware(_QueryText)
     return app
+
+
+class _QueryText:
+    """Refuse a query string holding a NUL or text that is not UTF-8 (a lone surrogate
+    among it) with 422, naming the parameter, before any route sees it: once, for every
+    route, as the API's models do for body fields."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and (problem := _query_problem(scope["query_string"])):
+            await _error(422, "invalid_request", problem[1], field=problem[0])(
+                scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _query_problem(query: bytes) -> tuple[str, str] | None:
+    """(parameter, why) for the first query parameter that is not storable text."""
+    if not query:
+        return None
+    for pair in query.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        label = shown(unquote_plus(name.decode("latin-1"), errors="replace"), 64)[1:-1]
+        for part in (name, value):
+            raw = unquote_to_bytes(part.replace(b"+", b" "))
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return label, f"{label}: must be valid UTF-8 text"
+            if (why := text_problem(text)) is not None:
+                return label, f"{label}: {why}"
+    return None
 
 
 class _BodyTooLarge(Exception):
@@ -186,13 +231,19 @@ def _jg(request: Request) -> App:
     return state
 
 
+# The bearer token, declared as OpenAPI's security scheme (the docs' "Authorize" button);
+# the header itself is read as it came, for the messages of `Authenticator.bearer`.
+_BEARER = HTTPBearer(auto_error=False, description="`Authorization: Bearer <token>`")
+
+
 async def _principal(request: Request,
-                     authorization: Annotated[str | None, Header()] = None) -> Principal:
+                     _: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)] = None
+                     ) -> Principal:
     jg = _jg(request)
     if not jg.settings.auth.enabled:
         return Principal(User(jg.settings.auth.anonymous_user, admin=True))
     try:
-        return await jg.auth.bearer(authorization)
+        return await jg.auth.bearer(request.headers.get("authorization"))
     except AuthError as exc:
         raise ApiError(401, "unauthorized", str(exc)) from None
 
@@ -205,10 +256,21 @@ CurrentPrincipal = Annotated[Principal, Depends(_principal)]
 CurrentUser = Annotated[User, Depends(_user)]
 
 
+_ID_TEXT = re.compile(r"[0-9A-Za-z_-]{1,64}")
+
+
+def no_job(job_id: str) -> ApiError:
+    """The 404 for an id that names no job the caller may see: the id is echoed only if it
+    looks like one (never control characters, invalid text or a whole page of it)."""
+    shown_id = job_id if _ID_TEXT.fullmatch(job_id) else "with that id"
+    return ApiError(404, "not_found", f"no job {shown_id}")
+
+
 async def _own_job(request: Request, job_id: str, user: User) -> Job:
-    job = await _jg(request).queue.get(job_id) if len(job_id) <= 64 else None
+    looked_up = len(job_id) <= 64 and text_problem(job_id) is None
+    job = await _jg(request).queue.get(job_id) if looked_up else None
     if job is None or (job.owner != user.name and not user.admin):
-        raise ApiError(404, "not_found", f"no job {job_id}")
+        raise no_job(job_id)
     return job
 
 
@@ -216,7 +278,7 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
     _install_auth_routes(app, settings)
     @app.post("/api/jobs", status_code=201, tags=["jobs"])
     async def submit(body: SubmitBody, request: Request, user: CurrentUser,
-                     idempotency_key: Annotated[str | None,
+                     idempotency_key: Annotated[SafeStr | None,
                                                 Header(min_length=1, max_length=200)] = None
                      ) -> Response:
         """Submit a job; a repeated `Idempotency-Key` returns the first job (200)."""
@@ -252,8 +314,10 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
     @app.get("/api/jobs", tags=["jobs"])
     async def list_jobs(
         request: Request, user: CurrentUser,
-        state: State | None = None, kind: str | None = None, owner: str | None = None,
-        cursor: Annotated[str | None, Query(max_length=64)] = None,
+        state: State | None = None,
+        kind: Annotated[SafeStr | None, Query(max_length=64)] = None,
+        owner: Annotated[SafeStr | None, Query(max_length=64)] = None,
+        cursor: Annotated[SafeStr | None, Query(max_length=64)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> dict[str, Any]:
         """The caller's jobs, newest first (an admin: anyone's, or `owner`'s)."""
@@ -293,21 +357,28 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
 
     @app.get("/api/jobs/{job_id}/logs", tags=["jobs"])
     async def logs(job_id: str, request: Request, user: CurrentUser,
-                   after: Annotated[int, Query(ge=0)] = 0,
+                   after: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
                    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> dict[str, Any]:
         """Log lines numbered from 1; pass the last `n` you have as `after`."""
         job = await _own_job(request, job_id, user)
         lines = await _jg(request).queue.store.logs(job_id, after, limit)
-        return {"lines": [{"n": n, "line": line} for n, line in lines],
+        return {"lines": [{"n": n, "line": stored_text(line)} for n, line in lines],
                 "next": lines[-1][0] if lines else after, "state": job.state.value}
 
     @app.get("/api/jobs/{job_id}/outputs/{name:path}", tags=["jobs"])
     async def output(job_id: str, name: str, request: Request, user: CurrentUser) -> Response:
         await _own_job(request, job_id, user)
         folder = _jg(request).queue.job_dir(job_id).resolve()
-        path = (folder / name).resolve()
-        if not path.is_relative_to(folder) or not path.is_file():
-            raise ApiError(404, "not_found", f"job {job_id} has no output {name!r}")
+        missing = ApiError(404, "not_found", f"job {job_id} has no output {shown(name)}")
+        if text_problem(name) is not None:
+            raise missing
+        try:
+            path = (folder / name).resolve()
+            found = path.is_relative_to(folder) and path.is_file()
+        except (OSError, ValueError):  # a name too long for the file system, a loop
+            found = False
+        if not found:
+            raise missing
         return FileResponse(path, filename=Path(name).name)
 
     @app.get("/api/kinds", tags=["queue"])
@@ -415,6 +486,9 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> JSONRe
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    """Every error answer is built here: what it quotes of the request is made valid text
+    (a lone surrogate would fail the UTF-8 encoding of the answer itself)."""
+    message, extra = stored_text(message), scrub(extra)
     headers = {}
     if status == 429:
         headers["Retry-After"] = str(extra.pop("retry_after_s", 5))
@@ -452,15 +526,20 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query",
+                                                                       "header", "path"))
+        where = shown(where, 64)[1:-1]  # a key of the request's own may be anything
         status = 400 if first.get("type") == "json_invalid" else 422
-        message = f"{where}: {first.get('msg', 'invalid')}" if where else \
-            str(first.get("msg", "invalid request"))
+        why = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+        if first.get("type") == "string_unicode":  # pydantic's words for a lone surrogate
+            why = text_problem("\ud800") or why
+        message = f"{where}: {why}" if where else why
         return _error(status, "invalid_request", message, field=where or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
+        codes = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed",
+                 413: "too_large", 415: "unsupported_media_type"}
         return _error(exc.status_code, codes.get(exc.status_code, "http_error"),
                       str(exc.detail))
 

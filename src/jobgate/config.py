@@ -114,7 +114,7 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     data_dir: str = "./jobgate-data"  # jobs' folders and their outputs
-    input_dir: str = "."  # where `path` arguments must stay
+    input_dir: str = "./jobgate-input"  # where `path` arguments must stay (made at start)
     allowed_origins: list[str] = field(default_factory=list)
     max_request_kb: int = 256
 
@@ -209,6 +209,7 @@ class Settings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     kinds: dict[str, Kind] = field(default_factory=dict)
     base_dir: Path = field(default_factory=Path.cwd)
+    config_file: Path | None = None  # the file these settings were read from, if any
 
     @functools.cached_property
     def data_path(self) -> Path:
@@ -269,7 +270,8 @@ def load_settings(
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
 
-    settings = Settings(base_dir=base_dir)
+    settings = Settings(base_dir=base_dir,
+                        config_file=Path(path).resolve() if path is not None else None)
     for section, section_data in data.items():
         if section == "kinds":
             if not isinstance(section_data, dict):
@@ -403,6 +405,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError(
             f"storage.durability: must be 'full' or 'normal', got {settings.storage.durability!r}"
         )
+    if settings.input_path == settings.data_path or \
+            settings.input_path.is_relative_to(settings.data_path):
+        raise ConfigError(f"server.input_dir: {settings.input_path} is inside server.data_dir "
+                          f"({settings.data_path}), which no path argument may reach")
     url = settings.storage.url
     if not (url.startswith("sqlite://") or url.startswith(("postgresql://", "postgres://"))):
         raise ConfigError(f"storage.url: must start with sqlite:/// or postgresql://, got {url!r}")

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from jobgate.sanitize import scrub, stored_text
+
 
 class State(StrEnum):
     """Where a job is in its life. Values are the JSON names of the contract."""
@@ -173,32 +175,38 @@ class Job:
         return (-self.priority, self.vt, self.id)
 
     def to_json(self, position: int | None = None) -> dict[str, Any]:
-        """The job as the API and events show it."""
+        """The job as the API and events show it. What a job's code or an older version
+        may have stored unsafely (a lone surrogate, NaN) is shown safely (`scrub`)."""
         return {
             "id": self.id,
             "kind": self.kind,
             "owner": self.owner,
-            "args": self.args,
+            "args": scrub(self.args) if self.args else self.args,
             "priority": self.priority,
             "state": self.state.value,
             "position": position if self.state is State.QUEUED else None,
-            "progress": self.progress,
-            "message": self.message,
+            "progress": self.progress if self.progress is None or math.isfinite(self.progress)
+            else None,
+            "message": _text(self.message),
             "attempt": self.attempt,
             "max_attempts": self.max_attempts,
             "created_at": iso(self.created_at),
             "run_at": iso(self.run_at),
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),
-            "result": self.result,
-            "error": self.error,
+            "result": None if self.result is None else scrub(self.result),
+            "error": _text(self.error),
             "worker": self.worker,
             "memory_mb": self.memory_mb,
             "peak_memory_mb": self.peak_memory_mb,
             "depends_on": self.depends_on,
-            "unique_key": self.unique_key,
-            "outputs": self.outputs,
+            "unique_key": _text(self.unique_key),
+            "outputs": scrub(self.outputs) if self.outputs else self.outputs,
         }
+
+
+def _text(value: str | None) -> str | None:
+    return value if value is None or value.isascii() else stored_text(value)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ position index and the event bus in step with the store's committed events.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import math
 import random
 import shutil
@@ -24,12 +26,14 @@ from jobgate.events import EventBus
 from jobgate.kinds import ArgumentError, Kind, validate_args
 from jobgate.model import Event, Job, State, new_id
 from jobgate.positions import PositionIndex
+from jobgate.sanitize import stored_json, stored_text
 from jobgate.scheduler import Limits, backoff_s
 from jobgate.store.base import Outcome, Quota, Stats, Store
 
 # A running job's run is over (cancelled, or it ended some other way first).
 _ENDS = frozenset({"job.completed", "job.failed", "job.cancelled", "job.retrying"})
 _PEAK_PERCENTILE = 0.9  # an "auto" kind reserves this percentile of its recent peaks
+log = logging.getLogger("jobgate.queue")
 
 
 class UnknownKind(ArgumentError):
@@ -111,6 +115,8 @@ class JobQueue:
         self.job_memory: dict[str, tuple[float, float]] = {}
         self._peaks: dict[str, tuple[float, ...]] = {}  # per kind, until one completes
         self._completions: Counter[str] = Counter()  # completed jobs seen, per kind
+        # What no `path` argument may name, whatever input_dir is: the server's own files.
+        self.protected_paths: tuple[Path, ...] = protected_paths(settings)
 
     async def open(self) -> None:
         self.store.listen(self._on_events)
@@ -118,6 +124,11 @@ class JobQueue:
         if self._track_positions:
             self.positions.load(await self.store.queued_keys())
         self.settings.data_path.mkdir(parents=True, exist_ok=True)
+        if any(a.type == "path" for k in self.settings.kinds.values() for a in k.args.values()) \
+                and not self.settings.input_path.exists():
+            self.settings.input_path.mkdir(parents=True, exist_ok=True)
+            log.info("made the input folder %s ([server] input_dir): the files `path` "
+                     "arguments name go there", self.settings.input_path)
 
     async def close(self) -> None:
         await self.store.close()
@@ -164,11 +175,12 @@ class JobQueue:
                 else spec.memory_mb
         self.check_memory(spec, memory_mb)
         args = args or {}
+        check = (spec, args, self.settings.input_path, True, self.protected_paths)
         if any(a.type == "url" for a in spec.args.values()):
             # Resolving a host name blocks: keep it off the event loop.
-            args = await asyncio.to_thread(validate_args, spec, args, self.settings.input_path)
+            args = await asyncio.to_thread(validate_args, *check)
         else:
-            args = validate_args(spec, args, self.settings.input_path)
+            args = validate_args(*check)
         now = time.time()
         job = Job(
             id=new_id(now),
@@ -284,12 +296,16 @@ class JobQueue:
 
     def outcome(self, job: Job, run: RunResult) -> Outcome:
         """What a run's end means for the job: completed, failed, cancelled or a retry."""
+        # What the job's own code reported is stored safely: nothing in it can break a listing.
         common: dict[str, Any] = {"peak_memory_mb": run.peak_memory_mb,
-                                  "outputs": list(run.outputs)}
+                                  "outputs": [stored_text(str(o)) for o in run.outputs]}
+        if run.error is not None:
+            run = dataclasses.replace(run, error=stored_text(str(run.error)))
         if run.cancelled:
             return Outcome(State.CANCELLED, error=None, message="cancelled", **common)
         if run.ok:
-            return Outcome(State.COMPLETED, result=run.result, message="completed", **common)
+            return Outcome(State.COMPLETED, result=stored_json(run.result), message="completed",
+                           **common)
         spec = self.settings.kinds.get(job.kind)
         retryable = run.retryable and spec is not None and job.attempt < job.max_attempts
         if retryable and spec is not None and spec.retry_on_exit_codes is not None:
@@ -301,3 +317,21 @@ class JobQueue:
                            **common)
         return Outcome(State.FAILED, error=run.error, message="failed", **common)
 
+
+
+def protected_paths(settings: Settings) -> tuple[Path, ...]:
+    """The server's own files and folders, resolved: its SQLite database (with its `-wal`,
+    `-shm` and `-journal` files), its data folder (jobs' folders, outputs, secrets) and its
+    config file. A relative SQLite path is taken as the store opens it: from the current
+    folder."""
+    paths = [settings.data_path]
+    if settings.config_file is not None:
+        paths.append(settings.config_file.resolve())
+    url = settings.storage.url
+    if url.startswith("sqlite://"):
+        raw = url.removeprefix("sqlite://")
+        raw = raw[1:] if raw.startswith("/") else raw
+        if raw and not raw.startswith(":memory:"):
+            db = Path(raw).resolve()
+            paths += [db, *(db.with_name(db.name + s) for s in ("-wal", "-shm", "-journal"))]
+    return tuple(paths)

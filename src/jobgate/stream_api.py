@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -30,9 +31,10 @@ from fastapi import FastAPI, Header, Query, Request, WebSocket
 from fastapi.responses import Response, StreamingResponse
 from starlette.websockets import WebSocketDisconnect
 
-from jobgate.api import ApiError, App, error_response
+from jobgate.api import ApiError, App, error_response, no_job
 from jobgate.auth import AuthError, Principal
 from jobgate.model import FINAL, Event, iso
+from jobgate.sanitize import INT64_MAX, shown, text_problem
 from jobgate.store.base import User
 from jobgate.stream import (
     FINAL_TYPES,
@@ -63,14 +65,17 @@ async def stream_principal(jg: App, authorization: str | None, ticket: str | Non
         raise ApiError(401, "unauthorized", str(exc)) from None
 
 
+_SEQ_TEXT = re.compile(r"[0-9]{1,18}")  # ASCII digits: `isdigit()` takes "²", int() does not
+
+
 def _resume_point(header: str | None, query: str | None) -> int | None:
     text = header if header is not None else query
     if text is None or text == "":
         return None
     text = text.strip()
-    if not text.isdigit() or len(text) > 18:
+    if not _SEQ_TEXT.fullmatch(text):
         raise ApiError(400, "invalid_request", f"Last-Event-ID: expected an event seq "
-                       f"(a whole number), got {text[:40]!r}", field="Last-Event-ID")
+                       f"(a whole number), got {shown(text, 40)}", field="Last-Event-ID")
     return int(text)
 
 
@@ -149,9 +154,10 @@ def install(app: FastAPI) -> None:
         stream = _open(hub, principal, job_id=job_id,
                        match=lambda e: e.job_id == job_id and (user.admin or e.owner == user.name))
         try:
-            job = await jg.queue.get(job_id) if len(job_id) <= 64 else None
+            job = await jg.queue.get(job_id) if len(job_id) <= 64 \
+                and text_problem(job_id) is None else None
             if job is None or (job.owner != user.name and not user.admin):
-                raise ApiError(404, "not_found", f"no job {job_id}")
+                raise no_job(job_id)
             reset = after is not None and await hub.too_old(after)
             # From the start: nothing of this job happened before it was made.
             start = after if after is not None else \
@@ -317,7 +323,7 @@ class _WsSession:
     async def _command(self, text: str) -> None:
         try:
             msg = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past the parser's stack
             await self._error("expected a JSON object")
             return
         if not isinstance(msg, dict):
@@ -325,7 +331,7 @@ class _WsSession:
             return
         resume = msg.get("resume")
         if resume is not None and (isinstance(resume, bool) or not isinstance(resume, int)
-                                   or resume < 0):
+                                   or not 0 <= resume <= INT64_MAX):
             await self._error("resume: expected an event seq (a whole number)")
             return
         if "ping" in msg:
@@ -345,18 +351,21 @@ class _WsSession:
     async def _target(self, msg: dict[str, Any], verb: str) -> tuple[str, str | None] | None:
         what = msg[verb]
         if what not in ("job", "jobs", "queue"):
-            await self._error(f"{verb}: expected 'job', 'jobs' or 'queue', got {what!r}")
+            await self._error(f"{verb}: expected 'job', 'jobs' or 'queue', got {shown(what)}")
             return None
         job_id = msg.get("id")
         if what == "job":
             if not isinstance(job_id, str) or not job_id or len(job_id) > 64:
                 await self._error(f"{verb} job: expected an 'id'")
                 return None
+            if (problem := text_problem(job_id)) is not None:
+                await self._error(f"{verb} job: id {problem}")
+                return None
             if verb == "subscribe":
                 job = await self.jg.queue.get(job_id)
                 user = self.stream.principal.user
                 if job is None or (job.owner != user.name and not user.admin):
-                    await self._error(f"no job {job_id}", "not_found")
+                    await self._error(no_job(job_id).message, "not_found")
                     return None
             return what, job_id
         return what, None

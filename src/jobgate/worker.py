@@ -38,6 +38,7 @@ from jobgate.config import Settings
 from jobgate.model import Event, Job, State
 from jobgate.pyproc import PyPool
 from jobgate.queue import JobQueue, RunResult
+from jobgate.sanitize import stored_percent, stored_text
 from jobgate.scheduler import Limits
 from jobgate.store.base import Node, Outcome
 from jobgate.threads import JobThreads
@@ -312,12 +313,15 @@ class Worker:
         kind = self.settings.kinds[job.kind]
         token = job.lease_token
 
+        # What the job's code reports is stored safely (sanitize.py): a lone surrogate, an
+        # infinite percentage or a non-string must not fail the report, nor a listing.
         def progress(percent: float | None, message: str | None) -> None:
-            run.progress = (percent, message)
+            run.progress = (stored_percent(percent),
+                            None if message is None else stored_text(str(message)))
             self._unreported.set()
 
         def log_line(line: str) -> None:
-            run.logs.append(line)
+            run.logs.append(stored_text(str(line)))
             self._unreported.set()
 
         async def on_pid(pid: int) -> None:
