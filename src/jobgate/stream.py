@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,6 +181,9 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Whether a stream's login still holds (its user not deleted, its token not
+        # revoked): looked up again every keep-alive period, once per login.
+        self.login_check: Callable[[Principal], Awaitable[bool]] | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -188,7 +191,8 @@ class Hub:
         self.head = max(self.head, await self._stored_head())
         self.stats_frame = await self._stats()
         self._tasks = [asyncio.create_task(self._stats_loop(), name="jobgate-stats"),
-                       asyncio.create_task(self._keepalive_loop(), name="jobgate-keepalive")]
+                       asyncio.create_task(self._keepalive_loop(), name="jobgate-keepalive"),
+                       asyncio.create_task(self._login_loop(), name="jobgate-logins")]
 
     async def stop(self) -> None:
         if self._unsubscribe is not None:
@@ -348,6 +352,27 @@ class Hub:
                 elif stream.job_id is not None and stream.job_queued:
                     stream.push(self.position_frame(frame, stream.job_id))
             await asyncio.sleep(STATS_INTERVAL_S)
+
+    async def _login_loop(self) -> None:
+        """End the streams whose login was revoked (a deleted user, a revoked token)."""
+        while True:
+            await asyncio.sleep(self.settings.streams.keepalive)
+            check = self.login_check
+            if check is None:
+                continue
+            by_login: dict[Principal, list[Stream]] = {}
+            for stream in self.streams:
+                if stream.principal.checked:
+                    by_login.setdefault(stream.principal, []).append(stream)
+            for principal, streams in by_login.items():
+                try:
+                    holds = await check(principal)
+                except Exception:  # a database hiccup: look again next time
+                    log.exception("checking the login of %s failed", principal.user.name)
+                    continue
+                if not holds:
+                    for stream in streams:
+                        self.drop(stream, "login revoked: the user or token is gone")
 
     async def _keepalive_loop(self) -> None:
         while True:

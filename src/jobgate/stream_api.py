@@ -57,7 +57,7 @@ async def stream_principal(jg: App, authorization: str | None, ticket: str | Non
         return Principal(User(jg.settings.auth.anonymous_user, admin=True))
     try:
         if ticket is not None:
-            return jg.auth.redeem(ticket)
+            return await jg.auth.redeem(ticket)
         return await jg.auth.bearer(authorization)
     except AuthError as exc:
         raise ApiError(401, "unauthorized", str(exc)) from None
@@ -74,9 +74,10 @@ def _resume_point(header: str | None, query: str | None) -> int | None:
     return int(text)
 
 
-def _open(hub: Hub, principal: Principal, **kwargs: Any) -> Stream:
+def _open(jg: App, principal: Principal, **kwargs: Any) -> Stream:
+    jg.hub.login_check = jg.auth.current  # open streams end when their login is revoked
     try:
-        return hub.open(principal, **kwargs)
+        return jg.hub.open(principal, **kwargs)
     except TooManyStreams as exc:
         raise ApiError(429, "too_many_streams", str(exc), retry_after_s=5) from None
 
@@ -107,7 +108,7 @@ def install(app: FastAPI) -> None:
         after = _resume_point(last_event_id_header, last_event_id)
         principal = await stream_principal(jg, authorization, ticket)
         hub = jg.hub
-        stream = _open(hub, principal, match=visible_to(principal), stats=True)
+        stream = _open(jg, principal, match=visible_to(principal), stats=True)
         try:
             reset = after is not None and await hub.too_old(after)
         except BaseException:
@@ -146,7 +147,7 @@ def install(app: FastAPI) -> None:
         principal = await stream_principal(jg, authorization, ticket)
         hub = jg.hub
         user = principal.user
-        stream = _open(hub, principal, job_id=job_id,
+        stream = _open(jg, principal, job_id=job_id,
                        match=lambda e: e.job_id == job_id and (user.admin or e.owner == user.name))
         try:
             job = await jg.queue.get(job_id) if len(job_id) <= 64 else None
@@ -197,7 +198,7 @@ def install(app: FastAPI) -> None:
         try:
             ticket = ws.query_params.get("ticket")
             principal = await stream_principal(jg, ws.headers.get("authorization"), ticket)
-            stream = _open(jg.hub, principal, match=lambda e: False)
+            stream = _open(jg, principal, match=lambda e: False)
         except ApiError as exc:
             await ws.send_denial_response(error_response(exc.status, exc.code, exc.message,
                                                          **exc.extra))
@@ -301,7 +302,7 @@ class _WsSession:
             elif frame.kind == "stats" and stream.stats:
                 await self.ws.send_text(frame.text)
         reason = stream.closed or "closed"
-        code = CLOSE_EXPIRED if "expired" in reason else \
+        code = CLOSE_EXPIRED if "expired" in reason or "revoked" in reason else \
             CLOSE_SLOW if reason.startswith("too slow") else CLOSE_GOING_AWAY
         # The close frame queues behind what the transport still holds: give a slow reader
         # a while to take it, then give up (the connection goes when the handler returns).
