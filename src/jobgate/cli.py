@@ -89,8 +89,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings, run_worker=not args.no_worker)
     print(f"jobgate: serving on http://{host}:{port} ({settings.storage.url}, "
           f"{len(settings.kinds)} kinds)", file=sys.stderr)
+    from jobgate.connection import protocol_class
+
     keepalive = settings.streams.keepalive
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False,
+                            http=protocol_class(settings.server.request_timeout),
                             ws_ping_interval=keepalive, ws_ping_timeout=max(20.0, 2 * keepalive),
                             ws_max_size=64 * 1024, timeout_graceful_shutdown=10)
     _StreamingServer(config, app).run(sockets=[sock])

@@ -67,6 +67,7 @@ DEFAULT_TOKEN_TTL = Duration(12 * 3600)
 DEFAULT_TICKET_TTL = Duration(60)
 DEFAULT_KEEPALIVE = Duration(15)
 DEFAULT_LOGIN_BACKOFF_MAX = Duration(300)
+DEFAULT_REQUEST_TIMEOUT = Duration(10)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,9 @@ class ServerSettings:
     input_dir: str = "."  # where `path` arguments must stay
     allowed_origins: list[str] = field(default_factory=list)
     max_request_kb: int = 256
+    # A request's headers must arrive within this of its first byte, and its body may
+    # pause no longer than this; past it, 408 and the connection is closed.
+    request_timeout: Duration = DEFAULT_REQUEST_TIMEOUT
 
 
 @dataclass
@@ -377,6 +381,9 @@ def _check(settings: Settings) -> None:
     if settings.auth.token_ttl < 60:
         raise ConfigError(f"auth.token_ttl: must be at least 1 minute, "
                           f"got {settings.auth.token_ttl:g} s")
+    if not 0.1 <= settings.server.request_timeout <= 3600:
+        raise ConfigError(f"server.request_timeout: must be from 100 ms to 1 hour, "
+                          f"got {settings.server.request_timeout:g} s")
     if settings.streams.keepalive < 1:
         raise ConfigError(f"streams.keepalive: must be at least 1 second, "
                           f"got {settings.streams.keepalive:g}")
