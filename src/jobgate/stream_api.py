@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Query, Request, WebSocket
@@ -32,6 +32,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from jobgate.api import ApiError, App, error_response
 from jobgate.auth import AuthError, Principal
+from jobgate.connection import current_transport
 from jobgate.model import FINAL, Event, iso
 from jobgate.store.base import User
 from jobgate.stream import (
@@ -48,6 +49,8 @@ from jobgate.stream import (
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 CLOSE_EXPIRED, CLOSE_SLOW, CLOSE_GOING_AWAY = 4001, 4008, 1001
 _CLOSE_WAIT_S = 15.0
+_ABORT_GRACE_S = 1.0  # an ended SSE response has this long to finish, then it is cut
+_WRITE_BYTES = 65536  # SSE bytes per write: a client's unsent bytes stay near this
 _CLOCK_SLACK_S = 5.0  # events' times come from several processes' clocks
 
 
@@ -77,9 +80,25 @@ def _resume_point(header: str | None, query: str | None) -> int | None:
 def _open(jg: App, principal: Principal, **kwargs: Any) -> Stream:
     jg.hub.login_check = jg.auth.current  # open streams end when their login is revoked
     try:
-        return jg.hub.open(principal, **kwargs)
+        stream = jg.hub.open(principal, **kwargs)
     except TooManyStreams as exc:
         raise ApiError(429, "too_many_streams", str(exc), retry_after_s=5) from None
+    transport = current_transport()
+    if transport is not None:
+        # A dropped client that reads nothing is cut off, not left holding the socket.
+        stream.abort_on_end(transport.abort, _ABORT_GRACE_S)
+    return stream
+
+
+def _pieces(data: bytes) -> Iterator[bytes]:
+    """`data` in writes of at most `_WRITE_BYTES`: each waits for the client to take the
+    one before, so a client never has more than about that much sent but unread."""
+    if len(data) <= _WRITE_BYTES:
+        yield data
+        return
+    view = memoryview(data)
+    for start in range(0, len(data), _WRITE_BYTES):
+        yield bytes(view[start:start + _WRITE_BYTES])
 
 
 def _reset_frame(hub: Hub) -> Frame:
@@ -121,7 +140,8 @@ def install(app: FastAPI) -> None:
                     yield _reset_frame(hub).sse
                 elif after is not None:
                     async for event in hub.history(after, stream.opened_head, stream.match):
-                        yield Frame.of_event(event).sse
+                        for piece in _pieces(Frame.of_event(event).sse):
+                            yield piece
                 if hub.stats_frame is not None:
                     yield hub.stats_frame.sse
                 async for chunk in _live(stream, stream.opened_head):
@@ -176,7 +196,8 @@ def install(app: FastAPI) -> None:
                 if reset:
                     yield _reset_frame(hub).sse
                 for event in replay:
-                    yield Frame.of_event(event).sse
+                    for piece in _pieces(Frame.of_event(event).sse):
+                        yield piece
                 if done and not stream.pending_for(job_id):
                     return
                 if stream.job_queued and hub.stats_frame is not None:
@@ -212,31 +233,40 @@ async def _live(stream: Stream, cursor: int, end_job: str | None = None
                 ) -> AsyncIterator[bytes]:
     """SSE bytes of live frames after `cursor`; with `end_job`, ends after its final event.
 
-    Frames that are already waiting go out in one write: a burst (a log batch, its
-    progress, the queue's stats) costs one send per client, not one per frame.
+    Frames that are already waiting go out together, in writes of up to `_WRITE_BYTES`: a
+    burst (a log batch, its progress, the queue's stats) costs one send per client, not
+    one per frame, and a big event is sent in pieces from the one copy every client
+    shares. Frames leave the stream's buffer only as they are written, so what a slow
+    client holds up is counted there (and drops it past `buffer_kb`) until it is sent.
     """
-    while (frame := await stream.next()) is not None:
-        batch = [frame, *stream.ready()]
+    frame = await stream.next()
+    while frame is not None:
         out: list[bytes] = []
-        ended = False
-        for i, item in enumerate(batch):
-            if item.seq is not None:
-                if item.seq <= cursor:
-                    continue  # already sent by the replay
-                cursor = item.seq
-            out.append(item.sse)
-            if end_job is not None and item.event is not None and \
-                    item.event.type in FINAL_TYPES and \
-                    not any(later.event is not None and later.event.job_id == end_job
-                            for later in batch[i + 1:]) and not stream.pending_for(end_job):
-                ended = True
-                break
-        if any(item.kind != "keepalive" for item in batch):
-            stream.idle = False
+        size = 0
+        item: Frame | None = frame
+        while item is not None:
+            if item.kind != "keepalive":
+                stream.idle = False
+            if item.seq is None or item.seq > cursor:  # else already sent by the replay
+                cursor = item.seq if item.seq is not None else cursor
+                if out and size + len(item.sse) > _WRITE_BYTES:
+                    yield b"".join(out)
+                    out, size = [], 0
+                if len(item.sse) > _WRITE_BYTES:
+                    for piece in _pieces(item.sse):
+                        yield piece
+                else:
+                    out.append(item.sse)
+                    size += len(item.sse)
+                if end_job is not None and item.event is not None and \
+                        item.event.type in FINAL_TYPES and not stream.pending_for(end_job):
+                    if out:
+                        yield b"".join(out)
+                    return
+            item = stream.take()
         if out:
             yield b"".join(out)
-        if ended:
-            return
+        frame = await stream.next()
     yield _closing(stream.closed)
 
 
