@@ -224,4 +224,4 @@ def test_memory_with_clients_that_never_read_stays_bounded(tmp_path, backend):
         print(f"server RSS {before / 1e6:.1f} MB; peak {one_reader / 1e6:.1f} MB with one "
               f"reader; {with_stalled / 1e6:.1f} MB with 18 clients that never read too "
               f"(+{extra_mb:.1f} MB)")
-        assert extra_mb < 40, f"+{extra_mb:.1f} MB"
+        assert extra_mb < 50, f"+{extra_mb:.1f} MB"

@@ -77,13 +77,13 @@ def _resume_point(header: str | None, query: str | None) -> int | None:
     return int(text)
 
 
-def _open(jg: App, principal: Principal, **kwargs: Any) -> Stream:
+def _open(jg: App, principal: Principal, sse: bool = True, **kwargs: Any) -> Stream:
     jg.hub.login_check = jg.auth.current  # open streams end when their login is revoked
     try:
         stream = jg.hub.open(principal, **kwargs)
     except TooManyStreams as exc:
         raise ApiError(429, "too_many_streams", str(exc), retry_after_s=5) from None
-    transport = current_transport()
+    transport = current_transport() if sse else None  # a WebSocket closes by itself
     if transport is not None:
         # A dropped client that reads nothing is cut off, not left holding the socket.
         stream.abort_on_end(transport.abort, _ABORT_GRACE_S)
@@ -219,7 +219,7 @@ def install(app: FastAPI) -> None:
         try:
             ticket = ws.query_params.get("ticket")
             principal = await stream_principal(jg, ws.headers.get("authorization"), ticket)
-            stream = _open(jg, principal, match=lambda e: False)
+            stream = _open(jg, principal, sse=False, match=lambda e: False)
         except ApiError as exc:
             await ws.send_denial_response(error_response(exc.status, exc.code, exc.message,
                                                          **exc.extra))
