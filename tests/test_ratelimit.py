@@ -143,3 +143,44 @@ def test_repeated_bad_logins_are_slowed_and_a_good_one_clears_it(start_server):
     assert login(srv, "bob", "bob-password").status_code == 200  # recovered
     assert login(srv, "bob", "guess").status_code == 401  # and the count starts over
     assert login(srv, "bob", "bob-password").status_code == 200
+
+
+def login_from(server, address: str, user: str, password: str) -> httpx.Response:
+    """A login from another loopback address (127.0.0.0/8 is all this machine's)."""
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=30) as c:
+        return c.post(f"{server.url}/api/auth/token",
+                      json={"username": user, "password": password})
+
+
+def test_a_guesser_elsewhere_cannot_lock_the_real_user_out(start_server):
+    srv = start_server('[rate_limits]\nlogin_per_user = "3/m"\nlogin_per_ip = "100/m"\n'
+                       'login_free_failures = 10\n')
+    statuses = [login_from(srv, "127.0.0.2", "bob", f"guess{i}").status_code
+                for i in range(5)]
+    assert statuses == [401, 401, 401, 429, 429]  # the guesser is throttled ...
+    # ... and bob, from his own address, still signs in: his allowance is his own.
+    assert [login_from(srv, "127.0.0.1", "bob", "bob-password").status_code
+            for _ in range(3)] == [200, 200, 200]
+    refused(login_from(srv, "127.0.0.1", "bob", "bob-password"))
+    refused(login_from(srv, "127.0.0.2", "bob", "bob-password"))
+
+
+def test_bad_password_back_off_falls_on_the_guessers_address_only(start_server):
+    srv = start_server('[rate_limits]\nlogin_per_user = "off"\nlogin_per_ip = "100/m"\n'
+                       'login_free_failures = 2\nlogin_backoff_max = "1m"\n')
+    statuses = [login_from(srv, "127.0.0.2", "bob", f"guess{i}").status_code
+                for i in range(4)]
+    assert statuses == [401, 401, 429, 429]
+    assert login_from(srv, "127.0.0.1", "bob", "bob-password").status_code == 200
+
+
+def test_a_guesser_trying_many_users_from_one_address_is_slowed_there(start_server):
+    srv = start_server('[rate_limits]\nlogin_per_user = "off"\nlogin_per_ip = "100/m"\n'
+                       'login_free_failures = 2\nlogin_free_failures_per_ip = 4\n'
+                       'login_backoff_max = "1m"\n')
+    users = ["bob", "carol", "alice", "dave", "erin", "frank"]
+    statuses = [login_from(srv, "127.0.0.3", u, "guess").status_code for u in users]
+    assert statuses == [401, 401, 401, 401, 429, 429]
+    refused(login_from(srv, "127.0.0.3", "carol", "carol-password"))
+    # Other addresses are not held up.
+    assert login_from(srv, "127.0.0.1", "carol", "carol-password").status_code == 200

@@ -16,6 +16,8 @@ from jobgate.scheduler import (
     blocked,
     free_slots,
     next_vt,
+    owner_last,
+    serving_turn,
 )
 
 
@@ -189,6 +191,22 @@ def test_next_vt_interleaves_users_first_in_first_out():
         queue.append((vt, seq, owner))
     order = [owner for _, _, owner in sorted(queue)]
     assert order == ["alice", "bob", "carol", "alice", "carol", "alice", "alice", "alice"]
+
+
+def test_the_turn_served_is_the_oldest_queued_or_the_newest_running_when_older():
+    assert serving_turn(queued_min=None, running_max=None) is None
+    assert serving_turn(queued_min=2, running_max=1) == 1  # a1 runs, a2 waits: turn 1
+    assert serving_turn(queued_min=480, running_max=479) == 479
+    assert serving_turn(queued_min=4, running_max=None) == 4
+    assert serving_turn(queued_min=None, running_max=7) == 7
+
+
+def test_an_owners_finished_jobs_count_while_their_turn_is_still_open():
+    assert owner_last(None, None, head=3, newest=9) is None
+    assert owner_last(None, 5, head=3, newest=9) == 5  # finished in an open turn
+    assert owner_last(None, 2, head=3, newest=9) is None  # that turn is long past
+    assert owner_last(7, 5, head=3, newest=9) == 7
+    assert owner_last(None, 5, head=None, newest=None) is None  # a new busy spell
 
 
 # --- backoff -------------------------------------------------------------------------------

@@ -429,21 +429,26 @@ def _install_auth_routes(app: FastAPI, settings: Settings) -> None:
         if not settings.auth.enabled:
             raise ApiError(400, "auth_disabled", "auth is disabled on this server: "
                            "no token is needed")
+        # The socket's address: no forwarded header is trusted (behind a reverse proxy,
+        # every client has the proxy's address).
         limits, ip = jg.limits, _client_ip(request)
-        # Failures count per (user, address): a stranger cannot lock a user out from afar,
-        # and one address guessing one user's password waits longer after every miss.
+        # Logins and failures count per (user, address): a guesser elsewhere spends their
+        # own allowance and waits longer after every miss, and cannot lock the user out;
+        # one address guessing across many users waits too.
         key = f"{body.username}\0{ip}"
-        wait = limits.bad_logins.wait_s(key)
+        wait = max(limits.bad_logins.wait_s(key), limits.bad_logins_per_ip.wait_s(ip))
         if wait > 0:
             raise ApiError(429, "rate_limited", f"too many failed logins: try again in "
                            f"{retry_after(wait)} s", retry_after_s=retry_after(wait))
         _limit(limits.login_per_ip, ip, "logins from this address")
-        _limit(limits.login_per_user, body.username, f"logins as {body.username}")
+        _limit(limits.login_per_user, key, f"logins as {body.username} from this address")
         user = await jg.auth.login(body.username, body.password)
         if user is None:
             limits.bad_logins.failed(key)
+            limits.bad_logins_per_ip.failed(ip)
             raise ApiError(401, "unauthorized", "wrong user name or password")
         limits.bad_logins.succeeded(key)
+        limits.bad_logins_per_ip.succeeded(ip)
         token, expires_at = jg.auth.issue(user)
         return {"token": token, "token_type": "bearer", "expires_at": iso(expires_at),
                 "user": {"name": user.name, "admin": user.admin}}

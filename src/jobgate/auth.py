@@ -90,10 +90,16 @@ _MIN_KEY_BYTES = 32
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a request acts as, and until when its credential is good (None: no end)."""
+    """Who a request acts as, and until when its credential is good (None: no end).
+
+    `checked`: it came from a credential that `Authenticator.current` can look up again
+    (a ticket, and an open stream, stand for it only while it still holds);
+    `token_hash`: that credential was an API token (else a login JWT)."""
 
     user: User
     expires_at: float | None = None
+    checked: bool = False
+    token_hash: str | None = None
 
 
 def load_or_create_key(data_dir: Path) -> bytes:
@@ -180,16 +186,29 @@ class Authenticator:
     async def token(self, token: str) -> Principal:
         """An API token (`jg_…`) or a login JWT; AuthError if neither."""
         if token.startswith(TOKEN_PREFIX):
-            user = await self.store.user_for_token(token_hash(token))
+            hashed = token_hash(token)
+            user = await self.store.user_for_token(hashed)
             if user is None:
                 raise AuthError("invalid token")
-            return Principal(user)
+            return Principal(user, checked=True, token_hash=hashed)
         name, expires_at = read_jwt(self.key, token)
         # The user may have gone (or lost admin) since the token was issued.
         user = await self.store.get_user(name)
         if user is None:
             raise AuthError("invalid token")
-        return Principal(user, expires_at)
+        return Principal(user, expires_at, checked=True)
+
+    async def current(self, principal: Principal) -> bool:
+        """Whether `principal` still holds: its user is still there, with no less right
+        (not demoted from admin), and its API token was not revoked."""
+        if not principal.checked:
+            return True
+        if principal.token_hash is not None:
+            user = await self.store.user_for_token(principal.token_hash)
+        else:
+            user = await self.store.get_user(principal.user.name)
+        return user is not None and user.name == principal.user.name and (
+            user.admin or not principal.user.admin)
 
     async def login(self, name: str, password: str) -> User | None:
         """The user if `password` is theirs, else None (in about the same time either way)."""
@@ -211,14 +230,17 @@ class Authenticator:
         self._tickets[ticket] = (principal, now + self.ticket_ttl_s)
         return ticket
 
-    def redeem(self, ticket: str) -> Principal:
-        """The principal a ticket stands for, once; AuthError if unknown, used or expired."""
+    async def redeem(self, ticket: str) -> Principal:
+        """The principal a ticket stands for, once; AuthError if unknown, used, expired,
+        or if the login behind it no longer holds (its user deleted, its token revoked)."""
         entry = self._tickets.pop(ticket, None)
         if entry is None or entry[1] < time.monotonic():
             raise AuthError("invalid or expired ticket: get a new one from POST /api/auth/ticket")
         principal = entry[0]
         if principal.expires_at is not None and principal.expires_at <= time.time():
             raise AuthError("token expired: log in again")
+        if not await self.current(principal):
+            raise AuthError("invalid ticket: the login behind it was revoked")
         return principal
 
 

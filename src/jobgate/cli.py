@@ -22,6 +22,7 @@ from jobgate.client import Client, CliError
 from jobgate.config import ConfigError, Settings, database_url, load_settings, parse_duration
 from jobgate.follow import EventReader, watch
 from jobgate.model import State
+from jobgate.terminal import printable
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -30,10 +31,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     try:
         code = args.func(args)
     except CliError as exc:
-        print(f"jobgate: {exc}", file=sys.stderr)
+        print(f"jobgate: {printable(exc)}", file=sys.stderr)
         sys.exit(exc.code)
     except (ConfigError, ValueError) as exc:
-        print(f"jobgate: {exc}", file=sys.stderr)
+        print(f"jobgate: {printable(exc)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         code = 130
@@ -88,8 +89,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings, run_worker=not args.no_worker)
     print(f"jobgate: serving on http://{host}:{port} ({settings.storage.url}, "
           f"{len(settings.kinds)} kinds)", file=sys.stderr)
+    from jobgate.connection import protocol_class
+
     keepalive = settings.streams.keepalive
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False,
+                            http=protocol_class(settings.server.request_timeout),
                             ws_ping_interval=keepalive, ws_ping_timeout=max(20.0, 2 * keepalive),
                             ws_max_size=64 * 1024, timeout_graceful_shutdown=10)
     _StreamingServer(config, app).run(sockets=[sock])
@@ -280,7 +284,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         body["memory_mb"] = args.memory_mb
     job = client.call("POST", "/api/jobs", json=body)
     where = f", position {job['position']}" if job.get("position") else ""
-    print(f"{job['id']} {job['state']}{where}")
+    print(printable(f"{job['id']} {job['state']}{where}"))
     if args.watch:
         return watch(client, job["id"], args.cancel_on_exit)
     return 0
@@ -299,8 +303,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
         pos = job["position"] or ""
         prog = f"{job['progress']:.0f}%" if job["progress"] is not None else ""
         message = (job.get("error") or job.get("message") or "").splitlines()
-        print(f"{job['id']:26}  {job['kind'][:12]:12} {job['owner'][:10]:10} {job['state']:9} "
-              f"{pos!s:>4} {prog:>5}  {(message[-1] if message else '')[:60]}")
+        print(printable(
+            f"{job['id']:26}  {job['kind'][:12]:12} {job['owner'][:10]:10} {job['state']:9} "
+            f"{pos!s:>4} {prog:>5}  {(message[-1] if message else '')[:60]}"))
     return 0
 
 
@@ -328,7 +333,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             if kind == "event" and data.get("type") == "job.log":
                 for n, line in enumerate(data.get("lines", []), start=data.get("first", 1)):
                     if n > last:
-                        print(line, flush=True)
+                        print(printable(line), flush=True)
                         last = n
             elif kind == "reset":
                 last = _print_logs(client, job_id, last)
@@ -347,7 +352,7 @@ def _print_logs(client: Client, job_id: str, after: int) -> int:
     while True:
         page = client.call("GET", f"/api/jobs/{job_id}/logs", params={"after": after})
         for line in page["lines"]:
-            print(line["line"], flush=True)
+            print(printable(line["line"]), flush=True)
         if not page["lines"]:
             return after
         after = page["next"]
@@ -355,14 +360,15 @@ def _print_logs(client: Client, job_id: str, after: int) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     job = Client().call("POST", f"/api/jobs/{_job_id(args.id)}/cancel")
-    print(f"{job['id']} {job['state']}{' (stopping)' if job['state'] == 'running' else ''}")
+    print(printable(f"{job['id']} {job['state']}"
+                    f"{' (stopping)' if job['state'] == 'running' else ''}"))
     return 0
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     job = Client().call("POST", f"/api/jobs/{_job_id(args.id)}/retry")
-    print(f"{job['id']} {job['state']}" + (f", position {job['position']}"
-                                           if job.get("position") else ""))
+    print(printable(f"{job['id']} {job['state']}" + (f", position {job['position']}"
+                                                     if job.get("position") else "")))
     return 0
 
 
@@ -375,7 +381,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     for key, value in stats.items():
         if key == "nodes":
             continue  # the table below
-        print(f"{key:20} {value if value is not None else '-'}")
+        print(printable(f"{key:20} {value if value is not None else '-'}"))
     _print_nodes(stats.get("nodes"))
     _print_kind_memory(client)
     return 0
@@ -391,9 +397,9 @@ def _print_nodes(nodes: list[dict[str, Any]] | None) -> None:
     width = max(12, *(len(n["name"]) for n in nodes))
     print(f"{'NODE':{width}}  {'HOST':16} {'SLOTS':>5} {'RUNNING':>7}  HEARTBEAT")
     for n in nodes:
-        print(f"{n['name']:{width}}  {n['host'][:16]:16} {n['slots']:>5} "
-              f"{n.get('running_count', len(n['running'])):>7}  "
-              f"{n['heartbeat_age_s']:.1f} s ago")
+        print(printable(f"{n['name']:{width}}  {n['host'][:16]:16} {n['slots']:>5} "
+                        f"{n.get('running_count', len(n['running'])):>7}  "
+                        f"{n['heartbeat_age_s']:.1f} s ago"))
 
 
 def _print_kind_memory(client: Client) -> None:
@@ -409,9 +415,10 @@ def _print_kind_memory(client: Client) -> None:
     print(f"{'KIND':20} {'ESTIMATE_MB':>11} {'FROM':9} {'PEAK_P50_MB':>11} {'PEAK_MAX_MB':>11} "
           f"{'JOBS':>5}")
     for k in kinds:
-        print(f"{k['name'][:20]:20} {mb(k.get('memory_estimate_mb')):>11} "
-              f"{k.get('memory_estimate_from') or '-':9} {mb(k.get('peak_memory_p50_mb')):>11} "
-              f"{mb(k.get('peak_memory_max_mb')):>11} {k.get('peak_memory_jobs') or 0:>5}")
+        print(printable(
+            f"{k['name'][:20]:20} {mb(k.get('memory_estimate_mb')):>11} "
+            f"{k.get('memory_estimate_from') or '-':9} {mb(k.get('peak_memory_p50_mb')):>11} "
+            f"{mb(k.get('peak_memory_max_mb')):>11} {k.get('peak_memory_jobs') or 0:>5}"))
 
 
 def cmd_health(args: argparse.Namespace) -> int:

@@ -80,6 +80,7 @@ DEFAULT_TOKEN_TTL = Duration(12 * 3600)
 DEFAULT_TICKET_TTL = Duration(60)
 DEFAULT_KEEPALIVE = Duration(15)
 DEFAULT_LOGIN_BACKOFF_MAX = Duration(300)
+DEFAULT_REQUEST_TIMEOUT = Duration(10)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,9 @@ class ServerSettings:
     input_dir: str = "./jobgate-input"  # where `path` arguments must stay (made at start)
     allowed_origins: list[str] = field(default_factory=list)
     max_request_kb: int = 256
+    # A request's headers must arrive within this of its first byte, and its body may
+    # pause no longer than this; past it, 408 and the connection is closed.
+    request_timeout: Duration = DEFAULT_REQUEST_TIMEOUT
 
 
 @dataclass
@@ -179,9 +183,13 @@ class RateLimitSettings:
     submit_per_ip: Rate | None = Rate(1200, 60)
     login_per_user: Rate | None = Rate(10, 60)
     login_per_ip: Rate | None = Rate(30, 60)
-    # After this many bad passwords in a row for one user (or IP), each further attempt
-    # must wait twice as long as the one before (1 s, 2 s, 4 s …), up to login_backoff_max.
+    # login_per_user counts one user's logins from one address, so a guesser elsewhere
+    # cannot spend the real user's. After this many bad passwords in a row for one user
+    # from one address, each further attempt from there must wait twice as long as the one
+    # before (1 s, 2 s, 4 s …), up to login_backoff_max ...
     login_free_failures: int = 3
+    # ... and after this many in a row from one address, whatever the users, likewise.
+    login_free_failures_per_ip: int = 10
     login_backoff_max: Duration = DEFAULT_LOGIN_BACKOFF_MAX
 
 
@@ -389,11 +397,15 @@ def _check(settings: Settings) -> None:
     if settings.auth.token_ttl < 60:
         raise ConfigError(f"auth.token_ttl: must be at least 1 minute, "
                           f"got {settings.auth.token_ttl:g} s")
+    if not 0.1 <= settings.server.request_timeout <= 3600:
+        raise ConfigError(f"server.request_timeout: must be from 100 ms to 1 hour, "
+                          f"got {settings.server.request_timeout:g} s")
     if settings.streams.keepalive < 1:
         raise ConfigError(f"streams.keepalive: must be at least 1 second, "
                           f"got {settings.streams.keepalive:g}")
-    if settings.rate_limits.login_free_failures < 0:
-        raise ConfigError("rate_limits.login_free_failures: must not be negative")
+    for key in ("login_free_failures", "login_free_failures_per_ip"):
+        if getattr(settings.rate_limits, key) < 0:
+            raise ConfigError(f"rate_limits.{key}: must not be negative")
     for origin in settings.server.allowed_origins:
         if origin != "*" and not _ORIGIN.fullmatch(origin):
             raise ConfigError(f"server.allowed_origins: {origin!r} is not an origin like "

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from jobgate.client import Client, CliError
+from jobgate.terminal import printable
 
 _FINAL_EVENTS = ("job.completed", "job.failed", "job.cancelled")
 _FINAL = ("completed", "failed", "cancelled")
@@ -158,7 +159,7 @@ def watch(client: Client, job_id: str, cancel_on_exit: bool = False) -> int:
     reader.start()
     try:
         while True:
-            line = progress_line(job, time.monotonic() - started)
+            line = printable(progress_line(job, time.monotonic() - started))
             if line != last:
                 print(("\r\x1b[2K" if tty else "") + line, end="" if tty else "\n",
                       file=sys.stderr, flush=True)
@@ -194,5 +195,5 @@ def watch(client: Client, job_id: str, cancel_on_exit: bool = False) -> int:
     if tty:
         print(file=sys.stderr)
     if job["state"] == "failed" and job.get("error"):
-        print(f"jobgate: {job['error'].splitlines()[-1]}", file=sys.stderr)
+        print(f"jobgate: {printable(job['error'].splitlines()[-1])}", file=sys.stderr)
     return 0 if job["state"] == "completed" else 1

@@ -1,5 +1,11 @@
 """Rate limits on submits and logins, and the growing wait after bad passwords.
 
+Logins are limited per address, and per user *from one address*: a guesser elsewhere
+spends their own allowance and back-off, never the real user's, so they cannot lock the
+user out; a guesser trying many users from one address is slowed per address too. The
+address is the connection's (behind a reverse proxy: the proxy's, as no forwarded header
+is trusted).
+
 Token buckets per key (a user name, a client IP): `count` requests per `per_s`, refilled
 evenly, so a burst of `count` passes and then one more every `per_s / count` seconds. A
 refused request learns how long to wait (HTTP 429 with `Retry-After`). Memory stays
@@ -89,15 +95,18 @@ class RateLimits:
 
     submit_per_user: RateLimiter
     submit_per_ip: RateLimiter
-    login_per_user: RateLimiter
+    login_per_user: RateLimiter  # keyed by user *and* address
     login_per_ip: RateLimiter
-    bad_logins: FailureBackoff
+    bad_logins: FailureBackoff  # keyed by user and address
+    bad_logins_per_ip: FailureBackoff
 
     @classmethod
     def from_settings(cls, settings: RateLimitSettings) -> RateLimits:
         return cls(RateLimiter(settings.submit_per_user), RateLimiter(settings.submit_per_ip),
                    RateLimiter(settings.login_per_user), RateLimiter(settings.login_per_ip),
-                   FailureBackoff(settings.login_free_failures, settings.login_backoff_max))
+                   FailureBackoff(settings.login_free_failures, settings.login_backoff_max),
+                   FailureBackoff(settings.login_free_failures_per_ip,
+                                  settings.login_backoff_max))
 
 
 def retry_after(wait_s: float) -> int:

@@ -1,15 +1,29 @@
 """Admission: which queued jobs may start now. Pure functions, no I/O.
 
 Dispatch order is `Job.dispatch_key`: priority (higher first), then virtual time `vt`,
-then id. `vt` is how users share the queue fairly. Within one priority, a job entering
-the queue gets `max(head, last + 1)`: `head` is the smallest vt still queued (the turn
-being served now) and `last` the owner's largest vt among its queued and running jobs.
-So a user's jobs are numbered from the current turn on, and the queue takes the first
-job of every user before the second of any: a user with 50 queued jobs does not starve
-one with 1, a user whose jobs run now does not jump ahead again, and within one user it
-is first in, first out. A retried job gets a new vt the same way, behind its owner's
-peers. Nothing is remembered beyond the jobs in the table, so a high-priority job or a
-job admitted past a capped kind does not push anyone's turn.
+then id. `vt` is how users share the queue fairly: it numbers each user's jobs by turns,
+and the queue takes every user's turn n before anyone's turn n + 1. Within one priority a
+job entering the queue gets `max(head, last + 1)` (`next_vt`):
+
+- `head` is the turn being served (`serving_turn`): the oldest turn still queued, or the
+  newest turn running when that is older. So a newcomer whose first job arrives while
+  another user's first job runs gets that same turn and goes before that user's second
+  job (counting queued jobs only, it tied with that second job and lost on id). The
+  newest running turn, not the oldest: a job that runs for hours does not hold the turn
+  back while the other slots serve later turns (a newcomer would get a head start over
+  everyone queued, and a returning user credit for every turn they missed).
+- `last` is the owner's latest turn (`owner_last`): the largest vt among its queued and
+  running jobs, and among its finished jobs whose turn is still open (from `head` to the
+  newest turn queued or running). So a user who submits again each time a job ends is
+  numbered on from their last job, not given the current turn again and again (which
+  would let them pass, one job at a time, everyone queued behind a long-running job).
+
+A user with 50 queued jobs does not starve one with 1, a user whose jobs run now does not
+jump ahead again, and within one user it is first in, first out. A retried job gets a new
+vt the same way, behind its owner's peers. When nothing is queued or running at a
+priority the turns start again from 1, and earlier finished jobs count for nothing.
+Nothing is remembered beyond the jobs in the table, so a high-priority job or a job
+admitted past a capped kind does not push anyone's turn.
 
 The keys never change while a job waits, so a job's position is its rank among the
 queued keys, kept in an order-statistic index (`positions.py`) instead of counted.
@@ -25,6 +39,25 @@ from typing import NamedTuple
 def next_vt(head_vt: int | None, owner_last_vt: int | None) -> int:
     """The virtual time of a job entering the queue now (see the module's docstring)."""
     return max(head_vt or 1, (owner_last_vt or 0) + 1)
+
+
+def serving_turn(queued_min: int | None, running_max: int | None) -> int | None:
+    """The turn being served at one priority: the oldest turn still queued, or the newest
+    turn running when that is older (None: nothing is queued or running)."""
+    if queued_min is None or running_max is None:
+        return running_max if queued_min is None else queued_min
+    return min(queued_min, running_max)
+
+
+def owner_last(active_last: int | None, finished_last: int | None, head: int | None,
+               newest: int | None) -> int | None:
+    """An owner's latest turn: the largest vt of its queued and running jobs
+    (`active_last`), or of its finished jobs (`finished_last`, the largest at most
+    `newest`, the newest turn queued or running) while that turn is still open."""
+    if finished_last is not None and head is not None and newest is not None and \
+            head <= finished_last <= newest:
+        return finished_last if active_last is None else max(active_last, finished_last)
+    return active_last
 
 
 @dataclass(frozen=True)

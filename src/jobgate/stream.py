@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,11 @@ class Frame:
     seq: int | None = None
     event: Event | None = None
     sse: bytes = b""
+
+    @property
+    def size(self) -> int:
+        """What the frame weighs in a client's buffer."""
+        return len(self.sse) or len(self.text)
 
     @classmethod
     def make(cls, kind: str, text: str, seq: int | None = None,
@@ -107,13 +112,23 @@ class Stream:
         self._sent_order: deque[int] = deque()
         self.idle = True  # nothing sent since the last keep-alive tick
         self._expiry: asyncio.TimerHandle | None = None
+        self.released = False  # closed by its route: it no longer counts for its user
+        self._abort: Callable[[], None] | None = None
+        self._abort_grace_s = 0.0
+        self._abort_timer: asyncio.TimerHandle | None = None
 
     # --- fed by the hub ------------------------------------------------------------------
+    def abort_on_end(self, abort: Callable[[], None], grace_s: float) -> None:
+        """Once the stream ends, give its route `grace_s` to finish the response (a
+        reading client gets why), then `abort` the connection: a client that reads
+        nothing would hold it, and what it has not read, for ever."""
+        self._abort, self._abort_grace_s = abort, grace_s
+
     def push(self, frame: Frame) -> None:
         if self.closed is not None:
             return
         self._frames.append(frame)
-        self._bytes += len(frame.text)
+        self._bytes += frame.size
         self._wake.set()
         # One frame may be larger than the budget (a burst of log lines); two may not.
         if self._bytes > self._limit and len(self._frames) > 1:
@@ -129,6 +144,9 @@ class Stream:
             self._wake.set()
             if self._expiry is not None:
                 self._expiry.cancel()
+            if self._abort is not None and not self.released:
+                self._abort_timer = asyncio.get_running_loop().call_later(
+                    self._abort_grace_s, self._abort)
 
     # --- read by the route ---------------------------------------------------------------
     async def next(self) -> Frame | None:
@@ -138,17 +156,18 @@ class Stream:
                 return None
             if self._frames:
                 frame = self._frames.popleft()
-                self._bytes -= len(frame.text)
+                self._bytes -= frame.size
                 return frame
             self._wake.clear()
             await self._wake.wait()
 
-    def ready(self) -> list[Frame]:
-        """Every frame waiting right now, without waiting for more."""
-        frames = list(self._frames)
-        self._frames.clear()
-        self._bytes = 0
-        return frames
+    def take(self) -> Frame | None:
+        """The next frame if one is waiting (None if none is, or the stream ended)."""
+        if self.closed is not None or not self._frames:
+            return None
+        frame = self._frames.popleft()
+        self._bytes -= frame.size
+        return frame
 
     def pending_for(self, job_id: str) -> bool:
         return any(f.event is not None and f.event.job_id == job_id for f in self._frames)
@@ -181,6 +200,9 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Whether a stream's login still holds (its user not deleted, its token not
+        # revoked): looked up again every keep-alive period, once per login.
+        self.login_check: Callable[[Principal], Awaitable[bool]] | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -188,7 +210,8 @@ class Hub:
         self.head = max(self.head, await self._stored_head())
         self.stats_frame = await self._stats()
         self._tasks = [asyncio.create_task(self._stats_loop(), name="jobgate-stats"),
-                       asyncio.create_task(self._keepalive_loop(), name="jobgate-keepalive")]
+                       asyncio.create_task(self._keepalive_loop(), name="jobgate-keepalive"),
+                       asyncio.create_task(self._login_loop(), name="jobgate-logins")]
 
     async def stop(self) -> None:
         if self._unsubscribe is not None:
@@ -240,8 +263,12 @@ class Hub:
         return stream
 
     def close(self, stream: Stream) -> None:
-        if stream in self.streams:
-            self.streams.discard(stream)
+        """The route is done with `stream` (its response ended): it stops counting."""
+        self.streams.discard(stream)
+        if not stream.released:
+            stream.released = True
+            if stream._abort_timer is not None:
+                stream._abort_timer.cancel()
             name = stream.principal.user.name
             self.per_user[name] -= 1
             if self.per_user[name] <= 0:
@@ -249,11 +276,12 @@ class Hub:
         stream.end(stream.closed or "closed")
 
     def drop(self, stream: Stream, reason: str) -> None:
-        """End a stream for `reason` (slow, expired, shutdown); its reader sees why."""
+        """End a stream for `reason` (slow, expired, shutdown); its reader sees why. It
+        gets no more frames, but counts for its user until its route closes it."""
         if stream.closed is None:
             log.warning("dropping a stream of %s: %s", stream.principal.user.name, reason)
         stream.end(reason)
-        self.close(stream)
+        self.streams.discard(stream)
 
     def _on_event(self, event: Event) -> None:
         # Called inside the store's delivery of a committed batch: a failure here must not
@@ -348,6 +376,27 @@ class Hub:
                 elif stream.job_id is not None and stream.job_queued:
                     stream.push(self.position_frame(frame, stream.job_id))
             await asyncio.sleep(STATS_INTERVAL_S)
+
+    async def _login_loop(self) -> None:
+        """End the streams whose login was revoked (a deleted user, a revoked token)."""
+        while True:
+            await asyncio.sleep(self.settings.streams.keepalive)
+            check = self.login_check
+            if check is None:
+                continue
+            by_login: dict[Principal, list[Stream]] = {}
+            for stream in self.streams:
+                if stream.principal.checked:
+                    by_login.setdefault(stream.principal, []).append(stream)
+            for principal, streams in by_login.items():
+                try:
+                    holds = await check(principal)
+                except Exception:  # a database hiccup: look again next time
+                    log.exception("checking the login of %s failed", principal.user.name)
+                    continue
+                if not holds:
+                    for stream in streams:
+                        self.drop(stream, "login revoked: the user or token is gone")
 
     async def _keepalive_loop(self) -> None:
         while True:

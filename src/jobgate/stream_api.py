@@ -24,7 +24,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Query, Request, WebSocket
@@ -33,6 +33,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from jobgate.api import ApiError, App, error_response, no_job
 from jobgate.auth import AuthError, Principal
+from jobgate.connection import current_transport
 from jobgate.model import FINAL, Event, iso
 from jobgate.sanitize import INT64_MAX, shown, text_problem
 from jobgate.store.base import User
@@ -50,6 +51,8 @@ from jobgate.stream import (
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 CLOSE_EXPIRED, CLOSE_SLOW, CLOSE_GOING_AWAY = 4001, 4008, 1001
 _CLOSE_WAIT_S = 15.0
+_ABORT_GRACE_S = 1.0  # an ended SSE response has this long to finish, then it is cut
+_WRITE_BYTES = 65536  # SSE bytes per write: a client's unsent bytes stay near this
 _CLOCK_SLACK_S = 5.0  # events' times come from several processes' clocks
 
 
@@ -59,7 +62,7 @@ async def stream_principal(jg: App, authorization: str | None, ticket: str | Non
         return Principal(User(jg.settings.auth.anonymous_user, admin=True))
     try:
         if ticket is not None:
-            return jg.auth.redeem(ticket)
+            return await jg.auth.redeem(ticket)
         return await jg.auth.bearer(authorization)
     except AuthError as exc:
         raise ApiError(401, "unauthorized", str(exc)) from None
@@ -79,11 +82,28 @@ def _resume_point(header: str | None, query: str | None) -> int | None:
     return int(text)
 
 
-def _open(hub: Hub, principal: Principal, **kwargs: Any) -> Stream:
+def _open(jg: App, principal: Principal, sse: bool = True, **kwargs: Any) -> Stream:
+    jg.hub.login_check = jg.auth.current  # open streams end when their login is revoked
     try:
-        return hub.open(principal, **kwargs)
+        stream = jg.hub.open(principal, **kwargs)
     except TooManyStreams as exc:
         raise ApiError(429, "too_many_streams", str(exc), retry_after_s=5) from None
+    transport = current_transport() if sse else None  # a WebSocket closes by itself
+    if transport is not None:
+        # A dropped client that reads nothing is cut off, not left holding the socket.
+        stream.abort_on_end(transport.abort, _ABORT_GRACE_S)
+    return stream
+
+
+def _pieces(data: bytes) -> Iterator[bytes]:
+    """`data` in writes of at most `_WRITE_BYTES`: each waits for the client to take the
+    one before, so a client never has more than about that much sent but unread."""
+    if len(data) <= _WRITE_BYTES:
+        yield data
+        return
+    view = memoryview(data)
+    for start in range(0, len(data), _WRITE_BYTES):
+        yield bytes(view[start:start + _WRITE_BYTES])
 
 
 def _reset_frame(hub: Hub) -> Frame:
@@ -112,7 +132,7 @@ def install(app: FastAPI) -> None:
         after = _resume_point(last_event_id_header, last_event_id)
         principal = await stream_principal(jg, authorization, ticket)
         hub = jg.hub
-        stream = _open(hub, principal, match=visible_to(principal), stats=True)
+        stream = _open(jg, principal, match=visible_to(principal), stats=True)
         try:
             reset = after is not None and await hub.too_old(after)
         except BaseException:
@@ -125,7 +145,8 @@ def install(app: FastAPI) -> None:
                     yield _reset_frame(hub).sse
                 elif after is not None:
                     async for event in hub.history(after, stream.opened_head, stream.match):
-                        yield Frame.of_event(event).sse
+                        for piece in _pieces(Frame.of_event(event).sse):
+                            yield piece
                 if hub.stats_frame is not None:
                     yield hub.stats_frame.sse
                 async for chunk in _live(stream, stream.opened_head):
@@ -151,7 +172,7 @@ def install(app: FastAPI) -> None:
         principal = await stream_principal(jg, authorization, ticket)
         hub = jg.hub
         user = principal.user
-        stream = _open(hub, principal, job_id=job_id,
+        stream = _open(jg, principal, job_id=job_id,
                        match=lambda e: e.job_id == job_id and (user.admin or e.owner == user.name))
         try:
             job = await jg.queue.get(job_id) if len(job_id) <= 64 \
@@ -181,7 +202,8 @@ def install(app: FastAPI) -> None:
                 if reset:
                     yield _reset_frame(hub).sse
                 for event in replay:
-                    yield Frame.of_event(event).sse
+                    for piece in _pieces(Frame.of_event(event).sse):
+                        yield piece
                 if done and not stream.pending_for(job_id):
                     return
                 if stream.job_queued and hub.stats_frame is not None:
@@ -203,7 +225,7 @@ def install(app: FastAPI) -> None:
         try:
             ticket = ws.query_params.get("ticket")
             principal = await stream_principal(jg, ws.headers.get("authorization"), ticket)
-            stream = _open(jg.hub, principal, match=lambda e: False)
+            stream = _open(jg, principal, sse=False, match=lambda e: False)
         except ApiError as exc:
             await ws.send_denial_response(error_response(exc.status, exc.code, exc.message,
                                                          **exc.extra))
@@ -217,31 +239,40 @@ async def _live(stream: Stream, cursor: int, end_job: str | None = None
                 ) -> AsyncIterator[bytes]:
     """SSE bytes of live frames after `cursor`; with `end_job`, ends after its final event.
 
-    Frames that are already waiting go out in one write: a burst (a log batch, its
-    progress, the queue's stats) costs one send per client, not one per frame.
+    Frames that are already waiting go out together, in writes of up to `_WRITE_BYTES`: a
+    burst (a log batch, its progress, the queue's stats) costs one send per client, not
+    one per frame, and a big event is sent in pieces from the one copy every client
+    shares. Frames leave the stream's buffer only as they are written, so what a slow
+    client holds up is counted there (and drops it past `buffer_kb`) until it is sent.
     """
-    while (frame := await stream.next()) is not None:
-        batch = [frame, *stream.ready()]
+    frame = await stream.next()
+    while frame is not None:
         out: list[bytes] = []
-        ended = False
-        for i, item in enumerate(batch):
-            if item.seq is not None:
-                if item.seq <= cursor:
-                    continue  # already sent by the replay
-                cursor = item.seq
-            out.append(item.sse)
-            if end_job is not None and item.event is not None and \
-                    item.event.type in FINAL_TYPES and \
-                    not any(later.event is not None and later.event.job_id == end_job
-                            for later in batch[i + 1:]) and not stream.pending_for(end_job):
-                ended = True
-                break
-        if any(item.kind != "keepalive" for item in batch):
-            stream.idle = False
+        size = 0
+        item: Frame | None = frame
+        while item is not None:
+            if item.kind != "keepalive":
+                stream.idle = False
+            if item.seq is None or item.seq > cursor:  # else already sent by the replay
+                cursor = item.seq if item.seq is not None else cursor
+                if out and size + len(item.sse) > _WRITE_BYTES:
+                    yield b"".join(out)
+                    out, size = [], 0
+                if len(item.sse) > _WRITE_BYTES:
+                    for piece in _pieces(item.sse):
+                        yield piece
+                else:
+                    out.append(item.sse)
+                    size += len(item.sse)
+                if end_job is not None and item.event is not None and \
+                        item.event.type in FINAL_TYPES and not stream.pending_for(end_job):
+                    if out:
+                        yield b"".join(out)
+                    return
+            item = stream.take()
         if out:
             yield b"".join(out)
-        if ended:
-            return
+        frame = await stream.next()
     yield _closing(stream.closed)
 
 
@@ -307,7 +338,7 @@ class _WsSession:
             elif frame.kind == "stats" and stream.stats:
                 await self.ws.send_text(frame.text)
         reason = stream.closed or "closed"
-        code = CLOSE_EXPIRED if "expired" in reason else \
+        code = CLOSE_EXPIRED if "expired" in reason or "revoked" in reason else \
             CLOSE_SLOW if reason.startswith("too slow") else CLOSE_GOING_AWAY
         # The close frame queues behind what the transport still holds: give a slow reader
         # a while to take it, then give up (the connection goes when the handler returns).

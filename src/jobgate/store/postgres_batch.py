@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from jobgate.model import Job, State, check_move
-from jobgate.scheduler import next_vt
+from jobgate.scheduler import next_vt, owner_last, serving_turn
 from jobgate.store.base import Outcome, QueueFull, Quota
 from jobgate.store.rows import COLUMNS, job_from_row, job_values, to_json
 from jobgate.store.rows import dumps as _dumps
@@ -119,16 +119,27 @@ class Groups:
                 waiter.set_result(value)
 
 
-# The queue's head turn at a priority, and an owner's last turn there: each the first entry
-# of an index in its order (jobs_dispatch, jobs_owner_state), not an aggregate, so that a
-# deep queue costs one index entry whatever the planner's statistics say (read under a
-# lock statement that turns sorting off; see `SORT_OFF`).
-_TURNS_SQL = (
-    "SELECT (SELECT vt FROM jobs WHERE state = 'queued' AND priority = %s "
+# Fair turns at a priority (scheduler.serving_turn): the smallest and largest vt queued,
+# the largest running; and an owner's last turn (scheduler.owner_last) among its queued and
+# running jobs and its finished ones up to the newest open turn. Each is the first entry of
+# an index in its order (jobs_dispatch, jobs_owner_state) or an aggregate over the few
+# running jobs (jobs_running), so that a deep queue costs one index entry whatever the
+# planner's statistics say (read under a lock statement that turns sorting off; `SORT_OFF`).
+_PRIORITY_TURNS_SQL = (
+    "SELECT (SELECT vt FROM jobs WHERE state = 'queued' AND priority = %(p)s "
     "ORDER BY priority DESC, vt LIMIT 1), "
-    "GREATEST((SELECT vt FROM jobs WHERE owner = %s AND state = 'queued' AND priority = %s "
-    "ORDER BY vt DESC LIMIT 1), (SELECT vt FROM jobs WHERE owner = %s AND state = 'running' "
-    "AND priority = %s ORDER BY vt DESC LIMIT 1))"
+    "(SELECT vt FROM jobs WHERE state = 'queued' AND priority = %(p)s "
+    "ORDER BY vt DESC LIMIT 1), "
+    "(SELECT max(vt) FROM jobs WHERE state = 'running' AND priority = %(p)s)"
+)
+_OWNER_TURNS_SQL = (
+    "SELECT GREATEST((SELECT vt FROM jobs WHERE owner = %(o)s AND state = 'queued' "
+    "AND priority = %(p)s ORDER BY vt DESC LIMIT 1), (SELECT vt FROM jobs WHERE owner = %(o)s "
+    "AND state = 'running' AND priority = %(p)s ORDER BY vt DESC LIMIT 1)), "
+    "GREATEST(" + ", ".join(
+        f"(SELECT vt FROM jobs WHERE owner = %(o)s AND state = '{state}' AND priority = %(p)s "
+        "AND vt <= %(newest)s ORDER BY vt DESC LIMIT 1)"
+        for state in ("completed", "failed", "cancelled")) + ")"
 )
 #: Appended to a transaction's lock statement: what it reads in an index's order it reads
 #: by walking that index. Without fresh statistics (a new table, or a burst of jobs since
@@ -139,24 +150,32 @@ SORT_OFF = "set_config('enable_sort', 'off', true)"
 
 class Turns:
     """Fair turns (scheduler.next_vt) handed out within one transaction that holds the
-    turns lock: the queue's head and each owner's last turn are read once, then followed
+    turns lock: the queue's turns and each owner's last turn are read once, then followed
     as jobs enter."""
 
     def __init__(self, tx: Tx) -> None:
         self.tx = tx
-        self.head: dict[int, int | None] = {}
+        # priority -> [smallest queued, largest queued or running, largest running]
+        self.turns: dict[int, list[int | None]] = {}
         self.last: dict[tuple[str, int], int | None] = {}
 
     async def next(self, owner: str, priority: int) -> int:
+        if priority not in self.turns:
+            row = await self.tx.rows(_PRIORITY_TURNS_SQL, {"p": priority})
+            q_min, q_max, r_max = row[0]
+            newest = max((v for v in (q_max, r_max) if v is not None), default=None)
+            self.turns[priority] = [q_min, newest, r_max]
+        q_min, newest, r_max = self.turns[priority]
+        head = serving_turn(q_min, r_max)
         key = (owner, priority)
-        if priority not in self.head or key not in self.last:
-            row = await self.tx.rows(_TURNS_SQL, (priority, owner, priority, owner, priority))
-            self.head.setdefault(priority, row[0][0])
-            self.last.setdefault(key, row[0][1])
-        head = self.head[priority]
+        if key not in self.last:
+            row = await self.tx.rows(_OWNER_TURNS_SQL, {
+                "o": owner, "p": priority, "newest": newest if newest is not None else -1})
+            self.last[key] = owner_last(row[0][0], row[0][1], head, newest)
         vt = next_vt(head, self.last[key])
         self.last[key] = vt
-        self.head[priority] = vt if head is None else min(head, vt)
+        self.turns[priority] = [vt if q_min is None else min(q_min, vt),
+                                vt if newest is None else max(newest, vt), r_max]
         return vt
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from jobgate.model import Job, State, check_move
-from jobgate.scheduler import next_vt
+from jobgate.scheduler import next_vt, owner_last, serving_turn
 from jobgate.store.base import Outcome, QueueFull, Quota
 from jobgate.store.rows import COLUMNS, STATES, to_json
 from jobgate.store.rows import dumps as _dumps
@@ -19,30 +19,54 @@ _COLUMNS = COLUMNS
 _PLACEHOLDERS = ", ".join("?" for _ in _COLUMNS.split(","))
 
 
+# Fair turns at one priority (scheduler.serving_turn): the smallest and largest vt queued
+# and the largest running, each one entry of an index (jobs_dispatch; jobs_running, as few as run).
+_PRIORITY_TURNS = (
+    "SELECT (SELECT min(vt) FROM jobs WHERE state = 'queued' AND priority = ?1), "
+    "(SELECT max(vt) FROM jobs WHERE state = 'queued' AND priority = ?1), "
+    "(SELECT max(vt) FROM jobs WHERE state = 'running' AND priority = ?1)")
+# An owner's last turn (scheduler.owner_last): among its queued and running jobs, and its
+# finished ones up to the newest open turn (one entry of jobs_owner_state per state).
+_OWNER_TURNS = (
+    "SELECT (SELECT max(vt) FROM jobs WHERE owner = ?1 AND state IN ('queued', 'running') "
+    "AND priority = ?2), "
+    "(SELECT max(vt) FROM jobs WHERE owner = ?1 AND state = 'completed' AND priority = ?2 "
+    "AND vt <= ?3), "
+    "(SELECT max(vt) FROM jobs WHERE owner = ?1 AND state = 'failed' AND priority = ?2 "
+    "AND vt <= ?3), "
+    "(SELECT max(vt) FROM jobs WHERE owner = ?1 AND state = 'cancelled' AND priority = ?2 "
+    "AND vt <= ?3)")
+
+
 class Turns:
-    """Fair turns (scheduler.next_vt) handed out within one operation: the queue's head and
-    each owner's last turn are read once, then followed as jobs enter."""
+    """Fair turns (scheduler.next_vt) handed out within one operation: the queue's turns
+    and each owner's last turn are read once, then followed as jobs enter."""
 
     def __init__(self, tx: Tx) -> None:
         self.tx = tx
-        self.head: dict[int, int | None] = {}
+        # priority -> [smallest queued, largest queued or running, largest running]
+        self.turns: dict[int, list[int | None]] = {}
         self.last: dict[tuple[str, int], int | None] = {}
 
     def next(self, owner: str, priority: int) -> int:
         conn = self.tx.conn
-        if priority not in self.head:
-            self.head[priority] = conn.execute(
-                "SELECT min(vt) FROM jobs WHERE state = 'queued' AND priority = ?",
-                (priority,)).fetchone()[0]
+        if priority not in self.turns:
+            q_min, q_max, r_max = conn.execute(_PRIORITY_TURNS, (priority,)).fetchone()
+            newest = max((v for v in (q_max, r_max) if v is not None), default=None)
+            self.turns[priority] = [q_min, newest, r_max]
+        q_min, newest, r_max = self.turns[priority]
+        head = serving_turn(q_min, r_max)
         key = (owner, priority)
         if key not in self.last:
-            self.last[key] = conn.execute(
-                "SELECT max(vt) FROM jobs WHERE owner = ? AND state IN ('queued', 'running') "
-                "AND priority = ?", (owner, priority)).fetchone()[0]
-        head = self.head[priority]
+            active, *finished = conn.execute(
+                _OWNER_TURNS, (owner, priority, newest if newest is not None else -1)
+            ).fetchone()
+            self.last[key] = owner_last(
+                active, max((v for v in finished if v is not None), default=None), head, newest)
         vt = next_vt(head, self.last[key])
         self.last[key] = vt
-        self.head[priority] = vt if head is None else min(head, vt)
+        self.turns[priority] = [vt if q_min is None else min(q_min, vt),
+                                vt if newest is None else max(newest, vt), r_max]
         return vt
 
 
