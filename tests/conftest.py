@@ -276,6 +276,7 @@ class Server:
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
+        self.kill9()  # not left running after the test that gave up on it
         raise RuntimeError("jobgate serve did not become healthy in 30 s")
 
     def stop(self) -> None:
