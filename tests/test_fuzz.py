@@ -6,7 +6,7 @@ huge and invalid UTF-8 bodies).
 
 Every answer must be below 500, with no connection reset, and every 4xx in the contract's
 shape `{"error": {"code": str, "message": str}}`. The size fits the test command; set
-`JOBGATE_FUZZ_EXAMPLES` (examples per operation and mode, default 4) for a long run, and
+`JOBGATE_FUZZ_EXAMPLES` (examples per operation and mode, default 3) for a long run, and
 `JOBGATE_FUZZ_REPORT=1` to print the figures (requests made, answers by status).
 """
 
@@ -32,7 +32,7 @@ from schemathesis.generation import GenerationMode
 
 from conftest import TEST_KINDS, Backend, Server, running_server
 
-EXAMPLES = int(os.environ.get("JOBGATE_FUZZ_EXAMPLES", "4"))
+EXAMPLES = int(os.environ.get("JOBGATE_FUZZ_EXAMPLES", "3"))
 REPORT = bool(os.environ.get("JOBGATE_FUZZ_REPORT"))
 
 # Kinds with one argument of every type, so that fuzzed arguments reach their checks.

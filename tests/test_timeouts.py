@@ -59,10 +59,12 @@ def test_200_half_sent_requests_are_answered_408_and_closed_within_the_timeout(s
         else:
             sock.sendall(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
                          b"\r\n{\"kind\"")  # a body that stops
-    answers = [until_closed(sock) for sock in socks]
-    elapsed = time.monotonic() - started
-    for sock in socks:
-        sock.close()
+    try:
+        answers = [until_closed(sock) for sock in socks]
+        elapsed = time.monotonic() - started
+    finally:
+        for sock in socks:
+            sock.close()
     assert elapsed < TIMEOUT_S + 5, elapsed
     assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers[1::2]), answers[1]
     # ... and a body that stalls ends the request: no job was made from it.
