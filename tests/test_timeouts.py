@@ -51,15 +51,17 @@ def until_closed(sock: socket.socket) -> bytes:
 
 
 def test_200_half_sent_requests_are_answered_408_and_closed_within_the_timeout(server):
-    socks = [raw(server) for _ in range(200)]
-    started = time.monotonic()
-    for i, sock in enumerate(socks):
-        if i % 2:
-            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # no blank line: half
-        else:
-            sock.sendall(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
-                         b"\r\n{\"kind\"")  # a body that stops
+    socks: list[socket.socket] = []
     try:
+        for _ in range(200):
+            socks.append(raw(server))
+        started = time.monotonic()
+        for i, sock in enumerate(socks):
+            if i % 2:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # no blank line: half
+            else:
+                sock.sendall(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Length: 100\r\n\r\n{\"kind\"")  # a body that stops
         answers = [until_closed(sock) for sock in socks]
         elapsed = time.monotonic() - started
     finally:
@@ -68,8 +70,8 @@ def test_200_half_sent_requests_are_answered_408_and_closed_within_the_timeout(s
     assert elapsed < TIMEOUT_S + 5, elapsed
     assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers[1::2]), answers[1]
     # ... and a body that stalls ends the request: no job was made from it.
-    jobs = server.client("alice").get("/api/jobs").json()["jobs"]
-    assert jobs == []
+    with server.client("alice") as client:
+        assert client.get("/api/jobs").json()["jobs"] == []
 
 
 def test_a_connection_that_sends_nothing_is_closed(server):

@@ -188,7 +188,7 @@ class GroupCommit:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        _wal(conn)
         conn.execute(f"PRAGMA synchronous = {'FULL' if self.durability == 'full' else 'NORMAL'}")
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
@@ -462,3 +462,18 @@ def _split(sql: str) -> list[str]:
 def placeholders(items: Any) -> str:
     """`?, ?, …`: one per item, for `IN (…)`."""
     return ", ".join("?" for _ in items)
+
+
+def _wal(conn: sqlite3.Connection) -> None:
+    """Switch a connection to WAL. On a fresh file that another process is setting up at
+    the same moment, SQLite answers "database is locked" at once, without waiting out its
+    busy timeout: try again, for as long as the busy timeout would have waited."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
