@@ -158,10 +158,15 @@ def _report_lost(node: NodeLife, end: float, lease_s: float) -> bool:
     """A run that ended at `end` whose result its worker could not have stored: the worker
     was SIGKILLed, or stopped, just after (within a lease), before reporting. A SIGKILLed
     worker takes a moment to die, and its job with it: an end written up to
-    UNSUPERVISED_AFTER_S after the kill counts as before it. (A SIGTERM excuses nothing:
-    a worker that stops gracefully has the time to store what ended.)"""
+    UNSUPERVISED_AFTER_S after the kill counts as before it. A SIGTERM excuses only the
+    instant it takes the worker to pass it on: work that ended between the worker's SIGTERM
+    and its job's (up to UNSUPERVISED_AFTER_S after) is in a process that had not exited
+    yet, is stopped and handed back; any other run the worker had the time to store."""
     if node.ended is not None and node.how in ("kill", "kill-at-start") and \
             end - UNSUPERVISED_AFTER_S <= node.ended <= end + lease_s:
+        return True
+    if node.how == "term" and node.termed is not None and \
+            node.termed - EPSILON_S <= end <= node.termed + UNSUPERVISED_AFTER_S:
         return True
     return any(stopped - lease_s <= end <= children_stopped + EPSILON_S
                for stopped, children_stopped, _ in node.stops)
@@ -344,9 +349,36 @@ def check(o: Observed) -> Verdict:
                     f"was {node.how}")
 
     # --- the limits at every sample -------------------------------------------------------
-    peak, over = 0, 0
+    # A lost run's processes are SIGKILLed by the node that takes its job back, just after
+    # that commit; a process that was stopped (a paused machine) shows as running for the
+    # instant it takes to die. Such a run is not counted: its job was taken back at most
+    # UNSUPERVISED_AFTER_S before the sample, and every process of it seen then was
+    # started before that and gone within UNSUPERVISED_AFTER_S.
+    recovered: dict[str, list[float]] = defaultdict(list)
+    for _, typ, ts, job_id, data in o.events:
+        if job_id is not None and (
+                (typ == "job.retrying" and "worker was lost" in str(data.get("message")))
+                or (typ == "job.failed" and "worker lost" in str(data.get("error")))):
+            recovered[job_id].append(ts)
+    tracks_of: dict[str, list[ProcTrack]] = defaultdict(list)
+    for proc in o.procs:
+        tracks_of[proc.job_id].append(proc)
+
+    def dying(job_id: str, ts: float) -> bool:
+        for taken in recovered.get(job_id, []):
+            if ts - UNSUPERVISED_AFTER_S <= taken <= ts + EPSILON_S:
+                seen = [t for t in tracks_of[job_id] if t.first_seen <= ts <= t.last_alive]
+                if seen and all(t.first_seen < taken and
+                                t.last_alive <= ts + UNSUPERVISED_AFTER_S for t in seen):
+                    return True
+        return False
+
+    peak, over, reaped = 0, 0, 0
     user_peak, user_over = 0, 0
     for sample in o.samples:
+        counted = tuple(j for j in sample.jobs if not dying(j, sample.ts))
+        reaped += len(sample.jobs) - len(counted)
+        sample = Sample(sample.ts, counted)
         peak = max(peak, len(sample.jobs))
         if len(sample.jobs) > o.max_running:
             over += 1
@@ -394,6 +426,7 @@ def check(o: Observed) -> Verdict:
     if gaps:
         f["process sample interval p50 / p99"] = \
             f"{gaps[len(gaps) // 2] * 1000:.0f} / {gaps[int(len(gaps) * 0.99)] * 1000:.0f} ms"
+    f["lost runs' processes sampled as they were being killed (not counted)"] = str(reaped)
     f["max of one user's / per_user_running"] = \
         f"{user_peak} / {o.per_user_running} ({user_over} samples over)"
     f["database: max running / one user's"] = \

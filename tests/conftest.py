@@ -229,10 +229,14 @@ class Server:
         (folder / "input").mkdir(exist_ok=True)
         default_db = f"sqlite:///{folder / 'jobgate.db'}"
         self.config = folder / "jobgate.toml"
+        config, own = textwrap.dedent(config), ""
+        if config.startswith("[server]\n"):  # its keys join the server's (one table only)
+            own, _, rest = config.removeprefix("[server]\n").partition("\n[")
+            config = "[" + rest if rest else ""
         self.config.write_text(
             f'[server]\nport = {self.port}\ndata_dir = "{folder / "data"}"\n'
-            f'input_dir = "{folder / "input"}"\n'
-            f'[storage]\nurl = "{db_url or default_db}"\n' + textwrap.dedent(config)
+            f'input_dir = "{folder / "input"}"\n{own}\n'
+            f'[storage]\nurl = "{db_url or default_db}"\n' + config
         )
         self.tokens: dict[str, str] = {}
         self.proc: subprocess.Popen[bytes] | None = None

@@ -244,6 +244,8 @@ def test_kinds_from_the_file(load):
      "not an origin"),
     ("[server]\nallowed_origins = [\"https://a.example/path\"]\n", "server.allowed_origins",
      "not an origin"),
+    ("[server]\ntrusted_proxies = [\"proxy.lan\"]\n", "server.trusted_proxies",
+     "not an IP address or network"),
 ])
 def test_bad_settings_are_refused_with_the_key_and_the_reason(load, text, key, reason):
     refused(load, text, key, reason)

@@ -184,3 +184,21 @@ def test_a_guesser_trying_many_users_from_one_address_is_slowed_there(start_serv
     refused(login_from(srv, "127.0.0.3", "carol", "carol-password"))
     # Other addresses are not held up.
     assert login_from(srv, "127.0.0.1", "carol", "carol-password").status_code == 200
+
+
+def login_via(server, address: str, forwarded_for: str) -> int:
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=30) as c:
+        return c.post(f"{server.url}/api/auth/token", headers={
+            "X-Forwarded-For": forwarded_for},
+            json={"username": "bob", "password": "bob-password"}).status_code
+
+
+def test_behind_a_trusted_proxy_each_client_has_its_own_address(start_server):
+    srv = start_server('[server]\ntrusted_proxies = ["127.0.0.9"]\n[rate_limits]\n'
+                       'login_per_user = "off"\nlogin_per_ip = "2/m"\n')
+    # Through the proxy: the address it names is the client's.
+    assert [login_via(srv, "127.0.0.9", "203.0.113.5") for _ in range(3)] == [200, 200, 429]
+    assert login_via(srv, "127.0.0.9", "203.0.113.6") == 200
+    # From anywhere else the header is not believed: a client cannot pick its address.
+    assert [login_via(srv, "127.0.0.2", f"198.51.100.{i}") for i in range(3)] == \
+        [200, 200, 429]

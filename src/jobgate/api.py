@@ -429,8 +429,8 @@ def _install_auth_routes(app: FastAPI, settings: Settings) -> None:
         if not settings.auth.enabled:
             raise ApiError(400, "auth_disabled", "auth is disabled on this server: "
                            "no token is needed")
-        # The socket's address: no forwarded header is trusted (behind a reverse proxy,
-        # every client has the proxy's address).
+        # The client's address: the socket's, or what a proxy of
+        # `[server] trusted_proxies` forwarded (uvicorn's proxy headers).
         limits, ip = jg.limits, _client_ip(request)
         # Logins and failures count per (user, address): a guesser elsewhere spends their
         # own allowance and waits longer after every miss, and cannot lock the user out;

@@ -95,7 +95,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False,
                             http=protocol_class(settings.server.request_timeout),
                             ws_ping_interval=keepalive, ws_ping_timeout=max(20.0, 2 * keepalive),
-                            ws_max_size=64 * 1024, timeout_graceful_shutdown=10)
+                            ws_max_size=64 * 1024, timeout_graceful_shutdown=10,
+                            proxy_headers=bool(settings.server.trusted_proxies),
+                            forwarded_allow_ips=settings.server.trusted_proxies or None)
     _StreamingServer(config, app).run(sockets=[sock])
     return 0
 

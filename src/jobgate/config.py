@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import os
 import re
 import tomllib
@@ -117,6 +118,10 @@ class ServerSettings:
     data_dir: str = "./jobgate-data"  # jobs' folders and their outputs
     input_dir: str = "./jobgate-input"  # where `path` arguments must stay (made at start)
     allowed_origins: list[str] = field(default_factory=list)
+    # Addresses (or networks) of reverse proxies whose X-Forwarded-For / -Proto is believed:
+    # behind one of them a client's address (login and submit limits) is the one it names.
+    # The default is a proxy on this machine; [] trusts no header at all.
+    trusted_proxies: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])
     max_request_kb: int = 256
     # A request's headers must arrive within this of its first byte, and its body may
     # pause no longer than this; past it, 408 and the connection is closed.
@@ -410,6 +415,12 @@ def _check(settings: Settings) -> None:
         if origin != "*" and not _ORIGIN.fullmatch(origin):
             raise ConfigError(f"server.allowed_origins: {origin!r} is not an origin like "
                               "'https://jobs.example.org' (scheme, host, optional port; no path)")
+    for proxy in settings.server.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(f"server.trusted_proxies: {proxy!r} is not an IP address or "
+                              "network like '10.0.0.5' or '10.0.0.0/24'") from None
     if settings.worker.lease_s < 1:
         raise ConfigError(
             f"worker.lease_s: must be at least 1 second, got {settings.worker.lease_s}")

@@ -27,7 +27,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,10 @@ from jobgate.threads import JobThreads
 log = logging.getLogger("jobgate.worker")
 
 _REPORT_S = 0.25
+# Log lines per job.log event, by size: a flood of output becomes many small events, so a
+# stream that falls behind holds at most one of them in flight and its buffer fills (and
+# drops the client) in steps of this size, not of several MB at once.
+_LOG_EVENT_BYTES = 32 * 1024
 _RSS_REPORT_S = 2.0  # a running job without progress gets an rss_mb-only event this often
 _PRESSURE_CHECK_S = 1.0
 _RETENTION_S = 300.0
@@ -377,7 +381,8 @@ class Worker:
         async with run.reporting:
             if run.logs:
                 lines, run.logs[:] = list(run.logs), []
-                await store.append_logs(job.id, lines, self.settings.worker.log_max_lines)
+                for batch in log_batches(lines, _LOG_EVENT_BYTES):
+                    await store.append_logs(job.id, batch, self.settings.worker.log_max_lines)
             if run.progress is not None or run.rss_due:
                 (percent, message), run.progress = run.progress or (None, None), None
                 run.rss_due, run.progress_at = False, time.monotonic()
@@ -573,3 +578,17 @@ def _dead_local_worker(worker: str, me: str) -> bool:
         return False
     pid = worker.rpartition(":")[2]
     return pid.isdigit() and not psutil.pid_exists(int(pid))
+
+
+def log_batches(lines: list[str], max_bytes: int) -> Iterator[list[str]]:
+    """`lines` in order, in batches of at most `max_bytes` of text (a longer line alone)."""
+    batch: list[str] = []
+    size = 0
+    for line in lines:
+        if batch and size + len(line) > max_bytes:
+            yield batch
+            batch, size = [], 0
+        batch.append(line)
+        size += len(line)
+    if batch:
+        yield batch
