@@ -79,6 +79,7 @@ class _Run:
     job: Job
     cancel: executor.Stop = field(default_factory=executor.Stop)
     lost: bool = False  # the lease went to someone else: report nothing more
+    claimed_at: float = field(default_factory=time.monotonic)  # when the claim came back
     ending: bool = False  # its process is done; only its end is left to write
     logs: list[str] = field(default_factory=list)
     progress: tuple[float | None, str | None] | None = None
@@ -339,6 +340,10 @@ class Worker:
                 run.rss_due = True
                 self._unreported.set()
 
+        if time.monotonic() - run.claimed_at > self.settings.worker.lease_s / 3 and \
+                not await self._held_at_start(run):
+            self._forget(run)
+            return
         try:
             result = await executor.run(
                 job, kind, self.queue.job_dir(job.id), progress, log_line, run.cancel,
@@ -359,10 +364,26 @@ class Worker:
                 run.ending = True  # the slot is free
                 await self._end(job.id, token, outcome)
         finally:
-            if self._runs.get(job.id) is run:
-                del self._runs[job.id]
-                self.queue.job_memory.pop(job.id, None)
-            self._wake.set()
+            self._forget(run)
+
+    def _forget(self, run: _Run) -> None:
+        """The run is over for this node: its slot is free."""
+        if self._runs.get(run.job.id) is run:
+            del self._runs[run.job.id]
+            self.queue.job_memory.pop(run.job.id, None)
+        self._wake.set()
+
+    async def _held_at_start(self, run: _Run) -> bool:
+        """Whether a run whose start came late (this node was stopped or starved between
+        the claim and now) still holds its lease: it must not start on one that ran out,
+        which another node may have taken back and run meanwhile."""
+        held, cancels = await self._still_held([run.job], self.settings.worker.lease_s)
+        if not held:
+            run.lost = True
+            return False
+        if cancels:
+            run.cancel.set()
+        return True
 
     async def _cancel_requested(self, job_id: str) -> bool:
         current = await self.queue.store.get(job_id)
@@ -502,15 +523,18 @@ class Worker:
                                     job.pid if local else None, job.started_at)
 
     def _dead(self, node: Node, startup: bool) -> bool:
-        """Whether a registered node is known dead: its heartbeat is older than the live
-        window, or it ran on this machine and its process is gone. At start, this node's
-        own name stands for the process that had it before (killed, now restarted)."""
+        """Whether a registered node is known dead, so that its jobs are taken back at
+        once, leases or not: it ran on this machine and its process is gone. At start,
+        this node's own name stands for the process that had it before (killed, now
+        restarted). A node elsewhere is never judged by its heartbeat here: a late
+        heartbeat (a node busy starting, a congested database) is no proof of death, and
+        taking back the jobs of a node whose leases still hold would run them twice. Its
+        jobs come back when their leases run out, which is sooner than a heartbeat can
+        tell (a lease period against `NODE_LIVE_LEASES` of them)."""
         if node.name == self.name and not startup:
             return False
-        if time.time() - node.heartbeat_at > node_live_s(self.settings):
-            return True
         if node.host != socket.gethostname():
-            return False  # live as far as this machine can tell
+            return False  # its leases tell
         alive = _process_since(node.pid, node.started_at)
         if node.name == self.name and alive:
             log.warning("another live node on this machine is named %s (pid %d)",
