@@ -315,24 +315,32 @@ def run_ffmpeg(argv: Sequence[str], on_report: ReportFn | None = None,
                                 stderr=subprocess.PIPE, text=True, errors="replace")
     except FileNotFoundError:
         raise ToolMissing(Path(argv[0]).name) from None
-    readers = [threading.Thread(target=read, args=(proc.stdout, False), daemon=True),
-               threading.Thread(target=read, args=(proc.stderr, True), daemon=True)]
-    for thread in readers:
-        thread.start()
-    stopped = False
-    while True:
+    with proc:  # closes both pipes whatever happens
+        readers = [threading.Thread(target=read, args=(proc.stdout, False), daemon=True),
+                   threading.Thread(target=read, args=(proc.stderr, True), daemon=True)]
+        for thread in readers:
+            thread.start()
+        stopped = False
         try:
-            proc.wait(timeout=0.2)
-            break
-        except subprocess.TimeoutExpired:
-            if cancelled is not None and cancelled() and not stopped:
-                stopped = True
-                proc.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=5)
-                proc.kill()
-    for thread in readers:
-        thread.join(timeout=5)
+            while True:
+                try:
+                    proc.wait(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    if cancelled is not None and cancelled():
+                        stopped = True
+                        proc.terminate()
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            proc.wait(timeout=5)
+                        proc.kill()
+                        proc.wait()
+                        break
+        except BaseException:
+            proc.kill()  # e.g. KeyboardInterrupt, or the job's thread being stopped
+            raise
+        finally:
+            for thread in readers:
+                thread.join(timeout=5)
     if stopped:
         raise InterruptedError("cancelled")
     if proc.returncode != 0:
