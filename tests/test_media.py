@@ -85,8 +85,9 @@ def test_probe_refuses_what_is_not_media(tmp_path: Path) -> None:
     require_ffmpeg()
     text = tmp_path / "notes.mp4"
     text.write_text("not a video\n")
-    with pytest.raises(BadInput, match=r"cannot read notes\.mp4 as media"):
+    with pytest.raises(BadInput, match=r"cannot read notes\.mp4 as media") as info:
         probe(text)
+    assert str(tmp_path) not in str(info.value)  # ffprobe's own words, without our folders
     assert issubclass(BadInput, NonRetryable)
 
 
@@ -162,7 +163,7 @@ def test_compress_argv_one_pass_forms() -> None:
 ])
 def test_compress_argv_refusals(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        compress_argv("in.mkv", "out.mp4", **kwargs)  # type: ignore[arg-type]
+        compress_argv("in.mkv", "out.mp4", **kwargs)
 
 
 # --- compress, for real --------------------------------------------------------------------
@@ -191,7 +192,8 @@ def test_compress_to_target_size(clip: Path, tmp_path: Path, target_mb: float) -
 def test_compress_job_reports_and_cleans_up(clip: Path, tmp_path: Path) -> None:
     ctx = FakeContext(output_dir=tmp_path / "job")
     ctx.output_dir.mkdir()
-    result = compress_job(ctx, str(clip), target_mb=1.5, preset="ultrafast")
+    # A string, as a schema taken from the signature passes `float | None` arguments.
+    result = compress_job(ctx, str(clip), target_mb="1.5", preset="ultrafast")
     assert result["passes"] == 2 and result["output"] == "out.mp4"
     assert sorted(p.name for p in ctx.output_dir.iterdir()) == ["out.mp4"]  # no pass logs
     assert abs(result["size_bytes"] - 1.5 * BYTES_PER_MB) <= 0.15 * BYTES_PER_MB
@@ -200,6 +202,17 @@ def test_compress_job_reports_and_cleans_up(clip: Path, tmp_path: Path) -> None:
     assert 50.0 in percents  # the end of pass 1 is half of the job
     messages = [m for _, m in ctx.reports if m]
     assert any(m.startswith("pass 2 of 2: ") and " of 00:10" in m for m in messages), messages
+    assert ctx.lines and not [line for line in ctx.lines if str(tmp_path) in line]
+
+
+def test_ffmpeg_failure_is_not_retried_and_names_no_folders(tmp_path: Path) -> None:
+    require_ffmpeg()
+    bad = tmp_path / "half.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)
+    argv = ["ffmpeg", "-hide_banner", "-nostdin", "-i", str(bad), "-f", "null", "-"]
+    with pytest.raises(media.CommandFailed, match=r"ffmpeg exit code \d+: .*half\.mp4") as info:
+        run_ffmpeg(argv)
+    assert isinstance(info.value, NonRetryable) and str(tmp_path) not in str(info.value)
 
 
 def test_cancelled_compress_leaves_no_output_and_no_ffmpeg(clip: Path, tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ MESSAGE = re.compile(r"^\d\d:\d\d of 00:03(, [\d.]+x)?$")
 
 
 def feed_all(parser: object, lines: list[str]) -> list[Report]:
-    feed = parser.feed  # type: ignore[attr-defined]
+    feed = parser.feed
     return [r for line in lines if (r := feed(line)) is not None]
 
 

@@ -56,8 +56,10 @@ class BadInput(NonRetryable):
     """The input file cannot be used (not media, no audio, unreadable): not retried."""
 
 
-class CommandFailed(RuntimeError):
-    """ffmpeg failed on a file it could open: carries ffmpeg's own last lines."""
+class CommandFailed(NonRetryable):
+    """ffmpeg exited with an error: carries its own last lines. Not retried: on a local
+    file the same command fails the same way (a signal, such as the OOM killer's, is a
+    plain RuntimeError instead, which a kind's max_attempts may retry)."""
 
 
 def missing_tools(argv0s: Iterable[str]) -> list[str]:
@@ -113,7 +115,8 @@ def probe(path: str | Path) -> Probe:
                        f"{_PROBE_TIMEOUT_S:g} s") from None
     if done.returncode != 0:
         reason = _last_lines(done.stderr, 3) or f"exit code {done.returncode}"
-        raise BadInput(f"cannot read {Path(path).name} as media: {reason}")
+        raise BadInput(f"cannot read {Path(path).name} as media: "
+                       f"{redact(reason, argv)}")
     return parse_probe(json.loads(done.stdout or "{}"))
 
 
@@ -341,16 +344,30 @@ def run_ffmpeg(argv: Sequence[str], on_report: ReportFn | None = None,
         finally:
             for thread in readers:
                 thread.join(timeout=5)
-    if stopped:
+    code = proc.returncode
+    # In a pool process a cancel's SIGTERM reaches ffmpeg too (same process group).
+    if stopped or (code != 0 and cancelled is not None and cancelled()):
         raise InterruptedError("cancelled")
-    if proc.returncode != 0:
-        tail = _last_lines("\n".join(kept), 5)
-        raise CommandFailed(f"ffmpeg exit code {proc.returncode}: {tail}")
+    if code < 0:
+        raise RuntimeError(f"ffmpeg killed by signal {-code}")
+    if code != 0:
+        tail = redact(_last_lines("\n".join(kept), 5), argv)
+        raise CommandFailed(f"ffmpeg exit code {code}: {tail}")
     return kept
 
 
 def _last_lines(text: str, count: int) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-count:])
+
+
+def redact(text: str, argv: Sequence[str]) -> str:
+    """`text` with the absolute paths of `argv` cut to their names: what a job shows its
+    user (an error, a log line) never reveals the server's folders."""
+    paths = sorted({a for a in argv if os.path.isabs(a) and a != os.devnull}, key=len,
+                   reverse=True)
+    for path in paths:
+        text = text.replace(path, Path(path).name)
+    return text
 
 
 # --- analyze ------------------------------------------------------------------------------
@@ -469,6 +486,11 @@ def compress_job(ctx: _Context, input: str,  # named as the recipe's argument
                  preset: str = "medium") -> dict[str, Any]:
     """The `compress` recipe as a Python kind: probe, one or two ffmpeg passes with a real
     percent ("pass 2 of 2: 00:12 of 00:30, 2.1x"), `out.mp4` (or .webm for VP9)."""
+    # A schema taken from this signature types `float | None` as a string: read numbers.
+    target_mb = _number_arg("target_mb", target_mb)
+    bitrate_kbps = _int_arg("bitrate_kbps", bitrate_kbps)
+    crf = _int_arg("crf", crf)
+    audio_kbps = _int_arg("audio_kbps", audio_kbps) or 0
     if target_mb is None and bitrate_kbps is None and crf is None:
         crf = 23
     info = probe(input)
@@ -485,7 +507,8 @@ def compress_job(ctx: _Context, input: str,  # named as the recipe's argument
         except ValueError as exc:
             raise BadInput(str(exc)) from None
         for number, argv in enumerate(commands, 1):
-            ctx.log(f"[jobgate] pass {number} of {len(commands)}: {' '.join(argv)}")
+            ctx.log(f"[jobgate] pass {number} of {len(commands)}: "
+                    + redact(" ".join(argv), argv))
             try:
                 run_ffmpeg(argv, _reporter(ctx, number, len(commands)), info.duration_s,
                            lambda: ctx.cancelled)
@@ -497,6 +520,22 @@ def compress_job(ctx: _Context, input: str,  # named as the recipe's argument
                  + (f" (target {target_mb:g} MB)" if target_mb is not None else ""))
     return {"output": output.name, "size_bytes": size, "duration_s": info.duration_s,
             "target_mb": target_mb, "passes": len(commands)}
+
+
+def _number_arg(name: str, value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    number = _float(value)
+    if number is None:
+        raise BadInput(f"{name} must be a number, got {value!r}")
+    return number
+
+
+def _int_arg(name: str, value: Any) -> int | None:
+    number = _number_arg(name, value)
+    if number is not None and not number.is_integer():
+        raise BadInput(f"{name} must be a whole number, got {value!r}")
+    return None if number is None else int(number)
 
 
 def _reporter(ctx: _Context, number: int = 1, count: int = 1) -> ReportFn:
