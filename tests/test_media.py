@@ -149,6 +149,9 @@ def test_compress_argv_one_pass_forms() -> None:
     assert "-an" in silent and silent[silent.index("-b:v") + 1] == "1568k"  # all for video
     (hevc,) = compress_argv("in.mkv", "out.mp4", crf=28, video_codec="libx265")
     assert hevc[hevc.index("-tag:v") + 1] == "hvc1"
+    # A relative name with a colon would be a protocol to ffmpeg (concat:, http:…).
+    (named,) = compress_argv("concat:a.mkv", "b:c.mp4", crf=23)
+    assert named[named.index("-i") + 1] == "./concat:a.mkv" and named[-1] == "./b:c.mp4"
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -257,10 +260,11 @@ def test_analyze_matches_ffmpegs_own_loudness(tone: Path) -> None:
     json.dumps(result, allow_nan=False)  # JSON as it is: no -inf, no NaN
 
 
-def test_analyze_silence_to_the_end(tmp_path: Path) -> None:
+def test_analyze_silence_to_the_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     require_ffmpeg()
-    path = make_tone_with_gap(tmp_path / "tail.wav", tone_s=1, gap_s=1, tail_silence_s=2)
-    result = analyze(path)
+    make_tone_with_gap(tmp_path / "live: tail.wav", tone_s=1, gap_s=1, tail_silence_s=2)
+    monkeypatch.chdir(tmp_path)
+    result = analyze("live: tail.wav")  # relative, with a colon: still a file
     assert [s["start_s"] for s in result["silences"]] == pytest.approx([1.0, 3.0], abs=0.05)
     assert result["silences"][-1]["end_s"] == pytest.approx(5.0, abs=0.05)
     assert result["silence_total_s"] == pytest.approx(3.0, abs=0.1)

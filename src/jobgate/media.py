@@ -78,6 +78,13 @@ def missing_tools(argv0s: Iterable[str]) -> list[str]:
     return missing
 
 
+def local_path(path: str | Path) -> str:
+    """`path` as ffmpeg must read a file name: a relative `name:with colon.mp4` would be
+    taken for a protocol (`concat:`, `http:`…), so relative names get `./`."""
+    text = str(path)
+    return text if os.path.isabs(text) or text.startswith(("./", "../")) else f"./{text}"
+
+
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
@@ -106,7 +113,7 @@ class Probe:
 def probe(path: str | Path) -> Probe:
     """ffprobe's reading of `path`; BadInput when it is not a media file ffprobe knows."""
     argv = [_tool("ffprobe"), "-v", "error", "-print_format", "json", "-show_format",
-            "-show_streams", "--", str(path)]
+            "-show_streams", "--", local_path(path)]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, errors="replace",
                               timeout=_PROBE_TIMEOUT_S, check=False)
@@ -242,7 +249,7 @@ def compress_argv(
         raise ValueError(f"crf must be from 0 to 63, got {crf}")
 
     ffmpeg = _tool("ffmpeg")
-    head = [ffmpeg, "-hide_banner", "-nostdin", "-y", "-i", str(input),
+    head = [ffmpeg, "-hide_banner", "-nostdin", "-y", "-i", local_path(input),
             "-map", "0:v:0?", "-map", "0:a:0?"]
     video = ["-c:v", video_codec]
     if video_codec in _PRESET_CODECS:
@@ -266,9 +273,9 @@ def compress_argv(
         first = [*head, *video, "-pass", "1", "-passlogfile", log, "-an", *report,
                  "-f", "null", os.devnull]
         second = [*head, *video, "-pass", "2", "-passlogfile", log, *sound, *report,
-                  *tail, str(output)]
+                  *tail, local_path(output)]
         return [first, second]
-    return [[*head, *video, *sound, *report, *tail, str(output)]]
+    return [[*head, *video, *sound, *report, *tail, local_path(output)]]
 
 
 # --- running ffmpeg with progress ---------------------------------------------------------
@@ -386,7 +393,8 @@ def analyze_argv(path: str | Path, silence_db: float = -50.0,
     chain = (f"ebur128=peak=true:framelog=verbose,"
              f"silencedetect=noise={silence_db:g}dB:d={min_silence_s:g},"
              f"astats=measure_perchannel=none")
-    return [_tool("ffmpeg"), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:a:0",
+    return [_tool("ffmpeg"), "-hide_banner", "-nostdin", "-i", local_path(path),
+            "-map", "0:a:0",
             "-af", chain, "-progress", "pipe:1", "-nostats", "-f", "null", "-"]
 
 
