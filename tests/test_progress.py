@@ -17,6 +17,7 @@ from jobgate.progress import (
     YtDlpProgress,
     clock,
     compile_pattern,
+    is_progress_block_line,
     parser_for,
 )
 from media_fixtures import ffmpeg, require_ffmpeg
@@ -79,6 +80,7 @@ def test_ffmpeg_progress_pipe_rises_to_100(source: Path, tmp_path: Path) -> None
                        "-preset", "ultrafast", "-c:a", "aac", "-progress", "pipe:1",
                        "-nostats", str(tmp_path / "out.mp4")], "stdout")
     assert "progress=end" in lines
+    assert all(is_progress_block_line(line) for line in lines), lines
     # Only stdout here: the duration comes from the probe, as a recipe would give it.
     reports = feed_all(FfmpegProgress(duration_s=3.0), lines)
     assert_rises_to_100(reports)
@@ -153,6 +155,14 @@ def test_ffmpeg_out_of_range_warns_once_and_is_not_shown() -> None:
     early = FfmpegProgress(duration_s=10.0)
     report = early.feed("frame=    1 size=0kB time=-00:00:00.02 bitrate=N/A speed=N/A")
     assert report is not None and report.percent is None and report.warning
+
+
+def test_progress_block_lines_are_told_apart() -> None:
+    assert is_progress_block_line("out_time_us=3018594")
+    assert is_progress_block_line("speed=5.97x") and is_progress_block_line("bitrate=N/A")
+    assert not is_progress_block_line("bitrate= 240.4kbits/s speed=5.97x")  # a stats line
+    assert not is_progress_block_line("frame=   75 fps=0.0 q=-1.0 Lsize=89kB time=00:00:03.01")
+    assert not is_progress_block_line("[download]  42.3% of ~ 10.00MiB")
 
 
 def test_ffmpeg_ignores_unrelated_lines() -> None:

@@ -147,6 +147,17 @@ class FfmpegProgress(_OnceWarner):
         return Report(percent, message, warning)
 
 
+_BLOCK_KEYS = re.compile(r"^(frame|fps|stream_\d+_\d+_q|bitrate|total_size|out_time_us|"
+                         r"out_time_ms|out_time|dup_frames|drop_frames|speed|progress)= *\S*$")
+
+
+def is_progress_block_line(line: str) -> bool:
+    """Whether `line` is one of ffmpeg's `-progress` key=value lines: a dozen every half
+    second, which the executor may leave out of the job's log once the parser has read
+    them (the percent and message carry what they say)."""
+    return _BLOCK_KEYS.match(line.strip()) is not None
+
+
 def _block_time_s(block: dict[str, str]) -> float | None:
     # `out_time_ms` is in microseconds too (a long-standing ffmpeg quirk): read as
     # milliseconds it runs past 100 % a thousandth of the way in.
