@@ -70,7 +70,9 @@ _DURATION = re.compile(r"^\s*Duration:\s*" + _CLOCK)
 # `\btime=` does not match inside `out_time=` ('_' is a word character).
 _STATS_TIME = re.compile(r"\btime=\s*" + _CLOCK)
 _STATS_SPEED = re.compile(r"\bspeed=\s*(\S+)")
-_KEY_VALUE = re.compile(r"^([a-z_0-9]+)=(.*)$")
+# The keys of a `-progress` block (ffmpeg 4 to 7), each alone on its line.
+_BLOCK_KEYS = re.compile(r"^(frame|fps|stream_\d+_\d+_q|bitrate|total_size|out_time_us|"
+                         r"out_time_ms|out_time|dup_frames|drop_frames|speed|progress)= *(\S*)$")
 
 
 def _clock_s(match: re.Match[str], first: int = 1) -> float:
@@ -118,8 +120,8 @@ class FfmpegProgress(_OnceWarner):
             # The final stats line reports the last size as `Lsize=`.
             return self._report(_clock_s(m), speed.group(1) if speed else None,
                                 "Lsize=" in line)
-        if (m := _KEY_VALUE.match(line.strip())) is not None:
-            key, value = m.group(1), m.group(2).strip()
+        if (m := _BLOCK_KEYS.match(line.strip())) is not None:
+            key, value = m.group(1), m.group(2)
             if key != "progress":
                 self._block[key] = value
                 return None
@@ -145,10 +147,6 @@ class FfmpegProgress(_OnceWarner):
                                          f"ffmpeg's time {clock(time_s)} of "
                                          f"{clock(self.duration_s)}")
         return Report(percent, message, warning)
-
-
-_BLOCK_KEYS = re.compile(r"^(frame|fps|stream_\d+_\d+_q|bitrate|total_size|out_time_us|"
-                         r"out_time_ms|out_time|dup_frames|drop_frames|speed|progress)= *\S*$")
 
 
 def is_progress_block_line(line: str) -> bool:
