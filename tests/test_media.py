@@ -196,7 +196,9 @@ def test_compress_job_reports_and_cleans_up(clip: Path, tmp_path: Path) -> None:
     ctx = FakeContext(output_dir=tmp_path / "job")
     ctx.output_dir.mkdir()
     # A string, as a schema taken from the signature passes `float | None` arguments.
-    result = compress_job(ctx, str(clip), target_mb="1.5", preset="ultrafast")
+    # The other two at the defaults a kind's schema would give them: the size wins.
+    result = compress_job(ctx, str(clip), target_mb="1.5", bitrate_kbps=0, crf=23,
+                          preset="ultrafast")
     assert result["passes"] == 2 and result["output"] == "out.mp4"
     assert sorted(p.name for p in ctx.output_dir.iterdir()) == ["out.mp4"]  # no pass logs
     assert abs(result["size_bytes"] - 1.5 * BYTES_PER_MB) <= 0.15 * BYTES_PER_MB
@@ -216,6 +218,18 @@ def test_ffmpeg_failure_is_not_retried_and_names_no_folders(tmp_path: Path) -> N
     with pytest.raises(media.CommandFailed, match=r"ffmpeg exit code \d+: .*half\.mp4") as info:
         run_ffmpeg(argv)
     assert isinstance(info.value, NonRetryable) and str(tmp_path) not in str(info.value)
+
+
+def test_compress_job_by_quality_is_one_pass(clip: Path, tmp_path: Path) -> None:
+    ctx = FakeContext(output_dir=tmp_path / "job")
+    ctx.output_dir.mkdir()
+    result = compress_job(ctx, str(clip), target_mb=0, bitrate_kbps=0, crf=35,
+                          preset="ultrafast", audio_kbps=64)
+    assert result["passes"] == 1 and result["target_mb"] is None
+    assert probe(ctx.output_dir / "out.mp4").duration_s == pytest.approx(SOURCE_S, abs=0.2)
+    percents = percents_of(ctx.reports)
+    assert percents == sorted(percents) and percents[-1] == 100.0
+    assert not [m for _, m in ctx.reports if m and m.startswith("pass ")]
 
 
 def test_cancelled_compress_leaves_no_output_and_no_ffmpeg(clip: Path, tmp_path: Path) -> None:

@@ -8,6 +8,21 @@ builds the commands for a command kind, `missing_tools` is the start-up check.
 
 Units are in the names: `_s` seconds, `_mb` megabytes of 1,000,000 bytes (what upload
 limits mean), `_kbps` kilobits (1000 bits) per second, `_db` decibels.
+
+The recipes as kinds (the `path` type keeps inputs inside `[server] input_dir`):
+
+    [kinds.compress]
+    function = "jobgate.media:compress_job"
+    [kinds.compress.args]
+    input = { type = "path" }
+    target_mb = { type = "number", min = 0, default = 0 }       # 0: not by size
+    bitrate_kbps = { type = "integer", min = 0, default = 0 }   # 0: not by bitrate
+    crf = { type = "integer", min = 0, max = 63, default = 23 }  # else: by quality
+
+    [kinds.analyze]
+    function = "jobgate.media:analyze_job"
+    [kinds.analyze.args]
+    path = { type = "path" }
 """
 
 from __future__ import annotations
@@ -493,14 +508,23 @@ def compress_job(ctx: _Context, input: str,  # named as the recipe's argument
                  audio_codec: str = "aac", audio_kbps: int = 128,
                  preset: str = "medium") -> dict[str, Any]:
     """The `compress` recipe as a Python kind: probe, one or two ffmpeg passes with a real
-    percent ("pass 2 of 2: 00:12 of 00:30, 2.1x"), `out.mp4` (or .webm for VP9)."""
+    percent ("pass 2 of 2: 00:12 of 00:30, 2.1x"), `out.mp4` (or .webm for VP9).
+
+    By size if `target_mb` is above 0, else by bitrate if `bitrate_kbps` is, else by
+    quality (`crf`, 23 when not given): a kind's schema can then give every one a default.
+    A cancel or a failure removes the unfinished output."""
     # A schema taken from this signature types `float | None` as a string: read numbers.
     target_mb = _number_arg("target_mb", target_mb)
     bitrate_kbps = _int_arg("bitrate_kbps", bitrate_kbps)
     crf = _int_arg("crf", crf)
     audio_kbps = _int_arg("audio_kbps", audio_kbps) or 0
-    if target_mb is None and bitrate_kbps is None and crf is None:
-        crf = 23
+    if target_mb:
+        bitrate_kbps = crf = None
+    elif bitrate_kbps:
+        target_mb = crf = None
+    else:
+        target_mb = bitrate_kbps = None
+        crf = 23 if crf is None else crf
     info = probe(input)
     if not info.has_video:
         raise BadInput(f"{Path(input).name} has no video stream to compress")
