@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import psycopg
+import pytest
 
 from conftest import TEST_KINDS, wait_for, wait_state
 from jobgate.model import State
@@ -137,3 +138,62 @@ max_attempts = 3
         resumed.set()
         node_a.stop()
         await task_a
+
+
+async def test_a_live_node_keeps_its_jobs_while_another_holds_the_claim_lock_past_a_lease(
+        db_url, make_settings, open_queue, tmp_path):
+    # Another node stopped inside its claim (SIGSTOP, a Pi swapping) holds the claim lock
+    # (the write lock on SQLite) for three leases; meanwhile node-a's job ends. node-a is
+    # alive throughout: its job must complete once, from its one run.
+    from test_leases import claims_held
+
+    runs = tmp_path / "runs.txt"
+    kinds = TEST_KINDS + f"""
+[kinds.mark]
+argv = {json.dumps(["sh", "-c", 'sleep 0.5; echo "$JOBGATE_RUN_ID" >> "$0"', str(runs)])}
+max_attempts = 3
+"""
+    settings = make_settings("[worker]\nlease_s = 1\n", kinds=kinds)
+    queue, _ = await open_queue(settings, name="node-a", slots=1)
+    job, _ = await queue.submit("alice", "mark", {})
+    await running_on(queue, job.id, "node-a")
+    await open_queue(settings, name="node-b", slots=1)  # it recovers, every second
+    with claims_held(db_url):
+        await asyncio.sleep(3.5)
+    done = await wait_state(queue, job.id, "completed", "failed", timeout_s=30)
+    assert (done.state, done.attempt, done.worker) == (State.COMPLETED, 1, "node-a"), \
+        (done.error, done.message)
+    assert len(runs.read_text().split()) == 1, "the job ran twice"
+
+
+async def test_a_live_node_keeps_its_jobs_while_another_holds_the_event_sequence(
+        db_url, make_settings, open_queue, tmp_path):
+    # As above, but the stopped node was inside a transaction that wrote its events: on
+    # PostgreSQL the event sequence's row, which every write with events waits for.
+    if not db_url.startswith("postgresql"):
+        pytest.skip("on SQLite this is the write lock of the test above")
+    runs = tmp_path / "runs.txt"
+    kinds = TEST_KINDS + f"""
+[kinds.mark]
+argv = {json.dumps(["sh", "-c", 'sleep "$1"; echo "$JOBGATE_RUN_ID" >> "$0"', str(runs),
+                    "{seconds}"])}
+max_attempts = 3
+[kinds.mark.args]
+seconds = {{ type = "number" }}
+"""
+    settings = make_settings("[worker]\nlease_s = 1\n", kinds=kinds)
+    queue, _ = await open_queue(settings, name="node-a", slots=2)
+    short, _ = await queue.submit("alice", "mark", {"seconds": 0.5})
+    long, _ = await queue.submit("alice", "mark", {"seconds": 6})
+    await running_on(queue, short.id, "node-a")
+    await running_on(queue, long.id, "node-a")
+    await open_queue(settings, name="node-b", slots=2)
+    with psycopg.connect(db_url) as conn:  # a transaction until the block ends
+        conn.execute("UPDATE event_seq SET last = last")
+        await asyncio.sleep(3.5)
+        conn.rollback()
+    for job in (short, long):
+        done = await wait_state(queue, job.id, "completed", "failed", timeout_s=30)
+        assert (done.state, done.attempt, done.worker) == (State.COMPLETED, 1, "node-a"), \
+            (done.error, done.message)
+    assert len(runs.read_text().split()) == 2, "a job ran twice"
