@@ -18,10 +18,11 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from jobgate import __version__
 from jobgate.client import Client, CliError
 from jobgate.config import ConfigError, Settings, database_url, load_settings, parse_duration
 from jobgate.follow import EventReader, watch
-from jobgate.model import State
+from jobgate.model import EventType, State
 from jobgate.terminal import printable
 
 
@@ -115,9 +116,9 @@ def _streaming_server_class() -> type[Any]:
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             super().handle_exit(sig, frame)
-            jg = getattr(self.jobgate_app.state, "jg", None)
-            if jg is not None:
-                jg.hub.shutdown_soon()
+            services = getattr(self.jobgate_app.state, "services", None)  # after start-up
+            if services is not None:
+                services.hub.shutdown_soon()
 
     return StreamingServer
 
@@ -332,7 +333,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     try:
         while True:
             kind, data = reader.events.get()
-            if kind == "event" and data.get("type") == "job.log":
+            if kind == "event" and data.get("type") == EventType.LOG:
                 for n, line in enumerate(data.get("lines", []), start=data.get("first", 1)):
                     if n > last:
                         print(printable(line), flush=True)
@@ -448,6 +449,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="jobgate", description="A job queue for heavy work.")
+    p.add_argument("--version", action="version", version=f"jobgate {__version__}")
     p.set_defaults(func=lambda a: p.print_help())
     sub = p.add_subparsers(metavar="COMMAND", parser_class=_Parser)
 
