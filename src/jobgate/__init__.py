@@ -94,10 +94,15 @@ def _version() -> str:
         return "0+unknown"
 
 
-__version__ = _version()
+#: Read on first use, as the names are (the package's metadata is a few files to scan).
+__version__: str
 
 
 def __getattr__(name: str) -> Any:
+    """A public name, imported from its module when first asked for."""
+    if name == "__version__":
+        globals()["__version__"] = version = _version()
+        return version
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'jobgate' has no attribute {name!r}")

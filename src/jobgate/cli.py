@@ -18,7 +18,6 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from jobgate import __version__
 from jobgate.client import Client, CliError
 from jobgate.config import ConfigError, Settings, database_url, load_settings, parse_duration
 from jobgate.follow import EventReader, watch
@@ -447,9 +446,24 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class _Version(argparse.Action):
+    """`--version`: argparse's own wants the text as the parser is made, and reading the
+    version costs a look at the installed package, which only this option needs."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        import jobgate
+
+        print(f"jobgate {jobgate.__version__}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="jobgate", description="A job queue for heavy work.")
-    p.add_argument("--version", action="version", version=f"jobgate {__version__}")
+    p.add_argument("--version", action=_Version, help="show jobgate's version and exit")
     p.set_defaults(func=lambda a: p.print_help())
     sub = p.add_subparsers(metavar="COMMAND", parser_class=_Parser)
 
