@@ -13,8 +13,14 @@ import pytest
 from jobgate.model import (
     ACTIVE,
     FINAL,
+    FINAL_EVENTS,
+    JOB_EVENTS,
+    QUEUED_EVENTS,
+    RUN_END_EVENTS,
+    STATE_EVENTS,
     TRANSITIONS,
     Event,
+    EventType,
     IllegalMove,
     Job,
     State,
@@ -232,3 +238,23 @@ def test_dispatch_key_orders_priority_then_turn_then_age():
     ordered = sorted(jobs, key=lambda j: j.dispatch_key)
     assert [(j.priority, j.vt, j.id) for j in ordered] == [
         (5, 9, older), (0, 1, older), (0, 1, newer), (0, 2, older)]
+
+
+def test_event_types_are_the_contracts_names():
+    """DESIGN.md's events, plus the stream's own `stream.reset`; members are `str`."""
+    assert {t.value for t in EventType} == {
+        "job.queued", "job.started", "job.progress", "job.log", "job.retrying",
+        "job.completed", "job.failed", "job.cancelled", "queue.stats", "stream.reset"}
+    assert EventType.COMPLETED == "job.completed" and "job.completed" in FINAL_EVENTS
+    assert json.dumps({"type": EventType.LOG}) == '{"type": "job.log"}'
+
+
+def test_the_state_events_are_the_moves_of_the_transition_table():
+    emitted = {event_type(src, dst) for src, dsts in TRANSITIONS.items() for dst in dsts}
+    emitted |= {event_type(None, State.QUEUED)}  # a submit
+    assert emitted == STATE_EVENTS
+    assert {event_type(State.RUNNING, s) for s in FINAL} == FINAL_EVENTS
+    assert {event_type(s, State.QUEUED) for s in (None, State.RUNNING)} == QUEUED_EVENTS
+    assert {event_type(State.RUNNING, s) for s in TRANSITIONS[State.RUNNING]} == RUN_END_EVENTS
+    assert STATE_EVENTS | {EventType.PROGRESS, EventType.LOG} == JOB_EVENTS
+    assert not JOB_EVENTS & {EventType.QUEUE_STATS, EventType.STREAM_RESET}

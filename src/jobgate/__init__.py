@@ -12,29 +12,54 @@ Embed it in an asyncio program::
 
 or mount the HTTP API in an ASGI server with `create_app(settings)`.
 
-Names are imported on first use, so the command line starts fast.
+Public means: every name in `__all__`, and nothing else of this top-level package. It is
+what a program embedding jobgate meets: the verbs and their objects (JobQueue, Worker,
+Settings, Job, Event, ...), and every exception they raise to it: each exception class
+of the modules those names come from (`tests/test_public.py` checks that none is left
+out, that each name imports and has a docstring, and that the list for type checkers
+below names the same as `_EXPORTS`). The exceptions of the command line and of the HTTP
+layer (`CliError`, `ApiError`, `AuthError`) are not: a caller meets their answers, not
+them. Modules' other names may change between versions.
+
+Names are imported on first use, so the command line starts fast. `_EXPORTS` is the one
+list; `__all__` is made from it, and the imports under TYPE_CHECKING only tell type
+checkers what the names are.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from jobgate.api import create_app
-    from jobgate.config import ConfigError, Settings, load_settings
-    from jobgate.executor import JobContext
-    from jobgate.kinds import ArgumentError, Kind
-    from jobgate.model import Event, IllegalMove, Job, State
-    from jobgate.pychild import NonRetryable
-    from jobgate.queue import JobQueue
-    from jobgate.store import store_for_url
-    from jobgate.store.base import NotFound, QueueFull, Store
-    from jobgate.worker import Worker
+if TYPE_CHECKING:  # what each name is, for type checkers (`X as X`: re-exported)
+    from jobgate.api import create_app as create_app
+    from jobgate.config import Settings as Settings
+    from jobgate.config import load_settings as load_settings
+    from jobgate.executor import JobContext as JobContext
+    from jobgate.kinds import ArgumentError as ArgumentError
+    from jobgate.kinds import Kind as Kind
+    from jobgate.model import Event as Event
+    from jobgate.model import EventType as EventType
+    from jobgate.model import IllegalMove as IllegalMove
+    from jobgate.model import Job as Job
+    from jobgate.model import State as State
+    from jobgate.pychild import NonRetryable as NonRetryable
+    from jobgate.queue import JobQueue as JobQueue
+    from jobgate.queue import UnknownKind as UnknownKind
+    from jobgate.store import store_for_url as store_for_url
+    from jobgate.store.base import Conflict as Conflict
+    from jobgate.store.base import NotFound as NotFound
+    from jobgate.store.base import QueueFull as QueueFull
+    from jobgate.store.base import SchemaTooNew as SchemaTooNew
+    from jobgate.store.base import Store as Store
+    from jobgate.store.base import StoreError as StoreError
+    from jobgate.units import ConfigError as ConfigError
+    from jobgate.worker import Worker as Worker
 
+#: Each public name → the module that defines it.
 _EXPORTS = {
     "create_app": "jobgate.api",
-    "ConfigError": "jobgate.config",
     "Settings": "jobgate.config",
     "load_settings": "jobgate.config",
     "JobContext": "jobgate.executor",
@@ -42,25 +67,42 @@ _EXPORTS = {
     "ArgumentError": "jobgate.kinds",
     "Kind": "jobgate.kinds",
     "Event": "jobgate.model",
+    "EventType": "jobgate.model",
     "IllegalMove": "jobgate.model",
     "Job": "jobgate.model",
     "State": "jobgate.model",
     "JobQueue": "jobgate.queue",
+    "UnknownKind": "jobgate.queue",
     "store_for_url": "jobgate.store",
+    "Conflict": "jobgate.store.base",
     "NotFound": "jobgate.store.base",
     "QueueFull": "jobgate.store.base",
+    "SchemaTooNew": "jobgate.store.base",
     "Store": "jobgate.store.base",
+    "StoreError": "jobgate.store.base",
+    "ConfigError": "jobgate.units",
     "Worker": "jobgate.worker",
 }
-__all__ = [
-    "ArgumentError", "ConfigError", "Event", "IllegalMove", "Job", "JobContext", "JobQueue",
-    "Kind", "NonRetryable", "NotFound", "QueueFull", "Settings", "State", "Store", "Worker",
-    "create_app", "load_settings", "store_for_url",
-]
-__version__ = "0.1.0"
+__all__ = sorted(_EXPORTS)
+
+
+def _version() -> str:
+    """This jobgate's version, as installed from pyproject.toml (its one written place)."""
+    try:
+        return importlib.metadata.version("jobgate")
+    except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "0+unknown"
+
+
+#: Read on first use, as the names are (the package's metadata is a few files to scan).
+__version__: str
 
 
 def __getattr__(name: str) -> Any:
+    """A public name, imported from its module when first asked for."""
+    if name == "__version__":
+        globals()["__version__"] = version = _version()
+        return version
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'jobgate' has no attribute {name!r}")

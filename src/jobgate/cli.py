@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 from jobgate.client import Client, CliError
 from jobgate.config import ConfigError, Settings, database_url, load_settings, parse_duration
 from jobgate.follow import EventReader, watch
-from jobgate.model import State
+from jobgate.model import EventType, State
 from jobgate.terminal import printable
 
 
@@ -115,9 +115,9 @@ def _streaming_server_class() -> type[Any]:
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             super().handle_exit(sig, frame)
-            jg = getattr(self.jobgate_app.state, "jg", None)
-            if jg is not None:
-                jg.hub.shutdown_soon()
+            services = getattr(self.jobgate_app.state, "services", None)  # after start-up
+            if services is not None:
+                services.hub.shutdown_soon()
 
     return StreamingServer
 
@@ -332,7 +332,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     try:
         while True:
             kind, data = reader.events.get()
-            if kind == "event" and data.get("type") == "job.log":
+            if kind == "event" and data.get("type") == EventType.LOG:
                 for n, line in enumerate(data.get("lines", []), start=data.get("first", 1)):
                     if n > last:
                         print(printable(line), flush=True)
@@ -446,8 +446,24 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class _Version(argparse.Action):
+    """`--version`: argparse's own wants the text as the parser is made, and reading the
+    version costs a look at the installed package, which only this option needs."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        import jobgate
+
+        print(f"jobgate {jobgate.__version__}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="jobgate", description="A job queue for heavy work.")
+    p.add_argument("--version", action=_Version, help="show jobgate's version and exit")
     p.set_defaults(func=lambda a: p.print_help())
     sub = p.add_subparsers(metavar="COMMAND", parser_class=_Parser)
 

@@ -23,6 +23,13 @@ from typing import Any
 
 from jobgate.kinds import Kind, parse_kind
 
+# Re-exported: the CLI, the rate limiter and tests import these from here.
+from jobgate.units import ConfigError as ConfigError
+from jobgate.units import Duration as Duration
+from jobgate.units import Rate as Rate
+from jobgate.units import parse_duration as parse_duration
+from jobgate.units import parse_rate as parse_rate
+
 DEFAULT_DB_URL = "sqlite:///jobgate.db"
 DEFAULT_PORT = 8077
 DEFAULT_MAX_RUNNING = 2
@@ -43,38 +50,6 @@ def database_url(value: str) -> str:
     return f"sqlite:///{value}"
 
 
-class ConfigError(ValueError):
-    """An invalid setting: the message names the key and the reason."""
-
-
-class Duration(float):
-    """Seconds, written in config as a number or as "90s", "5m", "1h30m", "7d"."""
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(value: object, key: str) -> float:
-    """Seconds from a number or a string like "1h30m"; ConfigError otherwise."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a duration like '30s' or '1h', got {value!r}")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ConfigError(f"{key}: must not be negative")
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        try:
-            return parse_duration(float(text), key)
-        except ValueError:
-            pass
-        parts = _DURATION_PART.findall(text)
-        if parts and "".join(n + u for n, u in parts) == text:
-            return sum(float(n) * _UNIT_S[u] for n, u in parts)
-    raise ConfigError(f"{key}: expected a duration like '30s', '5m' or '1h', got {value!r}")
-
-
 _WEEK = Duration(7 * 86400)
 _HOUR = Duration(3600)
 DEFAULT_TOKEN_TTL = Duration(12 * 3600)
@@ -82,33 +57,10 @@ DEFAULT_TICKET_TTL = Duration(60)
 DEFAULT_KEEPALIVE = Duration(15)
 DEFAULT_LOGIN_BACKOFF_MAX = Duration(300)
 DEFAULT_REQUEST_TIMEOUT = Duration(10)
-
-
-@dataclass(frozen=True)
-class Rate:
-    """At most `count` requests per `per_s` seconds, written in config as "10/m", "5/30s"."""
-
-    count: int
-    per_s: float
-
-    def __str__(self) -> str:
-        return f"{self.count}/{self.per_s:g}s"
-
-
-_RATE = re.compile(r"\s*(\d+)\s*/\s*(\S+)\s*")
-
-
-def parse_rate(value: object, key: str) -> Rate:
-    """A Rate from "N/DURATION" ("120/m", "5/30s", "1000/1h"); ConfigError otherwise."""
-    match = _RATE.fullmatch(value) if isinstance(value, str) else None
-    if match is None:
-        raise ConfigError(f"{key}: expected a rate like '10/m' or '5/30s', got {value!r}")
-    count, per = int(match.group(1)), match.group(2)
-    per_s = parse_duration(per if per[0].isdigit() else "1" + per, key)
-    if count < 1 or per_s <= 0:
-        raise ConfigError(f"{key}: a rate needs at least 1 request per a positive duration, "
-                          f"got {value!r}")
-    return Rate(count, per_s)
+DEFAULT_SUBMIT_PER_USER = Rate(600, 60)
+DEFAULT_SUBMIT_PER_IP = Rate(1200, 60)
+DEFAULT_LOGIN_PER_USER = Rate(10, 60)
+DEFAULT_LOGIN_PER_IP = Rate(30, 60)
 
 
 @dataclass
@@ -184,10 +136,10 @@ class StreamSettings:
 class RateLimitSettings:
     """Requests allowed per user and per client IP; "off" (or empty) for no limit."""
 
-    submit_per_user: Rate | None = Rate(600, 60)
-    submit_per_ip: Rate | None = Rate(1200, 60)
-    login_per_user: Rate | None = Rate(10, 60)
-    login_per_ip: Rate | None = Rate(30, 60)
+    submit_per_user: Rate | None = DEFAULT_SUBMIT_PER_USER
+    submit_per_ip: Rate | None = DEFAULT_SUBMIT_PER_IP
+    login_per_user: Rate | None = DEFAULT_LOGIN_PER_USER
+    login_per_ip: Rate | None = DEFAULT_LOGIN_PER_IP
     # login_per_user counts one user's logins from one address, so a guesser elsewhere
     # cannot spend the real user's. After this many bad passwords in a row for one user
     # from one address, each further attempt from there must wait twice as long as the one

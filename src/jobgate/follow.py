@@ -17,26 +17,24 @@ import time
 from typing import Any
 
 from jobgate.client import Client, CliError
+from jobgate.model import FINAL, FINAL_EVENTS, JOB_EVENTS, EventType, State
 from jobgate.terminal import printable
-
-_FINAL_EVENTS = ("job.completed", "job.failed", "job.cancelled")
-_FINAL = ("completed", "failed", "cancelled")
 
 
 def apply_event(job: dict[str, Any], event: dict[str, Any]) -> None:
     """Bring the job as shown up to date with one event of its stream."""
     kind = event.get("type", "")
-    if kind == "queue.stats":
+    if kind == EventType.QUEUE_STATS:
         if "position" in event:
             job["position"] = event["position"]
-    elif kind == "job.progress":
+    elif kind == EventType.PROGRESS:
         for key in ("progress", "message"):
             if event.get(key) is not None:
                 job[key] = event[key]
-    elif kind.startswith("job.") and "state" in event:
+    elif kind in JOB_EVENTS and "state" in event:
         job.update({k: v for k, v in event.items()
                     if k in ("state", "progress", "message", "error", "attempt")})
-        if job["state"] != "queued":
+        if job["state"] != State.QUEUED:
             job["position"] = None
 
 
@@ -86,11 +84,11 @@ class EventReader:
                         for data, frame_id in frames(response.iter_lines()):
                             if frame_id is not None:
                                 last_id = frame_id
-                            if data.get("type") == "stream.reset":
+                            if data.get("type") == EventType.STREAM_RESET:
                                 self.events.put(("reset", None))
                             else:
                                 self.events.put(("event", data))
-                            if data.get("type") in _FINAL_EVENTS or self._stop.is_set():
+                            if data.get("type") in FINAL_EVENTS or self._stop.is_set():
                                 # A one-job stream ends after its final event.
                                 self.events.put(("end", None))
                                 return
@@ -164,7 +162,7 @@ def watch(client: Client, job_id: str, cancel_on_exit: bool = False) -> int:
                 print(("\r\x1b[2K" if tty else "") + line, end="" if tty else "\n",
                       file=sys.stderr, flush=True)
                 last = line
-            if job["state"] in _FINAL:
+            if job["state"] in FINAL:
                 break
             try:
                 kind, data = reader.events.get(timeout=1.0)  # the line's clock ticks on
@@ -176,7 +174,7 @@ def watch(client: Client, job_id: str, cancel_on_exit: bool = False) -> int:
                 job = client.call("GET", f"/api/jobs/{job_id}")
             elif kind == "end":
                 job = client.call("GET", f"/api/jobs/{job_id}")
-                if job["state"] not in _FINAL:
+                if job["state"] not in FINAL:
                     raise CliError(f"the event stream of job {job_id} ended early")
             else:
                 raise CliError(str(data))

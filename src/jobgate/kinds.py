@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from jobgate.addresses import is_public, parse_address, url_problem
 from jobgate.sanitize import INT64_MAX, INT64_MIN, shown, text_problem
+from jobgate.units import parse_duration
 
 ARG_TYPES = ("string", "integer", "number", "boolean", "url", "path")
 #: Placeholders every command kind may use without declaring them.
@@ -117,8 +118,6 @@ _ARG_KEYS = {"type", "default", "pattern", "min", "max", "choices", "description
 
 def parse_kind(name: str, spec: Any, error: Callable[[str], Exception]) -> Kind:
     """Build a Kind from its `[kinds.NAME]` table; `error(msg)` makes the exception to raise."""
-    from jobgate.config import parse_duration  # config imports this module
-
     key = f"kinds.{name}"
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
         raise error(f"{key}: a kind's name may use letters, digits, '_', '-' and '.'")

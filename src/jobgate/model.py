@@ -54,19 +54,6 @@ def check_move(job_id: str, src: State, dst: State) -> None:
         raise IllegalMove(job_id, src, dst)
 
 
-def event_type(src: State | None, dst: State) -> str:
-    """The event a transition emits: `job.retrying` for running→queued, else `job.<dst>`."""
-    if src is State.RUNNING and dst is State.QUEUED:
-        return "job.retrying"
-    return {
-        State.QUEUED: "job.queued",
-        State.RUNNING: "job.started",
-        State.COMPLETED: "job.completed",
-        State.FAILED: "job.failed",
-        State.CANCELLED: "job.cancelled",
-    }[dst]
-
-
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
@@ -207,6 +194,49 @@ class Job:
 
 def _text(value: str | None) -> str | None:
     return value if value is None or value.isascii() else stored_text(value)
+
+
+class EventType(StrEnum):
+    """Every event's `type`, as the contract names it. Members are `str`, so they compare
+    equal to the types of stored events and go into JSON as their value."""
+
+    QUEUED = "job.queued"
+    STARTED = "job.started"
+    PROGRESS = "job.progress"
+    LOG = "job.log"
+    RETRYING = "job.retrying"
+    COMPLETED = "job.completed"
+    FAILED = "job.failed"
+    CANCELLED = "job.cancelled"
+    QUEUE_STATS = "queue.stats"  # live only, never stored: the queue's numbers
+    STREAM_RESET = "stream.reset"  # to one stream: what it missed is gone, reload
+
+
+#: A job ended for good: it is in a final state after it.
+FINAL_EVENTS = frozenset({EventType.COMPLETED, EventType.FAILED, EventType.CANCELLED})
+#: A job is queued after it (submitted, retried, recovered, or waiting out a backoff).
+QUEUED_EVENTS = frozenset({EventType.QUEUED, EventType.RETRYING})
+#: A job changed state: each is one move of the transition table (see `event_type`).
+STATE_EVENTS = FINAL_EVENTS | QUEUED_EVENTS | {EventType.STARTED}
+#: A run ended, for good or to be tried again: its slot is free after it.
+RUN_END_EVENTS = FINAL_EVENTS | {EventType.RETRYING}
+#: Stored with a job, numbered by `seq`; the others are made for a stream as it goes.
+JOB_EVENTS = STATE_EVENTS | {EventType.PROGRESS, EventType.LOG}
+
+_STATE_EVENT = {
+    State.QUEUED: EventType.QUEUED,
+    State.RUNNING: EventType.STARTED,
+    State.COMPLETED: EventType.COMPLETED,
+    State.FAILED: EventType.FAILED,
+    State.CANCELLED: EventType.CANCELLED,
+}
+
+
+def event_type(src: State | None, dst: State) -> EventType:
+    """The event a transition emits: `job.retrying` for running→queued, else `job.<dst>`."""
+    if src is State.RUNNING and dst is State.QUEUED:
+        return EventType.RETRYING
+    return _STATE_EVENT[dst]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from itertools import accumulate
 
 from jobgate.kinds import PRIORITY_LIMIT
-from jobgate.model import DispatchKey, Event, parse_iso
+from jobgate.model import QUEUED_EVENTS, STATE_EVENTS, DispatchKey, Event, parse_iso
 
 _BLOCK = 1000  # keys per block: split in two past twice this (a new last block past it)
 
@@ -194,12 +194,12 @@ class PositionIndex:
         for event in events:
             if event.job_id is None:
                 continue
-            if event.type in ("job.queued", "job.retrying"):
+            if event.type in QUEUED_EVENTS:
                 data = event.data
                 self._remove(event.job_id)
                 key = (-int(data["priority"]), int(data["vt"]), event.job_id)
                 self._add(key, parse_iso(data["run_at"]))
-            elif event.type in ("job.started", "job.cancelled", "job.failed", "job.completed"):
+            elif event.type in STATE_EVENTS:  # started or ended: no longer queued
                 self._remove(event.job_id)
 
     def _add(self, dispatch_key: DispatchKey, run_at: float) -> None:

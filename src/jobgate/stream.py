@@ -30,15 +30,13 @@ import psutil
 
 from jobgate.auth import Principal
 from jobgate.config import Settings
-from jobgate.model import Event, State, iso
+from jobgate.model import QUEUED_EVENTS, STATE_EVENTS, Event, EventType, State, iso
 from jobgate.queue import JobQueue
 from jobgate.store.base import Node
 from jobgate.worker import node_live_s
 
 log = logging.getLogger("jobgate.stream")
 
-FINAL_TYPES = frozenset({"job.completed", "job.failed", "job.cancelled"})
-STATE_TYPES = FINAL_TYPES | {"job.queued", "job.started", "job.retrying"}
 STATS_INTERVAL_S = 0.5  # queue.stats at most this often
 _PAGE = 1000  # events per read of the store while replaying
 _SENT_MEMORY = 10_000  # seqs a WebSocket remembers sending, so a replay skips them
@@ -298,9 +296,9 @@ class Hub:
             if stream.match(event):
                 frame = frame or Frame.of_event(event)
                 stream.push(frame)
-                if stream.job_id is not None and event.type in STATE_TYPES:
-                    stream.job_queued = event.type in ("job.queued", "job.retrying")
-        if event.type in STATE_TYPES:
+                if stream.job_id is not None and event.type in STATE_EVENTS:
+                    stream.job_queued = event.type in QUEUED_EVENTS
+        if event.type in STATE_EVENTS:
             self._stats_due.set()
 
     # --- replay ----------------------------------------------------------------------------
@@ -344,7 +342,7 @@ class Hub:
 
     # --- queue.stats and keep-alive --------------------------------------------------------
     async def _stats(self) -> Frame:
-        data = {"type": "queue.stats", "seq": self.head, "ts": iso(time.time()),
+        data = {"type": EventType.QUEUE_STATS, "seq": self.head, "ts": iso(time.time()),
                 **stats_json(self.queue, self.settings, await self.queue.stats())}
         # Live nodes by name only: this frame goes to every client, at every queue change;
         # GET /api/queue has each node's details and running jobs.

@@ -31,15 +31,22 @@ from fastapi import FastAPI, Header, Query, Request, WebSocket
 from fastapi.responses import Response, StreamingResponse
 from starlette.websockets import WebSocketDisconnect
 
-from jobgate.api import ApiError, App, error_response, no_job
+from jobgate.api.core import ApiError, Services, error_response, no_job, services_of
 from jobgate.auth import AuthError, Principal
 from jobgate.connection import current_transport
-from jobgate.model import FINAL, Event, iso
+from jobgate.model import (
+    FINAL,
+    FINAL_EVENTS,
+    QUEUED_EVENTS,
+    STATE_EVENTS,
+    Event,
+    EventType,
+    State,
+    iso,
+)
 from jobgate.sanitize import INT64_MAX, shown, text_problem
 from jobgate.store.base import User
 from jobgate.stream import (
-    FINAL_TYPES,
-    STATE_TYPES,
     Frame,
     Hub,
     Stream,
@@ -56,14 +63,15 @@ _WRITE_BYTES = 65536  # SSE bytes per write: a client's unsent bytes stay near t
 _CLOCK_SLACK_S = 5.0  # events' times come from several processes' clocks
 
 
-async def stream_principal(jg: App, authorization: str | None, ticket: str | None) -> Principal:
+async def stream_principal(services: Services, authorization: str | None,
+                           ticket: str | None) -> Principal:
     """Who opens a stream: a bearer header, or a single-use ticket (browsers)."""
-    if not jg.settings.auth.enabled:
-        return Principal(User(jg.settings.auth.anonymous_user, admin=True))
+    if not services.settings.auth.enabled:
+        return Principal(User(services.settings.auth.anonymous_user, admin=True))
     try:
         if ticket is not None:
-            return await jg.auth.redeem(ticket)
-        return await jg.auth.bearer(authorization)
+            return await services.auth.redeem(ticket)
+        return await services.auth.bearer(authorization)
     except AuthError as exc:
         raise ApiError(401, "unauthorized", str(exc)) from None
 
@@ -82,10 +90,11 @@ def _resume_point(header: str | None, query: str | None) -> int | None:
     return int(text)
 
 
-def _open(jg: App, principal: Principal, sse: bool = True, **kwargs: Any) -> Stream:
-    jg.hub.login_check = jg.auth.current  # open streams end when their login is revoked
+def _open(services: Services, principal: Principal, sse: bool = True, **kwargs: Any) -> Stream:
+    # Open streams end when their login is revoked.
+    services.hub.login_check = services.auth.current
     try:
-        stream = jg.hub.open(principal, **kwargs)
+        stream = services.hub.open(principal, **kwargs)
     except TooManyStreams as exc:
         raise ApiError(429, "too_many_streams", str(exc), retry_after_s=5) from None
     transport = current_transport() if sse else None  # a WebSocket closes by itself
@@ -108,7 +117,7 @@ def _pieces(data: bytes) -> Iterator[bytes]:
 
 def _reset_frame(hub: Hub) -> Frame:
     # With an id, so a browser that reconnects after it resumes from here, not from before.
-    return Frame.control({"type": "stream.reset", "seq": hub.head}, seq=hub.head)
+    return Frame.control({"type": EventType.STREAM_RESET, "seq": hub.head}, seq=hub.head)
 
 
 def _closing(reason: str | None) -> bytes:
@@ -116,7 +125,7 @@ def _closing(reason: str | None) -> bytes:
 
 
 def install(app: FastAPI) -> None:
-    """Add the SSE and WebSocket routes to `app` (built by `api.create_app`)."""
+    """Add the SSE and WebSocket routes to `app` (built by `jobgate.api.create_app`)."""
 
     @app.get("/api/events", tags=["events"], response_class=StreamingResponse)
     async def events(
@@ -128,11 +137,11 @@ def install(app: FastAPI) -> None:
     ) -> Response:
         """Server-Sent Events: every event the caller may see (own jobs; an admin: all)
         and `queue.stats`. `Last-Event-ID` resumes."""
-        jg: App = request.app.state.jg
+        services = services_of(request)
         after = _resume_point(last_event_id_header, last_event_id)
-        principal = await stream_principal(jg, authorization, ticket)
-        hub = jg.hub
-        stream = _open(jg, principal, match=visible_to(principal), stats=True)
+        principal = await stream_principal(services, authorization, ticket)
+        hub = services.hub
+        stream = _open(services, principal, match=visible_to(principal), stats=True)
         try:
             reset = after is not None and await hub.too_old(after)
         except BaseException:
@@ -167,15 +176,15 @@ def install(app: FastAPI) -> None:
         `Last-Event-ID`), then live ones, ending after its final event. While it is
         queued, `queue.stats` frames carry its `position`. A job already finished with
         nothing after `Last-Event-ID` answers 204 (which tells EventSource to stop)."""
-        jg: App = request.app.state.jg
+        services = services_of(request)
         after = _resume_point(last_event_id_header, last_event_id)
-        principal = await stream_principal(jg, authorization, ticket)
-        hub = jg.hub
+        principal = await stream_principal(services, authorization, ticket)
+        hub = services.hub
         user = principal.user
-        stream = _open(jg, principal, job_id=job_id,
+        stream = _open(services, principal, job_id=job_id,
                        match=lambda e: e.job_id == job_id and (user.admin or e.owner == user.name))
         try:
-            job = await jg.queue.get(job_id) if len(job_id) <= 64 \
+            job = await services.queue.get(job_id) if len(job_id) <= 64 \
                 and text_problem(job_id) is None else None
             if job is None or (job.owner != user.name and not user.admin):
                 raise no_job(job_id)
@@ -185,9 +194,9 @@ def install(app: FastAPI) -> None:
                 await hub.seq_before(job.created_at - _CLOCK_SLACK_S)
             replay = [] if reset else [
                 e async for e in hub.history(start, stream.opened_head, stream.match)]
-            states = [e.type for e in replay if e.type in STATE_TYPES]
-            stream.job_queued = (states[-1] if states else "job." + job.state.value) in (
-                "job.queued", "job.retrying")
+            states = [e.type for e in replay if e.type in STATE_EVENTS]
+            stream.job_queued = states[-1] in QUEUED_EVENTS if states else \
+                job.state is State.QUEUED
             # Finished, and nothing newer on its way: after the replay there is no more.
             done = job.state in FINAL and not stream.pending_for(job_id)
             if done and not replay and not reset:
@@ -215,24 +224,26 @@ def install(app: FastAPI) -> None:
 
     @app.websocket("/api/ws")
     async def websocket(ws: WebSocket) -> None:
-        jg: App = ws.app.state.jg
+        services = services_of(ws)
         origin = ws.headers.get("origin")
-        if not origin_allowed(origin, ws.headers.get("host"), jg.settings.server.allowed_origins):
+        allowed = services.settings.server.allowed_origins
+        if not origin_allowed(origin, ws.headers.get("host"), allowed):
             await ws.send_denial_response(error_response(
                 403, "forbidden_origin",
                 f"origin {origin!r} is not allowed ([server] allowed_origins)"))
             return
         try:
             ticket = ws.query_params.get("ticket")
-            principal = await stream_principal(jg, ws.headers.get("authorization"), ticket)
-            stream = _open(jg, principal, sse=False, match=lambda e: False)
+            principal = await stream_principal(services, ws.headers.get("authorization"),
+                                               ticket)
+            stream = _open(services, principal, sse=False, match=lambda e: False)
         except ApiError as exc:
             await ws.send_denial_response(error_response(exc.status, exc.code, exc.message,
                                                          **exc.extra))
             return
         with opened(stream):
             await ws.accept()
-            await _WsSession(jg, ws, stream).run()
+            await _WsSession(services, ws, stream).run()
 
 
 async def _live(stream: Stream, cursor: int, end_job: str | None = None
@@ -265,7 +276,7 @@ async def _live(stream: Stream, cursor: int, end_job: str | None = None
                     out.append(item.sse)
                     size += len(item.sse)
                 if end_job is not None and item.event is not None and \
-                        item.event.type in FINAL_TYPES and not stream.pending_for(end_job):
+                        item.event.type in FINAL_EVENTS and not stream.pending_for(end_job):
                     if out:
                         yield b"".join(out)
                     return
@@ -289,8 +300,8 @@ def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> 
 class _WsSession:
     """One WebSocket: a reader of commands and a writer of frames, both on `stream`."""
 
-    def __init__(self, jg: App, ws: WebSocket, stream: Stream) -> None:
-        self.jg, self.ws, self.stream, self.hub = jg, ws, stream, jg.hub
+    def __init__(self, services: Services, ws: WebSocket, stream: Stream) -> None:
+        self.services, self.ws, self.stream, self.hub = services, ws, stream, services.hub
         self.everything = False  # "jobs": every job the caller may see
         self.job_ids: set[str] = set()
         self.resume: int | None = None  # from a standalone {"resume": seq}
@@ -393,7 +404,7 @@ class _WsSession:
                 await self._error(f"{verb} job: id {problem}")
                 return None
             if verb == "subscribe":
-                job = await self.jg.queue.get(job_id)
+                job = await self.services.queue.get(job_id)
                 user = self.stream.principal.user
                 if job is None or (job.owner != user.name and not user.admin):
                     await self._error(no_job(job_id).message, "not_found")

@@ -1,0 +1,31 @@
+"""The HTTP API as one ASGI app: `create_app(settings)`.
+
+Its parts, each a flat module that imports `core` and nothing else of this package:
+`core` (the Services on `app.state`, lifespan, errors, guards, the caller), `jobs` (job,
+queue and health routes), `auth` (login and tickets), `streams` (SSE and WebSocket).
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from jobgate import __version__
+from jobgate.api import auth, core, jobs, streams
+from jobgate.api.core import ApiError, Services, error_response
+from jobgate.config import Settings
+from jobgate.dashboard import add_dashboard
+
+__all__ = ["ApiError", "Services", "create_app", "error_response"]
+
+
+def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
+    """The ASGI app: opens the store at start-up, runs an embedded worker unless told not to."""
+    app = FastAPI(title="jobgate", version=__version__,
+                  lifespan=core.lifespan(settings, run_worker),
+                  description="A job queue for heavy, long-running work shared by many people.")
+    core.install_guards(app, settings)
+    jobs.install(app, settings)
+    auth.install(app, settings)
+    add_dashboard(app)
+    streams.install(app)
+    return app

@@ -1,0 +1,229 @@
+"""The job routes (`/api/jobs…`), the queue's (`/api/kinds`, `/api/queue`, `/api/clean`)
+and `/health`: a thin layer over `JobQueue`.
+
+Every job route is owner-only (an admin sees all); someone else's job is a 404, so ids do
+not leak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+
+from jobgate.api.core import (
+    ApiError,
+    CurrentUser,
+    SafeStr,
+    client_ip,
+    limit,
+    no_job,
+    services_of,
+)
+from jobgate.config import Settings
+from jobgate.model import FINAL, Job, State, parse_iso
+from jobgate.sanitize import INT64_MAX, checked_text, shown, stored_text, text_problem
+from jobgate.store.base import User
+from jobgate.stream import stats_json
+from jobgate.worker import node_live_s
+
+
+class SubmitBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: SafeStr = Field(min_length=1, max_length=64)
+    args: dict[SafeStr, Any] = Field(default_factory=dict)
+    priority: int | None = Field(default=None, ge=-1000, le=1000)
+    run_at: Annotated[StrictStr, AfterValidator(checked_text)] | StrictInt | StrictFloat | \
+        None = None
+    unique_key: SafeStr | None = Field(default=None, min_length=1, max_length=200)
+    depends_on: list[SafeStr] | None = Field(default=None, max_length=1000)
+    webhook_url: SafeStr | None = Field(default=None, max_length=4096)
+    # The memory this job reserves, in place of its kind's estimate (checked by the queue).
+    memory_mb: StrictInt | None = None
+
+
+class CleanBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    older_than_s: float = Field(default=0, ge=0, le=1e11, allow_inf_nan=False)
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Add the job, queue and health routes to `app`."""
+
+    @app.post("/api/jobs", status_code=201, tags=["jobs"])
+    async def submit(body: SubmitBody, request: Request, user: CurrentUser,
+                     idempotency_key: Annotated[SafeStr | None,
+                                                Header(min_length=1, max_length=200)] = None
+                     ) -> Response:
+        """Submit a job; a repeated `Idempotency-Key` returns the first job (200)."""
+        services = services_of(request)
+        limit(services.limits.submit_per_user, user.name, f"submits by {user.name}")
+        limit(services.limits.submit_per_ip, client_ip(request), "submits from this address")
+        if body.depends_on:
+            raise ApiError(422, "unsupported", "depends_on is not supported yet",
+                           field="depends_on")
+        if body.webhook_url:
+            raise ApiError(422, "unsupported", "webhook_url is not supported yet",
+                           field="webhook_url")
+        spec = services.queue.kind(body.kind)
+        if body.priority is not None and body.priority > spec.priority and not user.admin:
+            raise ApiError(403, "forbidden", "only an admin may raise a job's priority")
+        run_at = _parse_run_at(body.run_at)
+        if body.memory_mb is not None:
+            services.queue.check_memory(spec, body.memory_mb)
+        if body.memory_mb is not None and not user.admin:
+            estimate = (await services.queue.kind_memory(spec)).estimate_mb
+            if body.memory_mb < estimate:
+                # Less reserved memory would let a job pass the budget: safe only by choice
+                # of an admin, as raising a priority is.
+                raise ApiError(403, "forbidden", f"only an admin may lower a job's memory_mb "
+                               f"below its kind's estimate ({estimate} MB)",
+                               field="memory_mb")
+        job, created = await services.queue.submit(
+            user.name, body.kind, body.args, priority=body.priority, run_at=run_at,
+            unique_key=body.unique_key, idempotency_key=idempotency_key,
+            memory_mb=body.memory_mb)
+        return JSONResponse(services.queue.to_json(job), status_code=201 if created else 200)
+
+    @app.get("/api/jobs", tags=["jobs"])
+    async def list_jobs(
+        request: Request, user: CurrentUser,
+        state: State | None = None,
+        kind: Annotated[SafeStr | None, Query(max_length=64)] = None,
+        owner: Annotated[SafeStr | None, Query(max_length=64)] = None,
+        cursor: Annotated[SafeStr | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> dict[str, Any]:
+        """The caller's jobs, newest first (an admin: anyone's, or `owner`'s)."""
+        services = services_of(request)
+        if owner is not None and owner != user.name and not user.admin:
+            raise ApiError(403, "forbidden", "only an admin may list other users' jobs")
+        who = owner if owner is not None else (None if user.admin else user.name)
+        page = await services.queue.store.list_jobs(who, state, kind, cursor, limit)
+        return {"jobs": [services.queue.to_json(j) for j in page.jobs], "next": page.next}
+
+    @app.get("/api/jobs/{job_id}", tags=["jobs"])
+    async def get_job(job_id: str, request: Request, user: CurrentUser) -> dict[str, Any]:
+        return services_of(request).queue.to_json(await _own_job(request, job_id, user))
+
+    @app.post("/api/jobs/{job_id}/cancel", tags=["jobs"])
+    async def cancel(job_id: str, request: Request, user: CurrentUser) -> dict[str, Any]:
+        """Cancel a queued job, or stop a running one's process (SIGTERM, then SIGKILL)."""
+        services = services_of(request)
+        await _own_job(request, job_id, user)
+        wait_s = services.settings.worker.cancel_grace_s + 2 if services.worker else 0
+        return services.queue.to_json(await services.queue.cancel(job_id, wait_s=wait_s))
+
+    @app.post("/api/jobs/{job_id}/retry", tags=["jobs"])
+    async def retry(job_id: str, request: Request, user: CurrentUser) -> dict[str, Any]:
+        services = services_of(request)
+        await _own_job(request, job_id, user)
+        return services.queue.to_json(await services.queue.retry(job_id))
+
+    @app.delete("/api/jobs/{job_id}", status_code=204, tags=["jobs"])
+    async def delete(job_id: str, request: Request, user: CurrentUser) -> Response:
+        job = await _own_job(request, job_id, user)
+        if job.state not in FINAL:
+            raise ApiError(409, "illegal_state",
+                           f"job {job_id} is {job.state.value}: cancel it before deleting")
+        await services_of(request).queue.delete(job_id)
+        return Response(status_code=204)
+
+    @app.get("/api/jobs/{job_id}/logs", tags=["jobs"])
+    async def logs(job_id: str, request: Request, user: CurrentUser,
+                   after: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
+                   limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> dict[str, Any]:
+        """Log lines numbered from 1; pass the last `n` you have as `after`."""
+        job = await _own_job(request, job_id, user)
+        lines = await services_of(request).queue.store.logs(job_id, after, limit)
+        return {"lines": [{"n": n, "line": stored_text(line)} for n, line in lines],
+                "next": lines[-1][0] if lines else after, "state": job.state.value}
+
+    @app.get("/api/jobs/{job_id}/outputs/{name:path}", tags=["jobs"])
+    async def output(job_id: str, name: str, request: Request, user: CurrentUser) -> Response:
+        await _own_job(request, job_id, user)
+        folder = services_of(request).queue.job_dir(job_id).resolve()
+        missing = ApiError(404, "not_found", f"job {job_id} has no output {shown(name)}")
+        if text_problem(name) is not None:
+            raise missing
+        try:
+            path = (folder / name).resolve()
+            found = path.is_relative_to(folder) and path.is_file()
+        except (OSError, ValueError):  # a name too long for the file system, a loop
+            found = False
+        if not found:
+            raise missing
+        return FileResponse(path, filename=Path(name).name)
+
+    @app.get("/api/kinds", tags=["queue"])
+    async def kinds(request: Request, user: CurrentUser) -> dict[str, Any]:
+        """The kinds this server runs, with their argument schemas and memory: what a job
+        submitted now reserves (`memory_estimate_mb`, `memory_estimate_from`) and the
+        measured peaks of recent completed jobs (`peak_memory_*`)."""
+        queue = services_of(request).queue
+        return {"kinds": [{**k.schema(), **(await queue.kind_memory(k)).to_json()}
+                          for k in settings.kinds.values()]}
+
+    @app.get("/api/queue", tags=["queue"])
+    async def queue_stats(request: Request, user: CurrentUser) -> dict[str, Any]:
+        services = services_of(request)
+        # A user sees which nodes run their own jobs; an admin sees every job's node.
+        nodes = await services.queue.store.nodes(node_live_s(settings),
+                                           None if user.admin else user.name)
+        return stats_json(services.queue, settings, await services.queue.stats(), nodes)
+
+    @app.post("/api/clean", tags=["queue"])
+    async def clean(body: CleanBody, request: Request, user: CurrentUser) -> dict[str, Any]:
+        """Delete finished jobs older than `older_than_s` (an admin: everyone's)."""
+        count = await services_of(request).queue.clean(body.older_than_s,
+                                               None if user.admin else user.name)
+        return {"deleted": count}
+
+    @app.get("/health", tags=["health"])
+    async def health(request: Request) -> Response:
+        services = services_of(request)
+        try:
+            await asyncio.wait_for(services.queue.store.next_run_at(), 5)
+        except Exception as exc:  # any database trouble means not ready
+            return JSONResponse({"status": "unavailable", "database": str(exc)}, 503)
+        return JSONResponse({
+            "status": "ok",
+            "database": "ok",
+            "worker": services.worker.name if services.worker else None,
+            "running": len(services.worker.running) if services.worker else None,
+            "uptime_s": round(time.time() - services.started_at, 1),
+        })
+
+
+async def _own_job(request: Request, job_id: str, user: User) -> Job:
+    """The job `job_id` if the caller may see it; the 404 of `no_job` otherwise."""
+    looked_up = len(job_id) <= 64 and text_problem(job_id) is None
+    job = await services_of(request).queue.get(job_id) if looked_up else None
+    if job is None or (job.owner != user.name and not user.admin):
+        raise no_job(job_id)
+    return job
+
+
+_LAST_TIME_S = 253402300799.0  # 9999-12-31T23:59:59Z
+
+
+def _parse_run_at(value: str | float | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        ts = float(value) if isinstance(value, int | float) else parse_iso(value)
+    except (ValueError, OverflowError):
+        ts = math.nan
+    if not 0 <= ts <= _LAST_TIME_S:
+        raise ApiError(422, "invalid_argument",
+                       "run_at: expected an ISO-8601 time (or epoch seconds) before year 10000",
+                       field="run_at")
+    return ts
