@@ -166,7 +166,8 @@ async def test_recover_takes_back_the_runs_of_a_dead_node_and_never_a_held_one(
     kept, _ = await queue.submit("alice", "sleep", {})
     claimed = {j.id: j for j in await queue.claim("ghost", 3, ALL, ["fail", "once", "sleep"])}
     assert len(claimed) == 3
-    # The registry as a starting node found it: "ghost" last beat long ago.
+    # The registry as a starting node found it: "ghost" ran here, and its process is gone
+    # (its pid is now a process that started after it).
     ghost = Node("ghost", socket.gethostname(), os.getpid(), 3, "0", time.time() - 3600,
                  heartbeat_at=time.time() - 3600)
     recovered = await queue.recover("node-v", {kept.id: claimed[kept.id].lease_token},
@@ -182,7 +183,7 @@ async def test_recover_takes_back_the_runs_of_a_dead_node_and_never_a_held_one(
     assert gone is not None and (gone.state, gone.error) == (State.FAILED, "worker lost")
     assert await queue.holds(claimed[kept.id])
     assert not await queue.holds(claimed[retried.id])
-    # Later rounds read the registry themselves: a node beating now is not dead.
+    # Later rounds read the registry themselves: a node whose process lives is not dead.
     await queue.heartbeat(dataclasses.replace(ghost, started_at=time.time()))
     assert await queue.recover("node-v", {}, time.time()) == []
 
@@ -197,12 +198,13 @@ async def test_the_node_registry_through_the_verbs(make_settings, open_queue):
     assert [n.name for n in await queue.nodes(live=True)] == ["node-a", "node-b"]
     assert node_live_s(settings) == worker_module.node_live_s(settings) == \
         2 * settings.worker.lease_s
-    # Beating now, and its process (this one) is alive.
-    assert not queue_module.dead_node(dataclasses.replace(a, heartbeat_at=time.time()),
-                                      "node-v", settings)
-    assert queue_module.dead_node(
-        Node("old", "elsewhere", 1, 1, "0", 0.0, heartbeat_at=time.time() - 3600),
-        "node-v", settings)
+    # Its process (this one) is alive; a node elsewhere is judged by its leases alone,
+    # however late its heartbeat; a node of this machine whose process is gone is dead.
+    assert not queue_module.dead_node(a, "node-v")
+    assert not queue_module.dead_node(
+        Node("old", "elsewhere", 1, 1, "0", 0.0, heartbeat_at=time.time() - 3600), "node-v")
+    assert queue_module.dead_node(dataclasses.replace(a, started_at=time.time() - 3600),
+                                  "node-v")
     assert await queue.unregister("node-a") and not await queue.unregister("node-a")
     assert [n.name for n in await queue.nodes()] == ["node-b"]
 

@@ -378,8 +378,9 @@ class JobQueue:
     async def recover(self, me: str, held: Mapping[str, int], now: float,
                       registry: list[Node] | None = None) -> list[tuple[Job, Node | None]]:
         """Take back the jobs of lost runs: a lease run out before `now`, or a node known
-        dead (`dead_node`). Queued again while attempts remain (and no cancel was asked),
-        else failed "worker lost". Never a run of `held` ({id: token}), those `me` runs.
+        dead (`dead_node`: its process gone, on this machine). Queued again while attempts
+        remain (and no cancel was asked), else failed "worker lost". Never a run of `held`
+        ({id: token}), those `me` runs.
 
         `registry` is given by a node starting: the registry as it found it before it
         registered (`register`); its own name then stands for the process that had it
@@ -390,7 +391,7 @@ class JobQueue:
         startup = registry is not None
         nodes = registry if registry is not None else await self.store.nodes()
         by_name = {n.name: n for n in nodes}
-        lost = {n.name for n in nodes if dead_node(n, me, self.settings, startup)}
+        lost = {n.name for n in nodes if dead_node(n, me, startup)}
         if startup:
             lost |= {j.worker for j in await self.store.running_jobs()
                      if j.worker and j.worker not in by_name
@@ -450,17 +451,19 @@ def node_live_s(settings: Settings) -> float:
     return NODE_LIVE_LEASES * settings.worker.lease_s
 
 
-def dead_node(node: Node, me: str, settings: Settings, startup: bool = False) -> bool:
-    """Whether a registered node is known dead, as node `me` sees it: its heartbeat is
-    older than the live window, or it ran on this machine and its process is gone. At
+def dead_node(node: Node, me: str, startup: bool = False) -> bool:
+    """Whether a registered node is known dead, as node `me` sees it, so that its jobs are
+    taken back at once, leases or not: it ran on this machine and its process is gone. At
     start, `me`'s own name stands for the process that had it before (killed, now
-    restarted); otherwise `me` is alive."""
+    restarted); otherwise `me` is alive. A node elsewhere is never judged by its heartbeat
+    here: a late heartbeat (a node busy starting, a congested database) is no proof of
+    death, and taking back the jobs of a node whose leases still hold would run them twice.
+    Its jobs come back when their leases run out, which is sooner than a heartbeat can tell
+    (a lease period against `NODE_LIVE_LEASES` of them)."""
     if node.name == me and not startup:
         return False
-    if time.time() - node.heartbeat_at > node_live_s(settings):
-        return True
     if node.host != socket.gethostname():
-        return False  # live as far as this machine can tell
+        return False  # its leases tell
     alive = _process_since(node.pid, node.started_at)
     if node.name == me and alive:
         log.warning("another live node on this machine is named %s (pid %d)",

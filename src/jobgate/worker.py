@@ -69,6 +69,7 @@ class _Run:
     job: Job
     cancel: executor.Stop = field(default_factory=executor.Stop)
     lost: bool = False  # the lease went to someone else: report nothing more
+    claimed_at: float = field(default_factory=time.monotonic)  # when the claim came back
     ending: bool = False  # its process is done; only its end is left to write
     logs: list[str] = field(default_factory=list)
     progress: tuple[float | None, str | None] | None = None
@@ -324,6 +325,10 @@ class Worker:
                 run.rss_due = True
                 self._unreported.set()
 
+        if time.monotonic() - run.claimed_at > self.settings.worker.lease_s / 3 and \
+                not await self._held_at_start(run):
+            self._forget(run)
+            return
         try:
             result = await executor.run(
                 job, kind, self.queue.job_dir(job.id), progress, log_line, run.cancel,
@@ -339,10 +344,26 @@ class Worker:
                 run.ending = True  # the slot is free
                 await self._end(job.id, token, outcome)
         finally:
-            if self._runs.get(job.id) is run:
-                del self._runs[job.id]
-                self.queue.job_memory.pop(job.id, None)
-            self._wake.set()
+            self._forget(run)
+
+    def _forget(self, run: _Run) -> None:
+        """The run is over for this node: its slot is free."""
+        if self._runs.get(run.job.id) is run:
+            del self._runs[run.job.id]
+            self.queue.job_memory.pop(run.job.id, None)
+        self._wake.set()
+
+    async def _held_at_start(self, run: _Run) -> bool:
+        """Whether a run whose start came late (this node was stopped or starved between
+        the claim and now) still holds its lease: it must not start on one that ran out,
+        which another node may have taken back and run meanwhile."""
+        held, cancels = await self._still_held([run.job])
+        if not held:
+            run.lost = True
+            return False
+        if cancels:
+            run.cancel.set()
+        return True
 
     async def _hand_back(self) -> None:
         """On stop: stop running jobs and give them back to the queue, uncounted."""
