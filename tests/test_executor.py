@@ -53,6 +53,10 @@ async def async_report(ctx: Any, tag: str = "x") -> list[Any]:
     return ["done", tag]
 
 
+def context_classes(ctx: Any) -> list[str]:
+    return [f"{c.__module__}.{c.__qualname__}" for c in type(ctx).__mro__]
+
+
 def raises(ctx: Any) -> None:
     raise ValueError("bad input 7")
 
@@ -161,6 +165,13 @@ function = "{_MODULE}:sync_report"
 
 [kinds.py_async]
 function = "{_MODULE}:async_report"
+
+[kinds.py_context]
+function = "{_MODULE}:context_classes"
+
+[kinds.py_context_local]
+function = "{_MODULE}:context_classes"
+in_process = true
 
 [kinds.py_raises]
 function = "{_MODULE}:raises"
@@ -509,3 +520,19 @@ async def test_a_sync_python_job_sees_ctx_cancelled(make_settings, open_queue):
     done = await wait_state(queue, job.id, "cancelled", "failed", "completed")
     assert done.state.value == "cancelled"
     await wait_for(lambda: SEEN.get(tag) == "saw ctx.cancelled", what="ctx.cancelled")
+
+
+async def test_a_job_sees_the_one_job_context_in_a_pool_process_and_in_process(
+        make_settings, open_queue):
+    import jobgate
+    from jobgate import pychild
+
+    assert jobgate.JobContext is pychild.JobContext
+    queue = await open_with(make_settings, open_queue)
+    pooled, _ = await queue.submit("alice", "py_context")
+    local, _ = await queue.submit("alice", "py_context_local")
+    for job, first in ((pooled, "jobgate.pychild.ChildContext"),
+                       (local, "jobgate.executor.LocalContext")):
+        done = await wait_state(queue, job.id, "completed", "failed")
+        assert done.state.value == "completed", done.error
+        assert done.result[:2] == [first, "jobgate.pychild.JobContext"]

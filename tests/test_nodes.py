@@ -31,7 +31,7 @@ PG = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 BOTH = pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
 
 # Short leases: a killed node's jobs come back within seconds, its heartbeat expires after
-# two lease periods (worker.NODE_LIVE_LEASES).
+# two lease periods (queue.NODE_LIVE_LEASES).
 LEASE = "[worker]\nlease_s = 1\n"
 
 NODE_KINDS = TEST_KINDS + """

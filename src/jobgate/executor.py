@@ -2,8 +2,9 @@
 
 A Python function runs in a process of the worker's pool (`jobgate.pyproc`) unless its
 kind sets `in_process = true`: then in a thread of the worker (or on its event loop, if
-async), with `JobContext` as its context. The executor only runs and reports (progress,
-log lines, the end as a `RunResult`); the worker persists what it reports.
+async), with a `JobContext` (defined once, in `jobgate.pychild`) as its context. The
+executor only runs and reports (progress, log lines, the end as a `RunResult`); the
+worker persists what it reports, through the verbs of `jobgate.queue`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +28,8 @@ import psutil
 
 from jobgate.kinds import Kind, load_function, render_argv
 from jobgate.model import Job
+from jobgate.pychild import JobContext as JobContext  # `jobgate.JobContext`
 from jobgate.pychild import NonRetryable as NonRetryable  # where job code finds it
-from jobgate.queue import RunResult
 from jobgate.threads import JobThreads
 
 if TYPE_CHECKING:
@@ -93,38 +94,20 @@ class Stop(asyncio.Event):
             self._callbacks.append(callback)
 
 
-class JobContext:
-    """What an in-process Python job's function receives first (in a pool process it is
-    `jobgate.pychild.ChildContext`, with the same attributes)."""
+class LocalContext(JobContext):
+    """The context of an in-process Python job: its reports go to the worker's event loop,
+    from the job's thread or from that loop itself."""
 
     def __init__(self, job: Job, output_dir: Path, progress: ProgressFn, log: LogFn,
                  cancel: Stop, loop: asyncio.AbstractEventLoop) -> None:
-        self.job_id = job.id
-        self.attempt = job.attempt
-        self.owner = job.owner
-        self.folder_used = False
-        self._output_dir = output_dir
-        self._progress, self._log, self._cancel, self._loop = progress, log, cancel, loop
+        super().__init__(job.id, job.attempt, job.owner, output_dir, cancel)
+        self._progress, self._log, self._loop = progress, log, loop
 
-    @property
-    def output_dir(self) -> Path:
-        """The job's own folder: files written here become its outputs."""
-        self._output_dir.mkdir(parents=True, exist_ok=True)
-        self.folder_used = True
-        return self._output_dir
-
-    @property
-    def cancelled(self) -> bool:
-        """True once the job was cancelled or timed out: stop soon and return."""
-        return self._cancel.is_set()
-
-    def progress(self, percent: float | None = None, message: str | None = None) -> None:
-        """Report progress (0-100) and/or a short message; cheap to call often."""
+    def _report_progress(self, percent: float | None, message: str | None) -> None:
         self._call(self._progress, percent, message)
 
-    def log(self, line: str) -> None:
-        """Add a line to the job's log."""
-        self._call(self._log, str(line))
+    def _report_log(self, line: str) -> None:
+        self._call(self._log, line)
 
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
         try:
@@ -135,6 +118,22 @@ class JobContext:
             fn(*args)
         else:
             self._loop.call_soon_threadsafe(fn, *args)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What the executor saw of one run; `JobQueue.outcome` decides what it means for the
+    job."""
+
+    ok: bool
+    result: Any = None
+    error: str | None = None
+    exit_code: int | None = None
+    cancelled: bool = False
+    timed_out: bool = False
+    retryable: bool = True
+    peak_memory_mb: float | None = None
+    outputs: tuple[str, ...] = ()
 
 
 def _outputs(folder: Path) -> tuple[str, ...]:
@@ -442,7 +441,7 @@ async def _run_python(job: Job, kind: Kind, folder: Path, progress: ProgressFn, 
     # measurement, and a crash of the function takes the worker with it.
     loop = asyncio.get_running_loop()
     func = _function(kind)
-    ctx = JobContext(job, folder, progress, log, cancel, loop)
+    ctx = LocalContext(job, folder, progress, log, cancel, loop)
     if inspect.iscoroutinefunction(func):
         task: asyncio.Future[Any] = asyncio.ensure_future(func(ctx, **job.args))
     else:

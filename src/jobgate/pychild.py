@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 256 * 1024 * 1024  # a result is one frame; more than this is a broken stream
@@ -55,18 +55,29 @@ def encode(message: dict[str, Any]) -> bytes:
     return HEADER.pack(len(data)) + data
 
 
-class ChildContext:
-    """What a Python job's function receives first, in a pool process: the same attributes
-    as the in-process `jobgate.executor.JobContext`."""
+class _Flag(Protocol):
+    """A cancel flag: a `threading.Event` here, the run's stop signal in the worker."""
 
-    def __init__(self, job: dict[str, Any], send: Callable[[dict[str, Any]], None],
-                 cancel: threading.Event) -> None:
-        self.job_id: str = job["id"]
-        self.attempt: int = job["attempt"]
-        self.owner: str = job["owner"]
+    def is_set(self) -> bool: ...
+
+
+class JobContext:
+    """What a Python job's function receives first, wherever it runs: its id, attempt and
+    owner, its folder, whether it was cancelled, and how it reports progress and log lines.
+
+    Defined once for both places a job runs: `ChildContext` (below) sends its reports as
+    frames from a pool process, `jobgate.executor.LocalContext` hands them to the worker's
+    event loop for an `in_process` kind. They only say how a report travels.
+    """
+
+    def __init__(self, job_id: str, attempt: int, owner: str, output_dir: Path,
+                 cancel: _Flag) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        self.owner = owner
         self.folder_used = False
-        self._output_dir = Path(job["folder"])
-        self._send, self._cancel = send, cancel
+        self._output_dir = output_dir
+        self._cancel = cancel
 
     @property
     def output_dir(self) -> Path:
@@ -81,12 +92,33 @@ class ChildContext:
         return self._cancel.is_set()
 
     def progress(self, percent: float | None = None, message: str | None = None) -> None:
-        """Report progress (0-100) and/or a short message."""
-        self._send({"t": "progress", "percent": percent, "message": message})
+        """Report progress (0-100) and/or a short message; cheap to call often."""
+        self._report_progress(percent, message)
 
     def log(self, line: str) -> None:
         """Add a line to the job's log."""
-        self._send({"t": "log", "line": str(line)})
+        self._report_log(str(line))
+
+    def _report_progress(self, percent: float | None, message: str | None) -> None:
+        raise NotImplementedError
+
+    def _report_log(self, line: str) -> None:
+        raise NotImplementedError
+
+
+class ChildContext(JobContext):
+    """The context of a job in a pool process: its reports are frames to the worker."""
+
+    def __init__(self, job: dict[str, Any], send: Callable[[dict[str, Any]], None],
+                 cancel: threading.Event) -> None:
+        super().__init__(job["id"], job["attempt"], job["owner"], Path(job["folder"]), cancel)
+        self._send = send
+
+    def _report_progress(self, percent: float | None, message: str | None) -> None:
+        self._send({"t": "progress", "percent": percent, "message": message})
+
+    def _report_log(self, line: str) -> None:
+        self._send({"t": "log", "line": line})
 
 
 class _Child:

@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from jobgate import executor
+from jobgate.executor import RunResult
 from jobgate.kinds import Kind
 from jobgate.model import Job
 from jobgate.pychild import HEADER, MAX_FRAME, encode
-from jobgate.queue import RunResult
 
 log = logging.getLogger("jobgate.pyproc")
 

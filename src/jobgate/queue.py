@@ -1,8 +1,14 @@
-"""The domain verbs: submit, cancel, retry, delete, clean, and what a run's end means.
+"""The domain verbs: every move of a job, by the API and by the worker, goes through here.
 
 `JobQueue` does the bookkeeping once, above the storage seam: it checks kinds and
 arguments, applies the queue quota, decides between retry and failure, and keeps the
 position index and the event bus in step with the store's committed events.
+
+- a client's verbs: submit, cancel, retry, delete, clean;
+- a worker's verbs: claim (with the ends it writes in the same commit), finish, renew,
+  the reports of a run (progress, logs, pid), recover, expire, prune, and what a run's
+  end means (`outcome`, `end_outcome`: completed, failed, cancelled, a retry, handed back);
+- the node registry: register, heartbeat, nodes, unregister, and which nodes are dead.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ import logging
 import math
 import random
 import shutil
+import socket
 import time
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,37 +31,31 @@ import psutil
 
 from jobgate.config import Settings
 from jobgate.events import EventBus
+from jobgate.executor import RunResult
 from jobgate.kinds import ArgumentError, Kind, validate_args
 from jobgate.model import Event, Job, State, new_id
 from jobgate.positions import PositionIndex
 from jobgate.sanitize import stored_json, stored_text
 from jobgate.scheduler import Limits, backoff_s
-from jobgate.store.base import Outcome, Quota, Stats, Store
+from jobgate.store.base import Node, Outcome, Quota, Stats, Store
 
 # A running job's run is over (cancelled, or it ended some other way first).
 _ENDS = frozenset({"job.completed", "job.failed", "job.cancelled", "job.retrying"})
 _PEAK_PERCENTILE = 0.9  # an "auto" kind reserves this percentile of its recent peaks
+# Log lines per job.log event, by size: a flood of output becomes many small events, so a
+# stream that falls behind holds at most one of them in flight and its buffer fills (and
+# drops the client) in steps of this size, not of several MB at once.
+_LOG_EVENT_BYTES = 32 * 1024
+# A node is live while its last heartbeat is younger than this many lease periods (it
+# beats every third of one); a dead node's row is deleted after a day.
+NODE_LIVE_LEASES = 2
+_NODE_FORGET_S = 86400.0
 log = logging.getLogger("jobgate.queue")
 
 
 class UnknownKind(ArgumentError):
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__("kind", f"unknown kind {name!r} (known: {', '.join(known) or 'none'})")
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What the executor saw of one run; `finish` decides what it means for the job."""
-
-    ok: bool
-    result: Any = None
-    error: str | None = None
-    exit_code: int | None = None
-    cancelled: bool = False
-    timed_out: bool = False
-    retryable: bool = True
-    peak_memory_mb: float | None = None
-    outputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -317,6 +319,194 @@ class JobQueue:
                            **common)
         return Outcome(State.FAILED, error=run.error, message="failed", **common)
 
+    async def end_outcome(self, job: Job, run: RunResult, worker_stopping: bool = False
+                          ) -> Outcome:
+        """What a run's end means, to write with `finish` (or `claim`): `handed_back()` for
+        a run stopped only because its worker stops (no cancel was asked for the job, then
+        or since), else `outcome`."""
+        if worker_stopping and run.cancelled and not job.cancel_requested:
+            current = await self.store.get(job.id)
+            if current is None or not current.cancel_requested:
+                return handed_back()
+        return self.outcome(job, run)
+
+    # --- the worker's verbs -------------------------------------------------------------
+    async def claim(self, worker: str, slots: int, limits: Limits, kinds: list[str],
+                    ends: list[tuple[str, int, Outcome]] | None = None) -> list[Job]:
+        """Write how the runs of `ends` (job id, lease token, outcome) ended, then claim up
+        to `slots` ready jobs of `kinds` for `worker`: moved to running atomically, in
+        dispatch order, within `limits` across every node, each with a lease of `[worker]
+        lease_s`. One commit where the backend can: the slots the ends free are filled at
+        once. An end whose lease had moved on is not written (as with `finish`)."""
+        _, jobs = await self.store.finish_and_claim(
+            ends or [], worker, slots, limits, self.settings.worker.lease_s, kinds)
+        return jobs
+
+    async def finish(self, job_id: str, token: int, outcome: Outcome) -> State | None:
+        """Write how a run ended (an `outcome` or `end_outcome`), if `token` still holds the
+        job's lease: the state the job moved to, or None if the lease had moved on."""
+        return await self.store.finish(job_id, token, outcome)
+
+    async def renew(self, worker: str, leases: Mapping[str, int]) -> set[str]:
+        """Extend by `[worker] lease_s` the leases `worker` holds ({job id: token}); the ids
+        whose runs must stop: the lease moved on, or a cancel was asked."""
+        return await self.store.renew(worker, dict(leases), self.settings.worker.lease_s)
+
+    async def holds(self, job: Job) -> bool:
+        """Whether the run of `job` (its lease token) still holds it: running, lease not
+        moved on to another run."""
+        current = await self.store.get(job.id)
+        return current is not None and current.lease_token == job.lease_token and \
+            current.state is State.RUNNING
+
+    async def report_progress(self, job: Job, percent: float | None, message: str | None,
+                              rss_mb: float | None = None) -> None:
+        """Record a running job's progress (a `job.progress` event, with its current
+        resident memory `rss_mb` when given)."""
+        await self.store.progress(job.id, job.lease_token, percent, message, rss_mb)
+
+    async def report_logs(self, job_id: str, lines: list[str]) -> None:
+        """Add log lines to a job's log, in `job.log` events of at most 32 KB each; past
+        `[worker] log_max_lines` lines are counted, not kept."""
+        for batch in log_batches(lines, _LOG_EVENT_BYTES):
+            await self.store.append_logs(job_id, batch, self.settings.worker.log_max_lines)
+
+    async def report_pid(self, job_id: str, token: int, pid: int) -> None:
+        """Record the process (group) of a run, to reap it if its worker is lost."""
+        await self.store.set_pid(job_id, token, pid)
+
+    async def recover(self, me: str, held: Mapping[str, int], now: float,
+                      registry: list[Node] | None = None) -> list[tuple[Job, Node | None]]:
+        """Take back the jobs of lost runs: a lease run out before `now`, or a node known
+        dead (`dead_node`: its process gone, on this machine). Queued again while attempts
+        remain (and no cancel was asked), else failed "worker lost". Never a run of `held`
+        ({id: token}), those `me` runs.
+
+        `registry` is given by a node starting: the registry as it found it before it
+        registered (`register`); its own name then stands for the process that had it
+        before, and runs of workers that left no row (named `host:pid`) whose process is
+        gone count as lost too. Returns each job taken back, as its lost run left it (pid,
+        worker, lease token), with the registered node that ran it, if any.
+        """
+        startup = registry is not None
+        nodes = registry if registry is not None else await self.store.nodes()
+        by_name = {n.name: n for n in nodes}
+        lost = {n.name for n in nodes if dead_node(n, me, startup)}
+        if startup:
+            lost |= {j.worker for j in await self.store.running_jobs()
+                     if j.worker and j.worker not in by_name
+                     and _dead_local_worker(j.worker, me)}
+        jobs = await self.store.recover(lost, keep=dict(held), expired_before=now)
+        return [(job, by_name.get(job.worker or "")) for job in jobs]
+
+    async def expire(self) -> list[Job]:
+        """Fail the jobs still queued `[limits] start_timeout` after they became ready."""
+        timeout_s = self.settings.limits.start_timeout
+        return [] if timeout_s is None else await self.store.expire_queued(timeout_s)
+
+    async def prune(self) -> None:
+        """Retention: clean finished jobs past `[retention] finished`, drop events older
+        than `[retention] events`, and forget nodes whose heartbeat stopped a day ago."""
+        retention = self.settings.retention
+        await self.clean(retention.finished)
+        await self.store.prune_events(time.time() - retention.events)
+        await self.store.forget_nodes(time.time() - _NODE_FORGET_S)
+
+    async def next_run_at(self) -> float | None:
+        """The earliest `run_at` among queued jobs (a worker sleeps until it, not polls)."""
+        return await self.store.next_run_at()
+
+    # --- the node registry ---------------------------------------------------------------
+    async def register(self, node: Node) -> list[Node]:
+        """Register `node` (before it claims anything); returns the registry as it was just
+        before, which the node's first `recover` judges."""
+        before = await self.store.nodes()
+        await self.store.heartbeat(node)
+        return before
+
+    async def heartbeat(self, node: Node) -> None:
+        """Refresh `node`'s row (or register it again): its heartbeat is now."""
+        await self.store.heartbeat(node)
+
+    async def unregister(self, name: str) -> bool:
+        """Remove a node that stops gracefully; False if it was not registered."""
+        return await self.store.remove_node(name)
+
+    async def nodes(self, live: bool = False, owner: str | None = None) -> list[Node]:
+        """The registered nodes with the jobs each runs (only `owner`'s, when given); with
+        `live`, only those whose heartbeat is within `node_live_s`."""
+        return await self.store.nodes(node_live_s(self.settings) if live else None, owner)
+
+
+def handed_back() -> Outcome:
+    """The end of a run given back because its worker stops: queued again at once, the
+    attempt not counted."""
+    return Outcome(State.QUEUED, retry_at=time.time(), hand_back=True,
+                   message="handed back: its worker stopped")
+
+
+def node_live_s(settings: Settings) -> float:
+    """How recent a node's heartbeat must be for it to count as live (it beats every
+    third of a lease period, with its lease renewals)."""
+    return NODE_LIVE_LEASES * settings.worker.lease_s
+
+
+def dead_node(node: Node, me: str, startup: bool = False) -> bool:
+    """Whether a registered node is known dead, as node `me` sees it, so that its jobs are
+    taken back at once, leases or not: it ran on this machine and its process is gone. At
+    start, `me`'s own name stands for the process that had it before (killed, now
+    restarted); otherwise `me` is alive. A node elsewhere is never judged by its heartbeat
+    here: a late heartbeat (a node busy starting, a congested database) is no proof of
+    death, and taking back the jobs of a node whose leases still hold would run them twice.
+    Its jobs come back when their leases run out, which is sooner than a heartbeat can tell
+    (a lease period against `NODE_LIVE_LEASES` of them)."""
+    if node.name == me and not startup:
+        return False
+    if node.host != socket.gethostname():
+        return False  # its leases tell
+    alive = _process_since(node.pid, node.started_at)
+    if node.name == me and alive:
+        log.warning("another live node on this machine is named %s (pid %d)",
+                    node.name, node.pid)
+    return not alive
+
+
+def is_local(worker: str) -> bool:
+    """Whether a worker named `host:pid` ran on this machine."""
+    return worker.rpartition(":")[0] == socket.gethostname()
+
+
+def _process_since(pid: int, started_at: float) -> bool:
+    """Whether process `pid` of this machine exists and is the one that started at
+    `started_at` (a process created after that only reuses the number)."""
+    try:
+        return bool(psutil.Process(pid).create_time() <= started_at + 1)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # not ours to look at: it exists
+        return True
+
+
+def _dead_local_worker(worker: str, me: str) -> bool:
+    """A worker of this host named `host:pid` whose process is gone (a crash, kill -9)."""
+    if worker == me or not is_local(worker):
+        return False
+    pid = worker.rpartition(":")[2]
+    return pid.isdigit() and not psutil.pid_exists(int(pid))
+
+
+def log_batches(lines: list[str], max_bytes: int) -> Iterator[list[str]]:
+    """`lines` in order, in batches of at most `max_bytes` of text (a longer line alone)."""
+    batch: list[str] = []
+    size = 0
+    for line in lines:
+        if batch and size + len(line) > max_bytes:
+            yield batch
+            batch, size = [], 0
+        batch.append(line)
+        size += len(line)
+    if batch:
+        yield batch
 
 
 def protected_paths(settings: Settings) -> tuple[Path, ...]:

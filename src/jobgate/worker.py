@@ -1,5 +1,8 @@
 """The worker: a claim loop gated by free slots, plus a few named side loops.
 
+Every move of a job goes through the verbs of `JobQueue` (`jobgate.queue`), which decide
+what a run's end means and which nodes are dead; the worker never calls the store itself.
+
 - claim loop: claims as many ready jobs as it has free slots, in one transaction; sleeps
   until an event (a job queued, a job ended anywhere) or the next `run_at`, never polling
   tighter than `worker.poll_s`.
@@ -7,7 +10,7 @@
   this process's event loop cannot starve it; a lease it finds lost stops the job. The
   same loop keeps this node's row in the node registry fresh (registered at start,
   removed on a graceful stop); a node is live while its heartbeat is younger than
-  `NODE_LIVE_LEASES` lease periods.
+  `queue.NODE_LIVE_LEASES` lease periods.
 - reporter: writes a job's progress and log lines as they come, then at most a few times
   a second per job, so the first line after a quiet spell is seen at once and a chatty
   job costs a few writes, not one per line. Each `job.progress` event carries the job's
@@ -27,17 +30,18 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 
 from jobgate import __version__, executor
-from jobgate.config import Settings
-from jobgate.model import Event, Job, State
+from jobgate.executor import RunResult
+from jobgate.model import Event, Job
 from jobgate.pyproc import PyPool
-from jobgate.queue import JobQueue, RunResult
+from jobgate.queue import JobQueue, is_local
+from jobgate.queue import node_live_s as node_live_s  # imported from here by api and stream
 from jobgate.sanitize import stored_percent, stored_text
 from jobgate.scheduler import Limits
 from jobgate.store.base import Node, Outcome
@@ -46,17 +50,9 @@ from jobgate.threads import JobThreads
 log = logging.getLogger("jobgate.worker")
 
 _REPORT_S = 0.25
-# Log lines per job.log event, by size: a flood of output becomes many small events, so a
-# stream that falls behind holds at most one of them in flight and its buffer fills (and
-# drops the client) in steps of this size, not of several MB at once.
-_LOG_EVENT_BYTES = 32 * 1024
 _RSS_REPORT_S = 2.0  # a running job without progress gets an rss_mb-only event this often
 _PRESSURE_CHECK_S = 1.0
 _RETENTION_S = 300.0
-# A node is live while its last heartbeat is younger than this many lease periods (it
-# beats every third of one); a dead node's row is deleted after a day.
-NODE_LIVE_LEASES = 2
-_NODE_FORGET_S = 86400.0
 # The recovery loop looks every third of a lease period (at least every second); coming
 # back later than that by this many lease periods means this node was stopped or suspended.
 _RECOVERY_LATE_LEASES = 0.5
@@ -66,12 +62,6 @@ _WAKE_TYPES = frozenset({"job.queued", "job.retrying", "job.completed", "job.fai
 
 def default_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def node_live_s(settings: Settings) -> float:
-    """How recent a node's heartbeat must be for it to count as live (it beats every
-    third of a lease period, with its lease renewals)."""
-    return NODE_LIVE_LEASES * settings.worker.lease_s
 
 
 @dataclass
@@ -130,8 +120,8 @@ class Worker:
         """Work until `stop()`; then hand running jobs back to the queue and unregister."""
         loop = asyncio.get_running_loop()
         self.node = dataclasses.replace(self.node, started_at=time.time())
-        self._registry_at_start = await self.queue.store.nodes()
-        await self.queue.store.heartbeat(self.node)  # registered before it claims anything
+        # Registered before it claims anything.
+        self._registry_at_start = await self.queue.register(self.node)
         unsubscribe = self.queue.bus.on(self._on_event)
         self._renewer = threading.Thread(target=self._renew_thread, args=(loop,),
                                          name="jobgate-lease", daemon=True)
@@ -151,7 +141,7 @@ class Worker:
             self._threads.close()
             await self._stop_renewer()
             try:
-                await self.queue.store.remove_node(self.name)
+                await self.queue.unregister(self.name)
             except Exception:  # the database went away: the heartbeat expires instead
                 log.warning("could not unregister node %s", self.name, exc_info=True)
 
@@ -192,10 +182,10 @@ class Worker:
                         node_memory_free_mb=self.node_budget_mb - sum(r.job.memory_mb
                                                                       for r in live))
                     asked_at = time.time()
-                    jobs = await self._finish_and_claim(free, limits, lease_s, kinds)
+                    jobs = await self._finish_and_claim(free, limits, kinds)
                     cancels: dict[str, int] = {}
                     if jobs and time.time() - asked_at > lease_s / 3:
-                        jobs, cancels = await self._still_held(jobs, lease_s)
+                        jobs, cancels = await self._still_held(jobs)
                     for job in jobs:
                         self._start(job)
                     self._stop_runs(cancels)
@@ -206,14 +196,14 @@ class Worker:
             self._claiming = False
             await self._finish_ends()
 
-    async def _finish_and_claim(self, free: int, limits: Limits, lease_s: float,
-                                kinds: list[str]) -> list[Job]:
+    async def _finish_and_claim(self, free: int, limits: Limits, kinds: list[str]
+                                ) -> list[Job]:
         """Write the runs that ended and claim jobs for the free slots, in one call."""
         ends, self._ends = self._ends, []
         try:
-            _, jobs = await self.queue.store.finish_and_claim(
-                [(job_id, token, outcome) for job_id, token, outcome, _ in ends],
-                self.name, free, limits, lease_s, kinds)
+            jobs = await self.queue.claim(
+                self.name, free, limits, kinds,
+                ends=[(job_id, token, outcome) for job_id, token, outcome, _ in ends])
         except BaseException:
             self._ends[:0] = ends  # written one by one when the loop ends
             raise
@@ -224,8 +214,7 @@ class Worker:
 
     async def _finish_ends(self) -> None:
         ends, self._ends = self._ends, []
-        store = self.queue.store
-        results = await asyncio.gather(*(store.finish(*end[:3]) for end in ends),
+        results = await asyncio.gather(*(self.queue.finish(*end[:3]) for end in ends),
                                        return_exceptions=True)
         for (*_, done), result in zip(ends, results, strict=True):
             if done.done():
@@ -237,10 +226,10 @@ class Worker:
 
     async def _end(self, job_id: str, token: int, outcome: Outcome) -> None:
         """Write how a run ended: through the claim loop, which writes it together with the
-        claim of the jobs for the slot it frees (one commit, not two); straight to the store
-        when the loop is not claiming."""
+        claim of the jobs for the slot it frees (one commit, not two); on its own when the
+        loop is not claiming."""
         if not self._claiming:
-            await self.queue.store.finish(job_id, token, outcome)
+            await self.queue.finish(job_id, token, outcome)
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._ends.append((job_id, token, outcome, done))
@@ -261,7 +250,7 @@ class Worker:
     async def _sleep(self, idle: bool) -> None:
         timeout = self.settings.worker.poll_s
         if idle:
-            next_at = await self.queue.store.next_run_at()
+            next_at = await self.queue.next_run_at()
             if next_at is not None and next_at > time.time():
                 timeout = min(timeout, next_at - time.time() + 0.001)
         with contextlib.suppress(TimeoutError):
@@ -276,20 +265,16 @@ class Worker:
             if run is not None:
                 run.cancel.set()
 
-    async def _still_held(self, jobs: list[Job], lease_s: float
-                          ) -> tuple[list[Job], dict[str, int]]:
+    async def _still_held(self, jobs: list[Job]) -> tuple[list[Job], dict[str, int]]:
         """Claims that took more than a third of a lease to come back (this node was
         stopped, or the database blocked) are renewed before they start: a job another
         node took back meanwhile must not run twice. Returns the jobs still this node's,
         and those of them whose cancel was asked meanwhile."""
-        leases = {j.id: j.lease_token for j in jobs}
-        stop = await self.queue.store.renew(self.name, leases, lease_s)
+        stop = await self.queue.renew(self.name, {j.id: j.lease_token for j in jobs})
         held, cancels = [], {}
         for job in jobs:
             if job.id in stop:
-                current = await self.queue.store.get(job.id)
-                if current is None or current.lease_token != job.lease_token or \
-                        current.state is not State.RUNNING:
+                if not await self.queue.holds(job):
                     log.warning("job %s was taken back while this node was stopped; "
                                 "not starting it", job.id)
                     continue
@@ -330,7 +315,7 @@ class Worker:
             self._unreported.set()
 
         async def on_pid(pid: int) -> None:
-            await self.queue.store.set_pid(job.id, token, pid)
+            await self.queue.report_pid(job.id, token, pid)
 
         def memory(rss_mb: float, peak_mb: float) -> None:
             run.rss_mb = rss_mb
@@ -355,12 +340,7 @@ class Worker:
         try:
             if not run.lost:
                 await self._report(run)
-                if self._stop.is_set() and result.cancelled and not job.cancel_requested \
-                        and not await self._cancel_requested(job.id):
-                    outcome = Outcome(State.QUEUED, retry_at=time.time(), hand_back=True,
-                                      message="handed back: its worker stopped")
-                else:
-                    outcome = self.queue.outcome(job, result)
+                outcome = await self.queue.end_outcome(job, result, self._stop.is_set())
                 run.ending = True  # the slot is free
                 await self._end(job.id, token, outcome)
         finally:
@@ -377,17 +357,13 @@ class Worker:
         """Whether a run whose start came late (this node was stopped or starved between
         the claim and now) still holds its lease: it must not start on one that ran out,
         which another node may have taken back and run meanwhile."""
-        held, cancels = await self._still_held([run.job], self.settings.worker.lease_s)
+        held, cancels = await self._still_held([run.job])
         if not held:
             run.lost = True
             return False
         if cancels:
             run.cancel.set()
         return True
-
-    async def _cancel_requested(self, job_id: str) -> bool:
-        current = await self.queue.store.get(job_id)
-        return current is not None and current.cancel_requested
 
     async def _hand_back(self) -> None:
         """On stop: stop running jobs and give them back to the queue, uncounted."""
@@ -398,16 +374,15 @@ class Worker:
 
     # --- reporting ----------------------------------------------------------------------
     async def _report(self, run: _Run) -> None:
-        store, job = self.queue.store, run.job
+        job = run.job
         async with run.reporting:
             if run.logs:
                 lines, run.logs[:] = list(run.logs), []
-                for batch in log_batches(lines, _LOG_EVENT_BYTES):
-                    await store.append_logs(job.id, batch, self.settings.worker.log_max_lines)
+                await self.queue.report_logs(job.id, lines)
             if run.progress is not None or run.rss_due:
                 (percent, message), run.progress = run.progress or (None, None), None
                 run.rss_due, run.progress_at = False, time.monotonic()
-                await store.progress(job.id, job.lease_token, percent, message, run.rss_mb)
+                await self.queue.report_progress(job, percent, message, run.rss_mb)
 
     async def _report_loop(self) -> None:
         timeout: float | None = None
@@ -452,14 +427,14 @@ class Worker:
             if self._renewer_stopping:
                 return
             try:
-                await self.queue.store.heartbeat(self.node)
+                await self.queue.heartbeat(self.node)
             except Exception:
                 log.exception("heartbeat failed; trying again")
             leases = {r.job.id: r.job.lease_token for r in list(self._runs.values())}
             if not leases:
                 continue
             try:
-                stop = await self.queue.store.renew(self.name, leases, lease_s)
+                stop = await self.queue.renew(self.name, leases)
             except Exception:
                 log.exception("lease renewal failed; trying again")
                 continue
@@ -480,16 +455,14 @@ class Worker:
             self._spawn(self._check_lost(run))
 
     async def _check_lost(self, run: _Run) -> None:
-        current = await self.queue.store.get(run.job.id)
-        if current is None or current.lease_token != run.job.lease_token or \
-                current.state is not State.RUNNING:
+        if not await self.queue.holds(run.job):
             run.lost = True
 
     # --- recovery, timeouts, retention --------------------------------------------------
     async def _recover(self, startup: bool = False) -> None:
         """Take back the jobs of lost runs (a lease run out, a node known dead) and reap
         what those runs left on this machine; never a run this node still holds."""
-        store, lease_s, now = self.queue.store, self.settings.worker.lease_s, time.time()
+        lease_s, now = self.settings.worker.lease_s, time.time()
         late_s = now - self._recovered_at - _recovery_every_s(lease_s)
         self._recovered_at = now
         if not startup and late_s > _RECOVERY_LATE_LEASES * lease_s:
@@ -502,44 +475,18 @@ class Worker:
             await self._renew_now()
         if now < self._recover_from:
             return
-        nodes = self._registry_at_start if startup else await store.nodes()
-        registry = {n.name: n for n in nodes}
-        lost = {n.name for n in nodes if self._dead(n, startup)}
-        if startup:  # runs of workers that left no row, named `host:pid` (older jobgate)
-            lost |= {j.worker for j in await store.running_jobs()
-                     if j.worker and j.worker not in registry
-                     and _dead_local_worker(j.worker, self.name)}
         held = {r.job.id: r.job.lease_token for r in list(self._runs.values()) if not r.lost}
         host = socket.gethostname()
-        for job in await store.recover(lost, keep=held, expired_before=now):
+        registry = self._registry_at_start if startup else None
+        for job, node in await self.queue.recover(self.name, held, now, registry):
             log.warning("recovered job %s from lost worker %s", job.id, job.worker)
-            node = registry.get(job.worker or "")
             if node is not None and node.host != host:
                 continue  # that run's processes were on another machine
             # Its group only when the run is known to have been on this machine; its
             # marked processes in any case (the mark is that run's alone).
-            local = node is not None or (job.worker is not None and _is_local(job.worker))
+            local = node is not None or (job.worker is not None and is_local(job.worker))
             await asyncio.to_thread(executor.reap, job.id, job.lease_token,
                                     job.pid if local else None, job.started_at)
-
-    def _dead(self, node: Node, startup: bool) -> bool:
-        """Whether a registered node is known dead, so that its jobs are taken back at
-        once, leases or not: it ran on this machine and its process is gone. At start,
-        this node's own name stands for the process that had it before (killed, now
-        restarted). A node elsewhere is never judged by its heartbeat here: a late
-        heartbeat (a node busy starting, a congested database) is no proof of death, and
-        taking back the jobs of a node whose leases still hold would run them twice. Its
-        jobs come back when their leases run out, which is sooner than a heartbeat can
-        tell (a lease period against `NODE_LIVE_LEASES` of them)."""
-        if node.name == self.name and not startup:
-            return False
-        if node.host != socket.gethostname():
-            return False  # its leases tell
-        alive = _process_since(node.pid, node.started_at)
-        if node.name == self.name and alive:
-            log.warning("another live node on this machine is named %s (pid %d)",
-                        node.name, node.pid)
-        return not alive
 
     async def _renew_now(self) -> None:
         """Renew this node's leases from here, now (the lease thread may not have run yet)."""
@@ -548,7 +495,7 @@ class Worker:
         if not leases:
             return
         try:
-            stop = await self.queue.store.renew(self.name, leases, self.settings.worker.lease_s)
+            stop = await self.queue.renew(self.name, leases)
         except Exception:
             log.exception("lease renewal failed")
             return
@@ -566,53 +513,13 @@ class Worker:
     async def _start_timeout_loop(self, timeout_s: float) -> None:
         while True:
             await asyncio.sleep(min(5.0, max(0.2, timeout_s / 4)))
-            await self.queue.store.expire_queued(timeout_s)
+            await self.queue.expire()
 
     async def _retention_loop(self) -> None:
-        retention = self.settings.retention
         while True:
-            await self.queue.clean(retention.finished)
-            await self.queue.store.prune_events(time.time() - retention.events)
-            await self.queue.store.forget_nodes(time.time() - _NODE_FORGET_S)
+            await self.queue.prune()
             await asyncio.sleep(_RETENTION_S)
 
 
 def _recovery_every_s(lease_s: float) -> float:
     return max(1.0, lease_s / 3)
-
-
-def _process_since(pid: int, started_at: float) -> bool:
-    """Whether process `pid` of this machine exists and is the one that started at
-    `started_at` (a process created after that only reuses the number)."""
-    try:
-        return bool(psutil.Process(pid).create_time() <= started_at + 1)
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.Error:  # not ours to look at: it exists
-        return True
-
-
-def _is_local(worker: str) -> bool:
-    return worker.rpartition(":")[0] == socket.gethostname()
-
-
-def _dead_local_worker(worker: str, me: str) -> bool:
-    """A worker of this host named `host:pid` whose process is gone (a crash, kill -9)."""
-    if worker == me or not _is_local(worker):
-        return False
-    pid = worker.rpartition(":")[2]
-    return pid.isdigit() and not psutil.pid_exists(int(pid))
-
-
-def log_batches(lines: list[str], max_bytes: int) -> Iterator[list[str]]:
-    """`lines` in order, in batches of at most `max_bytes` of text (a longer line alone)."""
-    batch: list[str] = []
-    size = 0
-    for line in lines:
-        if batch and size + len(line) > max_bytes:
-            yield batch
-            batch, size = [], 0
-        batch.append(line)
-        size += len(line)
-    if batch:
-        yield batch
