@@ -192,6 +192,8 @@ def check_deletable(job: Job) -> None:
 
 def expired(job: Job, now: float, start_timeout_s: float) -> Move:
     """A job still queued `start_timeout_s` after it became ready: it fails, and says so."""
+    if job.state is not State.QUEUED:  # a job that started did not time out waiting
+        raise IllegalMove(job.id, job.state, State.FAILED)
     waited = f"{start_timeout_s / 60:g} min" if start_timeout_s >= 60 else \
         f"{start_timeout_s:g} s"
     return _move(job, State.FAILED, finished_at=now,
