@@ -105,6 +105,18 @@ def test_runs_to_end_fences_by_token_and_counts_a_repeated_end_once():
     assert moves.runs_to_end(items, current) == [current["J1"], None, None, None, None]
 
 
+def test_settle_runs_ends_for_good_together_and_sends_requeues_for_their_turns():
+    current = {"J1": running(), "J2": running(id="J2"), "J3": running(id="J3")}
+    back = Outcome(State.QUEUED, retry_at=NOW)
+    settled = moves.settle_runs(
+        [("J1", 7, Outcome(State.COMPLETED)), ("J2", 7, back), ("J3", 1, back),
+         ("J1", 7, Outcome(State.FAILED))], current, NOW)
+    assert settled.states == [State.COMPLETED, State.QUEUED, None, None]
+    assert [m.job.id for m in settled.ended] == ["J1"]
+    assert settled.ended[0].job.state is State.COMPLETED
+    assert settled.requeue == [(current["J2"], back)]
+
+
 def test_still_held_needs_the_running_state_the_token_and_no_cancel():
     assert moves.still_held("running", 3, 3, False)
     assert not moves.still_held("running", 4, 3, False)

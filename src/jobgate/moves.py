@@ -15,7 +15,7 @@ import copy
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from jobgate.model import FINAL, IllegalMove, Job, State, check_move, event_data, event_type
 from jobgate.store.base import Outcome, QueueFull
@@ -83,6 +83,32 @@ def runs_to_end(items: list[tuple[str, int, Outcome]], current: Mapping[str, Job
             continue
         taken.add((job_id, token))
         out.append(job)
+    return out
+
+
+class Ends(NamedTuple):
+    """What a batch of reported ends comes to (`settle_runs`)."""
+
+    ended: list[Move]  # runs that ended for good, to be written together
+    requeue: list[tuple[Job, Outcome]]  # runs going back to the queue: each needs its turn
+    states: list[State | None]  # per reported end: the state its job moves to, or None
+
+
+def settle_runs(items: list[tuple[str, int, Outcome]], current: Mapping[str, Job],
+                now: float) -> Ends:
+    """The ends of runs (job id, lease token, outcome) that count (`runs_to_end`), given
+    the jobs as read: the moves of those that end for good (`ended`), and those that go
+    back to the queue (`requeued` once the backend has read their turns)."""
+    out = Ends([], [], [])
+    for (_, _, outcome), job in zip(items, runs_to_end(items, current), strict=True):
+        if job is None:
+            out.states.append(None)
+        elif outcome.state is State.QUEUED:
+            out.requeue.append((job, outcome))
+            out.states.append(State.QUEUED)
+        else:
+            out.ended.append(ended(job, outcome, now))
+            out.states.append(outcome.state)
     return out
 
 

@@ -125,10 +125,7 @@ class PostgresStore(PgConnection, Store):
             claims = [moves.claimed(job, worker, tx.now, lease_s) for job in sorted(
                 await tx.select("id = ANY(%s)", ([j.id for j in admission.admitted],)),
                 key=lambda j: j.dispatch_key)]
-            await tx.write(claims)
-            for move in claims:
-                tx.record(move)
-            chosen = [move.job for move in claims]
+            chosen = await tx.apply_all(claims)
             tx.at_end(lambda tx: _date_leases(tx, chosen, lease_s))
             return chosen
 

@@ -177,9 +177,14 @@ class Tx:
 
     async def apply(self, move: Move) -> Job:
         """Write one move and emit its event; the job after it."""
-        await self.write([move])
-        self.record(move)
-        return move.job
+        return (await self.apply_all([move]))[0]
+
+    async def apply_all(self, moves: list[Move]) -> list[Job]:
+        """Write moves together and emit their events in order; the jobs after them."""
+        await self.write(moves)
+        for move in moves:
+            self.record(move)
+        return [move.job for move in moves]
 
     def record(self, move: Move) -> None:
         """Emit the event of a move (written by `write`)."""

@@ -167,27 +167,15 @@ async def submit_many(tx: Tx, items: list[tuple[Job, Quota]]
 
 
 async def finish_many(tx: Tx, items: list[tuple[str, int, Outcome]]) -> list[State | None]:
-    """End runs, fenced by their lease tokens (`moves.runs_to_end`): one narrow read that
+    """End runs, fenced by their lease tokens (`moves.settle_runs`): one narrow read that
     locks the rows, and one statement for all the runs that end (a run going back to the
     queue, which needs its fair turn, is written on its own, under the turns lock the
     caller took). Each item gets the state its job moved to, or None if its lease moved on."""
     current = {row[0]: run_from_row(row) for row in await tx.rows(
         f"SELECT {RUN_COLUMNS} FROM jobs WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
         (list({job_id for job_id, _, _ in items}),))}
-    out: list[State | None] = []
-    ends: list[moves.Move] = []
-    for (_, _, outcome), job in zip(items, moves.runs_to_end(items, current), strict=True):
-        if job is None:
-            out.append(None)
-        elif outcome.state is State.QUEUED:
-            move = moves.requeued(job, outcome, await next_turn(tx, job.owner, job.priority))
-            await tx.write([move])
-            tx.record(move)
-            out.append(State.QUEUED)
-        else:
-            move = moves.ended(job, outcome, tx.now)
-            ends.append(move)
-            tx.record(move)
-            out.append(move.job.state)
-    await tx.write(ends)
-    return out
+    settled = moves.settle_runs(items, current, tx.now)
+    await tx.apply_all(settled.ended)
+    for job, outcome in settled.requeue:
+        await tx.apply(moves.requeued(job, outcome, await next_turn(tx, job.owner, job.priority)))
+    return settled.states

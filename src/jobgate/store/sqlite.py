@@ -420,10 +420,7 @@ def _claim(tx: Tx, worker: str, slots: int, limits: Limits, lease_s: float,
     claims = [moves.claimed(job, worker, now, lease_s)
               for job in sorted(tx.select(f"id IN ({placeholders(ids)})", tuple(ids)),
                                 key=lambda j: j.dispatch_key)]
-    tx.write(claims)
-    for move in claims:
-        tx.record(move)
-    return [move.job for move in claims]
+    return tx.apply_all(claims)
 
 
 def _candidates(tx: Tx, ask: Ask) -> list[Candidate]:

@@ -117,7 +117,7 @@ def _check_quota(tx: Tx, job: Job, quota: Quota, rows: list[tuple[Any, ...]]) ->
 
 
 def finish_many(tx: Tx, items: list[tuple[str, int, Outcome]]) -> list[State | None]:
-    """End runs, fenced by their lease tokens (`moves.runs_to_end`): one narrow read and
+    """End runs, fenced by their lease tokens (`moves.settle_runs`): one narrow read and
     one `executemany` for all the runs that end (a run going back to the queue, which needs
     its fair turn worked out, is written on its own). Each item gets the state its job
     moved to, or None if its lease moved on."""
@@ -128,20 +128,8 @@ def finish_many(tx: Tx, items: list[tuple[str, int, Outcome]]) -> list[State | N
         for row in tx.conn.execute(
                 f"SELECT {RUN_COLUMNS} FROM jobs WHERE id IN ({placeholders(chunk)})", chunk):
             current[row[0]] = run_from_row(row)
-    out: list[State | None] = []
-    ends: list[moves.Move] = []
-    for (_, _, outcome), job in zip(items, moves.runs_to_end(items, current), strict=True):
-        if job is None:
-            out.append(None)
-        elif outcome.state is State.QUEUED:
-            move = moves.requeued(job, outcome, next_turn(tx, job.owner, job.priority))
-            tx.write([move])
-            tx.record(move)
-            out.append(State.QUEUED)
-        else:
-            move = moves.ended(job, outcome, tx.now)
-            ends.append(move)
-            tx.record(move)
-            out.append(move.job.state)
-    tx.write(ends)
-    return out
+    settled = moves.settle_runs(items, current, tx.now)
+    tx.apply_all(settled.ended)
+    for job, outcome in settled.requeue:
+        tx.apply(moves.requeued(job, outcome, next_turn(tx, job.owner, job.priority)))
+    return settled.states
