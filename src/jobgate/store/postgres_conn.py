@@ -67,7 +67,7 @@ COLUMN_TYPES = dict(zip((c.strip() for c in COLUMNS.split(",")), (
 
 # Events are numbered by event_seq's row, updated last in the transaction; the insert runs
 # to its end as part of the statement; the notification carries the new highest seq. The
-# arrays go in binary (%b, see postgres_batch._TYPES).
+# arrays go in binary (%b, see COLUMN_TYPES).
 _EVENTS_SQL = (
     "WITH s AS (UPDATE event_seq SET last = last + %s RETURNING last), "
     "i AS (INSERT INTO events (seq, type, ts, job_id, owner, data) "
@@ -479,7 +479,7 @@ class PgConnection:
 
     async def _grouped(self, name: str, item: Any,
                        fn: Callable[[Tx, list[Any]], Awaitable[list[Any]]]) -> Any:
-        """One call of a grouped operation (postgres_batch): run with the other calls of
+        """One call of a grouped operation (postgres_grouped): run with the other calls of
         `name` made meanwhile on this loop, in one transaction; alone on another loop."""
         if asyncio.get_running_loop() is not self._loop:
             value = (await self._run(lambda tx: fn(tx, [item])))[0]
