@@ -34,6 +34,7 @@ from jobgate.auth import hash_password, new_token
 from jobgate.config import Settings, load_settings
 from jobgate.queue import JobQueue
 from jobgate.store import store_for_url
+from jobgate.store.base import Store
 from jobgate.worker import Worker
 from pg import PgServer, pg_server
 
@@ -345,3 +346,22 @@ def start_server(tmp_path: Path, backend: Backend) -> Iterator[Callable[..., Ser
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    """An open store on a fresh database of each backend (`db_url`): what the storage
+    conformance tests (tests/test_store_*.py), the lease and the fairness tests run on."""
+    s = store_for_url(db_url)
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def other_node(db_url: str, store: Store) -> AsyncIterator[Store]:
+    """A second connection to the same database, as a second worker node has."""
+    s = store_for_url(db_url)
+    await s.open()
+    yield s
+    await s.close()

@@ -8,15 +8,12 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 
 from jobgate.model import Job, State, new_id
 from jobgate.scheduler import Limits
-from jobgate.store import store_for_url
 from jobgate.store.base import Outcome, Quota, Store
 
 _last_stamp = 0.0
@@ -28,14 +25,6 @@ def make_job(owner: str, priority: int = 0) -> Job:
     _last_stamp = max(now, _last_stamp + 0.002)  # ids strictly by creation
     return Job(id=new_id(_last_stamp), kind="noop", owner=owner, args={}, priority=priority,
                created_at=now, run_at=now)
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    s = store_for_url(db_url)
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def submit(store: Store, owner: str, priority: int = 0) -> Job:

@@ -12,7 +12,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -22,28 +22,10 @@ import pytest
 from conftest import TEST_KINDS, alive, survivors, wait_for, wait_state
 from jobgate.model import Job, State, new_id
 from jobgate.scheduler import Limits
-from jobgate.store import store_for_url
 from jobgate.store.base import Quota, Store
 from jobgate.store.postgres import _CLAIM_LOCK
 
 LEASE_S = 1.0
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    s = store_for_url(db_url)
-    await s.open()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def other_node(db_url: str, store: Store) -> AsyncIterator[Store]:
-    """A second connection to the same database, as another worker node has."""
-    s = store_for_url(db_url)
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def submit(store: Store, kind: str = "noop") -> Job:

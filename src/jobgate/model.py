@@ -256,3 +256,20 @@ class Event:
             out["job_id"] = self.job_id
         out.update(self.data)
         return out
+
+
+def event_data(job: Job) -> dict[str, Any]:
+    """What a state event carries: the fields a change can touch (the rest stay as read)."""
+    data: dict[str, Any] = {
+        "state": job.state.value, "kind": job.kind, "owner": job.owner,
+        "attempt": job.attempt, "max_attempts": job.max_attempts, "message": job.message,
+        "progress": job.progress,
+    }
+    if job.state is State.QUEUED:
+        data.update(priority=job.priority, run_at=iso(job.run_at), vt=job.vt)
+    elif job.state is State.RUNNING:
+        data.update(worker=job.worker, started_at=iso(job.started_at))
+    else:
+        data.update(finished_at=iso(job.finished_at), error=job.error, result=job.result,
+                    outputs=job.outputs, peak_memory_mb=job.peak_memory_mb)
+    return data

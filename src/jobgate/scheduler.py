@@ -32,8 +32,9 @@ queued keys, kept in an order-statistic index (`positions.py`) instead of counte
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 def next_vt(head_vt: int | None, owner_last_vt: int | None) -> int:
@@ -47,6 +48,56 @@ def serving_turn(queued_min: int | None, running_max: int | None) -> int | None:
     if queued_min is None or running_max is None:
         return running_max if queued_min is None else queued_min
     return min(queued_min, running_max)
+
+
+class Turns:
+    """Fair turns (`next_vt`) handed out within one operation, worked out once for every
+    backend. The backend reads, when `knows_priority` / `knows_owner` say it has not yet,
+    the queue's turns at a priority (`add_priority`) and an owner's last turns
+    (`add_owner`, finished ones up to `newest`); from then on the turns are followed here
+    as jobs enter, so a batch of submits costs one read per priority and per owner."""
+
+    def __init__(self) -> None:
+        # priority -> (smallest queued, largest queued or running, largest running)
+        self._turns: dict[int, tuple[int | None, int | None, int | None]] = {}
+        self._last: dict[tuple[str, int], int | None] = {}
+
+    def knows_priority(self, priority: int) -> bool:
+        return priority in self._turns
+
+    def add_priority(self, priority: int, queued_min: int | None, queued_max: int | None,
+                     running_max: int | None) -> None:
+        newest = max((v for v in (queued_max, running_max) if v is not None), default=None)
+        self._turns[priority] = (queued_min, newest, running_max)
+
+    def newest(self, priority: int) -> int:
+        """The newest turn queued or running at `priority` (-1: none), the bound of the
+        finished jobs `add_owner` wants."""
+        newest = self._turns[priority][1]
+        return -1 if newest is None else newest
+
+    def knows_owner(self, owner: str, priority: int) -> bool:
+        return (owner, priority) in self._last
+
+    def add_owner(self, owner: str, priority: int, active_last: int | None,
+                  finished_last: Iterable[int | None]) -> None:
+        """`active_last`: the owner's largest vt queued or running at `priority`;
+        `finished_last`: its largest finished ones (any number, None for none) up to
+        `newest(priority)`."""
+        queued_min, newest, running_max = self._turns[priority]
+        finished = max((v for v in finished_last if v is not None), default=None)
+        self._last[(owner, priority)] = owner_last(
+            active_last, finished, serving_turn(queued_min, running_max), newest)
+
+    def next(self, owner: str, priority: int) -> int:
+        """The turn of `owner`'s job entering the queue at `priority` now (both reads
+        added first)."""
+        queued_min, newest, running_max = self._turns[priority]
+        vt = next_vt(serving_turn(queued_min, running_max), self._last[(owner, priority)])
+        self._last[(owner, priority)] = vt
+        self._turns[priority] = (vt if queued_min is None else min(queued_min, vt),
+                                 vt if newest is None else max(newest, vt), running_max)
+        return vt
 
 
 def owner_last(active_last: int | None, finished_last: int | None, head: int | None,
@@ -89,6 +140,15 @@ class Running:
         self.by_kind[kind] += count
 
 
+    @classmethod
+    def of(cls, rows: Iterable[tuple[Any, ...]]) -> Running:
+        """What runs, from rows of (owner, kind, count, memory_mb summed)."""
+        running = cls()
+        for owner, kind, count, memory_mb in rows:
+            running.add(owner, kind, int(memory_mb), int(count))
+        return running
+
+
 class Candidate(NamedTuple):
     """What admission reads of a queued job (a claim reads these columns, not whole rows)."""
 
@@ -96,6 +156,56 @@ class Candidate(NamedTuple):
     kind: str
     owner: str
     memory_mb: int
+
+
+class Ask(NamedTuple):
+    """What a claim reads next: the first ready queued jobs, in dispatch order, of `kinds`,
+    of no owner in `owners`, at most `limit` (a backend may also leave out `seen`)."""
+
+    kinds: list[str]
+    owners: set[str]
+    seen: set[str]
+    limit: int
+
+
+class Admission:
+    """One claim's admission, the loop every backend drives: `ask` says what to read,
+    `offer` admits from what was read (`admit`), until the slots are full, nothing is
+    left, or `ROUNDS` reads were made. Admission reads a few columns of the first
+    candidates; when limits filled up on the way (a user or kind reached its cap), it
+    reads on past them."""
+
+    ROUNDS = 4
+
+    def __init__(self, limits: Limits, running: Running, slots: int, kinds: list[str]) -> None:
+        self.limits, self.running, self.kinds = limits, running, kinds
+        self.room = free_slots(limits, running, slots)
+        self.admitted: list[Candidate] = []
+        self.seen: set[str] = set()
+        self._reads = 0
+        self._exhausted = False
+
+    def ask(self) -> Ask | None:
+        """The next read, or None: admission is over (`admitted` holds its choice)."""
+        want = self.room - len(self.admitted)
+        if self._exhausted or self._reads >= self.ROUNDS or want <= 0:
+            return None
+        owners, full_kinds = blocked(self.limits, self.running)
+        kinds = [k for k in self.kinds if k not in full_kinds]
+        if not kinds:
+            return None
+        return Ask(kinds, owners, set(self.seen), want * 2 + 8)
+
+    def offer(self, candidates: list[Candidate]) -> None:
+        """Admit from the candidates `ask`'s read found (those seen before are skipped)."""
+        self._reads += 1
+        fresh = [c for c in candidates if c.id not in self.seen]
+        if not fresh:
+            self._exhausted = True
+            return
+        self.seen.update(c.id for c in fresh)
+        want = self.room - len(self.admitted)
+        self.admitted += admit(fresh, self.limits, self.running, want)
 
 
 def free_slots(limits: Limits, running: Running, slots: int) -> int:

@@ -1,8 +1,9 @@
 """The storage seam: what every backend persists and claims atomically.
 
 The domain verbs in `queue.py` do the bookkeeping; a backend turns each call into one
-transaction, checks every state change against `model.TRANSITIONS`, and writes the event
-of every change in that same transaction, so an event exists exactly when its change does.
+transaction, takes every state change from `moves.py` (which checks it against
+`model.TRANSITIONS`), and writes the event of every change in that same transaction, so an
+event exists exactly when its change does.
 """
 
 from __future__ import annotations
@@ -98,11 +99,9 @@ EventListener = Callable[[list[Event]], None]
 
 
 class Store(ABC):
-    """One database. Backends: `SqliteStore`, and PostgreSQL next (same conformance tests)."""
-
-    #: The backend can wake other processes itself (LISTEN/NOTIFY); SQLite cannot, so
-    #: other processes read its event outbox by cursor.
-    supports_notify: bool = False
+    """One database. Backends: `SqliteStore` and `PostgresStore` (same conformance tests).
+    What happens to a job is decided once, in `moves.py`; a backend reads, calls the rule
+    and writes."""
 
     @abstractmethod
     async def open(self) -> None:

@@ -15,10 +15,12 @@ makes it exact across nodes:
   nodes, whose listener reads `events WHERE seq > last` (also every second, in case a
   notification is missed) and hands them to the `listen` callbacks in order.
 - **Grouped writes**: concurrent submits (or finishes) of one process share one
-  transaction and a few multi-row statements (postgres_batch.py), so a burst costs a few
+  transaction and a few multi-row statements (postgres_grouped.py), so a burst costs a few
   commits, not one per job.
 
-The pool, transactions, migrations and the event listener are in postgres_conn.py.
+What happens to a job is decided in `moves.py`: an operation reads rows (locking them),
+calls the rule and writes what it returns. The pool, transactions, migrations and the
+event listener are in postgres_conn.py.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from collections import Counter
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from jobgate.model import FINAL, DispatchKey, Event, IllegalMove, Job, State, check_move
-from jobgate.scheduler import Candidate, Limits, Running, admit, blocked, free_slots
+from jobgate import moves
+from jobgate.model import FINAL, DispatchKey, Event, Job, State
+from jobgate.scheduler import Admission, Ask, Candidate, Limits, Running
 from jobgate.store.base import (
     Conflict,
     Node,
@@ -41,24 +44,19 @@ from jobgate.store.base import (
     Store,
     User,
 )
-from jobgate.store.postgres_batch import SORT_OFF, Turns, finish_many, submit_many
 from jobgate.store.postgres_conn import PgConnection, Tx, latest_version, pg_errors
-from jobgate.store.rows import COLUMNS, lease_cutoff
-from jobgate.store.rows import job_from_row as _job
+from jobgate.store.postgres_grouped import SORT_OFF, finish_many, next_turn, submit_many
+from jobgate.store.rows import lease_cutoff
 
 __all__ = ["PostgresStore", "SchemaTooNew", "latest_version"]
 
 _CLAIM_LOCK = 0x6A6F6201  # advisory lock keys ("job" + n)
 _TURNS_LOCK = 0x6A6F6202
-_CLAIM_ROUNDS = 4
 _FINAL = [s.value for s in FINAL]
-_COLUMNS = COLUMNS
 
 
 class PostgresStore(PgConnection, Store):
     """Jobs in one PostgreSQL database, shared by every node."""
-
-    supports_notify = True
 
     # --- jobs -----------------------------------------------------------------------------
     async def submit(self, job: Job, quota: Quota) -> tuple[Job, bool]:
@@ -114,44 +112,20 @@ class PostgresStore(PgConnection, Store):
             # what the claim dates (start, lease) counts from when it was taken.
             await tx.execute(f"SELECT pg_advisory_xact_lock(%s), {SORT_OFF}", (_CLAIM_LOCK,))
             tx.clock()
-            running = Running()
-            for owner, kind, n, mem in await tx.rows(
+            admission = Admission(limits, Running.of(await tx.rows(
                 "SELECT owner, kind, count(*), coalesce(sum(memory_mb), 0) FROM jobs "
-                "WHERE state = 'running' GROUP BY owner, kind"
-            ):
-                running.add(owner, kind, int(mem), int(n))
-            room = free_slots(limits, running, slots)
-            admitted: list[Candidate] = []
-            seen: set[str] = set()
-            for _ in range(_CLAIM_ROUNDS):
-                want = room - len(admitted)
-                owners, full_kinds = blocked(limits, running)
-                open_kinds = [k for k in kinds if k not in full_kinds]
-                if want <= 0 or not open_kinds:
-                    break
-                candidates = await _candidates(tx, open_kinds, owners, limits, running, seen,
-                                               want * 2 + 8)
-                if not candidates:
-                    break
-                seen.update(j.id for j in candidates)
-                admitted += admit(candidates, limits, running, want)
-            if not admitted:
+                "WHERE state = 'running' GROUP BY owner, kind")), slots, kinds)
+            while (ask := admission.ask()) is not None:
+                admission.offer(await _candidates(tx, ask))
+            if not admission.admitted:
                 return []
-            check_move("", State.QUEUED, State.RUNNING)
             # The admitted rows are locked by this transaction since `_candidates` read them
             # queued, so `id` alone picks them: a condition on `state` would let the planner
             # scan a partial index of every queued job instead of the primary key.
-            chosen = sorted(
-                (_job(r) for r in await tx.rows(
-                    "UPDATE jobs SET state = 'running', attempt = attempt + 1, started_at = %s, "
-                    "finished_at = NULL, worker = %s, lease_token = lease_token + 1, "
-                    "lease_expires_at = %s, progress = NULL, message = NULL, error = NULL, "
-                    "result = NULL, cancel_requested = FALSE, pid = NULL "
-                    f"WHERE id = ANY(%s) RETURNING {_COLUMNS}",
-                    (tx.now, worker, tx.now + lease_s, [j.id for j in admitted]))),
-                key=lambda j: j.dispatch_key)
-            for job in chosen:
-                tx.announce(job, State.QUEUED)
+            claims = [moves.claimed(job, worker, tx.now, lease_s) for job in sorted(
+                await tx.select("id = ANY(%s)", ([j.id for j in admission.admitted],)),
+                key=lambda j: j.dispatch_key)]
+            chosen = await tx.apply_all(claims)
             tx.at_end(lambda tx: _date_leases(tx, chosen, lease_s))
             return chosen
 
@@ -168,7 +142,7 @@ class PostgresStore(PgConnection, Store):
                 "RETURNING jobs.id, jobs.lease_token, jobs.state, jobs.cancel_requested",
                 (tx.now + lease_s, ids, tokens),
             ):
-                if state == "running" and token == leases[job_id] and not cancel:
+                if moves.still_held(state, token, leases[job_id], cancel):
                     stop.discard(job_id)
             return stop
 
@@ -188,7 +162,7 @@ class PostgresStore(PgConnection, Store):
             if any(o.state is State.QUEUED for _, _, o in items):
                 await tx.execute(f"SELECT pg_advisory_xact_lock(%s), {SORT_OFF}",
                                  (_TURNS_LOCK,))
-            return await finish_many(tx, items, _requeue)
+            return await finish_many(tx, items)
 
         result: State | None = await self._grouped("finish", (job_id, token, outcome), op)
         return result
@@ -205,10 +179,8 @@ class PostgresStore(PgConnection, Store):
                 (percent, message, job_id, token),
             )
             if row is not None:
-                data: dict[str, Any] = {"progress": percent, "message": message}
-                if rss_mb is not None:
-                    data["rss_mb"] = rss_mb
-                tx.emit("job.progress", Job(job_id, "", row[0], {}), data)
+                tx.emit("job.progress", Job(job_id, "", row[0], {}),
+                        moves.progress_data(percent, message, rss_mb))
 
         await self._run(op)
 
@@ -219,7 +191,7 @@ class PostgresStore(PgConnection, Store):
             if row is None:
                 return
             count, owner = row
-            keep = lines[: max(0, cap - count)]
+            keep = moves.kept_lines(lines, count, cap)
             if keep:
                 await tx.cur.executemany(
                     "INSERT INTO logs (job_id, n, line) VALUES (%s, %s, %s)",
@@ -227,8 +199,7 @@ class PostgresStore(PgConnection, Store):
             await tx.cur.execute("UPDATE jobs SET log_count = log_count + %s WHERE id = %s",
                                  (len(lines), job_id))
             if keep:
-                tx.emit("job.log", Job(job_id, "", owner, {}),
-                        {"first": count + 1, "lines": keep})
+                tx.emit("job.log", Job(job_id, "", owner, {}), moves.log_data(count + 1, keep))
 
         await self._run(op)
 
@@ -242,9 +213,9 @@ class PostgresStore(PgConnection, Store):
                 total = await tx.value("SELECT log_count FROM jobs WHERE id = %s", (job_id,))
                 kept = await tx.value("SELECT coalesce(max(n), 0) FROM logs WHERE job_id = %s",
                                       (job_id,))
-                if total and total > kept and after <= kept:
-                    out.append((kept + 1, f"[jobgate] {total - kept} more lines not kept "
-                                          "(worker.log_max_lines)"))
+                marker = moves.not_kept_line(total, kept, after)
+                if marker is not None:
+                    out.append(marker)
             return out
 
         return await self._run(op, write=False)
@@ -252,21 +223,8 @@ class PostgresStore(PgConnection, Store):
     async def cancel(self, job_id: str) -> Job:
         async def op(tx: Tx) -> Job:
             job = await tx.one(job_id)
-            if job.state is State.QUEUED:
-                return await tx.move(job, State.CANCELLED, finished_at=tx.now,
-                                     message="cancelled")
-            if job.state is State.RUNNING:
-                if not job.cancel_requested:
-                    job.cancel_requested = True
-                    job.message = "cancelling"
-                    await tx.cur.execute(
-                        "UPDATE jobs SET cancel_requested = TRUE, message = %s WHERE id = %s",
-                        (job.message, job.id))
-                    tx.emit("job.progress", job, {"progress": job.progress,
-                                                  "message": job.message,
-                                                  "cancel_requested": True})
-                return job
-            raise IllegalMove(job.id, job.state, State.CANCELLED)
+            move = moves.cancelled(job, tx.now)
+            return job if move is None else await tx.apply(move)
 
         return await self._run(op)
 
@@ -274,21 +232,15 @@ class PostgresStore(PgConnection, Store):
         async def op(tx: Tx) -> Job:
             await tx.lock(_TURNS_LOCK)
             job = await tx.one(job_id)
-            if job.state not in (State.FAILED, State.CANCELLED):
-                raise IllegalMove(job.id, job.state, State.QUEUED)
-            return await tx.move(
-                job, State.QUEUED, vt=await _owner_vt(tx, job.owner, job.priority),
-                run_at=tx.now, attempt=0, finished_at=None, started_at=None, error=None,
-                result=None, progress=None, message="retried by hand", worker=None,
-                cancel_requested=False, lease_expires_at=None)
+            return await tx.apply(
+                moves.retried(job, tx.now, await next_turn(tx, job.owner, job.priority)))
 
         return await self._run(op)
 
     async def delete(self, job_id: str) -> Job:
         async def op(tx: Tx) -> Job:
             job = await tx.one(job_id)
-            if job.state not in FINAL:
-                raise IllegalMove(job.id, job.state, job.state)
+            moves.check_deletable(job)
             await _delete(tx, [job_id])
             return job
 
@@ -307,24 +259,13 @@ class PostgresStore(PgConnection, Store):
             for job in await tx.select(
                     "state = 'running' AND (lease_expires_at < %s OR worker = ANY(%s)) "
                     "ORDER BY id FOR UPDATE SKIP LOCKED", (cutoff, lost)):
-                if held.get(job.id) == job.lease_token:
-                    continue  # the caller runs it: a late renewal, not a lost run
-                pid, worker, token = job.pid, job.worker, job.lease_token
-                common: dict[str, Any] = {"lease_expires_at": None, "pid": None,
-                                          "lease_token": job.lease_token + 1}
-                if job.cancel_requested:
-                    await tx.move(job, State.CANCELLED, finished_at=tx.now,
-                                  message="cancelled (worker lost)", **common)
-                elif job.attempt < job.max_attempts:
-                    await tx.move(job, State.QUEUED,
-                                  vt=await _owner_vt(tx, job.owner, job.priority),
-                                  run_at=tx.now, worker=None,
-                                  message="recovered after its worker was lost", **common)
-                else:
-                    await tx.move(job, State.FAILED, finished_at=tx.now, error="worker lost",
-                                  message="worker lost", **common)
-                job.pid, job.worker, job.lease_token = pid, worker, token
-                out.append(job)
+                if moves.is_held(job, held):
+                    continue
+                vt = await next_turn(tx, job.owner, job.priority) \
+                    if moves.recovery_state(job) is State.QUEUED else None
+                move = moves.recovered(job, tx.now, vt)
+                await tx.apply(move)
+                out.append(moves.lost_run(move, job))
             return out
 
         return await self._run(op)
@@ -333,13 +274,8 @@ class PostgresStore(PgConnection, Store):
         async def op(tx: Tx) -> list[Job]:
             jobs = await tx.select("state = 'queued' AND run_at < %s ORDER BY id "
                                    "FOR UPDATE SKIP LOCKED", (tx.now - start_timeout_s,))
-            minutes = f"{start_timeout_s / 60:g} min" if start_timeout_s >= 60 else \
-                f"{start_timeout_s:g} s"
-            for job in jobs:
-                await tx.move(job, State.FAILED, finished_at=tx.now,
-                              error=f"not started within {minutes} (limits.start_timeout)",
-                              message="start timeout")
-            return jobs
+            return [await tx.apply(moves.expired(job, tx.now, start_timeout_s))
+                    for job in jobs]
 
         return await self._run(op)
 
@@ -520,25 +456,24 @@ class PostgresStore(PgConnection, Store):
         return await self._run(op, write=False)
 
 
-async def _candidates(tx: Tx, kinds: list[str], owners: set[str], limits: Limits,
-                      running: Running, seen: set[str], limit: int) -> list[Candidate]:
+async def _candidates(tx: Tx, ask: Ask) -> list[Candidate]:
     """The first ready queued jobs in dispatch order that no limit excludes outright (rows
     another transaction holds are skipped: it is changing them)."""
     where = "state = 'queued' AND run_at <= %s AND kind = ANY(%s)"
-    params: list[Any] = [tx.now, kinds]
-    if owners:
+    params: list[Any] = [tx.now, ask.kinds]
+    if ask.owners:
         where += " AND owner <> ALL(%s)"
-        params.append(list(owners))
-    if seen:
+        params.append(list(ask.owners))
+    if ask.seen:
         where += " AND id <> ALL(%s)"
-        params.append(list(seen))
+        params.append(list(ask.seen))
     # No filter on memory: a job that does not fit must be seen, to hold the memory for
     # itself against the jobs behind it (scheduler.admit).
     return [
         Candidate._make(row) for row in await tx.rows(
             f"SELECT id, kind, owner, memory_mb FROM jobs WHERE {where} "
             "ORDER BY priority DESC, vt, id LIMIT %s FOR UPDATE SKIP LOCKED",
-            (*params, limit))
+            (*params, ask.limit))
     ]
 
 
@@ -551,24 +486,6 @@ async def _date_leases(tx: Tx, jobs: list[Job], lease_s: float) -> None:
                      (expires, [j.id for j in jobs]))
     for job in jobs:
         job.lease_expires_at = expires
-
-
-async def _requeue(tx: Tx, job: Job, outcome: Outcome) -> Job:
-    """A run that goes back to the queue (retry or hand-back), behind its owner's peers;
-    the caller holds `_TURNS_LOCK` and the job's row."""
-    assert outcome.retry_at is not None
-    return await tx.move(
-        job, State.QUEUED, vt=await _owner_vt(tx, job.owner, job.priority),
-        run_at=outcome.retry_at, worker=None,
-        attempt=job.attempt - 1 if outcome.hand_back else job.attempt,
-        lease_token=job.lease_token + 1, lease_expires_at=None, pid=None, error=outcome.error,
-        message=outcome.message, peak_memory_mb=outcome.peak_memory_mb)
-
-
-async def _owner_vt(tx: Tx, owner: str, priority: int) -> int:
-    """The fair turn of a job of `owner` entering the queue at `priority` (scheduler.py);
-    the caller holds `_TURNS_LOCK`."""
-    return await Turns(tx).next(owner, priority)
 
 
 async def _delete(tx: Tx, job_ids: list[str]) -> int:

@@ -1,17 +1,19 @@
 """The PostgreSQL backend's connection side: the pool, one transaction per operation
-(`Tx`), numbered migrations, and the listener that hands every node's committed events to
-this process in `seq` order. The operations themselves are in postgres.py."""
+(`Tx`, what an operation writes moves and events through), the groups that gather
+concurrent calls of one operation into one transaction (`Groups`), numbered migrations,
+and the listener that hands every node's committed events to this process in `seq` order.
+The operations themselves are in postgres.py and postgres_grouped.py."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 try:
     import psycopg
@@ -26,19 +28,24 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         "(or pip install 'psycopg[binary,pool]')"
     ) from exc
 
-from jobgate.model import Event, Job, State, check_move
-from jobgate.model import event_type as _event_type
+from jobgate.model import Event, Job
+from jobgate.moves import Move
 from jobgate.store.base import EventListener, NotFound
-from jobgate.store.postgres_batch import Groups
-from jobgate.store.rows import COLUMNS, JSON_COLUMNS, event_from_row, migrations, pending_migrations
-from jobgate.store.rows import dumps as _dumps
+from jobgate.store.rows import (
+    COLUMNS,
+    column_value,
+    event_from_row,
+    migrations,
+    pending_migrations,
+    to_json,
+)
 from jobgate.store.rows import job_from_row as _job
-from jobgate.store.sqlite_batch import event_data
 
 # pg_errors: psycopg's errors, for postgres.py, whose import of psycopg goes through here.
-__all__ = ["PgConnection", "Tx", "latest_version", "pg_errors"]
+__all__ = ["COLUMN_TYPES", "Groups", "PgConnection", "Tx", "latest_version", "pg_errors"]
 
 T = TypeVar("T")
+ItemT = TypeVar("ItemT")
 log = logging.getLogger("jobgate.store")
 
 _CHANNEL = "jobgate_events"
@@ -47,11 +54,20 @@ _POLL_S = 1.0  # the listener reads new events at least this often, notified or 
 _RETRIES = 20  # a transaction chosen as a deadlock victim runs again, up to this often
 _POOL_MAX = 10
 _COLUMNS = COLUMNS
-_JSON_COLS = JSON_COLUMNS
+
+#: The type of each column of `COLUMNS`, for statements over many rows from one array per
+#: column. Arrays go in binary (%b): psycopg quotes each element of a text-format array
+#: with a regular expression, which costs more than the whole statement for a few hundred
+#: JSON strings.
+COLUMN_TYPES = dict(zip((c.strip() for c in COLUMNS.split(",")), (
+    "text", "text", "text", "text", "int", "text", "float8", "text", "int", "int", "float8",
+    "float8", "float8", "float8", "text", "text", "text", "int", "float8", "text", "text",
+    "text", "bigint", "bigint", "float8", "bool", "int", "text",
+), strict=True))
 
 # Events are numbered by event_seq's row, updated last in the transaction; the insert runs
 # to its end as part of the statement; the notification carries the new highest seq. The
-# arrays go in binary (%b, see postgres_batch._TYPES).
+# arrays go in binary (%b, see COLUMN_TYPES).
 _EVENTS_SQL = (
     "WITH s AS (UPDATE event_seq SET last = last + %s RETURNING last), "
     "i AS (INSERT INTO events (seq, type, ts, job_id, owner, data) "
@@ -96,12 +112,13 @@ async def _connect(url: str) -> psycopg.AsyncConnection[Any]:
     return await psycopg.AsyncConnection.connect(url, autocommit=True, context=_ADAPTERS)
 
 
-def _to_db(name: str, value: Any) -> Any:
-    if name in _JSON_COLS:
-        return None if value is None and name == "result" else _dumps(value)
-    if isinstance(value, State):
-        return value.value
-    return value
+def _column_array(name: str, values: list[Any]) -> list[Any]:
+    """Values of one column as its array holds them (a float column's ints as floats: a
+    binary array takes the type of its first element)."""
+    out = [column_value(name, v) for v in values]
+    if COLUMN_TYPES[name] == "float8":
+        return [None if v is None else float(v) for v in out]
+    return out
 
 
 _event = event_from_row
@@ -158,21 +175,34 @@ class Tx:
     def emit(self, type_: str, job: Job | None, data: dict[str, Any]) -> None:
         self.pending.append((type_, job.id if job else None, job.owner if job else None, data))
 
-    async def move(self, job: Job, dst: State, **fields: Any) -> Job:
-        """The one way a single job changes state: checked, written, and announced."""
-        src = job.state
-        check_move(job.id, src, dst)
-        fields["state"] = dst
-        for name, value in fields.items():
-            setattr(job, name, value)
-        cols = ", ".join(f"{name} = %s" for name in fields)
-        await self.cur.execute(f"UPDATE jobs SET {cols} WHERE id = %s",
-                               [*(_to_db(n, v) for n, v in fields.items()), job.id])
-        self.announce(job, src)
-        return job
+    async def apply(self, move: Move) -> Job:
+        """Write one move and emit its event; the job after it."""
+        return (await self.apply_all([move]))[0]
 
-    def announce(self, job: Job, src: State) -> None:
-        self.emit(_event_type(src, job.state), job, event_data(job))
+    async def apply_all(self, moves: list[Move]) -> list[Job]:
+        """Write moves together and emit their events in order; the jobs after them."""
+        await self.write(moves)
+        for move in moves:
+            self.record(move)
+        return [move.job for move in moves]
+
+    def record(self, move: Move) -> None:
+        """Emit the event of a move (written by `write`)."""
+        self.emit(move.event, move.job, move.data)
+
+    async def write(self, moves: list[Move]) -> None:
+        """Write the columns of moves: one statement per set of columns, from one array
+        per column (the rows are locked: the caller read them FOR UPDATE or claimed them)."""
+        by_columns: dict[tuple[str, ...], list[Move]] = {}
+        for move in moves:
+            by_columns.setdefault(tuple(move.fields), []).append(move)
+        for columns, group in by_columns.items():
+            arrays = [[m.job.id for m in group]] + [
+                _column_array(c, [m.fields[c] for m in group]) for c in columns]
+            await self.cur.execute(
+                f"UPDATE jobs SET {', '.join(f'{c} = m.{c}' for c in columns)} FROM unnest("
+                + ", ".join(f"%b::{COLUMN_TYPES[c]}[]" for c in ("id", *columns))
+                + f") AS m(id, {', '.join(columns)}) WHERE jobs.id = m.id", arrays)
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -194,6 +224,71 @@ async def _migrate(conn: psycopg.AsyncConnection[Any]) -> None:
         for version, sql in pending_migrations("postgres", current):
             await conn.execute(sql.encode())
             await conn.execute("INSERT INTO jobgate_schema (version) VALUES (%s)", (version,))
+
+
+Run = Callable[[Callable[[Any], Awaitable[T]]], Awaitable[T]]
+GroupFn = Callable[[Any, list[ItemT]], Awaitable[list[Any]]]
+
+
+@dataclass
+class _Group(Generic[ItemT]):
+    items: list[ItemT] = field(default_factory=list)
+    waiters: list[asyncio.Future[Any]] = field(default_factory=list)
+
+
+class Groups:
+    """The open group of each operation name, and the gate that runs them one at a time."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, _Group[Any]] = {}
+        self._gates: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def call(self, name: str, item: ItemT, fn: GroupFn[ItemT], run: Run[list[Any]]
+                   ) -> Any:
+        """`item`'s result of `fn(tx, items)`, run in one transaction (`run`) with the
+        items of every other call of `name` made meanwhile."""
+        group = self._open.get(name)
+        if group is None:
+            group = self._open[name] = _Group()
+            task = asyncio.create_task(self._flush(name, group, fn, run),
+                                       name=f"jobgate-pg-{name}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        group.items.append(item)
+        group.waiters.append(waiter)
+        return await waiter
+
+    async def _flush(self, name: str, group: _Group[ItemT], fn: GroupFn[ItemT],
+                     run: Run[list[Any]]) -> None:
+        gate = self._gates.setdefault(name, asyncio.Lock())
+        try:
+            async with gate:
+                # From here on, new calls open the next group (which waits for this one).
+                if self._open.get(name) is group:
+                    del self._open[name]
+                items = list(group.items)
+                results = await run(lambda tx: fn(tx, items))
+        except BaseException as exc:
+            if self._open.get(name) is group:
+                del self._open[name]
+            for waiter in group.waiters:
+                if not waiter.done():
+                    if isinstance(exc, asyncio.CancelledError):
+                        waiter.cancel()
+                    else:
+                        waiter.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for waiter, value in zip(group.waiters, results, strict=True):
+            if waiter.done():  # that caller gave up waiting
+                continue
+            if isinstance(value, Exception):
+                waiter.set_exception(value)
+            else:
+                waiter.set_result(value)
 
 
 class PgConnection:
@@ -384,7 +479,7 @@ class PgConnection:
 
     async def _grouped(self, name: str, item: Any,
                        fn: Callable[[Tx, list[Any]], Awaitable[list[Any]]]) -> Any:
-        """One call of a grouped operation (postgres_batch): run with the other calls of
+        """One call of a grouped operation (postgres_grouped): run with the other calls of
         `name` made meanwhile on this loop, in one transaction; alone on another loop."""
         if asyncio.get_running_loop() is not self._loop:
             value = (await self._run(lambda tx: fn(tx, [item])))[0]
@@ -400,7 +495,7 @@ class PgConnection:
         top = int(await tx.value(
             _EVENTS_SQL, (len(pending), len(pending), tx.now, [p[0] for p in pending],
                           [p[1] for p in pending], [p[2] for p in pending],
-                          [json.dumps(p[3]) for p in pending], _CHANNEL)))
+                          [to_json(p[3]) for p in pending], _CHANNEL)))
         first = top - len(pending) + 1
         return [Event(first + i, type_, tx.now, job_id, owner, data)
                 for i, (type_, job_id, owner, data) in enumerate(pending)]

@@ -1,5 +1,7 @@
-"""What both backends share below the SQL: the jobs table's columns as Python values, and
-the numbered migration files. No SQL statements here; those stay beside each backend."""
+"""What both backends share below the SQL: the jobs table's columns as Python values (one
+write path per column: `column_value`, `job_values`; one JSON encoder, `to_json`, for JSON
+columns and events alike; None is SQL NULL, never the text 'null'), and the numbered
+migration files. No SQL statements here; those stay beside each backend."""
 
 from __future__ import annotations
 
@@ -60,6 +62,33 @@ def dumps(value: Any) -> str:
     return to_json(value)
 
 
+def json_or_null(value: Any) -> str | None:
+    """A JSON column's value: None (SQL NULL) for None, else its JSON text."""
+    return None if value is None else dumps(value)
+
+
+def column_value(name: str, value: Any) -> Any:
+    """How the jobs table stores `value` of column `name` on every backend."""
+    if name in JSON_COLUMNS:
+        return json_or_null(value)
+    if isinstance(value, State):
+        return value.value
+    return value
+
+
+#: What ending a run reads of its job (`run_from_row`): the fence (state, lease token)
+#: and what the move and its event need, not whole rows: a worker ends jobs in waves.
+RUN_COLUMNS = "id, state, lease_token, kind, owner, attempt, max_attempts, progress, priority"
+
+
+def run_from_row(row: Sequence[Any]) -> Job:
+    """A job, as far as a row of `RUN_COLUMNS` tells."""
+    id_, state, token, kind, owner, attempt, max_attempts, progress, priority = row
+    return Job(id=id_, kind=kind, owner=owner, args={}, state=STATES[state],
+               lease_token=token, attempt=attempt, max_attempts=max_attempts,
+               progress=progress, priority=priority)
+
+
 def job_from_row(row: Sequence[Any]) -> Job:
     """A job from a row of `COLUMNS`."""
     (id_, kind, owner, args, priority, state, progress, message, attempt, max_attempts,
@@ -85,7 +114,7 @@ def job_values(job: Job) -> tuple[Any, ...]:
     return (
         job.id, job.kind, job.owner, dumps(job.args), job.priority, job.state.value,
         job.progress, job.message, job.attempt, job.max_attempts, job.created_at, job.run_at,
-        job.started_at, job.finished_at, None if job.result is None else dumps(job.result),
+        job.started_at, job.finished_at, json_or_null(job.result),
         job.error, job.worker, job.memory_mb, job.peak_memory_mb, dumps(job.depends_on),
         job.unique_key, dumps(job.outputs), job.vt, job.lease_token,
         job.lease_expires_at, bool(job.cancel_requested), job.pid, job.idempotency_key,

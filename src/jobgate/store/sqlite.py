@@ -1,8 +1,9 @@
 """The SQLite backend: the operations on jobs, users and events, in SQL.
 
 Each public method builds one operation, a function of an open transaction (`Tx`), and
-hands it to the connection thread (`sqlite_batch.GroupCommit`), which runs it inside a
-group commit.
+hands it to the connection thread (`sqlite_conn.GroupCommit`), which runs it inside a
+group commit. What happens to a job is decided in `moves.py`: an operation reads rows,
+calls the rule and writes what it returns.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from collections import Counter
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from jobgate.model import FINAL, DispatchKey, Event, IllegalMove, Job, State, check_move
-from jobgate.scheduler import Candidate, Limits, Running, admit, blocked, free_slots
+from jobgate import moves
+from jobgate.model import FINAL, DispatchKey, Event, Job, State
+from jobgate.scheduler import Admission, Ask, Candidate, Limits, Running
 from jobgate.store.base import (
     Conflict,
     Node,
@@ -26,30 +28,17 @@ from jobgate.store.base import (
     Store,
     User,
 )
-from jobgate.store.rows import COLUMNS, event_from_row, lease_cutoff
-from jobgate.store.rows import job_from_row as _job
-from jobgate.store.sqlite_batch import GroupCommit, SchemaTooNew, Tx, latest_version, placeholders
-from jobgate.store.sqlite_grouped import finish_many, owner_vt, submit_many
+from jobgate.store.rows import event_from_row, lease_cutoff
+from jobgate.store.sqlite_conn import GroupCommit, SchemaTooNew, Tx, latest_version, placeholders
+from jobgate.store.sqlite_grouped import finish_many, next_turn, submit_many
 
 __all__ = ["SchemaTooNew", "SqliteStore", "latest_version"]
 
-_CLAIM_ROUNDS = 4  # reads of candidates per claim, when limits exclude some on the way
 _FINAL = tuple(s.value for s in FINAL)
-_COLUMNS = COLUMNS
-
-
-def _one(tx: Tx, job_id: str) -> Job:
-    rows = tx.select("id = ?", (job_id,))
-    if not rows:
-        raise NotFound(f"no job {job_id}")
-    return rows[0]
-
 
 
 class SqliteStore(GroupCommit, Store):
     """Jobs in one SQLite file. `durability="normal"` skips the fsync of each commit."""
-
-    supports_notify = False
 
     # --- jobs ---------------------------------------------------------------------------
     async def submit(self, job: Job, quota: Quota) -> tuple[Job, bool]:
@@ -112,7 +101,7 @@ class SqliteStore(GroupCommit, Store):
                 "SELECT id, lease_token, state, cancel_requested FROM jobs "
                 f"WHERE id IN ({placeholders(leases)})", list(leases)
             ):
-                if state == "running" and token == leases[job_id] and not cancel:
+                if moves.still_held(state, token, leases[job_id], cancel):
                     stop.discard(job_id)
             return stop
 
@@ -142,10 +131,8 @@ class SqliteStore(GroupCommit, Store):
             )
             row = cur.fetchone()
             if row is not None:
-                data: dict[str, Any] = {"progress": percent, "message": message}
-                if rss_mb is not None:
-                    data["rss_mb"] = rss_mb
-                tx.emit("job.progress", Job(job_id, "", row[0], {}), data)
+                tx.emit("job.progress", Job(job_id, "", row[0], {}),
+                        moves.progress_data(percent, message, rss_mb))
 
         await self._call(op)
 
@@ -156,14 +143,13 @@ class SqliteStore(GroupCommit, Store):
             if row is None:
                 return
             count, owner = row
-            keep = lines[: max(0, cap - count)]
+            keep = moves.kept_lines(lines, count, cap)
             tx.conn.executemany("INSERT INTO logs (job_id, n, line) VALUES (?, ?, ?)",
                                 [(job_id, count + i + 1, line) for i, line in enumerate(keep)])
             tx.conn.execute("UPDATE jobs SET log_count = log_count + ? WHERE id = ?",
                             (len(lines), job_id))
             if keep:
-                tx.emit("job.log", Job(job_id, "", owner, {}),
-                        {"first": count + 1, "lines": keep})
+                tx.emit("job.log", Job(job_id, "", owner, {}), moves.log_data(count + 1, keep))
 
         await self._call(op)
 
@@ -179,51 +165,32 @@ class SqliteStore(GroupCommit, Store):
                                         (job_id,)).fetchone()
                 kept = tx.conn.execute("SELECT coalesce(max(n), 0) FROM logs WHERE job_id = ?",
                                        (job_id,)).fetchone()[0]
-                if total and total[0] > kept and after <= kept:
-                    out.append((kept + 1, f"[jobgate] {total[0] - kept} more lines not kept "
-                                          "(worker.log_max_lines)"))
+                marker = moves.not_kept_line(total[0] if total else None, kept, after)
+                if marker is not None:
+                    out.append(marker)
             return out
 
         return await self._call(op, write=False)
 
     async def cancel(self, job_id: str) -> Job:
         def op(tx: Tx) -> Job:
-            job = _one(tx, job_id)
-            if job.state is State.QUEUED:
-                return tx.move(job, State.CANCELLED, finished_at=tx.now, message="cancelled")
-            if job.state is State.RUNNING:
-                if not job.cancel_requested:
-                    job.cancel_requested = True
-                    job.message = "cancelling"
-                    tx.conn.execute(
-                        "UPDATE jobs SET cancel_requested = 1, message = ? WHERE id = ?",
-                        (job.message, job.id))
-                    tx.emit("job.progress", job, {"progress": job.progress,
-                                                  "message": job.message,
-                                                  "cancel_requested": True})
-                return job
-            raise IllegalMove(job.id, job.state, State.CANCELLED)
+            job = tx.one(job_id)
+            move = moves.cancelled(job, tx.now)
+            return job if move is None else tx.apply(move)
 
         return await self._call(op)
 
     async def retry(self, job_id: str) -> Job:
         def op(tx: Tx) -> Job:
-            job = _one(tx, job_id)
-            if job.state not in (State.FAILED, State.CANCELLED):
-                # running→queued is the worker's move (a retry after failure), not a user's
-                raise IllegalMove(job.id, job.state, State.QUEUED)
-            return tx.move(job, State.QUEUED, vt=owner_vt(tx, job.owner, job.priority),
-                           run_at=tx.now, attempt=0, finished_at=None, started_at=None, error=None,
-                           result=None, progress=None, message="retried by hand", worker=None,
-                           cancel_requested=False, lease_expires_at=None)
+            job = tx.one(job_id)
+            return tx.apply(moves.retried(job, tx.now, next_turn(tx, job.owner, job.priority)))
 
         return await self._call(op)
 
     async def delete(self, job_id: str) -> Job:
         def op(tx: Tx) -> Job:
-            job = _one(tx, job_id)
-            if job.state not in FINAL:
-                raise IllegalMove(job.id, job.state, job.state)
+            job = tx.one(job_id)
+            moves.check_deletable(job)
             _delete(tx, [job_id])
             return job
 
@@ -239,25 +206,14 @@ class SqliteStore(GroupCommit, Store):
             out = []
             cutoff = lease_cutoff(tx.now, expired_before)
             for job in tx.select("state = 'running' AND (lease_expires_at < ? OR worker IN "
-                               f"({placeholders(lost)}))", (cutoff, *lost)):
-                if held.get(job.id) == job.lease_token:
-                    continue  # the caller runs it: a late renewal, not a lost run
-                pid, worker, token = job.pid, job.worker, job.lease_token
-                common: dict[str, Any] = {"lease_expires_at": None, "pid": None,
-                                          "lease_token": job.lease_token + 1}
-                if job.cancel_requested:
-                    tx.move(job, State.CANCELLED, finished_at=tx.now,
-                            message="cancelled (worker lost)", **common)
-                elif job.attempt < job.max_attempts:
-                    tx.move(job, State.QUEUED, vt=owner_vt(tx, job.owner, job.priority),
-                            run_at=tx.now, worker=None,
-                            message="recovered after its worker was lost", **common)
-                else:
-                    tx.move(job, State.FAILED, finished_at=tx.now, error="worker lost",
-                            message="worker lost", **common)
-                # so the caller can reap what the lost run left running
-                job.pid, job.worker, job.lease_token = pid, worker, token
-                out.append(job)
+                                 f"({placeholders(lost)}))", (cutoff, *lost)):
+                if moves.is_held(job, held):
+                    continue
+                vt = next_turn(tx, job.owner, job.priority) \
+                    if moves.recovery_state(job) is State.QUEUED else None
+                move = moves.recovered(job, tx.now, vt)
+                tx.apply(move)
+                out.append(moves.lost_run(move, job))
             return out
 
         return await self._call(op)
@@ -265,13 +221,7 @@ class SqliteStore(GroupCommit, Store):
     async def expire_queued(self, start_timeout_s: float) -> list[Job]:
         def op(tx: Tx) -> list[Job]:
             jobs = tx.select("state = 'queued' AND run_at < ?", (tx.now - start_timeout_s,))
-            minutes = f"{start_timeout_s / 60:g} min" if start_timeout_s >= 60 else \
-                f"{start_timeout_s:g} s"
-            for job in jobs:
-                tx.move(job, State.FAILED, finished_at=tx.now,
-                        error=f"not started within {minutes} (limits.start_timeout)",
-                        message="start timeout")
-            return jobs
+            return [tx.apply(moves.expired(job, tx.now, start_timeout_s)) for job in jobs]
 
         return await self._call(op)
 
@@ -455,65 +405,37 @@ class SqliteStore(GroupCommit, Store):
 def _claim(tx: Tx, worker: str, slots: int, limits: Limits, lease_s: float,
            kinds: list[str]) -> list[Job]:
     """Move up to `slots` ready jobs to running, in dispatch order, within `limits`."""
-    running = Running()
-    for owner, kind, n, mem in tx.conn.execute(
+    admission = Admission(limits, Running.of(tx.conn.execute(
         "SELECT owner, kind, count(*), coalesce(sum(memory_mb), 0) FROM jobs "
-        "WHERE state = 'running' GROUP BY owner, kind"
-    ):
-        running.add(owner, kind, mem, n)
-    room = free_slots(limits, running, slots)
-    admitted: list[Candidate] = []
-    seen: set[str] = set()
-    # Admission reads a few columns of the first candidates; when limits filled up
-    # on the way (a user or kind reached its cap), it reads on past them.
-    for _ in range(_CLAIM_ROUNDS):
-        want = room - len(admitted)
-        owners, full_kinds = blocked(limits, running)
-        open_kinds = [k for k in kinds if k not in full_kinds]
-        if want <= 0 or not open_kinds:
-            break
-        candidates = [j for j in _candidates(tx, open_kinds, owners, limits, running,
-                                             want * 2 + 8) if j.id not in seen]
-        if not candidates:
-            break
-        seen.update(j.id for j in candidates)
-        admitted += admit(candidates, limits, running, want)
-    if not admitted:
+        "WHERE state = 'running' GROUP BY owner, kind")), slots, kinds)
+    while (ask := admission.ask()) is not None:
+        admission.offer(_candidates(tx, ask))
+    if not admission.admitted:
         return []
-    check_move("", State.QUEUED, State.RUNNING)
-    ids = [j.id for j in admitted]
+    ids = [j.id for j in admission.admitted]
     # The batch holds the write lock from `tx.now` on, so nothing else can take these jobs
-    # before it commits; the lease still counts from this statement, not from the start of
-    # a batch that ran other operations first.
+    # before it commits; the lease still counts from here, not from the start of a batch
+    # that ran other operations first.
     now = time.time()
-    chosen = sorted(
-        (_job(r) for r in tx.conn.execute(
-            "UPDATE jobs SET state = 'running', attempt = attempt + 1, started_at = ?, "
-            "finished_at = NULL, worker = ?, lease_token = lease_token + 1, "
-            "lease_expires_at = ?, progress = NULL, message = NULL, error = NULL, "
-            "result = NULL, cancel_requested = 0, pid = NULL "
-            f"WHERE id IN ({placeholders(ids)}) AND state = 'queued' "
-            f"RETURNING {_COLUMNS}", (now, worker, now + lease_s, *ids))),
-        key=lambda j: j.dispatch_key)
-    for job in chosen:
-        tx.announce(job, State.QUEUED)
-    return chosen
+    claims = [moves.claimed(job, worker, now, lease_s)
+              for job in sorted(tx.select(f"id IN ({placeholders(ids)})", tuple(ids)),
+                                key=lambda j: j.dispatch_key)]
+    return tx.apply_all(claims)
 
 
-def _candidates(tx: Tx, kinds: list[str], owners: set[str], limits: Limits,
-                running: Running, limit: int) -> list[Candidate]:
+def _candidates(tx: Tx, ask: Ask) -> list[Candidate]:
     """The first ready queued jobs in dispatch order that no limit excludes outright."""
     # `+` keeps SQLite off the run_at and kind indexes: walking jobs_dispatch in order and
     # stopping at LIMIT is O(limit); filtering by run_at first would sort the whole queue.
-    where = f"state = 'queued' AND +run_at <= ? AND +kind IN ({placeholders(kinds)})"
-    params: list[Any] = [tx.now, *kinds]
-    if owners:
-        where += f" AND owner NOT IN ({placeholders(owners)})"
-        params.extend(owners)
+    where = f"state = 'queued' AND +run_at <= ? AND +kind IN ({placeholders(ask.kinds)})"
+    params: list[Any] = [tx.now, *ask.kinds]
+    if ask.owners:
+        where += f" AND owner NOT IN ({placeholders(ask.owners)})"
+        params.extend(ask.owners)
     return [
         Candidate._make(row) for row in tx.conn.execute(
             f"SELECT id, kind, owner, memory_mb FROM jobs WHERE {where} "
-            "ORDER BY priority DESC, vt, id LIMIT ?", (*params, limit))
+            "ORDER BY priority DESC, vt, id LIMIT ?", (*params, ask.limit))
     ]
 
 

@@ -1,4 +1,5 @@
-"""SQLite's connection thread: group commit, the event outbox, migrations.
+"""SQLite's connection: its thread, group commit, the event outbox, migrations, and `Tx`,
+what an operation writes moves and events through.
 
 Every call becomes an operation handed to one thread that owns the process's only
 connection. The thread takes all operations waiting at that moment and runs them in one
@@ -24,11 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from jobgate.model import Event, Job, State, check_move, event_type, iso
-from jobgate.store.base import EventListener
+from jobgate.model import Event, Job
+from jobgate.moves import Move
+from jobgate.store.base import EventListener, NotFound
 from jobgate.store.base import SchemaTooNew as SchemaTooNew  # moved to base
 from jobgate.store.rows import (
     COLUMNS,
+    column_value,
     event_from_row,
     job_from_row,
     migrations,
@@ -69,52 +72,37 @@ class Tx:
         return [job_from_row(r) for r in
                 self.conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE {where}", params)]
 
-    def move(self, job: Job, dst: State, **fields: Any) -> Job:
-        """The one way a single job changes state: checked, written, and announced."""
-        src = job.state
-        check_move(job.id, src, dst)
-        fields["state"] = dst
-        for name, value in fields.items():
-            setattr(job, name, value)
-        cols = ", ".join(f"{name} = ?" for name in fields)
-        self.conn.execute(
-            f"UPDATE jobs SET {cols} WHERE id = ?",
-            [*(_to_db(name, v) for name, v in fields.items()), job.id],
-        )
-        self.announce(job, src)
-        return job
+    def one(self, job_id: str) -> Job:
+        """The job `job_id`; NotFound if there is none."""
+        rows = self.select("id = ?", (job_id,))
+        if not rows:
+            raise NotFound(f"no job {job_id}")
+        return rows[0]
 
-    def announce(self, job: Job, src: State) -> None:
-        """The event of a move already written (by a statement that moved many jobs)."""
-        self.emit(event_type(src, job.state), job, event_data(job))
+    def apply(self, move: Move) -> Job:
+        """Write one move and emit its event; the job after it."""
+        return self.apply_all([move])[0]
 
+    def apply_all(self, moves: list[Move]) -> list[Job]:
+        """Write moves together and emit their events in order; the jobs after them."""
+        self.write(moves)
+        for move in moves:
+            self.record(move)
+        return [move.job for move in moves]
 
-def event_data(job: Job) -> dict[str, Any]:
-    """What a state event carries: the fields a change can touch (the rest stay as read)."""
-    data: dict[str, Any] = {
-        "state": job.state.value, "kind": job.kind, "owner": job.owner,
-        "attempt": job.attempt, "max_attempts": job.max_attempts, "message": job.message,
-        "progress": job.progress,
-    }
-    if job.state is State.QUEUED:
-        data.update(priority=job.priority, run_at=iso(job.run_at), vt=job.vt)
-    elif job.state is State.RUNNING:
-        data.update(worker=job.worker, started_at=iso(job.started_at))
-    else:
-        data.update(finished_at=iso(job.finished_at), error=job.error, result=job.result,
-                    outputs=job.outputs, peak_memory_mb=job.peak_memory_mb)
-    return data
+    def record(self, move: Move) -> None:
+        """Emit the event of a move (written by `write`)."""
+        self.emit(move.event, move.job, move.data)
 
-
-_JSON_COLS = {"args", "result", "depends_on", "outputs"}
-
-
-def _to_db(name: str, value: Any) -> Any:
-    if name in _JSON_COLS:
-        return to_json(value)
-    if isinstance(value, State):
-        return value.value
-    return value
+    def write(self, moves: list[Move]) -> None:
+        """Write the columns of moves: one `executemany` per set of columns."""
+        by_columns: dict[tuple[str, ...], list[list[Any]]] = {}
+        for move in moves:
+            by_columns.setdefault(tuple(move.fields), []).append(
+                [*(column_value(n, v) for n, v in move.fields.items()), move.job.id])
+        for columns, rows in by_columns.items():
+            self.conn.executemany(
+                f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?", rows)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,256 @@
+"""The rules of a job's life, written once for every backend. Pure functions, no I/O.
+
+Each move takes the job as a backend read it (a `Job`) and what the move needs (the time,
+an outcome, a fair turn) and returns a `Move`: the job after it, the columns to write and
+the event to emit. The job as read is not changed. Every state change is checked against
+`model.TRANSITIONS` here, so a backend only reads rows, calls the rule and writes
+`Move.fields` and `Move.event` in one transaction: SQL, locking and batching, nothing
+else. A fair turn (`vt`) is worked out by `scheduler.Turns` from what the backend read;
+a move into the queue takes it as an argument.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from jobgate.model import FINAL, IllegalMove, Job, State, check_move, event_data, event_type
+from jobgate.store.base import Outcome, QueueFull
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One change of one job: the job after it, the columns that change (by name, with
+    `state` when the state changes) and the event (type and data) that says so."""
+
+    job: Job
+    fields: dict[str, Any]
+    event: str
+    data: dict[str, Any]
+
+
+def _move(job: Job, dst: State, **fields: Any) -> Move:
+    """The move of `job` to `dst` with `fields`, checked against the transition table."""
+    check_move(job.id, job.state, dst)
+    fields["state"] = dst
+    after = copy.copy(job)
+    for name, value in fields.items():
+        setattr(after, name, value)
+    return Move(after, fields, event_type(job.state, dst), event_data(after))
+
+
+# --- into the queue ------------------------------------------------------------------------
+def submitted(job: Job, vt: int) -> Move:
+    """A new job entering the queue at its fair turn `vt` (its whole row is written)."""
+    after = dataclasses.replace(job, state=State.QUEUED, vt=vt)
+    return Move(after, {"state": State.QUEUED, "vt": vt}, event_type(None, State.QUEUED),
+                event_data(after))
+
+
+def queue_full(queued: int, cap: int | None, owner: str | None = None) -> None:
+    """Refuse a job (QueueFull) when `queued` jobs (the owner's, with `owner`) already
+    fill the cap of `Quota.max_queued` (or `per_user_queued`)."""
+    if cap is not None and queued >= cap:
+        raise QueueFull(f"queue full: {queued}/{cap}" if owner is None
+                        else f"queue full for {owner}: {queued}/{cap}")
+
+
+# --- a run ---------------------------------------------------------------------------------
+def claimed(job: Job, worker: str, now: float, lease_s: float) -> Move:
+    """A queued job starting on `worker`: the next attempt, a new lease token (which
+    fences off every earlier run), a lease of `lease_s` from `now`, and a clean slate."""
+    return _move(job, State.RUNNING, attempt=job.attempt + 1, started_at=now,
+                 finished_at=None, worker=worker, lease_token=job.lease_token + 1,
+                 lease_expires_at=now + lease_s, progress=None, message=None, error=None,
+                 result=None, cancel_requested=False, pid=None)
+
+
+def runs_to_end(items: list[tuple[str, int, Outcome]], current: Mapping[str, Job]
+                ) -> list[Job | None]:
+    """Which ends count: for each (job id, lease token, outcome), the job as read if the
+    token still holds its running lease, else None (the lease moved on: somebody else owns
+    the job now). The same end reported twice counts once, the first time."""
+    out: list[Job | None] = []
+    taken: set[tuple[str, int]] = set()
+    for job_id, token, _ in items:
+        job = current.get(job_id)
+        if job is None or job.state is not State.RUNNING or job.lease_token != token or \
+                (job_id, token) in taken:
+            out.append(None)
+            continue
+        taken.add((job_id, token))
+        out.append(job)
+    return out
+
+
+class Ends(NamedTuple):
+    """What a batch of reported ends comes to (`settle_runs`)."""
+
+    ended: list[Move]  # runs that ended for good, to be written together
+    requeue: list[tuple[Job, Outcome]]  # runs going back to the queue: each needs its turn
+    states: list[State | None]  # per reported end: the state its job moves to, or None
+
+
+def settle_runs(items: list[tuple[str, int, Outcome]], current: Mapping[str, Job],
+                now: float) -> Ends:
+    """The ends of runs (job id, lease token, outcome) that count (`runs_to_end`), given
+    the jobs as read: the moves of those that end for good (`ended`), and those that go
+    back to the queue (`requeued` once the backend has read their turns)."""
+    out = Ends([], [], [])
+    for (_, _, outcome), job in zip(items, runs_to_end(items, current), strict=True):
+        if job is None:
+            out.states.append(None)
+        elif outcome.state is State.QUEUED:
+            out.requeue.append((job, outcome))
+            out.states.append(State.QUEUED)
+        else:
+            out.ended.append(ended(job, outcome, now))
+            out.states.append(outcome.state)
+    return out
+
+
+def ended(job: Job, outcome: Outcome, now: float) -> Move:
+    """A run that ended for good (completed, failed, cancelled) as `outcome` says."""
+    if outcome.state is State.QUEUED:
+        raise ValueError("a run going back to the queue is `requeued`")
+    return _move(job, outcome.state, finished_at=now, result=outcome.result,
+                 outputs=list(outcome.outputs), cancel_requested=False,
+                 progress=100.0 if outcome.state is State.COMPLETED else job.progress,
+                 lease_expires_at=None, pid=None, error=outcome.error,
+                 message=outcome.message, peak_memory_mb=outcome.peak_memory_mb)
+
+
+def requeued(job: Job, outcome: Outcome, vt: int) -> Move:
+    """A run going back to the queue (a retry after failure, due at `outcome.retry_at`, or
+    handed back by a worker that stops: that attempt is not counted), behind its owner's
+    peers at turn `vt`."""
+    if outcome.state is not State.QUEUED or outcome.retry_at is None:
+        raise ValueError("a requeue needs a queued outcome with its retry_at")
+    return _move(job, State.QUEUED, vt=vt, run_at=outcome.retry_at, worker=None,
+                 attempt=job.attempt - 1 if outcome.hand_back else job.attempt,
+                 lease_token=job.lease_token + 1, lease_expires_at=None, pid=None,
+                 error=outcome.error, message=outcome.message,
+                 peak_memory_mb=outcome.peak_memory_mb)
+
+
+def still_held(state: str, token: int, held: int, cancel_requested: bool) -> bool:
+    """Whether a worker renewing lease `held` keeps running its job: the job still runs
+    under that token and nobody asked to cancel it."""
+    return state == State.RUNNING.value and token == held and not cancel_requested
+
+
+# --- recovery ------------------------------------------------------------------------------
+def is_held(job: Job, keep: Mapping[str, int]) -> bool:
+    """A run the recovering caller holds and still runs (`keep`: {id: lease token}): a
+    late renewal, not a lost run, whatever its lease says."""
+    return keep.get(job.id) == job.lease_token
+
+
+def recovery_state(job: Job) -> State:
+    """Where a running job whose worker was lost goes: cancelled if a cancel was asked,
+    queued again while attempts remain, else failed."""
+    if job.cancel_requested:
+        return State.CANCELLED
+    return State.QUEUED if job.attempt < job.max_attempts else State.FAILED
+
+
+def recovered(job: Job, now: float, vt: int | None = None) -> Move:
+    """A running job whose worker was lost (`recovery_state` says where it goes; into the
+    queue it needs its fair turn `vt`, behind its owner's peers). Its lease is fenced off."""
+    common: dict[str, Any] = {"lease_expires_at": None, "pid": None,
+                              "lease_token": job.lease_token + 1}
+    dst = recovery_state(job)
+    if dst is State.CANCELLED:
+        return _move(job, dst, finished_at=now, message="cancelled (worker lost)", **common)
+    if dst is State.QUEUED:
+        if vt is None:
+            raise ValueError("a recovered job going back to the queue needs its turn")
+        return _move(job, dst, vt=vt, run_at=now, worker=None,
+                     message="recovered after its worker was lost", **common)
+    return _move(job, dst, finished_at=now, error="worker lost", message="worker lost",
+                 **common)
+
+
+def lost_run(move: Move, job: Job) -> Job:
+    """The recovered job as `Store.recover` returns it: after its move, but with the `pid`,
+    `worker` and `lease_token` of the run that was lost (to reap what it left running)."""
+    return dataclasses.replace(move.job, pid=job.pid, worker=job.worker,
+                               lease_token=job.lease_token)
+
+
+# --- a user's moves ------------------------------------------------------------------------
+def cancelled(job: Job, now: float) -> Move | None:
+    """Cancel: a queued job is cancelled at once; a running one has its cancel requested
+    (its worker ends it; the request is announced as progress); None if it already was.
+    IllegalMove for a finished job."""
+    if job.state is State.QUEUED:
+        return _move(job, State.CANCELLED, finished_at=now, message="cancelled")
+    if job.state is State.RUNNING:
+        if job.cancel_requested:
+            return None
+        after = dataclasses.replace(job, cancel_requested=True, message="cancelling")
+        return Move(after, {"cancel_requested": True, "message": after.message},
+                    "job.progress", {"progress": after.progress, "message": after.message,
+                                     "cancel_requested": True})
+    raise IllegalMove(job.id, job.state, State.CANCELLED)
+
+
+def retried(job: Job, now: float, vt: int) -> Move:
+    """A failed or cancelled job queued again by hand at turn `vt`, its attempts counted
+    afresh and the traces of its last run cleared. Running→queued is the worker's move (a
+    retry after failure), not a user's: IllegalMove for anything but failed or cancelled."""
+    if job.state not in (State.FAILED, State.CANCELLED):
+        raise IllegalMove(job.id, job.state, State.QUEUED)
+    return _move(job, State.QUEUED, vt=vt, run_at=now, attempt=0, finished_at=None,
+                 started_at=None, error=None, result=None, progress=None,
+                 message="retried by hand", worker=None, cancel_requested=False,
+                 lease_expires_at=None)
+
+
+def check_deletable(job: Job) -> None:
+    """Only a finished job may be deleted (IllegalMove otherwise)."""
+    if job.state not in FINAL:
+        raise IllegalMove(job.id, job.state, job.state)
+
+
+def expired(job: Job, now: float, start_timeout_s: float) -> Move:
+    """A job still queued `start_timeout_s` after it became ready: it fails, and says so."""
+    if job.state is not State.QUEUED:  # a job that started did not time out waiting
+        raise IllegalMove(job.id, job.state, State.FAILED)
+    waited = f"{start_timeout_s / 60:g} min" if start_timeout_s >= 60 else \
+        f"{start_timeout_s:g} s"
+    return _move(job, State.FAILED, finished_at=now,
+                 error=f"not started within {waited} (limits.start_timeout)",
+                 message="start timeout")
+
+
+# --- events that move nothing --------------------------------------------------------------
+def progress_data(percent: float | None, message: str | None,
+                  rss_mb: float | None = None) -> dict[str, Any]:
+    """What a `job.progress` event carries; `rss_mb` (the job's current resident memory,
+    not stored) only when given."""
+    data: dict[str, Any] = {"progress": percent, "message": message}
+    if rss_mb is not None:
+        data["rss_mb"] = rss_mb
+    return data
+
+
+def kept_lines(lines: list[str], count: int, cap: int) -> list[str]:
+    """The log lines kept of `lines` added after `count` lines: past `cap` lines per job,
+    lines are counted but not kept."""
+    return lines[: max(0, cap - count)]
+
+
+def log_data(first: int, lines: list[str]) -> dict[str, Any]:
+    """What a `job.log` event carries: the kept lines, numbered from `first`."""
+    return {"first": first, "lines": lines}
+
+
+def not_kept_line(total: int | None, kept: int, after: int) -> tuple[int, str] | None:
+    """The line `Store.logs` ends with when lines were counted but not kept."""
+    if total and total > kept and after <= kept:
+        return kept + 1, f"[jobgate] {total - kept} more lines not kept (worker.log_max_lines)"
+    return None
