@@ -17,7 +17,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from jobgate.model import FINAL, IllegalMove, Job, State, check_move, event_data, event_type
+from jobgate.model import (
+    FINAL,
+    EventType,
+    IllegalMove,
+    Job,
+    State,
+    check_move,
+    event_data,
+    event_type,
+)
 from jobgate.store.base import Outcome, QueueFull
 
 
@@ -193,7 +202,7 @@ def cancelled(job: Job, now: float) -> Move | None:
             return None
         after = dataclasses.replace(job, cancel_requested=True, message="cancelling")
         return Move(after, {"cancel_requested": True, "message": after.message},
-                    "job.progress", {"progress": after.progress, "message": after.message,
+                    EventType.PROGRESS, {"progress": after.progress, "message": after.message,
                                      "cancel_requested": True})
     raise IllegalMove(job.id, job.state, State.CANCELLED)
 

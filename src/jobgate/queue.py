@@ -33,14 +33,14 @@ from jobgate.config import Settings
 from jobgate.events import EventBus
 from jobgate.executor import RunResult
 from jobgate.kinds import ArgumentError, Kind, validate_args
-from jobgate.model import Event, Job, State, new_id
+from jobgate.model import RUN_END_EVENTS, Event, EventType, Job, State, new_id
 from jobgate.positions import PositionIndex
 from jobgate.sanitize import stored_json, stored_text
 from jobgate.scheduler import Limits, backoff_s
 from jobgate.store.base import Node, Outcome, Quota, Stats, Store
 
 # A running job's run is over (cancelled, or it ended some other way first).
-_ENDS = frozenset({"job.completed", "job.failed", "job.cancelled", "job.retrying"})
+_ENDS = RUN_END_EVENTS
 _PEAK_PERCENTILE = 0.9  # an "auto" kind reserves this percentile of its recent peaks
 # Log lines per job.log event, by size: a flood of output becomes many small events, so a
 # stream that falls behind holds at most one of them in flight and its buffer fills (and
@@ -139,7 +139,7 @@ class JobQueue:
         if self._track_positions:
             self.positions.apply(events)
         for event in events:
-            if event.type == "job.completed":
+            if event.type == EventType.COMPLETED:
                 # A new measured peak: the kind's estimate is worked out afresh.
                 kind = str(event.data.get("kind"))
                 self._completions[kind] += 1

@@ -31,9 +31,8 @@ import psutil
 from jobgate.auth import Principal
 from jobgate.config import Settings
 from jobgate.model import QUEUED_EVENTS, STATE_EVENTS, Event, EventType, State, iso
-from jobgate.queue import JobQueue
+from jobgate.queue import JobQueue, node_live_s
 from jobgate.store.base import Node
-from jobgate.worker import node_live_s
 
 log = logging.getLogger("jobgate.stream")
 

@@ -38,7 +38,7 @@ import psutil
 
 from jobgate import __version__, executor
 from jobgate.executor import RunResult
-from jobgate.model import Event, Job
+from jobgate.model import FINAL_EVENTS, QUEUED_EVENTS, Event, EventType, Job
 from jobgate.pyproc import PyPool
 from jobgate.queue import JobQueue, is_local
 from jobgate.queue import node_live_s as node_live_s  # imported from here by api and stream
@@ -56,8 +56,7 @@ _RETENTION_S = 300.0
 # The recovery loop looks every third of a lease period (at least every second); coming
 # back later than that by this many lease periods means this node was stopped or suspended.
 _RECOVERY_LATE_LEASES = 0.5
-_WAKE_TYPES = frozenset({"job.queued", "job.retrying", "job.completed", "job.failed",
-                         "job.cancelled"})
+_WAKE_TYPES = QUEUED_EVENTS | FINAL_EVENTS  # something to claim, or a slot freed
 
 
 def default_name() -> str:
@@ -260,7 +259,7 @@ class Worker:
         """Wake the claim loop when a job is queued or ends anywhere; stop cancelled runs."""
         if event.type in _WAKE_TYPES:
             self._wake.set()
-        elif event.type == "job.progress" and event.data.get("cancel_requested"):
+        elif event.type == EventType.PROGRESS and event.data.get("cancel_requested"):
             run = self._runs.get(event.job_id or "")
             if run is not None:
                 run.cancel.set()

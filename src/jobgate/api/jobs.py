@@ -28,10 +28,10 @@ from jobgate.api.core import (
 )
 from jobgate.config import Settings
 from jobgate.model import FINAL, Job, State, parse_iso
+from jobgate.queue import node_live_s
 from jobgate.sanitize import INT64_MAX, checked_text, shown, stored_text, text_problem
 from jobgate.store.base import User
 from jobgate.stream import stats_json
-from jobgate.worker import node_live_s
 
 
 class SubmitBody(BaseModel):

@@ -30,7 +30,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from jobgate import moves
-from jobgate.model import FINAL, DispatchKey, Event, Job, State
+from jobgate.model import FINAL, DispatchKey, Event, EventType, Job, State
 from jobgate.scheduler import Admission, Ask, Candidate, Limits, Running
 from jobgate.store.base import (
     Conflict,
@@ -179,7 +179,7 @@ class PostgresStore(PgConnection, Store):
                 (percent, message, job_id, token),
             )
             if row is not None:
-                tx.emit("job.progress", Job(job_id, "", row[0], {}),
+                tx.emit(EventType.PROGRESS, Job(job_id, "", row[0], {}),
                         moves.progress_data(percent, message, rss_mb))
 
         await self._run(op)
@@ -199,7 +199,7 @@ class PostgresStore(PgConnection, Store):
             await tx.cur.execute("UPDATE jobs SET log_count = log_count + %s WHERE id = %s",
                                  (len(lines), job_id))
             if keep:
-                tx.emit("job.log", Job(job_id, "", owner, {}), moves.log_data(count + 1, keep))
+                tx.emit(EventType.LOG, Job(job_id, "", owner, {}), moves.log_data(count + 1, keep))
 
         await self._run(op)
 
