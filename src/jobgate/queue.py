@@ -1,4 +1,5 @@
-"""The domain verbs: every move of a job, by the API and by the worker, goes through here.
+"""The domain verbs: where a job is submitted, claimed, finished, recovered, retried and
+cancelled; the worker moves jobs only through these.
 
 `JobQueue` does the bookkeeping once, above the storage seam: it checks kinds and
 arguments, applies the queue quota, decides between retry and failure, and keeps the
