@@ -36,7 +36,6 @@ if TYPE_CHECKING:  # what each name is, for type checkers (`X as X`: re-exported
     from jobgate.api import create_app as create_app
     from jobgate.config import Settings as Settings
     from jobgate.config import load_settings as load_settings
-    from jobgate.executor import JobContext as JobContext
     from jobgate.kinds import ArgumentError as ArgumentError
     from jobgate.kinds import Kind as Kind
     from jobgate.model import Event as Event
@@ -44,6 +43,7 @@ if TYPE_CHECKING:  # what each name is, for type checkers (`X as X`: re-exported
     from jobgate.model import IllegalMove as IllegalMove
     from jobgate.model import Job as Job
     from jobgate.model import State as State
+    from jobgate.pychild import JobContext as JobContext
     from jobgate.pychild import NonRetryable as NonRetryable
     from jobgate.queue import JobQueue as JobQueue
     from jobgate.queue import UnknownKind as UnknownKind
@@ -62,7 +62,7 @@ _EXPORTS = {
     "create_app": "jobgate.api",
     "Settings": "jobgate.config",
     "load_settings": "jobgate.config",
-    "JobContext": "jobgate.executor",
+    "JobContext": "jobgate.pychild",
     "NonRetryable": "jobgate.pychild",  # light: a pool process imports it for job code
     "ArgumentError": "jobgate.kinds",
     "Kind": "jobgate.kinds",

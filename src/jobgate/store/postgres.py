@@ -132,23 +132,33 @@ class PostgresStore(PgConnection, Store):
         return await self._run(op)
 
     async def renew(self, worker: str, leases: dict[str, int], lease_s: float) -> set[str]:
-        async def op(tx: Tx) -> set[str]:
-            stop = set(leases)
-            ids, tokens = list(leases), [leases[i] for i in leases]
+        async def renew_rows(tx: Tx, ids: list[str], wait: bool) -> tuple[set[str], set[str]]:
+            # The rows first, then the time. A row another write holds (this node's own
+            # report, itself held up by a stopped node's transaction) is left for a second
+            # transaction that waits for it, so the others are renewed now; and a renewal
+            # that waited dates its lease from when it got the rows, not into the past.
+            got = [r[0] for r in await tx.rows(
+                "SELECT id FROM jobs WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+                + ("" if wait else " SKIP LOCKED"), (ids,))]
+            held = set()
             for job_id, token, state, cancel in await tx.rows(
                 "UPDATE jobs SET lease_expires_at = CASE WHEN jobs.lease_token = l.token "
                 "AND jobs.state = 'running' THEN %s ELSE jobs.lease_expires_at END "
                 "FROM unnest(%s::text[], %s::bigint[]) AS l(id, token) WHERE jobs.id = l.id "
                 "RETURNING jobs.id, jobs.lease_token, jobs.state, jobs.cancel_requested",
-                (tx.now + lease_s, ids, tokens),
+                (tx.clock() + lease_s, got, [leases[i] for i in got]),
             ):
                 if moves.still_held(state, token, leases[job_id], cancel):
-                    stop.discard(job_id)
-            return stop
+                    held.add(job_id)
+            return held, set() if wait else set(ids) - set(got)
 
         if not leases:
             return set()
-        return await self._run(op)
+        held, busy = await self._run(lambda tx: renew_rows(tx, sorted(leases), False))
+        if busy:
+            later, _ = await self._run(lambda tx: renew_rows(tx, sorted(busy), True))
+            held |= later
+        return set(leases) - held
 
     async def set_pid(self, job_id: str, token: int, pid: int | None) -> None:
         async def op(tx: Tx) -> None:
