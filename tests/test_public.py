@@ -42,14 +42,7 @@ def test_each_name_imports_from_where_it_is_defined(name: str) -> None:
     assert obj.__module__ == jobgate._EXPORTS[name], "listed under the module defining it"
 
 
-# queue.py is another change's to edit: this says what is still missing there.
-_UNDOCUMENTED = {"UnknownKind": "queue.UnknownKind has no docstring yet (queue.py is not "
-                                "this change's to edit)"}
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(reason=_UNDOCUMENTED[name], strict=True))
-    if name in _UNDOCUMENTED else name for name in jobgate.__all__])
+@pytest.mark.parametrize("name", jobgate.__all__)
 def test_each_name_has_a_docstring_of_its_own(name: str) -> None:
     obj = getattr(jobgate, name)
     doc = obj.__dict__.get("__doc__") if inspect.isclass(obj) else obj.__doc__
@@ -125,10 +118,3 @@ def _extras_named(text: str) -> list[str]:
         found.append(text[at + len("jobgate["):end])
         start = end
     return found
-
-
-# The store's modules are another change's to edit: this says what is still wrong there.
-test_no_source_names_an_extra_pyproject_does_not_have = pytest.mark.xfail(
-    reason="store/postgres_conn.py still hints pip install 'jobgate[postgres]'; psycopg is "
-    "a required dependency, there is no such extra", strict=True,
-)(test_no_source_names_an_extra_pyproject_does_not_have)

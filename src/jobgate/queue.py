@@ -55,6 +55,8 @@ log = logging.getLogger("jobgate.queue")
 
 
 class UnknownKind(ArgumentError):
+    """A submit named a kind this server's configuration does not define (HTTP 422)."""
+
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__("kind", f"unknown kind {name!r} (known: {', '.join(known) or 'none'})")
 

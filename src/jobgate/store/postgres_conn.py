@@ -24,8 +24,8 @@ try:
     from psycopg_pool import AsyncConnectionPool
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(
-        "the PostgreSQL backend needs psycopg: pip install 'jobgate[postgres]' "
-        "(or pip install 'psycopg[binary,pool]')"
+        "the PostgreSQL backend needs psycopg, a dependency of jobgate: "
+        "pip install 'psycopg[binary,pool]' (or reinstall jobgate)"
     ) from exc
 
 from jobgate.model import Event, Job
