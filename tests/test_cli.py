@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import re
@@ -228,9 +229,12 @@ class Watching:
     """A `jobgate` command running in the background, its stderr collected line by line."""
 
     def __init__(self, server: Server, *args: str, user: str = "bob") -> None:
+        # Ctrl-C as a terminal gives it, whatever this process inherited: a test run
+        # started in the background by a shell has SIGINT ignored, and so would it.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jobgate", *args], env=server.env(user), cwd=server.folder,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL))
         self.stderr: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
