@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from jobgate.addresses import is_public, parse_address, url_problem
+from jobgate.arguments import ArgumentError, validate_args
 from jobgate.config import ConfigError
-from jobgate.kinds import ArgumentError, Kind, parse_kind, validate_args
+from jobgate.kinds import Kind, parse_kind
 
 # (address, why it is refused): one from every IANA special-purpose range that is not
 # globally reachable, and the IPv6 forms that carry such an IPv4 address.

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from jobgate.arguments import ArgSpec, ArgumentError, validate_args
 from jobgate.config import ConfigError
-from jobgate.kinds import ArgSpec, ArgumentError, Kind, parse_kind, render_argv, validate_args
+from jobgate.kinds import Kind, parse_kind, render_argv
 
 
 def kind(args: dict[str, Any], **extra: Any) -> Kind:

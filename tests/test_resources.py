@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from conftest import TEST_KINDS, wait_for, wait_state
-from jobgate.kinds import ArgumentError
+from jobgate.arguments import ArgumentError
 from jobgate.model import State
 from jobgate.store.base import Stats
 from jobgate.stream import stats_json

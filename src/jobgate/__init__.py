@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what each name is, for type checkers (`X as X`: re-exported)
     from jobgate.api import create_app as create_app
+    from jobgate.arguments import ArgumentError as ArgumentError
     from jobgate.config import Settings as Settings
     from jobgate.config import load_settings as load_settings
-    from jobgate.kinds import ArgumentError as ArgumentError
     from jobgate.kinds import Kind as Kind
     from jobgate.model import Event as Event
     from jobgate.model import EventType as EventType
@@ -64,7 +64,7 @@ _EXPORTS = {
     "load_settings": "jobgate.config",
     "JobContext": "jobgate.pychild",
     "NonRetryable": "jobgate.pychild",  # light: a pool process imports it for job code
-    "ArgumentError": "jobgate.kinds",
+    "ArgumentError": "jobgate.arguments",
     "Kind": "jobgate.kinds",
     "Event": "jobgate.model",
     "EventType": "jobgate.model",

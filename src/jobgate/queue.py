@@ -30,10 +30,11 @@ from typing import Any
 
 import psutil
 
+from jobgate.arguments import ArgumentError, validate_args
 from jobgate.config import Settings
 from jobgate.events import EventBus
 from jobgate.executor import RunResult
-from jobgate.kinds import ArgumentError, Kind, validate_args
+from jobgate.kinds import Kind
 from jobgate.model import RUN_END_EVENTS, Event, EventType, Job, State, new_id
 from jobgate.positions import PositionIndex
 from jobgate.sanitize import stored_json, stored_text

@@ -26,9 +26,9 @@ from pydantic import AfterValidator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
 
+from jobgate.arguments import ArgumentError
 from jobgate.auth import Authenticator, AuthError, Principal, load_or_create_key
 from jobgate.config import Settings
-from jobgate.kinds import ArgumentError
 from jobgate.model import IllegalMove
 from jobgate.queue import JobQueue
 from jobgate.ratelimit import RateLimiter, RateLimits, retry_after
