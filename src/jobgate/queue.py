@@ -400,7 +400,10 @@ class JobQueue:
             lost |= {j.worker for j in await self.store.running_jobs()
                      if j.worker and j.worker not in by_name
                      and _dead_local_worker(j.worker, me)}
-        jobs = await self.store.recover(lost, keep=dict(held), expired_before=now)
+        # After a stall of the database, the other nodes' renewals that waited it out
+        # land within a third of a lease: half a lease of grace lets them.
+        jobs = await self.store.recover(lost, keep=dict(held), expired_before=now,
+                                        stall_grace_s=self.settings.worker.lease_s / 2)
         return [(job, by_name.get(job.worker or "")) for job in jobs]
 
     async def expire(self) -> list[Job]:

@@ -207,13 +207,16 @@ class Store(ABC):
     @abstractmethod
     async def recover(self, lost_workers: Collection[str] = (),
                       keep: Mapping[str, int] | None = None,
-                      expired_before: float | None = None) -> list[Job]:
+                      expired_before: float | None = None,
+                      stall_grace_s: float = 0.0) -> list[Job]:
         """Running jobs whose lease expired, or whose worker is known dead: queued again
         while attempts remain (and not cancel-requested), else failed with "worker lost".
         `keep` ({id: lease token}) are the runs the caller holds and still runs: never
         taken, whatever their lease says. `expired_before` (default: now) is when the
         caller decided to look: a lease that ran out while this call waited for the
-        database (another writer stalled, so no one could renew) is not lost. The jobs
+        database (another writer stalled, so no one could renew) is not lost; nor, until
+        `stall_grace_s` after the end of a stall this node saw (where the backend can see
+        one: SQLite's whole-file write lock), one that ran out while it lasted. The jobs
         returned carry the `pid`, `worker` and `lease_token` of the run that was lost (to
         reap what it left running)."""
 

@@ -258,7 +258,8 @@ class PostgresStore(PgConnection, Store):
 
     async def recover(self, lost_workers: Collection[str] = (),
                       keep: Mapping[str, int] | None = None,
-                      expired_before: float | None = None) -> list[Job]:
+                      expired_before: float | None = None,
+                      stall_grace_s: float = 0.0) -> list[Job]:
         lost = list(lost_workers)
         held = dict(keep or {})
 

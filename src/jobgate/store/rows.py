@@ -149,7 +149,16 @@ def pending_migrations(backend: str, current: int) -> list[tuple[int, str]]:
     return [(version, sql) for version, sql in steps if version > current]
 
 
-def lease_cutoff(now: float, expired_before: float | None) -> float:
+def lease_cutoff(now: float, expired_before: float | None,
+                 stall: tuple[float, float] | None = None, grace_s: float = 0.0) -> float:
     """Leases that ran out before this are lost: `now`, or earlier when the caller decided
-    to look before it waited for the database (see `Store.recover`)."""
-    return now if expired_before is None else min(now, expired_before)
+    to look before it waited for the database (see `Store.recover`).
+
+    `stall` (from, until) is the last time the database was held by another writer (seen
+    as a wait for its lock): a lease that ran out while it lasted ran out because no one
+    could renew it, so until `grace_s` after the stall ended (the time its node needs to
+    renew) only leases that ran out before the stall began are lost."""
+    cutoff = now if expired_before is None else min(now, expired_before)
+    if stall is not None and now < stall[1] + grace_s:
+        cutoff = min(cutoff, stall[0])
+    return cutoff

@@ -198,13 +198,14 @@ class SqliteStore(GroupCommit, Store):
 
     async def recover(self, lost_workers: Collection[str] = (),
                       keep: Mapping[str, int] | None = None,
-                      expired_before: float | None = None) -> list[Job]:
+                      expired_before: float | None = None,
+                      stall_grace_s: float = 0.0) -> list[Job]:
         lost = list(lost_workers)
         held = dict(keep or {})
 
         def op(tx: Tx) -> list[Job]:
             out = []
-            cutoff = lease_cutoff(tx.now, expired_before)
+            cutoff = lease_cutoff(tx.now, expired_before, tx.stall, stall_grace_s)
             for job in tx.select("state = 'running' AND (lease_expires_at < ? OR worker IN "
                                  f"({placeholders(lost)}))", (cutoff, *lost)):
                 if moves.is_held(job, held):

@@ -49,6 +49,9 @@ _BUSY_TIMEOUT_MS = 5000  # while opening: migrations of two processes starting t
 _BUSY_FIRST_S = 0.0005  # then a busy write lock is retried after this, growing 1.5x ...
 _BUSY_MAX_S = 0.002  # ... up to this
 _BUSY_WARN_S = 5.0
+# A wait this long for the write lock is remembered as a stall of the whole database: no
+# node could renew a lease while it lasted (see `Tx.stall` and `rows.lease_cutoff`).
+_STALL_S = 0.1
 log = logging.getLogger("jobgate.store")
 
 
@@ -59,9 +62,14 @@ class Tx:
     `executemany`: the batch holds the write lock, so it knows the next `seq` itself.
     """
 
-    def __init__(self, conn: sqlite3.Connection, now: float) -> None:
+    def __init__(self, conn: sqlite3.Connection, now: float,
+                 stall: tuple[float, float] | None = None) -> None:
         self.conn = conn
         self.now = now
+        # The last time this connection waited for another process's write lock (from,
+        # until; wall clock), this batch's own wait included: another process holding the
+        # lock that long (stopped, or starved mid-write) kept every node from writing.
+        self.stall = stall
         self.pending: list[tuple[str, str | None, str | None, dict[str, Any]]] = []
 
     def emit(self, type_: str, job: Job | None, data: dict[str, Any]) -> None:
@@ -146,6 +154,7 @@ class GroupCommit:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pid = os.getpid()
         self._last_seq = 0
+        self._stall: tuple[float, float] | None = None
         self._groups: dict[tuple[str, asyncio.AbstractEventLoop], _Group] = {}
         self._groups_lock = threading.Lock()
 
@@ -231,7 +240,7 @@ class GroupCommit:
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op], data_version: int) -> int:
         write = any(op.write for op in batch)
         foreign: list[Event] = []
-        waited_s, delay_s = 0.0, _BUSY_FIRST_S
+        waited_s, delay_s, wait_from = 0.0, _BUSY_FIRST_S, 0.0
         while True:
             results: list[tuple[_Op, Any, BaseException | None]] = []
             events: list[Event] = []
@@ -247,8 +256,10 @@ class GroupCommit:
                     self._last_seq = max(self._last_seq, _max_seq(conn))
                     data_version = version
                 seq, now = self._last_seq, time.time()
+                if waited_s >= _STALL_S:
+                    self._stall = (wait_from, now)
                 for op in batch:
-                    tx = Tx(conn, now)
+                    tx = Tx(conn, now, self._stall)
                     conn.execute("SAVEPOINT op")
                     try:
                         value = op.fn(tx)
@@ -275,6 +286,8 @@ class GroupCommit:
                 if _is_busy(exc):
                     # Another process holds the write lock: wait and run the whole batch
                     # again, so "database is locked" never reaches a caller.
+                    if waited_s == 0:
+                        wait_from = time.time()
                     if waited_s < _BUSY_WARN_S <= waited_s + delay_s:
                         log.warning("database busy for %.0f s; still waiting", _BUSY_WARN_S)
                     time.sleep(delay_s)
