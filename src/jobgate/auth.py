@@ -136,16 +136,19 @@ def issue_jwt(key: bytes, user: User, ttl_s: float, now: float | None = None) ->
     """A signed login token for `user`: (token, expires_at)."""
     now = time.time() if now is None else now
     expires_at = now + ttl_s
-    claims = {"sub": user.name, "iat": int(now), "exp": int(expires_at),
+    # `iat` to the microsecond: a token is refused when older than its user (see
+    # `Authenticator.token`), and a login can come within the second a user was made.
+    claims = {"sub": user.name, "iat": now, "exp": int(expires_at),
               "jti": secrets.token_urlsafe(12)}
     return jwt.encode(claims, key, algorithm=JWT_ALGORITHM), float(int(expires_at))
 
 
-def read_jwt(key: bytes, token: str) -> tuple[str, float]:
-    """(user name, expires_at) of a valid login token; AuthError if it is not one."""
+def read_jwt(key: bytes, token: str) -> tuple[str, float, float]:
+    """(user name, expires_at, issued_at) of a valid login token; AuthError if it is not
+    one."""
     try:
         claims = jwt.decode(token, key, algorithms=[JWT_ALGORITHM],
-                            options={"require": ["exp", "sub"]})
+                            options={"require": ["exp", "sub", "iat"]})
     except jwt.ExpiredSignatureError:
         raise AuthError("token expired: log in again") from None
     except jwt.InvalidTokenError:
@@ -153,7 +156,7 @@ def read_jwt(key: bytes, token: str) -> tuple[str, float]:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise AuthError("invalid token")
-    return sub, float(claims["exp"])
+    return sub, float(claims["exp"]), float(claims["iat"])
 
 
 class Authenticator:
@@ -191,16 +194,18 @@ class Authenticator:
             if user is None:
                 raise AuthError("invalid token")
             return Principal(user, checked=True, token_hash=hashed)
-        name, expires_at = read_jwt(self.key, token)
-        # The user may have gone (or lost admin) since the token was issued.
+        name, expires_at, issued_at = read_jwt(self.key, token)
+        # The user may have gone (or lost admin) since the token was issued, or gone and
+        # been made again: a token older than its user was another user's.
         user = await self.store.get_user(name)
-        if user is None:
+        if user is None or issued_at < user.created_at:
             raise AuthError("invalid token")
         return Principal(user, expires_at, checked=True)
 
     async def current(self, principal: Principal) -> bool:
-        """Whether `principal` still holds: its user is still there, with no less right
-        (not demoted from admin), and its API token was not revoked."""
+        """Whether `principal` still holds: its user is still there (not removed and made
+        again), with no less right (not demoted from admin), and its API token was not
+        revoked."""
         if not principal.checked:
             return True
         if principal.token_hash is not None:
@@ -208,7 +213,8 @@ class Authenticator:
         else:
             user = await self.store.get_user(principal.user.name)
         return user is not None and user.name == principal.user.name and (
-            user.admin or not principal.user.admin)
+            user.admin or not principal.user.admin) and \
+            user.created_at == principal.user.created_at
 
     async def login(self, name: str, password: str) -> User | None:
         """The user if `password` is theirs, else None (in about the same time either way)."""

@@ -61,6 +61,9 @@ class User:
     name: str
     admin: bool
     password_hash: str | None = None
+    # When this user was made: a user removed and made again under the same name is
+    # another user, whom the first one's login tokens do not stand for.
+    created_at: float = 0.0
 
 
 @dataclass(frozen=True)

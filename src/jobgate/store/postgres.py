@@ -435,15 +435,15 @@ class PostgresStore(PgConnection, Store):
                     "VALUES (%s, %s, %s, %s)", (name, password_hash, admin, tx.now))
             except pg_errors.UniqueViolation:
                 raise Conflict(f"user {name} already exists") from None
-            return User(name, admin, password_hash)
+            return User(name, admin, password_hash, tx.now)
 
         return await self._run(op)
 
     async def get_user(self, name: str) -> User | None:
         async def op(tx: Tx) -> User | None:
-            row = await tx.row("SELECT name, admin, password_hash FROM users WHERE name = %s",
-                               (name,))
-            return User(row[0], bool(row[1]), row[2]) if row else None
+            row = await tx.row("SELECT name, admin, password_hash, created_at FROM users "
+                               "WHERE name = %s", (name,))
+            return User(row[0], bool(row[1]), row[2], row[3]) if row else None
 
         return await self._run(op, write=False)
 
@@ -460,9 +460,9 @@ class PostgresStore(PgConnection, Store):
     async def user_for_token(self, token_hash: str) -> User | None:
         async def op(tx: Tx) -> User | None:
             row = await tx.row(
-                'SELECT u.name, u.admin FROM tokens t JOIN users u ON u.name = t."user" '
-                "WHERE t.hash = %s", (token_hash,))
-            return User(row[0], bool(row[1])) if row else None
+                "SELECT u.name, u.admin, u.created_at FROM tokens t "
+                'JOIN users u ON u.name = t."user" WHERE t.hash = %s', (token_hash,))
+            return User(row[0], bool(row[1]), created_at=row[2]) if row else None
 
         return await self._run(op, write=False)
 

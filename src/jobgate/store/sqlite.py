@@ -372,15 +372,15 @@ class SqliteStore(GroupCommit, Store):
                                 "VALUES (?, ?, ?, ?)", (name, password_hash, int(admin), tx.now))
             except sqlite3.IntegrityError:
                 raise Conflict(f"user {name} already exists") from None
-            return User(name, admin, password_hash)
+            return User(name, admin, password_hash, tx.now)
 
         return await self._call(op)
 
     async def get_user(self, name: str) -> User | None:
         def op(tx: Tx) -> User | None:
-            row = tx.conn.execute("SELECT name, admin, password_hash FROM users WHERE name = ?",
-                                  (name,)).fetchone()
-            return User(row[0], bool(row[1]), row[2]) if row else None
+            row = tx.conn.execute("SELECT name, admin, password_hash, created_at FROM users "
+                                  "WHERE name = ?", (name,)).fetchone()
+            return User(row[0], bool(row[1]), row[2], row[3]) if row else None
 
         return await self._call(op, write=False)
 
@@ -396,9 +396,10 @@ class SqliteStore(GroupCommit, Store):
     async def user_for_token(self, token_hash: str) -> User | None:
         def op(tx: Tx) -> User | None:
             row = tx.conn.execute(
-                "SELECT u.name, u.admin FROM tokens t JOIN users u ON u.name = t.user "
+                "SELECT u.name, u.admin, u.created_at FROM tokens t "
+                "JOIN users u ON u.name = t.user "
                 "WHERE t.hash = ?", (token_hash,)).fetchone()
-            return User(row[0], bool(row[1])) if row else None
+            return User(row[0], bool(row[1]), created_at=row[2]) if row else None
 
         return await self._call(op, write=False)
 
