@@ -10,7 +10,7 @@ import time
 import psycopg
 import pytest
 
-from jobgate.auth import AuthError, Authenticator, hash_password
+from jobgate.auth import Authenticator, AuthError, hash_password
 from jobgate.store.base import Store
 
 

@@ -210,6 +210,11 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
     done, _ = await asyncio.wait([waiter, stopper], timeout=kind.timeout_s,
                                  return_when=asyncio.FIRST_COMPLETED)
     stopped = waiter not in done  # else it ended by itself, whatever came at that moment
+    if stopped and has_exited(proc.pid):
+        # It ended by itself before the stop came, and the event loop (busy, on a loaded
+        # machine) had not yet heard: its work is done, and stopping it now would hand
+        # back, or cancel, a job that completed.
+        stopped = False
     if stopped:
         timed_out = stopper not in done
         peak.sample()  # know the whole tree before stopping it
@@ -314,6 +319,14 @@ def kill_marked(job_id: str, token: int) -> int:
 def _killpg(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def has_exited(pid: int) -> bool:
+    """Whether child `pid` has exited, without reaping it (the event loop's watcher does)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped already: it has exited
+        return True
 
 
 async def _stop_group(pgid: int, exited: asyncio.Future[None], grace_s: float) -> None:
