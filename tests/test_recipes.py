@@ -263,3 +263,29 @@ def test_serve_with_the_shipped_config_starts_and_warns(tmp_path: Path) -> None:
     assert any("kind compress: ffmpeg is not installed" in line for line in warnings)
     assert not [line for line in warnings if "yt-dlp" in line]  # the venv's yt_dlp module
     assert "Traceback" not in text and "serving on" in text
+
+
+def test_worker_warns_at_start_too(tmp_path: Path) -> None:
+    config = tmp_path / "jobgate.toml"
+    config.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n'
+                      f'[storage]\nurl = "sqlite:///{tmp_path / "jobgate.db"}"\n'
+                      '[kinds.songs]\nrecipe = "music"\n')
+    env = {"PATH": str(tmp_path / "bin"), "JOBGATE_CONFIG": str(config),
+           "HOME": str(tmp_path)}
+    lines = []
+    with subprocess.Popen([sys.executable, "-m", "jobgate", "worker"], cwd=tmp_path, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        try:
+            assert proc.stderr is not None
+            for line in proc.stderr:  # read until the worker says it runs
+                lines.append(line.rstrip("\n"))
+                if line.startswith("jobgate: worker "):
+                    break
+        finally:
+            proc.terminate()
+            proc.wait(15)
+    assert "jobgate: warning: kind songs: spotdl is not installed on this server (uv tool " \
+           "install spotdl, or pipx install spotdl)" in lines, lines
+    assert "jobgate: warning: kind songs: ffmpeg is not installed on this server (apt-get " \
+           "install ffmpeg)" in lines

@@ -335,3 +335,18 @@ def test_music_network_error_is_retried(spotdl_server: Server, site: Site) -> No
     assert job["state"] == "failed" and job["attempt"] == 3
     assert "ConnectionError: HTTPSConnectionPool" in job["error"]
     assert len([e for e in events if e["type"] == "job.retrying"]) == 2
+
+
+def test_no_yt_dlp_at_all_is_a_clear_job_error(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobgate import downloads
+    from jobgate.media import ToolMissing
+    from jobgate.pychild import NonRetryable
+
+    monkeypatch.setattr(downloads.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no yt-dlp program either
+    with pytest.raises(ToolMissing, match=r"^yt-dlp is not installed on this server$") as info:
+        downloads.ytdlp_command()
+    assert isinstance(info.value, NonRetryable)
+    monkeypatch.undo()
+    assert downloads.ytdlp_command() == [sys.executable, "-m", "yt_dlp"]  # the venv's
