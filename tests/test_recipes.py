@@ -6,6 +6,7 @@ the start-up warning for missing programs (on the shipped jobgate.toml too)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -43,23 +44,33 @@ from recipe_helpers import (
 ROOT = Path(__file__).parent.parent
 CLIP_S = 10.0
 
-CONFIG = """
+CONFIG = r"""
 [kinds.compress]
 recipe = "compress"
 args.preset.default = "ultrafast"   # one key of one argument: the rest is the recipe's
 
 [kinds.analyze]
 recipe = "analyze"
+
+[kinds.music]
+recipe = "music"
+allow_private_urls = true
+args.url.pattern = 'http://127\.0\.0\.1:[0-9]+/\S+'
 """
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server whose PATH has no spotdl, whatever this machine has."""
     require_ffmpeg()
-    with running_server(tmp_path_factory.mktemp("recipes"), CONFIG) as started:
-        make_video(started.folder / "input" / "clip.mp4", CLIP_S)
-        make_tone_with_gap(started.folder / "input" / "tone.wav")
-        yield started
+    without = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                              if d and not (Path(d) / "spotdl").exists())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PATH", without)
+        with running_server(tmp_path_factory.mktemp("recipes"), CONFIG) as started:
+            make_video(started.folder / "input" / "clip.mp4", CLIP_S)
+            make_tone_with_gap(started.folder / "input" / "tone.wav")
+            yield started
 
 
 # --- compress ------------------------------------------------------------------------------
@@ -154,6 +165,14 @@ def test_a_path_outside_the_input_folder_is_refused(server: Server) -> None:
     response = api(server, "POST", "/api/jobs", json={
         "kind": "analyze", "args": {"path": "../jobgate.db"}})
     assert response.status_code == 422, response.text
+
+
+# --- music without spotdl ------------------------------------------------------------------
+
+def test_music_without_spotdl_says_so(server: Server) -> None:
+    job, _ = run_job(server, "music", url="http://127.0.0.1:9/playlist/road-trip")
+    assert job["state"] == "failed" and job["attempt"] == 1  # installing it is not a retry
+    assert job["error"] == "spotdl is not installed on this server"
 
 
 # --- recipe = "NAME" -----------------------------------------------------------------------
