@@ -9,20 +9,8 @@ builds the commands for a command kind, `missing_tools` is the start-up check.
 Units are in the names: `_s` seconds, `_mb` megabytes of 1,000,000 bytes (what upload
 limits mean), `_kbps` kilobits (1000 bits) per second, `_db` decibels.
 
-The recipes as kinds (the `path` type keeps inputs inside `[server] input_dir`):
-
-    [kinds.compress]
-    function = "jobgate.media:compress_job"
-    [kinds.compress.args]
-    input = { type = "path" }
-    target_mb = { type = "number", min = 0, default = 0 }       # 0: not by size
-    bitrate_kbps = { type = "integer", min = 0, default = 0 }   # 0: not by bitrate
-    crf = { type = "integer", min = 0, max = 63, default = 23 }  # else: by quality
-
-    [kinds.analyze]
-    function = "jobgate.media:analyze_job"
-    [kinds.analyze.args]
-    path = { type = "path" }
+The recipes as kinds: `recipe = "compress"` / `recipe = "analyze"` in a `[kinds.NAME]`
+table (jobgate.recipes holds their arguments, memory, timeout and retry settings).
 """
 
 from __future__ import annotations
