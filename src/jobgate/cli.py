@@ -86,6 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     _check_schema(settings)
+    _warn_missing_tools(settings)
     app = create_app(settings, run_worker=not args.no_worker)
     print(f"jobgate: serving on http://{host}:{port} ({settings.storage.url}, "
           f"{len(settings.kinds)} kinds)", file=sys.stderr)
@@ -135,6 +136,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings(args, worker={"slots": args.slots, "name": args.name})
     _check_schema(settings)
+    _warn_missing_tools(settings)
 
     async def run() -> None:
         queue = JobQueue(settings, store_for_url(settings.storage.url,
@@ -152,6 +154,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     return 0
+
+
+def _warn_missing_tools(settings: Settings) -> None:
+    """A kind whose program is missing still loads (its jobs fail saying so): the start
+    names each one, so whoever runs the server learns it before a user does."""
+    from jobgate.recipes import missing_tools_warnings
+
+    for line in missing_tools_warnings(settings):
+        print(f"jobgate: warning: {printable(line)}", file=sys.stderr)
 
 
 def _safe_url(url: str) -> str:

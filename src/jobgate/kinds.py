@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jobgate import recipes
 from jobgate.arguments import ArgSpec, ArgumentError, check_value
 from jobgate.units import parse_duration
 
@@ -86,7 +87,7 @@ _KIND_KEYS = {
     "argv", "function", "args", "progress", "timeout", "max_attempts", "backoff",
     "backoff_max", "retry_on_exit_codes", "memory_mb", "max_running", "priority",
     "allow_private_urls", "description", "memory_limit_mb", "retry_on_memory_limit", "nice",
-    "in_process",
+    "in_process", "recipe",
 }
 _ARG_KEYS = {"type", "default", "pattern", "min", "max", "choices", "description", "max_length"}
 
@@ -94,6 +95,7 @@ _ARG_KEYS = {"type", "default", "pattern", "min", "max", "choices", "description
 def parse_kind(name: str, spec: Any, error: Callable[[str], Exception]) -> Kind:
     """Build a Kind from its `[kinds.NAME]` table; `error(msg)` makes the exception to raise."""
     key = f"kinds.{name}"
+    spec = recipes.kind_table(name, spec, error)  # `recipe = "compress"`: its keys first
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
         raise error(f"{key}: a kind's name may use letters, digits, '_', '-' and '.'")
     if not isinstance(spec, dict):

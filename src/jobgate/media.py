@@ -9,20 +9,8 @@ builds the commands for a command kind, `missing_tools` is the start-up check.
 Units are in the names: `_s` seconds, `_mb` megabytes of 1,000,000 bytes (what upload
 limits mean), `_kbps` kilobits (1000 bits) per second, `_db` decibels.
 
-The recipes as kinds (the `path` type keeps inputs inside `[server] input_dir`):
-
-    [kinds.compress]
-    function = "jobgate.media:compress_job"
-    [kinds.compress.args]
-    input = { type = "path" }
-    target_mb = { type = "number", min = 0, default = 0 }       # 0: not by size
-    bitrate_kbps = { type = "integer", min = 0, default = 0 }   # 0: not by bitrate
-    crf = { type = "integer", min = 0, max = 63, default = 23 }  # else: by quality
-
-    [kinds.analyze]
-    function = "jobgate.media:analyze_job"
-    [kinds.analyze.args]
-    path = { type = "path" }
+The recipes as kinds: `recipe = "compress"` / `recipe = "analyze"` in a `[kinds.NAME]`
+table (jobgate.recipes holds their arguments, memory, timeout and retry settings).
 """
 
 from __future__ import annotations
@@ -56,6 +44,10 @@ AUDIO_CODECS = ("aac", "libopus", "libmp3lame", "copy")
 _TWO_PASS_CODECS = ("libx264", "libvpx-vp9")
 _PRESET_CODECS = ("libx264", "libx265")
 _FASTSTART_SUFFIXES = (".mp4", ".m4v", ".mov", ".m4a")
+#: What an output being written is called until it is complete: `out.mp4.part`.
+PART_SUFFIX = ".part"
+_MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".m4a": "mp4", ".mov": "mov", ".webm": "webm",
+           ".mkv": "matroska"}
 _PROBE_TIMEOUT_S = 60.0
 
 
@@ -252,6 +244,11 @@ def compress_argv(
     if not re.fullmatch(r"[a-z0-9]+", preset):
         raise ValueError(f"preset {preset!r} is not a preset name")
     audio = has_audio and audio_kbps > 0
+    # `out.mp4.part`: written under a name that says unfinished, renamed once complete.
+    final = Path(output).with_suffix("") if Path(output).suffix == PART_SUFFIX \
+        else Path(output)
+    suffix = final.suffix.lower()
+    muxer = (["-f", _MUXERS.get(suffix, "mp4")] if final != Path(output) else [])
     if target_mb is not None:
         if duration_s is None:
             raise ValueError("a target size needs the input's duration (probe it first)")
@@ -271,7 +268,7 @@ def compress_argv(
         video += ["-preset", preset]
     if video_codec in ("libx264", "libx265"):
         video += ["-pix_fmt", "yuv420p"]  # what every player decodes (not 4:4:4)
-    if video_codec == "libx265" and Path(output).suffix.lower() in _FASTSTART_SUFFIXES:
+    if video_codec == "libx265" and suffix in _FASTSTART_SUFFIXES:
         video += ["-tag:v", "hvc1"]  # Apple's players want this tag for HEVC in mp4
     if bitrate_kbps is not None:
         video += ["-b:v", f"{bitrate_kbps}k"]
@@ -280,10 +277,9 @@ def compress_argv(
     sound = (["-c:a", audio_codec] + (["-b:a", f"{audio_kbps}k"] if audio_codec != "copy"
                                       else [])) if audio else ["-an"]
     report = ["-progress", "pipe:1", "-nostats"]
-    tail = (["-movflags", "+faststart"]
-            if Path(output).suffix.lower() in _FASTSTART_SUFFIXES else [])
+    tail = (["-movflags", "+faststart"] if suffix in _FASTSTART_SUFFIXES else []) + muxer
     if target_mb is not None and two_pass and video_codec in _TWO_PASS_CODECS:
-        log = str(passlog) if passlog is not None else str(Path(output).with_suffix("")) \
+        log = str(passlog) if passlog is not None else str(final.with_suffix("")) \
             + ".passlog"
         first = [*head, *video, "-pass", "1", "-passlogfile", log, "-an", *report,
                  "-f", "null", os.devnull]
@@ -512,7 +508,8 @@ def compress_job(ctx: _Context, input: str,  # named as the recipe's argument
 
     By size if `target_mb` is above 0, else by bitrate if `bitrate_kbps` is, else by
     quality (`crf`, 23 when not given): a kind's schema can then give every one a default.
-    A cancel or a failure removes the unfinished output."""
+    The output is written as `out.mp4.part` and renamed when complete; a cancel or a
+    failure removes it."""
     # A schema taken from this signature types `float | None` as a string: read numbers.
     target_mb = _number_arg("target_mb", target_mb)
     bitrate_kbps = _int_arg("bitrate_kbps", bitrate_kbps)
@@ -530,9 +527,12 @@ def compress_job(ctx: _Context, input: str,  # named as the recipe's argument
         raise BadInput(f"{Path(input).name} has no video stream to compress")
     suffix = ".webm" if video_codec == "libvpx-vp9" else ".mp4"
     output = ctx.output_dir / f"out{suffix}"
+    # A stop too hard to clean up after (SIGKILL, a power cut) leaves `out.mp4.part`,
+    # never a truncated `out.mp4` that looks finished.
+    partial = output.with_name(output.name + PART_SUFFIX)
     with tempfile.TemporaryDirectory(prefix="jobgate-passlog-") as scratch:
         try:
-            commands = compress_argv(input, output, target_mb, bitrate_kbps, crf,
+            commands = compress_argv(input, partial, target_mb, bitrate_kbps, crf,
                                      video_codec, audio_codec, audio_kbps, preset,
                                      info.duration_s, info.has_audio,
                                      passlog=Path(scratch) / "pass")
@@ -545,8 +545,9 @@ def compress_job(ctx: _Context, input: str,  # named as the recipe's argument
                 run_ffmpeg(argv, _reporter(ctx, number, len(commands)), info.duration_s,
                            lambda: ctx.cancelled)
             except BaseException:
-                output.unlink(missing_ok=True)  # a truncated file is no result
+                partial.unlink(missing_ok=True)  # a truncated file is no result
                 raise
+        partial.replace(output)
     size = output.stat().st_size
     ctx.progress(100.0, f"{size / BYTES_PER_MB:.2f} MB"
                  + (f" (target {target_mb:g} MB)" if target_mb is not None else ""))
