@@ -15,8 +15,8 @@ from playwright.sync_api import expect
 
 from conftest import Server, running_server
 from test_dashboard import CONFIG, api_submit, sign_in, wait_api
-from test_dashboard import browser as browser  # noqa: F401 - the module's fixtures
-from test_dashboard import pages as pages  # noqa: F401
+from test_dashboard import browser as browser  # the module's fixtures, by re-export
+from test_dashboard import pages as pages
 
 pytestmark = pytest.mark.sqlite_only("the dashboard does not know the backend")
 
@@ -35,7 +35,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield srv
 
 
-def test_an_output_downloads_through_a_link_not_with_the_token(pages, server):  # noqa: F811
+def test_an_output_downloads_through_a_link_not_with_the_token(pages, server):
     job = wait_api(server, "bob", api_submit(server, "bob", "film")["id"], "completed")
     page = pages.new()
     sign_in(page, "bob", f"#/job/{job['id']}")
@@ -54,14 +54,14 @@ def test_an_output_downloads_through_a_link_not_with_the_token(pages, server):  
     assert download.suggested_filename == "film.mp4"
     assert Path(download.path()).read_bytes() == b"\0" * 300_000
 
-    asked = [r for r in requests if r["url"].endswith(f"/outputs/film.mp4/link")]
+    asked = [r for r in requests if r["url"].endswith("/outputs/film.mp4/link")]
     assert [r["method"] for r in asked] == ["POST"] and asked[0]["auth"]
     fetched = [r for r in requests if f"/api/jobs/{job['id']}/download/film.mp4?" in r["url"]]
     assert len(fetched) == 1 and fetched[0]["auth"] is None, requests
     assert not [r for r in requests if r["url"].endswith("/outputs/film.mp4")], requests
 
 
-def test_a_failed_jobs_output_shows_as_partial(pages, server):  # noqa: F811
+def test_a_failed_jobs_output_shows_as_partial(pages, server):
     job = wait_api(server, "bob", api_submit(server, "bob", "halfway")["id"], "failed")
     assert job["outputs"] == [{"name": "part.mp4", "size": 4, "content_type": "video/mp4",
                                "partial": True}]
