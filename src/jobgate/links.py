@@ -32,7 +32,9 @@ def signature(key: bytes, job_id: str, name: str, user: str, expires_at: int) ->
     """The signature of a link to output `name` of job `job_id` for `user`, good until
     `expires_at` (epoch seconds). The fields are joined with NUL, which none may hold, so
     no two links sign the same text."""
-    message = "\0".join((job_id, name, user, str(expires_at))).encode("utf-8")
+    # `surrogatepass`: a name that is not valid text gets a signature nobody has, not a 500.
+    message = "\0".join((job_id, name, user, str(expires_at))).encode("utf-8",
+                                                                       "surrogatepass")
     digest = hmac.new(key, message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
