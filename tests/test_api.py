@@ -498,7 +498,7 @@ def test_an_output_file_can_be_downloaded(bob):
     job = submit(bob, "report", {"text": "it works"})
     job = wait_for(bob, job["id"], "completed")
 
-    assert job["outputs"] == ["report.txt"]
+    assert [o["name"] for o in job["outputs"]] == ["report.txt"]
     response = bob.get(f"/api/jobs/{job['id']}/outputs/report.txt")
     assert response.status_code == 200
     assert response.text == "it works\n"

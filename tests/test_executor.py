@@ -339,7 +339,7 @@ def test_files_written_into_the_job_folder_are_outputs(start_server):
             time.sleep(0.05)
             job = http.get(f"/api/jobs/{job['id']}").json()
         assert job["state"] == "completed", job
-        assert job["outputs"] == ["report.txt", "sub/b.bin"]
+        assert [o["name"] for o in job["outputs"]] == ["report.txt", "sub/b.bin"]
         report = http.get(f"/api/jobs/{job['id']}/outputs/report.txt")
         assert report.status_code == 200
         assert report.text == "hello\n"
@@ -458,7 +458,7 @@ async def test_sync_python_job_reports_progress_logs_outputs_and_result(
     progress = [(e.data["progress"], e.data["message"])
                 for e in events.events(job.id, "job.progress")]
     assert (50, "half way") in progress
-    assert done.outputs == ["made-by-sync.txt"]
+    assert [o.name for o in done.outputs] == ["made-by-sync.txt"]
     assert (queue.job_dir(job.id) / "made-by-sync.txt").read_text() == "sync output"
 
 

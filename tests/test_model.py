@@ -23,6 +23,7 @@ from jobgate.model import (
     EventType,
     IllegalMove,
     Job,
+    Output,
     State,
     check_move,
     event_type,
@@ -200,7 +201,8 @@ def test_job_json_hides_bookkeeping():
 
 def test_job_json_values():
     job = _job(state=State.COMPLETED, started_at=1_700_000_001.0,
-               finished_at=1_700_000_002.5, result={"n": 1}, outputs=["out.mp4"],
+               finished_at=1_700_000_002.5, result={"n": 1},
+               outputs=[Output("out.mp4", 9, "video/mp4")],
                attempt=1, max_attempts=3, memory_mb=512, peak_memory_mb=100.5,
                progress=100.0)
     doc = job.to_json()
@@ -208,7 +210,8 @@ def test_job_json_values():
     assert doc["state"] == "completed"
     assert doc["created_at"] == "2023-11-14T22:13:20.000Z"
     assert doc["finished_at"] == "2023-11-14T22:13:22.500Z"
-    assert doc["result"] == {"n": 1} and doc["outputs"] == ["out.mp4"]
+    assert doc["result"] == {"n": 1} and doc["outputs"] == [
+        {"name": "out.mp4", "size": 9, "content_type": "video/mp4", "partial": False}]
     assert (doc["attempt"], doc["max_attempts"], doc["memory_mb"]) == (1, 3, 512)
     assert _job().to_json()["started_at"] is None
 

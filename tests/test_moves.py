@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from jobgate import moves
-from jobgate.model import IllegalMove, Job, State, event_data
+from jobgate.model import IllegalMove, Job, Output, State, event_data
 from jobgate.scheduler import Admission, Candidate, Limits, Running, Turns, next_vt
 from jobgate.store.base import Outcome, QueueFull
 
@@ -71,10 +71,10 @@ def test_claimed_starts_the_next_attempt_with_a_new_lease_and_a_clean_slate():
 
 def test_ended_persists_the_outcome_and_completed_is_100_percent():
     outcome = Outcome(State.COMPLETED, result=[1], message="ok", peak_memory_mb=5.5,
-                      outputs=["a.txt"])
+                      outputs=[Output("a.txt", 3, "text/plain")])
     after = moves.ended(running(cancel_requested=True), outcome, NOW).job
     assert (after.finished_at, after.result, after.outputs, after.progress) == \
-        (NOW, [1], ["a.txt"], 100.0)
+        (NOW, [1], [Output("a.txt", 3, "text/plain")], 100.0)
     assert (after.lease_expires_at, after.pid, after.cancel_requested) == (None, None, False)
     assert after.peak_memory_mb == 5.5 and after.message == "ok"
     failed = moves.ended(running(), Outcome(State.FAILED, error="boom"), NOW)

@@ -279,7 +279,7 @@ async def test_progress_logs_output_files_and_result_cross_the_boundary(
     for line in ("ctx.log line t1", "printed to stdout t1", "printed to stderr t1"):
         assert line in lines
     assert (50, "half way t1") in progress_of(events, job.id)
-    assert done.outputs == ["out.txt"]
+    assert [o.name for o in done.outputs] == ["out.txt"]
     assert (queue.job_dir(job.id) / "out.txt").read_text() == "made by t1"
     odd, _ = await queue.submit("bob", "unjsonable")
     assert (await wait_state(queue, odd.id, "completed", "failed")).result == "{1, 2}"
@@ -391,7 +391,7 @@ async def test_an_in_process_kind_still_runs_in_the_worker(make_settings, open_q
     assert done.result["pid"] == os.getpid()
     assert "ctx.log line here" in await log_lines(queue, job.id)
     assert (50, "half way here") in progress_of(events, job.id)
-    assert done.outputs == ["out.txt"]
+    assert [o.name for o in done.outputs] == ["out.txt"]
     assert done.peak_memory_mb is None  # not measured: it shares the worker's memory
 
 

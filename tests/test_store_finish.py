@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from jobgate.model import State
+from jobgate.model import Output, State
 from jobgate.scheduler import Limits
 from jobgate.store.base import Outcome
 from jobgate.store.rows import from_json, to_json
@@ -26,13 +26,14 @@ from storekit import (
 async def test_finish_completed_persists_the_outcome(store):
     job = await running(store)
     outcome = Outcome(State.COMPLETED, result={"frames": 10}, message="completed",
-                      peak_memory_mb=42.5, outputs=["out.mp4"])
+                      peak_memory_mb=42.5, outputs=[Output("out.mp4", 9, "video/mp4")])
     finished = await store.finish(job.id, job.lease_token, outcome)
     assert finished is State.COMPLETED
     got = await store.get(job.id)
     assert got is not None
     assert (got.state, got.result, got.outputs, got.peak_memory_mb, got.progress,
-            got.error) == (State.COMPLETED, {"frames": 10}, ["out.mp4"], 42.5, 100.0, None)
+            got.error) == (State.COMPLETED, {"frames": 10}, [Output("out.mp4", 9, "video/mp4")],
+                           42.5, 100.0, None)
     assert got.finished_at is not None and got.started_at is not None
     assert got.finished_at >= got.started_at
     assert got.lease_expires_at is None

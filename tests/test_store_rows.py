@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from jobgate.model import Job, State, new_id
+from jobgate.model import Job, Output, State, new_id
 from jobgate.scheduler import Limits
 from jobgate.store import store_for_url
 from jobgate.store.base import Outcome, Quota, Store
@@ -98,7 +98,7 @@ async def _life(store: Store, raw: Raw) -> list[tuple[str, Any]]:
     await verb("progress", a, store.progress(a.id, a.lease_token, 50.0, "half", rss_mb=3.0))
     await store.append_logs(a.id, ["one", "two"], 10)
     await finish(a, Outcome(State.COMPLETED, result={"x": [1, 2.5]}, message="done",
-                            peak_memory_mb=12.5, outputs=["out.txt"]), "finish ok")
+                            peak_memory_mb=12.5, outputs=[Output("out.txt", 2)]), "finish ok")
 
     b = await submit("b")
     b = await claim("b")

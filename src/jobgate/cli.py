@@ -318,8 +318,16 @@ def cmd_ls(args: argparse.Namespace) -> int:
         message = (job.get("error") or job.get("message") or "").splitlines()
         print(printable(
             f"{job['id']:26}  {job['kind'][:12]:12} {job['owner'][:10]:10} {job['state']:9} "
-            f"{pos!s:>4} {prog:>5}  {(message[-1] if message else '')[:60]}"))
+            f"{pos!s:>4} {prog:>5}  {(message[-1] if message else '')[:60]}"
+            f"{_partial_note(job.get('outputs'))}"))
     return 0
+
+
+def _partial_note(outputs: Any) -> str:
+    """What `ls` adds for a job whose outputs a run that did not complete left (they are
+    not its result): " [2 partial outputs]"."""
+    count = sum(1 for o in outputs or () if isinstance(o, dict) and o.get("partial") is True)
+    return f" [{count} partial output{'s' if count != 1 else ''}]" if count else ""
 
 
 def cmd_show(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from jobgate.kinds import Kind, load_function, render_argv
-from jobgate.model import Job
+from jobgate.model import Job, Output, content_type
 from jobgate.pychild import JobContext as JobContext  # `jobgate.JobContext`
 from jobgate.pychild import NonRetryable as NonRetryable  # where job code finds it
 from jobgate.threads import JobThreads
@@ -133,14 +133,25 @@ class RunResult:
     timed_out: bool = False
     retryable: bool = True
     peak_memory_mb: float | None = None
-    outputs: tuple[str, ...] = ()
+    outputs: tuple[Output, ...] = ()
 
 
-def _outputs(folder: Path) -> tuple[str, ...]:
+def _outputs(folder: Path) -> tuple[Output, ...]:
+    """The files in a job's folder as the run left them, by name (whether they are the
+    job's result or `partial` is the queue's to say: `moves.ended_outputs`)."""
     if not folder.is_dir():
         return ()
-    return tuple(sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                        if p.is_file()))
+    found = []
+    for path in folder.rglob("*"):
+        try:
+            if not path.is_file():
+                continue
+            size = path.stat().st_size
+        except OSError:  # gone since the listing (a program tidying up as it ends)
+            continue
+        name = path.relative_to(folder).as_posix()
+        found.append(Output(name, size, content_type(name)))
+    return tuple(sorted(found, key=lambda o: o.name))
 
 
 async def run(job: Job, kind: Kind, folder: Path, progress: ProgressFn, log: LogFn,

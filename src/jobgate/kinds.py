@@ -55,6 +55,9 @@ class Kind:
     # than a pool process: cheaper per job, but no hard stop, no memory measurement or
     # limit, and a crash takes the worker down.
     in_process: bool = False
+    # What becomes of the files of a run that ends without completing: "keep" lists them
+    # as `partial` (never as the result), "delete" removes them.
+    partial_outputs: str = "keep"
 
     def schema(self) -> dict[str, Any]:
         """The argument schema as JSON, for the API and the dashboard's forms."""
@@ -87,7 +90,7 @@ _KIND_KEYS = {
     "argv", "function", "args", "progress", "timeout", "max_attempts", "backoff",
     "backoff_max", "retry_on_exit_codes", "memory_mb", "max_running", "priority",
     "allow_private_urls", "description", "memory_limit_mb", "retry_on_memory_limit", "nice",
-    "in_process", "recipe",
+    "in_process", "recipe", "partial_outputs",
 }
 _ARG_KEYS = {"type", "default", "pattern", "min", "max", "choices", "description", "max_length"}
 
@@ -201,7 +204,15 @@ def parse_kind(name: str, spec: Any, error: Callable[[str], Exception]) -> Kind:
         retry_on_memory_limit=bool(want("retry_on_memory_limit", bool, "true or false")),
         nice=nice,
         in_process=in_process,
+        partial_outputs=_partial_outputs(want("partial_outputs", str, '"keep" or "delete"'),
+                                         f"{key}.partial_outputs", error),
     )
+
+
+def _partial_outputs(value: str | None, key: str, error: Callable[[str], Exception]) -> str:
+    if value not in (None, "keep", "delete"):
+        raise error(f'{key}: expected "keep" or "delete", got {value!r}')
+    return value or "keep"
 
 
 def _default(value: Any, default: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import math
+import mimetypes
 import os
 import threading
 import time
@@ -122,6 +123,49 @@ def parse_iso(text: str) -> float:
 DispatchKey = tuple[int, int, str]
 
 
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A file a job left in its folder: its name (a path relative to the folder), its size
+    when the run ended, its content type (from the name) and whether it is `partial`: left
+    by a run that did not complete, so not the job's result."""
+
+    name: str
+    size: int = 0
+    content_type: str = "application/octet-stream"
+    partial: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry of a job's `outputs`, as the API, events and the store show it."""
+        return {"name": _text(self.name), "size": self.size,
+                "content_type": self.content_type, "partial": self.partial}
+
+    @classmethod
+    def from_json(cls, value: Any) -> Output:
+        """An entry as stored: an object of `to_json`, or a plain name (what jobgate stored
+        before outputs carried their size; such a file's size and type are not known)."""
+        if isinstance(value, str):
+            return cls(stored_text(value), content_type=content_type(value))
+        if not isinstance(value, dict):
+            return cls(stored_text(str(value)))
+        name = stored_text(str(value.get("name", "")))
+        size = value.get("size")
+        kind = value.get("content_type")
+        return cls(name, size if isinstance(size, int) and not isinstance(size, bool) else 0,
+                   kind if isinstance(kind, str) else content_type(name),
+                   value.get("partial") is True)
+
+
+def content_type(name: str) -> str:
+    """The content type a file's name suggests (`application/octet-stream` if none)."""
+    guessed, _ = mimetypes.guess_type(name, strict=False)
+    return guessed or "application/octet-stream"
+
+
+def outputs_from_json(value: Any) -> list[Output]:
+    """A job's outputs as stored (a list of entries, old or new: `Output.from_json`)."""
+    return [Output.from_json(v) for v in value] if isinstance(value, list) else []
+
+
 @dataclass
 class Job:
     """One unit of work. Times are epoch seconds; `to_json` renders the contract's shape."""
@@ -147,7 +191,7 @@ class Job:
     peak_memory_mb: float | None = None
     depends_on: list[str] = field(default_factory=list)
     unique_key: str | None = None
-    outputs: list[str] = field(default_factory=list)
+    outputs: list[Output] = field(default_factory=list)
     # Bookkeeping the contract does not show.
     vt: int = 0  # virtual time for fair sharing between users; see scheduler.py
     lease_token: int = 0  # fencing token: bumped by every claim, checked by every finish
@@ -188,7 +232,7 @@ class Job:
             "peak_memory_mb": self.peak_memory_mb,
             "depends_on": self.depends_on,
             "unique_key": _text(self.unique_key),
-            "outputs": scrub(self.outputs) if self.outputs else self.outputs,
+            "outputs": [o.to_json() for o in self.outputs],
         }
 
 
@@ -271,5 +315,6 @@ def event_data(job: Job) -> dict[str, Any]:
         data.update(worker=job.worker, started_at=iso(job.started_at))
     else:
         data.update(finished_at=iso(job.finished_at), error=job.error, result=job.result,
-                    outputs=job.outputs, peak_memory_mb=job.peak_memory_mb)
+                    outputs=[o.to_json() for o in job.outputs],
+                    peak_memory_mb=job.peak_memory_mb)
     return data

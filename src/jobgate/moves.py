@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -22,11 +22,13 @@ from jobgate.model import (
     EventType,
     IllegalMove,
     Job,
+    Output,
     State,
     check_move,
     event_data,
     event_type,
 )
+from jobgate.sanitize import stored_text
 from jobgate.store.base import Outcome, QueueFull
 
 
@@ -130,6 +132,22 @@ def ended(job: Job, outcome: Outcome, now: float) -> Move:
                  progress=100.0 if outcome.state is State.COMPLETED else job.progress,
                  lease_expires_at=None, pid=None, error=outcome.error,
                  message=outcome.message, peak_memory_mb=outcome.peak_memory_mb)
+
+
+def ended_outputs(outputs: Iterable[Output], state: State, partial_outputs: str
+                  ) -> tuple[list[Output], list[Output]]:
+    """What a run's end makes of the files it left (`outputs`, as the executor found
+    them): (the outputs to list, the files to delete). A completed run's files are the
+    job's result. Those of a run that ends otherwise are not finished files: listed as
+    `partial` (kind setting `partial_outputs = "keep"`), or deleted (`"delete"`) once the
+    job has ended for good; a retry keeps them for its next attempt."""
+    found = list(outputs)
+    if state is State.COMPLETED:
+        return [dataclasses.replace(o, name=stored_text(o.name), partial=False)
+                for o in found], []
+    if partial_outputs == "delete" and state is not State.QUEUED:
+        return [], found
+    return [dataclasses.replace(o, name=stored_text(o.name), partial=True) for o in found], []
 
 
 def requeued(job: Job, outcome: Outcome, vt: int) -> Move:

@@ -15,6 +15,7 @@ position index and the event bus in step with the store's committed events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -35,7 +36,8 @@ from jobgate.config import Settings
 from jobgate.events import EventBus
 from jobgate.executor import RunResult
 from jobgate.kinds import Kind
-from jobgate.model import RUN_END_EVENTS, Event, EventType, Job, State, new_id
+from jobgate.model import RUN_END_EVENTS, Event, EventType, Job, Output, State, new_id
+from jobgate.moves import ended_outputs
 from jobgate.positions import PositionIndex
 from jobgate.sanitize import stored_json, stored_text
 from jobgate.scheduler import Limits, backoff_s
@@ -301,10 +303,30 @@ class JobQueue:
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
 
     def outcome(self, job: Job, run: RunResult) -> Outcome:
-        """What a run's end means for the job: completed, failed, cancelled or a retry."""
+        """What a run's end means for the job: completed, failed, cancelled or a retry;
+        its files are the result, `partial` or deleted as `moves.ended_outputs` says."""
+        ended = self._outcome(job, run)
+        spec = self.settings.kinds.get(job.kind)
+        listed, doomed = ended_outputs(run.outputs, ended.state,
+                                       spec.partial_outputs if spec else "keep")
+        if doomed:
+            self._delete_outputs(job.id, doomed)
+        return dataclasses.replace(ended, outputs=listed)
+
+    def _delete_outputs(self, job_id: str, doomed: list[Output]) -> None:
+        folder = self.job_dir(job_id)
+        for output in doomed:
+            with contextlib.suppress(OSError):
+                (folder / output.name).unlink()
+        # Then the folders the files were in, deepest first, if nothing else is left.
+        for sub in sorted({p for o in doomed for p in Path(o.name).parents if p.parts},
+                          key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                (folder / sub).rmdir()
+
+    def _outcome(self, job: Job, run: RunResult) -> Outcome:
         # What the job's own code reported is stored safely: nothing in it can break a listing.
-        common: dict[str, Any] = {"peak_memory_mb": run.peak_memory_mb,
-                                  "outputs": [stored_text(str(o)) for o in run.outputs]}
+        common: dict[str, Any] = {"peak_memory_mb": run.peak_memory_mb}
         if run.error is not None:
             run = dataclasses.replace(run, error=stored_text(str(run.error)))
         if run.cancelled:

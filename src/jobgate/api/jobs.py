@@ -27,7 +27,8 @@ from jobgate.api.core import (
     services_of,
 )
 from jobgate.config import Settings
-from jobgate.model import FINAL, Job, State, parse_iso
+from jobgate.links import LINK_TTL_S, link_key, link_path, valid
+from jobgate.model import FINAL, Job, State, content_type, iso, parse_iso
 from jobgate.queue import node_live_s
 from jobgate.sanitize import INT64_MAX, checked_text, shown, stored_text, text_problem
 from jobgate.store.base import User
@@ -149,19 +150,40 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     @app.get("/api/jobs/{job_id}/outputs/{name:path}", tags=["jobs"])
     async def output(job_id: str, name: str, request: Request, user: CurrentUser) -> Response:
-        await _own_job(request, job_id, user)
-        folder = services_of(request).queue.job_dir(job_id).resolve()
-        missing = ApiError(404, "not_found", f"job {job_id} has no output {shown(name)}")
-        if text_problem(name) is not None:
-            raise missing
-        try:
-            path = (folder / name).resolve()
-            found = path.is_relative_to(folder) and path.is_file()
-        except (OSError, ValueError):  # a name too long for the file system, a loop
-            found = False
-        if not found:
-            raise missing
-        return FileResponse(path, filename=Path(name).name)
+        """Download an output (a browser without the bearer header: `…/link`)."""
+        job = await _own_job(request, job_id, user)
+        return _serve_output(request, job, name)
+
+    @app.post("/api/jobs/{job_id}/outputs/{name:path}/link", tags=["jobs"])
+    async def output_link(job_id: str, name: str, request: Request,
+                          user: CurrentUser) -> dict[str, Any]:
+        """A download link to an output: `{url, expires_at}`, a URL that needs no bearer
+        header (for `<a href download>`), good for a few minutes and only for the caller."""
+        job = await _own_job(request, job_id, user)
+        _output_path(request, job, name)  # a link to nothing is refused now, not later
+        expires_at = int(time.time() + LINK_TTL_S)
+        key = link_key(services_of(request).auth.key)
+        return {"url": link_path(key, job.id, name, user.name, expires_at),
+                "expires_at": iso(expires_at)}
+
+    @app.get("/api/jobs/{job_id}/download/{name:path}", tags=["jobs"])
+    async def download(job_id: str, name: str, request: Request,
+                       user: Annotated[str, Query(max_length=64)],
+                       expires: Annotated[int, Query(ge=0, le=INT64_MAX)],
+                       signature: Annotated[str, Query(max_length=128)]) -> Response:
+        """An output by the link of `POST …/outputs/{name}/link` (no bearer header)."""
+        services = services_of(request)
+        if not valid(link_key(services.auth.key), job_id, name, user, expires, signature):
+            raise ApiError(403, "forbidden", "invalid download link: get a new one")
+        if expires < time.time():
+            raise ApiError(403, "forbidden", "download link expired: get a new one")
+        who = User(user, admin=True) if not settings.auth.enabled else \
+            await services.queue.store.get_user(user)
+        if who is None:
+            raise ApiError(403, "forbidden", "invalid download link: its user is gone")
+        # The user may have lost the right to the job since (no longer an admin).
+        job = await _own_job(request, job_id, who)
+        return _serve_output(request, job, name)
 
     @app.get("/api/kinds", tags=["queue"])
     async def kinds(request: Request, user: CurrentUser) -> dict[str, Any]:
@@ -201,6 +223,34 @@ def install(app: FastAPI, settings: Settings) -> None:
             "running": len(services.worker.running) if services.worker else None,
             "uptime_s": round(time.time() - services.started_at, 1),
         })
+
+
+def _output_path(request: Request, job: Job, name: str) -> Path:
+    """The file of output `name` of `job`, inside its folder; a 404 otherwise (a name that
+    is not text, or leads out of the folder, is not echoed)."""
+    folder = services_of(request).queue.job_dir(job.id).resolve()
+    missing = ApiError(404, "not_found", f"job {job.id} has no output {shown(name)}")
+    if text_problem(name) is not None:
+        raise missing
+    try:
+        path = (folder / name).resolve()
+        found = path.is_relative_to(folder) and path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a loop
+        found = False
+    if not found:
+        raise missing
+    return path
+
+
+def _serve_output(request: Request, job: Job, name: str) -> Response:
+    """The file as an attachment (Range requests served). A file the job's outputs list as
+    `partial`, or do not list (yet: its job runs), says so in `X-Jobgate-Partial`."""
+    path = _output_path(request, job, name)
+    listed = next((o for o in job.outputs if o.name == name), None)
+    partial = listed is None or listed.partial
+    return FileResponse(path, filename=Path(name).name, content_disposition_type="attachment",
+                        media_type=content_type(name),
+                        headers={"X-Jobgate-Partial": "true"} if partial else None)
 
 
 async def _own_job(request: Request, job_id: str, user: User) -> Job:

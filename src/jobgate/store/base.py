@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobgate.model import DispatchKey, Event, Job, State
+from jobgate.model import DispatchKey, Event, Job, Output, State
 from jobgate.scheduler import Limits
 
 
@@ -51,7 +51,7 @@ class Outcome:
     error: str | None = None
     message: str | None = None
     peak_memory_mb: float | None = None
-    outputs: list[str] = field(default_factory=list)
+    outputs: list[Output] = field(default_factory=list)
     retry_at: float | None = None  # set when the job goes back to the queue
     hand_back: bool = False  # going back because its worker stops: the attempt is not counted
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from jobgate.model import Event, Job, State
+from jobgate.model import Event, Job, Output, State, outputs_from_json
 from jobgate.store.base import SchemaTooNew
 
 #: The jobs table's columns, in the order `job_from_row` and `job_values` use.
@@ -67,8 +67,16 @@ def json_or_null(value: Any) -> str | None:
     return None if value is None else dumps(value)
 
 
+def outputs_value(outputs: Sequence[Output]) -> str:
+    """The `outputs` column's JSON text: a list of `Output.to_json` objects (a reader
+    also takes the plain names older rows hold: `model.outputs_from_json`)."""
+    return dumps([o.to_json() for o in outputs])
+
+
 def column_value(name: str, value: Any) -> Any:
     """How the jobs table stores `value` of column `name` on every backend."""
+    if name == "outputs":
+        return outputs_value(value)
     if name in JSON_COLUMNS:
         return json_or_null(value)
     if isinstance(value, State):
@@ -103,7 +111,7 @@ def job_from_row(row: Sequence[Any]) -> Job:
         result=None if result is None else loads(result), error=error, worker=worker,
         memory_mb=memory_mb, peak_memory_mb=peak_memory_mb,
         depends_on=loads(depends_on), unique_key=unique_key,
-        outputs=loads(outputs), vt=vt, lease_token=lease_token,
+        outputs=outputs_from_json(loads(outputs)), vt=vt, lease_token=lease_token,
         lease_expires_at=lease_expires_at, cancel_requested=bool(cancel_requested), pid=pid,
         idempotency_key=idempotency_key,
     )
@@ -116,7 +124,7 @@ def job_values(job: Job) -> tuple[Any, ...]:
         job.progress, job.message, job.attempt, job.max_attempts, job.created_at, job.run_at,
         job.started_at, job.finished_at, json_or_null(job.result),
         job.error, job.worker, job.memory_mb, job.peak_memory_mb, dumps(job.depends_on),
-        job.unique_key, dumps(job.outputs), job.vt, job.lease_token,
+        job.unique_key, outputs_value(job.outputs), job.vt, job.lease_token,
         job.lease_expires_at, bool(job.cancel_requested), job.pid, job.idempotency_key,
     )
 

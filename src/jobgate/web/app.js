@@ -881,11 +881,14 @@
     $('job-result-box').hidden = !hasResult;
     $('job-result').textContent = hasResult ? JSON.stringify(job.result, null, 2) : '';
 
-    const outputs = job.outputs || [];
+    const outputs = (job.outputs || []).map(outputEntry);
     $('job-no-outputs').hidden = outputs.length > 0;
-    $('job-outputs').replaceChildren(...outputs.map((name) => el('li', {},
-      el('button', { type: 'button', class: 'link', 'data-output': name, onclick: () => download(job.id, name) },
-        el('span', { 'aria-hidden': 'true', text: '⬇ ' }), name))));
+    $('job-outputs').replaceChildren(...outputs.map((o) => el('li', { class: o.partial ? 'partial' : null },
+      el('button', { type: 'button', class: 'link', 'data-output': o.name, onclick: () => download(job.id, o.name) },
+        el('span', { 'aria-hidden': 'true', text: '⬇ ' }), o.name),
+      o.size === null ? '' : el('span', { class: 'output-size', text: ` ${fmtBytes(o.size)}` }),
+      // A run that did not complete left it: whatever it holds is not the job's result.
+      o.partial ? el('span', { class: 'output-partial', text: ' partial: the job did not complete' }) : '')));
 
     $('act-cancel').hidden = !ACTIVE.has(job.state);
     $('act-retry').hidden = !(job.state === 'failed' || job.state === 'cancelled');
@@ -893,27 +896,34 @@
     renderLogState();
   }
 
+  // A signed link the browser fetches itself: it streams the file to disk (a fetch with
+  // the bearer token would hold all of a multi-GB output in memory first).
   async function download(id, name) {
     $('act-error').textContent = '';
     try {
-      const r = await fetch(`/api/jobs/${enc(id)}/outputs/${name.split('/').map(enc).join('/')}`, {
-        headers: S.session.token ? { Authorization: `Bearer ${S.session.token}` } : {},
-        cache: 'no-store',
-      });
-      if (r.status === 401) {
-        endSession('Your session expired. Sign in again to go on where you were.');
-        return;
-      }
-      if (!r.ok) throw new Error(`cannot download ${name}: ${r.status}`);
-      const url = URL.createObjectURL(await r.blob());
-      const a = el('a', { href: url, download: name.split('/').pop() });
+      const link = await api('POST', `/api/jobs/${enc(id)}/outputs/${name.split('/').map(enc).join('/')}/link`);
+      const a = el('a', { href: link.url, download: name.split('/').pop() });
       document.body.append(a);
       a.click();
       a.remove();
-      setTimeout(() => URL.revokeObjectURL(url), 30000);
     } catch (err) {
-      $('act-error').textContent = err.message;
+      if (err.status !== 401) $('act-error').textContent = `cannot download ${name}: ${err.message}`;
     }
+  }
+
+  // An entry of a job's outputs: an object, or a plain name (what older servers sent).
+  function outputEntry(o) {
+    return typeof o === 'string' ? { name: o, size: null, content_type: null, partial: false } : o;
+  }
+
+  function fmtBytes(n) {
+    if (typeof n !== 'number') return '';
+    if (n < 1024) return `${n} B`;
+    const units = ['KB', 'MB', 'GB', 'TB'];
+    let v = n / 1024;
+    let i = 0;
+    while (v >= 1024 && i < units.length - 1) { v /= 1024; i += 1; }
+    return `${v >= 100 ? Math.round(v) : v.toFixed(1)} ${units[i]}`;
   }
 
   // --- actions, with a confirmation where they destroy something ----------------------------
