@@ -302,3 +302,52 @@ def test_nothing_of_an_upload_is_in_memory_past_a_chunk(tmp_path: Path) -> None:
         biggest = max(biggest, len(receiver._pending))
         receiver._pending = bytearray()  # what `step` hands on
     assert 0 < biggest <= 65536
+
+
+# --- the dashboard's file picker ----------------------------------------------------------
+
+def test_the_dashboard_uploads_a_picked_file_with_progress_and_submits_its_ref(
+        server: Server, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from test_dashboard import CHROMIUM, CHROMIUM_ARGS
+
+    film = tmp_path / "picked film.mkv"
+    film.write_bytes(os.urandom(MB + 7))
+    with server.client("carol") as carol:
+        clear(carol)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(base_url=server.url).new_page()
+            page.set_default_timeout(30_000)
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto("/#/jobs")
+            page.fill("#username", "carol")
+            page.fill("#password", "carol-password")
+            page.click("#signin-button")
+            expect(page.locator("#app")).to_be_visible()
+            page.select_option("#kind", "checksum")
+            with page.expect_response(lambda r: r.url.endswith("/api/uploads")
+                                      and r.request.method == "POST") as uploaded:
+                page.set_input_files("#arg-file-file", str(film))
+            assert uploaded.value.status == 201
+            ref = uploaded.value.json()["ref"]
+            expect(page.locator('#kind-fields [data-arg="file"]')).to_have_value(ref)
+            expect(page.locator("#kind-fields .upload-progress")).to_have_value("100")
+            expect(page.locator("#kind-fields .upload-status")).to_contain_text(
+                "uploaded picked film.mkv")
+            with page.expect_response(lambda r: r.url.endswith("/api/jobs")
+                                      and r.request.method == "POST") as submitted:
+                page.click("#submit-button")
+            assert submitted.value.status == 201, submitted.value.text()
+            job = submitted.value.json()
+            assert job["args"] == {"file": ref}
+            assert not errors, errors
+        finally:
+            browser.close()
+    with server.client("carol") as carol:
+        done = wait_job(carol, job["id"], "completed", "failed")
+        assert done["state"] == "completed", done
