@@ -4,6 +4,17 @@ Every value a user sends passes here before it is stored: text without NULs or l
 surrogates, numbers within 64 bits and the kind's bounds, `path` arguments inside the
 input folder and clear of the server's own files, `url` arguments to addresses the
 config allows.
+
+A `path` argument is one of two things:
+
+- a name inside `[server] input_dir` (`film.mkv`, `sub/film.mkv`), checked at submit and
+  again when the job runs (the file may have become a symlink meanwhile);
+- `upload:<id>`, a file its owner uploaded (uploads.py), found from the job's owner, so
+  nobody's job can use another user's upload. A file of the input folder whose name starts
+  with `upload:` is still reachable as `./upload:…`.
+
+The value is stored as it was given; the real path is put in only for the run
+(`resolve_paths`), so a job's args never show the server's folders.
 """
 
 from __future__ import annotations
@@ -12,7 +23,7 @@ import math
 import os
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +34,9 @@ from jobgate.sanitize import INT64_MAX, INT64_MIN, shown, text_problem
 
 if TYPE_CHECKING:
     from jobgate.kinds import Kind
+
+#: How a `path` argument names an upload of its job's owner: `upload:<id>`.
+UPLOAD_PREFIX = "upload:"
 
 
 class ArgumentError(ValueError):
@@ -50,13 +64,17 @@ class ArgSpec:
 
 def validate_args(
     kind: Kind, args: Any, input_dir: Path, resolve: bool = True,
-    protected: Sequence[Path] = (),
+    protected: Sequence[Path] = (), *, uploads: Mapping[str, Path] | None = None,
+    as_given: bool = False,
 ) -> dict[str, Any]:
     """Arguments checked against the kind's schema, defaults filled; ArgumentError if not.
 
     `resolve=False` skips the DNS look-up of `url` arguments (for re-validation).
     `protected` are the server's own files and folders (its database, data folder and
     config file): no `path` argument may name one, lie inside one or contain one.
+    `uploads` maps each `upload:<id>` the caller may use to its file; any other is
+    refused as unknown. With `as_given`, a `path` argument keeps the value it was given
+    (what a job stores); else it becomes the real path.
     """
     if not isinstance(args, dict):
         raise ArgumentError(None, "args must be an object")
@@ -80,7 +98,8 @@ def validate_args(
             out[name] = args[name]
         value = check_value(spec, name, out[name])
         if spec.type == "path":
-            value = _check_path(name, value, input_dir, protected)
+            real = _real_path(name, value, input_dir, protected, uploads or {})
+            value = value if as_given else real
         elif spec.type == "url" and resolve:
             _check_url_host(name, value, kind.allow_private_urls)
         out[name] = value
@@ -149,6 +168,47 @@ def _number(spec: ArgSpec, name: str, value: Any) -> int | float:
     if not INT64_MIN <= number <= INT64_MAX:
         raise ArgumentError(name, "is out of range (beyond a 64-bit integer)")
     return number
+
+
+def resolve_paths(kind: Kind, args: Mapping[str, Any], input_dir: Path,
+                  protected: Sequence[Path], upload_file: Callable[[str], Path]
+                  ) -> dict[str, Any]:
+    """A stored job's args with each `path` argument made its real path, checked again
+    now (ArgumentError if it no longer passes): what its run is given. `upload_file`
+    names where the job owner's upload of an id is kept."""
+    out = dict(args)
+    for name, spec in kind.args.items():
+        value = out.get(name)
+        if spec.type != "path" or not isinstance(value, str):
+            continue
+        if value.startswith(UPLOAD_PREFIX):
+            upload_id = value.removeprefix(UPLOAD_PREFIX)
+            file = upload_file(upload_id) if is_upload_id(upload_id) else None
+            # The uploads folder is the server's own: only the very file, never a link.
+            if file is None or file.is_symlink() or not file.is_file():
+                raise ArgumentError(name, f"the upload {shown(upload_id)} is gone (deleted "
+                                    "by its owner or by retention)")
+            out[name] = str(file)
+        else:
+            out[name] = _check_path(name, value, input_dir, protected)
+    return out
+
+
+def _real_path(name: str, value: str, input_dir: Path, protected: Sequence[Path],
+               uploads: Mapping[str, Path]) -> str:
+    if value.startswith(UPLOAD_PREFIX):
+        found = uploads.get(value)
+        if found is None:
+            # Someone else's upload is refused in the same words as one that never was.
+            raise ArgumentError(name, f"no upload {shown(value.removeprefix(UPLOAD_PREFIX))} "
+                                "of yours (upload the file first: POST /api/uploads)")
+        return str(found)
+    return _check_path(name, value, input_dir, protected)
+
+
+def is_upload_id(text: str) -> bool:
+    """Whether `text` could be an upload's id (letters and digits, at most 64)."""
+    return 0 < len(text) <= 64 and text.isascii() and text.isalnum()
 
 
 def _check_path(name: str, value: str, input_dir: Path, protected: Sequence[Path] = ()

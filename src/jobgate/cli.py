@@ -16,6 +16,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from jobgate.client import Client, CliError
@@ -286,9 +287,31 @@ def _parse_kv(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def _upload_files(client: Client, job_args: dict[str, Any]) -> dict[str, Any]:
+    """Each `NAME=@./file` uploaded first and given as its upload (`upload:<id>`); `@@`
+    stands for a literal leading `@`."""
+    out = dict(job_args)
+    for key, value in job_args.items():
+        if value.startswith("@@"):
+            out[key] = value[1:]
+        elif value.startswith("@"):
+            if not value[1:]:
+                raise CliError(f"{key}=@ needs a file name after the @ (e.g. {key}=@./film.mkv)",
+                               2)
+            path = Path(value[1:]).expanduser()
+            if not path.exists():
+                raise CliError(f"{key}: no such file {value[1:]!r}", 2)
+            upload = client.upload(path)
+            print(printable(f"uploaded {upload['name']} ({upload['size']} bytes) as "
+                            f"{upload['ref']}"), file=sys.stderr)
+            out[key] = upload["ref"]
+    return out
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     client = Client()
-    body: dict[str, Any] = {"kind": args.kind, "args": _parse_kv(args.args)}
+    body: dict[str, Any] = {"kind": args.kind,
+                            "args": _upload_files(client, _parse_kv(args.args))}
     if args.priority is not None:
         body["priority"] = args.priority
     if args.unique_key:
@@ -512,7 +535,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("submit", help="submit a job")
     sp.add_argument("kind")
-    sp.add_argument("args", nargs="*", metavar="key=value")
+    sp.add_argument("args", nargs="*", metavar="key=value",
+                    help="arguments; key=@./file uploads the file first and passes it")
     sp.add_argument("--priority", type=int)
     sp.add_argument("--unique-key")
     sp.add_argument("--memory-mb", type=int, metavar="N",

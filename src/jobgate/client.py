@@ -4,6 +4,7 @@ refusal, unreachable server or bad setting is a `CliError` (one line, an exit co
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from jobgate.config import DEFAULT_PORT
@@ -56,3 +57,18 @@ class Client:
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
+
+    def upload(self, path: Path) -> dict[str, Any]:
+        """Upload the file at `path` (POST /api/uploads, streamed from disk, not read into
+        memory); the server's answer `{id, name, size, sha256, ref, …}`."""
+        try:
+            file = path.open("rb")
+        except OSError as exc:
+            raise CliError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+        if not path.is_file():
+            file.close()
+            raise CliError(f"cannot upload {str(path)!r}: not a regular file")
+        with file:
+            found: dict[str, Any] = self.call("POST", "/api/uploads",
+                                              files={"file": (path.name, file)})
+        return found

@@ -52,6 +52,9 @@ def database_url(value: str) -> str:
 
 _WEEK = Duration(7 * 86400)
 _HOUR = Duration(3600)
+_DAY = Duration(86400)
+DEFAULT_MAX_FILE_MB = 4096
+DEFAULT_QUOTA_PER_USER_MB = 10240
 DEFAULT_TOKEN_TTL = Duration(12 * 3600)
 DEFAULT_TICKET_TTL = Duration(60)
 DEFAULT_KEEPALIVE = Duration(15)
@@ -111,6 +114,17 @@ class RetentionSettings:
     finished: Duration = _WEEK  # finished jobs, logs and outputs kept this long
     per_user_history: int | None = None  # at most this many finished jobs per user
     events: Duration = _HOUR
+    # An upload no job names any more (its jobs cleaned, or never used) is deleted once
+    # it is this old.
+    uploads: Duration = _DAY
+
+
+@dataclass
+class UploadsSettings:
+    """Files users upload for `path` arguments (POST /api/uploads); "off" for no limit."""
+
+    max_file_mb: int | None = DEFAULT_MAX_FILE_MB  # one file
+    quota_per_user_mb: int | None = DEFAULT_QUOTA_PER_USER_MB  # all of one user's uploads
 
 
 @dataclass
@@ -168,6 +182,7 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    uploads: UploadsSettings = field(default_factory=UploadsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     streams: StreamSettings = field(default_factory=StreamSettings)
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
@@ -194,6 +209,7 @@ _SECTIONS = {
     "storage": StorageSettings,
     "limits": LimitsSettings,
     "retention": RetentionSettings,
+    "uploads": UploadsSettings,
     "auth": AuthSettings,
     "streams": StreamSettings,
     "rate_limits": RateLimitSettings,
@@ -335,6 +351,8 @@ def _check(settings: Settings) -> None:
         "limits.auto_memory_history": settings.limits.auto_memory_history,
         "streams.max_per_user": settings.streams.max_per_user,
         "streams.buffer_kb": settings.streams.buffer_kb,
+        "uploads.max_file_mb": settings.uploads.max_file_mb,
+        "uploads.quota_per_user_mb": settings.uploads.quota_per_user_mb,
     }
     for key, value in positive.items():
         if value is not None and value < 1:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import random
@@ -31,7 +32,7 @@ from typing import Any
 
 import psutil
 
-from jobgate.arguments import ArgumentError, validate_args
+from jobgate.arguments import UPLOAD_PREFIX, ArgumentError, resolve_paths, validate_args
 from jobgate.config import Settings
 from jobgate.events import EventBus
 from jobgate.executor import RunResult
@@ -42,6 +43,8 @@ from jobgate.positions import PositionIndex
 from jobgate.sanitize import stored_json, stored_text
 from jobgate.scheduler import Limits, backoff_s
 from jobgate.store.base import Node, Outcome, Quota, Stats, Store
+from jobgate.uploads import Limits as UploadLimits
+from jobgate.uploads import Uploads
 
 # A running job's run is over (cancelled, or it ended some other way first).
 _ENDS = RUN_END_EVENTS
@@ -125,6 +128,11 @@ class JobQueue:
         self._completions: Counter[str] = Counter()  # completed jobs seen, per kind
         # What no `path` argument may name, whatever input_dir is: the server's own files.
         self.protected_paths: tuple[Path, ...] = protected_paths(settings)
+        mb = 1024 * 1024
+        up = settings.uploads
+        self.uploads = Uploads(settings.data_path / "uploads", store, UploadLimits(
+            None if up.max_file_mb is None else up.max_file_mb * mb,
+            None if up.quota_per_user_mb is None else up.quota_per_user_mb * mb))
 
     async def open(self) -> None:
         self.store.listen(self._on_events)
@@ -183,12 +191,14 @@ class JobQueue:
                 else spec.memory_mb
         self.check_memory(spec, memory_mb)
         args = args or {}
-        check = (spec, args, self.settings.input_path, True, self.protected_paths)
+        check = functools.partial(
+            validate_args, spec, args, self.settings.input_path, True, self.protected_paths,
+            uploads=await self._own_uploads(owner, spec, args), as_given=True)
         if any(a.type == "url" for a in spec.args.values()):
             # Resolving a host name blocks: keep it off the event loop.
-            args = await asyncio.to_thread(validate_args, *check)
+            args = await asyncio.to_thread(check)
         else:
-            args = validate_args(*check)
+            args = check()
         now = time.time()
         job = Job(
             id=new_id(now),
@@ -204,6 +214,26 @@ class JobQueue:
             idempotency_key=idempotency_key,
         )
         return await self.store.submit(job, self.quota)
+
+    async def _own_uploads(self, owner: str, spec: Kind, args: Mapping[str, Any]
+                           ) -> dict[str, Path]:
+        """The uploads of `owner` that `args` name (`upload:<id>` in a `path` argument),
+        by reference, with their files: any other reference is unknown to validate_args."""
+        found: dict[str, Path] = {}
+        for name, arg in spec.args.items():
+            value = args.get(name)
+            if arg.type == "path" and isinstance(value, str) and \
+                    value.startswith(UPLOAD_PREFIX):
+                upload_id = value.removeprefix(UPLOAD_PREFIX)
+                if await self.uploads.get(owner, upload_id) is not None:
+                    found[value] = self.uploads.file(owner, upload_id)
+        return found
+
+    def run_args(self, job: Job, kind: Kind) -> dict[str, Any]:
+        """The args a run of `job` is given: each `path` argument its real path, checked
+        again now (ArgumentError if it no longer passes, e.g. a file became a symlink)."""
+        return resolve_paths(kind, job.args, self.settings.input_path, self.protected_paths,
+                             functools.partial(self.uploads.file, job.owner))
 
     def check_memory(self, spec: Kind, memory_mb: int) -> None:
         """ArgumentError unless a job of `spec` may reserve `memory_mb`: at least 0, at most
@@ -434,10 +464,12 @@ class JobQueue:
         return [] if timeout_s is None else await self.store.expire_queued(timeout_s)
 
     async def prune(self) -> None:
-        """Retention: clean finished jobs past `[retention] finished`, drop events older
-        than `[retention] events`, and forget nodes whose heartbeat stopped a day ago."""
+        """Retention: clean finished jobs past `[retention] finished`, delete uploads no job
+        names any more once older than `[retention] uploads`, drop events older than
+        `[retention] events`, and forget nodes whose heartbeat stopped a day ago."""
         retention = self.settings.retention
         await self.clean(retention.finished)
+        await self.uploads.prune(time.time() - retention.uploads)
         await self.store.prune_events(time.time() - retention.events)
         await self.store.forget_nodes(time.time() - _NODE_FORGET_S)
 

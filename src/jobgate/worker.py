@@ -37,6 +37,7 @@ from typing import Any
 import psutil
 
 from jobgate import __version__, executor
+from jobgate.arguments import ArgumentError
 from jobgate.executor import RunResult
 from jobgate.model import FINAL_EVENTS, QUEUED_EVENTS, Event, EventType, Job
 from jobgate.pyproc import PyPool
@@ -329,10 +330,14 @@ class Worker:
             self._forget(run)
             return
         try:
+            # The stored args name paths as given: the run gets the real ones, checked now.
+            ran = dataclasses.replace(job, args=self.queue.run_args(job, kind))
             result = await executor.run(
-                job, kind, self.queue.job_dir(job.id), progress, log_line, run.cancel,
+                ran, kind, self.queue.job_dir(job.id), progress, log_line, run.cancel,
                 self.settings.worker.cancel_grace_s, self._threads, on_pid, memory,
                 self._pool)
+        except ArgumentError as exc:  # a path argument that no longer passes its checks
+            result = RunResult(ok=False, error=str(exc), retryable=False)
         except Exception as exc:  # a bug or a broken kind must still end the job
             log.exception("job %s crashed the executor", job.id)
             result = RunResult(ok=False, error=f"internal error: {exc}", retryable=False)

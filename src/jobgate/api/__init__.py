@@ -2,7 +2,8 @@
 
 Its parts, each a flat module that imports `core` and nothing else of this package:
 `core` (the Services on `app.state`, lifespan, errors, guards, the caller), `jobs` (job,
-queue and health routes), `auth` (login and tickets), `streams` (SSE and WebSocket).
+queue and health routes), `auth` (login and tickets), `streams` (SSE and WebSocket),
+`uploads` (files in).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from jobgate import __version__
-from jobgate.api import auth, core, jobs, streams
+from jobgate.api import auth, core, jobs, streams, uploads
 from jobgate.api.core import ApiError, Services, error_response
 from jobgate.config import Settings
 from jobgate.dashboard import add_dashboard
@@ -23,9 +24,10 @@ def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
     app = FastAPI(title="jobgate", version=__version__,
                   lifespan=core.lifespan(settings, run_worker),
                   description="A job queue for heavy, long-running work shared by many people.")
-    core.install_guards(app, settings)
+    core.install_guards(app, settings, uncapped=(uploads.UPLOAD_PATH,))
     jobs.install(app, settings)
     auth.install(app, settings)
+    uploads.install(app)
     add_dashboard(app)
     streams.install(app)
     return app

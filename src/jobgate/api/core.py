@@ -97,11 +97,14 @@ def lifespan(settings: Settings, run_worker: bool
     return run
 
 
-def install_guards(app: FastAPI, settings: Settings) -> None:
+def install_guards(app: FastAPI, settings: Settings, uncapped: tuple[str, ...] = ()) -> None:
     """The error handlers (every error in the contract's shape) and the middleware that
-    refuses bodies over `[server] max_request_kb` and query strings that are not text."""
+    refuses bodies over `[server] max_request_kb` (but to POSTs on the paths of `uncapped`,
+    which stream their bodies and limit them themselves) and query strings that are not
+    text."""
     _install_errors(app)
-    app.add_middleware(_BodyLimit, limit_bytes=settings.server.max_request_kb * 1024)
+    app.add_middleware(_BodyLimit, limit_bytes=settings.server.max_request_kb * 1024,
+                       uncapped=frozenset(uncapped))
     app.add_middleware(_QueryText)
 
 
@@ -146,11 +149,13 @@ class _BodyTooLarge(Exception):
 class _BodyLimit:
     """Refuse request bodies over the limit with 413, by Content-Length or as they stream."""
 
-    def __init__(self, app: Any, limit_bytes: int) -> None:
-        self.app, self.limit = app, limit_bytes
+    def __init__(self, app: Any, limit_bytes: int, uncapped: frozenset[str] = frozenset()
+                 ) -> None:
+        self.app, self.limit, self.uncapped = app, limit_bytes, uncapped
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (scope["method"] == "POST" and
+                                       scope["path"] in self.uncapped):
             await self.app(scope, receive, send)
             return
         too_large = _error(413, "too_large", f"request body over {self.limit // 1024} KB")

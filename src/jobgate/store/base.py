@@ -98,6 +98,18 @@ class Node:
     running: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Upload:
+    """A file a user uploaded whole (its bytes are in the data folder, see uploads.py)."""
+
+    id: str
+    owner: str
+    name: str  # the file name the uploader gave, sanitised
+    size: int  # bytes
+    sha256: str  # hex
+    created_at: float
+
+
 EventListener = Callable[[list[Event]], None]
 
 
@@ -294,6 +306,32 @@ class Store(ABC):
 
     @abstractmethod
     async def user_for_token(self, token_hash: str) -> User | None: ...
+
+    # --- uploads --------------------------------------------------------------------
+    @abstractmethod
+    async def add_upload(self, upload: Upload) -> None:
+        """Record an upload whose file is complete."""
+
+    @abstractmethod
+    async def get_upload(self, upload_id: str) -> Upload | None: ...
+
+    @abstractmethod
+    async def list_uploads(self, owner: str) -> list[Upload]:
+        """`owner`'s uploads, newest first."""
+
+    @abstractmethod
+    async def uploads_size(self, owner: str) -> int:
+        """The bytes of all of `owner`'s uploads."""
+
+    @abstractmethod
+    async def uploads_before(self, before_ts: float, limit: int = 1000) -> list[Upload]:
+        """Uploads created before `before_ts`, oldest first."""
+
+    @abstractmethod
+    async def delete_upload(self, upload_id: str, reference: str = "",
+                            busy: Collection[State] = ()) -> bool:
+        """Delete an upload's row; False if there is none, or if a job of its owner in a
+        state of `busy` has `reference` (a JSON string literal) in its args."""
 
 
 class SchemaTooNew(StoreError, RuntimeError):

@@ -42,6 +42,7 @@ from jobgate.store.base import (
     SchemaTooNew,
     Stats,
     Store,
+    Upload,
     User,
 )
 from jobgate.store.postgres_conn import PgConnection, Tx, latest_version, pg_errors
@@ -465,6 +466,69 @@ class PostgresStore(PgConnection, Store):
             return User(row[0], bool(row[1]), created_at=row[2]) if row else None
 
         return await self._run(op, write=False)
+
+    # --- uploads ------------------------------------------------------------------------
+    async def add_upload(self, upload: Upload) -> None:
+        async def op(tx: Tx) -> None:
+            await tx.execute(
+                "INSERT INTO uploads (id, owner, name, size, sha256, created_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                (upload.id, upload.owner, upload.name, upload.size, upload.sha256,
+                 upload.created_at))
+
+        await self._run(op)
+
+    async def get_upload(self, upload_id: str) -> Upload | None:
+        async def op(tx: Tx) -> Upload | None:
+            row = await tx.row(f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE id = %s",
+                               (upload_id,))
+            return _upload(row) if row else None
+
+        return await self._run(op, write=False)
+
+    async def list_uploads(self, owner: str) -> list[Upload]:
+        async def op(tx: Tx) -> list[Upload]:
+            return [_upload(r) for r in await tx.rows(
+                f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE owner = %s ORDER BY id DESC",
+                (owner,))]
+
+        return await self._run(op, write=False)
+
+    async def uploads_size(self, owner: str) -> int:
+        async def op(tx: Tx) -> int:
+            row = await tx.row("SELECT coalesce(sum(size), 0) FROM uploads WHERE owner = %s",
+                               (owner,))
+            return int(row[0]) if row else 0
+
+        return await self._run(op, write=False)
+
+    async def uploads_before(self, before_ts: float, limit: int = 1000) -> list[Upload]:
+        async def op(tx: Tx) -> list[Upload]:
+            return [_upload(r) for r in await tx.rows(
+                f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE created_at < %s "
+                "ORDER BY created_at, id LIMIT %s", (before_ts, limit))]
+
+        return await self._run(op, write=False)
+
+    async def delete_upload(self, upload_id: str, reference: str = "",
+                            busy: Collection[State] = ()) -> bool:
+        async def op(tx: Tx) -> bool:
+            # strpos(), not LIKE: the reference is matched as it is, wildcards included.
+            await tx.cur.execute(
+                "DELETE FROM uploads WHERE id = %s AND NOT EXISTS (SELECT 1 FROM jobs j "
+                "WHERE j.owner = uploads.owner AND j.state = ANY(%s) "
+                "AND strpos(j.args, %s) > 0)", (upload_id, [s.value for s in busy], reference))
+            return tx.cur.rowcount > 0
+
+        return await self._run(op)
+
+
+_UPLOAD_COLUMNS = "id, owner, name, size, sha256, created_at"
+
+
+def _upload(row: tuple[Any, ...]) -> Upload:
+    id_, owner, name, size, sha256, created_at = row
+    return Upload(id_, owner, name, int(size), sha256, float(created_at))
 
 
 async def _candidates(tx: Tx, ask: Ask) -> list[Candidate]:

@@ -26,6 +26,7 @@ from jobgate.store.base import (
     Quota,
     Stats,
     Store,
+    Upload,
     User,
 )
 from jobgate.store.rows import event_from_row, lease_cutoff
@@ -402,6 +403,63 @@ class SqliteStore(GroupCommit, Store):
             return User(row[0], bool(row[1]), created_at=row[2]) if row else None
 
         return await self._call(op, write=False)
+
+    # --- uploads ------------------------------------------------------------------------
+    async def add_upload(self, upload: Upload) -> None:
+        def op(tx: Tx) -> None:
+            tx.conn.execute(
+                "INSERT INTO uploads (id, owner, name, size, sha256, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (upload.id, upload.owner, upload.name,
+                                              upload.size, upload.sha256, upload.created_at))
+
+        await self._call(op)
+
+    async def get_upload(self, upload_id: str) -> Upload | None:
+        def op(tx: Tx) -> Upload | None:
+            row = tx.conn.execute(f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE id = ?",
+                                  (upload_id,)).fetchone()
+            return Upload(*row) if row else None
+
+        return await self._call(op, write=False)
+
+    async def list_uploads(self, owner: str) -> list[Upload]:
+        def op(tx: Tx) -> list[Upload]:
+            return [Upload(*r) for r in tx.conn.execute(
+                f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE owner = ? ORDER BY id DESC",
+                (owner,))]
+
+        return await self._call(op, write=False)
+
+    async def uploads_size(self, owner: str) -> int:
+        def op(tx: Tx) -> int:
+            row = tx.conn.execute("SELECT coalesce(sum(size), 0) FROM uploads WHERE owner = ?",
+                                  (owner,)).fetchone()
+            return int(row[0])
+
+        return await self._call(op, write=False)
+
+    async def uploads_before(self, before_ts: float, limit: int = 1000) -> list[Upload]:
+        def op(tx: Tx) -> list[Upload]:
+            return [Upload(*r) for r in tx.conn.execute(
+                f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE created_at < ? "
+                "ORDER BY created_at, id LIMIT ?", (before_ts, limit))]
+
+        return await self._call(op, write=False)
+
+    async def delete_upload(self, upload_id: str, reference: str = "",
+                            busy: Collection[State] = ()) -> bool:
+        def op(tx: Tx) -> bool:
+            states = [s.value for s in busy]
+            # instr(), not LIKE: the reference is matched as it is, wildcards and case too.
+            return tx.conn.execute(
+                "DELETE FROM uploads WHERE id = ? AND NOT EXISTS (SELECT 1 FROM jobs j "
+                f"WHERE j.owner = uploads.owner AND j.state IN ({placeholders(states)}) "
+                "AND instr(j.args, ?) > 0)", (upload_id, *states, reference)).rowcount > 0
+
+        return await self._call(op)
+
+
+_UPLOAD_COLUMNS = "id, owner, name, size, sha256, created_at"
 
 
 def _claim(tx: Tx, worker: str, slots: int, limits: Limits, lease_s: float,

@@ -367,7 +367,7 @@
     else if (a.min !== null) bits.push(`at least ${a.min}`);
     else if (a.max !== null) bits.push(`at most ${a.max}`);
     if (a.pattern) bits.push(`pattern ${a.pattern}`);
-    if (a.type === 'path') bits.push('inside the input folder');
+    if (a.type === 'path') bits.push('a file of the input folder, or one you upload');
     if (!a.required && a.default !== null && a.type !== 'boolean') bits.push(`default ${fmtValue(a.default)}`);
     return bits.join(', ');
   }
@@ -405,7 +405,7 @@
         inputmode: a.type === 'integer' ? 'numeric' : a.type === 'number' ? 'decimal' : null,
         autocomplete: 'off',
         spellcheck: numeric || a.type === 'url' || a.type === 'path' ? 'false' : null,
-        placeholder: a.type === 'path' ? 'a file in the input folder'
+        placeholder: a.type === 'path' ? 'a file in the input folder, or upload one'
           : a.type === 'url' ? 'https://…' : null,
       });
       if (a.default !== null && a.default !== undefined) input.value = fmtValue(a.default);
@@ -425,8 +425,86 @@
     const field = el('div', { class: a.type === 'boolean' ? 'field check' : 'field' });
     field.dataset.field = name;
     if (a.type === 'boolean') field.append(input, label, hint, error);
+    else if (a.type === 'path') field.append(label, input, uploadPicker(name, input), hint, error);
     else field.append(label, input, hint, error);
     return field;
+  }
+
+  function fmtBytes(n) {
+    if (n < 1024) return `${n} B`;
+    const units = ['KB', 'MB', 'GB', 'TB'];
+    let v = n / 1024;
+    let i = 0;
+    while (v >= 1024 && i < units.length - 1) { v /= 1024; i += 1; }
+    return `${v < 10 ? v.toFixed(1) : Math.round(v)} ${units[i]}`;
+  }
+
+  // A file picker beside a `path` argument: the chosen file is uploaded at once (POST
+  // /api/uploads, with XMLHttpRequest for its upload progress, which fetch cannot report
+  // everywhere) and the argument then holds its `upload:<id>`.
+  function uploadPicker(name, target) {
+    const id = `arg-${name}-file`;
+    const picker = el('input', { type: 'file', id, class: 'upload-file',
+      'aria-label': `upload a file for ${name}` });
+    const bar = el('progress', { max: '100', hidden: true, class: 'upload-progress',
+      'aria-label': `upload of ${name}` });
+    const status = el('span', { class: 'upload-status', role: 'status' });
+    picker.addEventListener('change', () => {
+      const file = picker.files && picker.files[0];
+      if (file) uploadFile(file, target, bar, status, picker);
+    });
+    return el('div', { class: 'upload' }, picker, bar, status);
+  }
+
+  function uploadFile(file, target, bar, status, picker) {
+    const button = $('submit-button');
+    const xhr = new XMLHttpRequest();
+    const form = new FormData();
+    form.append('file', file, file.name);
+    xhr.open('POST', '/api/uploads');
+    const session = S.session;
+    if (session && session.token) xhr.setRequestHeader('Authorization', `Bearer ${session.token}`);
+    xhr.setRequestHeader('Accept', 'application/json');
+    bar.hidden = false;
+    bar.value = 0;
+    bar.removeAttribute('value');                       // indeterminate until it moves
+    status.textContent = `uploading ${file.name} (${fmtBytes(file.size)})…`;
+    button.disabled = true;
+    picker.disabled = true;
+    target.setAttribute('aria-busy', 'true');
+    xhr.upload.onprogress = (ev) => {
+      if (!ev.lengthComputable) return;
+      bar.value = Math.round((ev.loaded / ev.total) * 100);
+      status.textContent = `uploading ${file.name}: ${fmtBytes(ev.loaded)} of ${fmtBytes(ev.total)}`;
+    };
+    const finish = (message) => {
+      button.disabled = false;
+      picker.disabled = false;
+      target.removeAttribute('aria-busy');
+      status.textContent = message;
+    };
+    xhr.onload = () => {
+      let data = null;
+      try { data = JSON.parse(xhr.responseText); } catch (err) { data = null; }
+      if (xhr.status === 201 && data && data.ref) {
+        target.value = data.ref;
+        bar.value = 100;
+        finish(`uploaded ${data.name} (${fmtBytes(data.size)}) as ${data.ref}`);
+        announce(`Uploaded ${data.name}`);
+      } else {
+        bar.hidden = true;
+        const e = (data && data.error) || {};
+        finish(`upload failed: ${e.message || `${xhr.status} ${xhr.statusText}`}`);
+        if (xhr.status === 401 && session && S.session === session) {
+          endSession('Your session expired. Sign in again to go on where you were.');
+        }
+      }
+    };
+    xhr.onerror = () => {
+      bar.hidden = true;
+      finish('upload failed: the connection was cut (nothing was kept; try again)');
+    };
+    xhr.send(form);
   }
 
   function argValue(input) {
