@@ -34,7 +34,7 @@ from jobgate.arguments import ArgumentError, validate_args
 from jobgate.config import Settings
 from jobgate.events import EventBus
 from jobgate.executor import RunResult
-from jobgate.kinds import Kind
+from jobgate.kinds import Kind, failure_matches
 from jobgate.model import RUN_END_EVENTS, Event, EventType, Job, State, new_id
 from jobgate.positions import PositionIndex
 from jobgate.sanitize import stored_json, stored_text
@@ -310,12 +310,18 @@ class JobQueue:
         if run.cancelled:
             return Outcome(State.CANCELLED, error=None, message="cancelled", **common)
         if run.ok:
-            return Outcome(State.COMPLETED, result=stored_json(run.result), message="completed",
-                           **common)
+            # No message of its own: the job's last progress message stays (`moves.ended`).
+            return Outcome(State.COMPLETED, result=stored_json(run.result), **common)
         spec = self.settings.kinds.get(job.kind)
         retryable = run.retryable and spec is not None and job.attempt < job.max_attempts
         if retryable and spec is not None and spec.retry_on_exit_codes is not None:
             retryable = run.exit_code in spec.retry_on_exit_codes
+        if retryable and spec is not None:
+            said = [run.error or "", *run.matched]
+            if failure_matches(spec.no_retry_on, said):
+                retryable = False
+            elif spec.retry_on is not None:
+                retryable = failure_matches(spec.retry_on, said)
         if retryable and spec is not None:
             delay = backoff_s(job.attempt, spec.backoff_s, spec.backoff_max_s, random.random())
             return Outcome(State.QUEUED, error=run.error, retry_at=time.time() + delay,
