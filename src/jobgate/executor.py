@@ -139,6 +139,7 @@ class RunResult:
     retryable: bool = True
     peak_memory_mb: float | None = None
     outputs: tuple[str, ...] = ()
+    message: str | None = None  # the last progress message the run reported
     # Output lines that matched the kind's `no_retry_on` / `retry_on` patterns: what
     # `JobQueue.outcome` weighs, with the error, to decide whether a failure retries.
     matched: tuple[str, ...] = ()
@@ -159,18 +160,26 @@ async def run(job: Job, kind: Kind, folder: Path, progress: ProgressFn, log: Log
 
     `on_memory` gets each sample of the job's process tree (an in-process Python job runs
     inside the worker's own process and is not measured). A Python kind runs in `pool`
-    unless it is `in_process`.
+    unless it is `in_process`. The result carries the run's last progress message.
     """
+    said: list[str] = []
+
+    def reported(percent: float | None, message: str | None) -> None:
+        if message is not None:
+            said[:] = [message]
+        progress(percent, message)
+
     if kind.argv is None:
-        return await _run_python(job, kind, folder, progress, log, cancel, threads, pool,
-                                 grace_s, on_memory)
+        result = await _run_python(job, kind, folder, reported, log, cancel, threads, pool,
+                                   grace_s, on_memory)
+        return replace(result, message=said[0] if said else None)
     folder.mkdir(parents=True, exist_ok=True)
-    result = await _run_command(job, kind, folder, progress, log, cancel, grace_s, on_pid,
+    result = await _run_command(job, kind, folder, reported, log, cancel, grace_s, on_pid,
                                 on_memory)
     outputs = _outputs(folder)
     if kind.result == "json-file":
         outputs = tuple(o for o in outputs if o != RESULT_FILE)  # it is the result
-    return replace(result, outputs=outputs)
+    return replace(result, outputs=outputs, message=said[0] if said else None)
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -218,7 +227,7 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
 
     def on_whole_stdout(raw: bytes) -> None:
         if raw.lstrip()[:1] in (b"{", b"["):
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, RecursionError):  # nested past the stack
                 value = json.loads(raw)
                 last_json[:] = [value]
 
@@ -306,7 +315,7 @@ def _completed(kind: Kind, folder: Path, last_json: list[Any],
         value = json.loads(file.read_bytes())
     except FileNotFoundError:
         reason = f"the job wrote no {RESULT_FILE} into its output folder"
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         reason = f"{RESULT_FILE} is not valid JSON: {exc}"
     else:
         file.unlink(missing_ok=True)  # now the job's result, not one of its files

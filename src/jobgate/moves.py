@@ -122,22 +122,14 @@ def settle_runs(items: list[tuple[str, int, Outcome]], current: Mapping[str, Job
 
 
 def ended(job: Job, outcome: Outcome, now: float) -> Move:
-    """A run that ended for good (completed, failed, cancelled) as `outcome` says.
-
-    A completed job keeps its last progress message ("00:30 of 00:30, 2.1x", "track 12 of
-    12") unless the outcome brings one; "completed" if it never said anything.
-    """
+    """A run that ended for good (completed, failed, cancelled) as `outcome` says."""
     if outcome.state is State.QUEUED:
         raise ValueError("a run going back to the queue is `requeued`")
-    completed = outcome.state is State.COMPLETED
-    message = outcome.message
-    if message is None and completed:
-        message = job.message or "completed"
     return _move(job, outcome.state, finished_at=now, result=outcome.result,
                  outputs=list(outcome.outputs), cancel_requested=False,
-                 progress=100.0 if completed else job.progress,
+                 progress=100.0 if outcome.state is State.COMPLETED else job.progress,
                  lease_expires_at=None, pid=None, error=outcome.error,
-                 message=message, peak_memory_mb=outcome.peak_memory_mb)
+                 message=outcome.message, peak_memory_mb=outcome.peak_memory_mb)
 
 
 def requeued(job: Job, outcome: Outcome, vt: int) -> Move:

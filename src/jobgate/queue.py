@@ -310,8 +310,10 @@ class JobQueue:
         if run.cancelled:
             return Outcome(State.CANCELLED, error=None, message="cancelled", **common)
         if run.ok:
-            # No message of its own: the job's last progress message stays (`moves.ended`).
-            return Outcome(State.COMPLETED, result=stored_json(run.result), **common)
+            # The job's last word ("00:30 of 00:30, 2.1x", "track 12 of 12") stays.
+            message = stored_text(str(run.message)) if run.message else "completed"
+            return Outcome(State.COMPLETED, result=stored_json(run.result), message=message,
+                           **common)
         spec = self.settings.kinds.get(job.kind)
         retryable = run.retryable and spec is not None and job.attempt < job.max_attempts
         if retryable and spec is not None and spec.retry_on_exit_codes is not None:
