@@ -111,7 +111,7 @@ def test_serve_runs_the_kinds_next_to_the_config_in_pool_and_in_process(
     added = jobgate(config, elsewhere, "user", "add", "dora", "--admin", "--password-stdin",
                     stdin="dora-password\n")
     assert added.returncode == 0, added.stderr
-    token = jobgate(config, elsewhere, "user", "token", "dora")
+    token = jobgate(config, elsewhere, "token", "dora")
     assert token.returncode == 0, token.stderr
     port = load_settings(config, env={}).server.port
     env = {k: v for k, v in os.environ.items()
