@@ -18,6 +18,7 @@ import functools
 import inspect
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -44,7 +45,6 @@ MemoryFn = Callable[[float, float], None]  # (current, peak) RSS of the job's tr
 _STDERR_TAIL_LINES = 20
 _STDOUT_TAIL_LINES = 5  # the error's tail when a program said nothing on stderr
 _MAX_RESULT_BYTES = 4 * 1048576  # a result line or result.json larger than this is refused
-_MATCHED_LINES = 5  # output lines kept for the retry decision (`no_retry_on` / `retry_on`)
 _MEMORY_SAMPLE_S = 0.5
 _WATCHDOG_SAMPLE_S = 0.1  # with a memory limit: how fast a runaway job is caught
 _READ_CHUNK = 65536
@@ -204,7 +204,7 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
         await on_pid(proc.pid)
     tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
     out_tail: collections.deque[str] = collections.deque(maxlen=_STDOUT_TAIL_LINES)
-    matched: list[str] = []
+    matched: dict[re.Pattern[str], str] = {}
     patterns = (*kind.no_retry_on, *(kind.retry_on or ()))
     peak = _Peak(proc.pid, kind.memory_limit_mb, on_memory)
     parser = kind.progress() if kind.progress is not None else None
@@ -222,8 +222,9 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
             return
         log(line)
         (tail if is_err else out_tail).append(line)
-        if len(matched) < _MATCHED_LINES and any(p.search(line) for p in patterns):
-            matched.append(line)
+        for pattern in patterns:
+            if pattern not in matched and pattern.search(line):
+                matched[pattern] = line  # the first line each pattern found is enough
 
     def on_whole_stdout(raw: bytes) -> None:
         if raw.lstrip()[:1] in (b"{", b"["):
@@ -262,7 +263,7 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
     sampler.cancel()
     peak_mb = peak.peak_mb
     code = proc.returncode
-    found = tuple(matched)
+    found = tuple(dict.fromkeys(matched.values()))
     if peak.over_limit:
         return RunResult(ok=False, error=f"exceeded memory limit ({kind.memory_limit_mb} MB)",
                          exit_code=code, retryable=kind.retry_on_memory_limit,
