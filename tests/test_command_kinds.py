@@ -433,7 +433,7 @@ print("[generic] Extracting URL", file=sys.stderr)
 print(sys.argv[1], file=sys.stderr)
 print("See the FAQ for how to report it", file=sys.stderr)
 raise SystemExit(1)
-''', "{{said}}")}
+''', "{said}")}
 [kinds.telling.args]
 said = {{ type = "string" }}
 """
@@ -444,8 +444,12 @@ def test_submit_watch_prints_the_telling_line(start_server):
     result = server.cli("submit", "telling", "said=ERROR: HTTP Error 404: Not Found",
                         "--watch", user="bob")
     assert result.returncode == 1, result.stderr
-    assert result.stderr.splitlines()[-1] == "jobgate: exit code 1: ERROR: HTTP Error 404: " \
-        "Not Found"
+    job_id = result.stdout.split()[0]
+    with server.client("bob") as http:
+        error = http.get(f"/api/jobs/{job_id}").json()["error"]
+    assert "See the FAQ" in error  # the last line of the error is not the telling one
+    assert result.stderr.splitlines()[-1] == f"jobgate: {telling_line(error)}", error
+    assert "HTTP Error 404" in result.stderr.splitlines()[-1], error
 
 
 # --- configuration ------------------------------------------------------------------------
