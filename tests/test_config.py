@@ -193,7 +193,9 @@ def test_kinds_from_the_file(load):
     assert compress.timeout_s == 3600 and compress.backoff_s == 10
     assert (compress.max_attempts, compress.memory_mb, compress.max_running,
             compress.priority) == (3, 512, 2, 1)
-    assert compress.progress is not None and compress.progress.search("progress=42.5")
+    assert compress.progress is not None
+    report = compress.progress().feed("progress=42.5")
+    assert report is not None and report.percent == 42.5
     assert compress.args["bitrate"].default == "800k"
     assert compress.args["input"].required
     assert set(settings.kinds["countdown"].args) == {"seconds", "fail"}

@@ -324,7 +324,7 @@ async def test_a_command_that_is_not_found_fails_clearly_without_retry(make_sett
     assert done.max_attempts == 3
     assert done.attempt == 1  # retrying cannot make a missing program appear
     assert "jobgate-test-no-such-command" in (done.error or "")
-    assert "No such file" in (done.error or "")
+    assert "is not installed on this server" in (done.error or "")
     assert events.events(job.id, "job.retrying") == []
     assert len(events.events(job.id, "job.started")) == 1
 

@@ -14,6 +14,7 @@ import functools
 import ipaddress
 import os
 import re
+import sys
 import tomllib
 import types
 import typing
@@ -81,6 +82,9 @@ class ServerSettings:
     # A request's headers must arrive within this of its first byte, and its body may
     # pause no longer than this; past it, 408 and the connection is closed.
     request_timeout: Duration = DEFAULT_REQUEST_TIMEOUT
+    # Folders Python kinds' modules are imported from (`function = "mykinds:analyze"`),
+    # relative to the config file's folder; unset: that folder itself. `[]` adds none.
+    python_path: list[str] | None = None
 
 
 @dataclass
@@ -199,6 +203,14 @@ class Settings:
     def input_path(self) -> Path:
         return (self.base_dir / self.server.input_dir).resolve()
 
+    @functools.cached_property
+    def python_paths(self) -> list[Path]:
+        """Where Python kinds' own modules are found (`[server] python_path`, else the
+        config file's folder; nothing without a file)."""
+        if self.server.python_path is None:
+            return [self.base_dir] if self.config_file is not None else []
+        return [(self.base_dir / p).resolve() for p in self.server.python_path]
+
     @property
     def slots(self) -> int:
         return self.worker.slots or self.limits.max_running
@@ -255,10 +267,6 @@ def load_settings(
                         config_file=Path(path).resolve() if path is not None else None)
     for section, section_data in data.items():
         if section == "kinds":
-            if not isinstance(section_data, dict):
-                raise ConfigError("kinds: expected a table of kinds")
-            for kind_name, spec in section_data.items():
-                settings.kinds[kind_name] = parse_kind(kind_name, spec, ConfigError)
             continue
         cls = _SECTIONS.get(section)
         if cls is None:
@@ -267,9 +275,27 @@ def load_settings(
         if not isinstance(section_data, dict):
             raise ConfigError(f"{section}: expected a table")
         setattr(settings, section, _build(cls, section, section_data))
+    # Before the kinds: a Python kind's module is imported as it is read.
+    add_python_path(settings)
+    if "kinds" in data:
+        if not isinstance(data["kinds"], dict):
+            raise ConfigError("kinds: expected a table of kinds")
+        for kind_name, spec in data["kinds"].items():
+            settings.kinds[kind_name] = parse_kind(kind_name, spec, ConfigError)
     settings.storage.url = database_url(settings.storage.url)
     _check(settings)
     return settings
+
+
+def add_python_path(settings: Settings) -> None:
+    """Make `settings.python_paths` importable in this process (and so in the worker's
+    pool processes, which start with its `sys.path`). Appended: a module there cannot
+    shadow the standard library or an installed package."""
+    for folder in settings.python_paths:
+        if not folder.is_dir():
+            raise ConfigError(f"server.python_path: {folder} is not a folder")
+        if str(folder) not in sys.path:
+            sys.path.append(str(folder))
 
 
 def _env_value(text: str) -> Any:

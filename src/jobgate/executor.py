@@ -13,10 +13,12 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import errno
 import functools
 import inspect
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -26,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from jobgate.kinds import Kind, load_function, render_argv
+from jobgate.kinds import RESULT_FILE, Kind, load_function, render_argv
 from jobgate.model import Job, Output, content_type
+from jobgate.progress import FfmpegProgress, is_progress_block_line
 from jobgate.pychild import JobContext as JobContext  # `jobgate.JobContext`
 from jobgate.pychild import NonRetryable as NonRetryable  # where job code finds it
 from jobgate.threads import JobThreads
@@ -40,6 +43,8 @@ LogFn = Callable[[str], None]
 MemoryFn = Callable[[float, float], None]  # (current, peak) RSS of the job's tree, in MB
 
 _STDERR_TAIL_LINES = 20
+_STDOUT_TAIL_LINES = 5  # the error's tail when a program said nothing on stderr
+_MAX_RESULT_BYTES = 4 * 1048576  # a result line or result.json larger than this is refused
 _MEMORY_SAMPLE_S = 0.5
 _WATCHDOG_SAMPLE_S = 0.1  # with a memory limit: how fast a runaway job is caught
 _READ_CHUNK = 65536
@@ -134,6 +139,10 @@ class RunResult:
     retryable: bool = True
     peak_memory_mb: float | None = None
     outputs: tuple[Output, ...] = ()
+    message: str | None = None  # the last progress message the run reported
+    # Output lines that matched the kind's `no_retry_on` / `retry_on` patterns: what
+    # `JobQueue.outcome` weighs, with the error, to decide whether a failure retries.
+    matched: tuple[str, ...] = ()
 
 
 def _outputs(folder: Path) -> tuple[Output, ...]:
@@ -162,15 +171,26 @@ async def run(job: Job, kind: Kind, folder: Path, progress: ProgressFn, log: Log
 
     `on_memory` gets each sample of the job's process tree (an in-process Python job runs
     inside the worker's own process and is not measured). A Python kind runs in `pool`
-    unless it is `in_process`.
+    unless it is `in_process`. The result carries the run's last progress message.
     """
+    said: list[str] = []
+
+    def reported(percent: float | None, message: str | None) -> None:
+        if message is not None:
+            said[:] = [message]
+        progress(percent, message)
+
     if kind.argv is None:
-        return await _run_python(job, kind, folder, progress, log, cancel, threads, pool,
-                                 grace_s, on_memory)
+        result = await _run_python(job, kind, folder, reported, log, cancel, threads, pool,
+                                   grace_s, on_memory)
+        return replace(result, message=said[0] if said else None)
     folder.mkdir(parents=True, exist_ok=True)
-    result = await _run_command(job, kind, folder, progress, log, cancel, grace_s, on_pid,
+    result = await _run_command(job, kind, folder, reported, log, cancel, grace_s, on_pid,
                                 on_memory)
-    return replace(result, outputs=_outputs(folder))
+    outputs = _outputs(folder)
+    if kind.result == "json-file":
+        outputs = tuple(o for o in outputs if o.name != RESULT_FILE)  # it is the result
+    return replace(result, outputs=outputs, message=said[0] if said else None)
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -190,30 +210,44 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
         )
         proc = asyncio.subprocess.Process(transport, protocol, loop)
     except OSError as exc:
-        return RunResult(ok=False, error=f"cannot start {argv[0]}: {exc.strerror or exc}",
-                         retryable=False)
+        return RunResult(ok=False, error=_start_error(argv[0], exc), retryable=False)
     if on_pid is not None:
         await on_pid(proc.pid)
     tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
+    out_tail: collections.deque[str] = collections.deque(maxlen=_STDOUT_TAIL_LINES)
+    matched: dict[re.Pattern[str], str] = {}
+    patterns = (*kind.no_retry_on, *(kind.retry_on or ()))
     peak = _Peak(proc.pid, kind.memory_limit_mb, on_memory)
+    parser = kind.progress() if kind.progress is not None else None
+    # ffmpeg's `-progress` blocks are a dozen lines every half second: read, not logged.
+    quiet_blocks = isinstance(parser, FfmpegProgress)
+    last_json: list[Any] = []  # `result = "json-last-line"`: the last one seen
 
     def on_line(line: str, is_err: bool) -> None:
+        if parser is not None and (report := parser.feed(line)) is not None:
+            if report.warning:
+                log(f"[jobgate] {report.warning}")
+            if report.percent is not None or report.message is not None:
+                progress(report.percent, report.message)
+        if quiet_blocks and is_progress_block_line(line):
+            return
         log(line)
-        if is_err:
-            tail.append(line)
-        if kind.progress is not None and (m := kind.progress.search(line)):
-            groups = m.groupdict()
-            percent = None
-            if groups.get("percent") is not None:
-                try:
-                    percent = max(0.0, min(100.0, float(groups["percent"])))
-                except ValueError:
-                    percent = None
-            progress(percent, groups.get("message"))
+        (tail if is_err else out_tail).append(line)
+        for pattern in patterns:
+            if pattern not in matched and pattern.search(line):
+                matched[pattern] = line  # the first line each pattern found is enough
+
+    def on_whole_stdout(raw: bytes) -> None:
+        if raw.lstrip()[:1] in (b"{", b"["):
+            with contextlib.suppress(ValueError, RecursionError):  # nested past the stack
+                value = json.loads(raw)
+                last_json[:] = [value]
 
     assert proc.stdout is not None and proc.stderr is not None
-    readers = asyncio.gather(_read_lines(proc.stdout, lambda s: on_line(s, False)),
-                             _read_lines(proc.stderr, lambda s: on_line(s, True)))
+    readers = asyncio.gather(
+        _read_lines(proc.stdout, lambda s: on_line(s, False),
+                    on_whole_stdout if kind.result == "json-last-line" else None),
+        _read_lines(proc.stderr, lambda s: on_line(s, True)))
     sampler = asyncio.create_task(peak.sample_until(proc))
     waiter = protocol.exited
     stopper: asyncio.Future[Any] = asyncio.ensure_future(cancel.wait())
@@ -245,42 +279,99 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
     sampler.cancel()
     peak_mb = peak.peak_mb
     code = proc.returncode
+    found = tuple(dict.fromkeys(matched.values()))
     if peak.over_limit:
         return RunResult(ok=False, error=f"exceeded memory limit ({kind.memory_limit_mb} MB)",
                          exit_code=code, retryable=kind.retry_on_memory_limit,
-                         peak_memory_mb=peak_mb)
+                         peak_memory_mb=peak_mb, matched=found)
     if timed_out:
         return RunResult(ok=False, error=f"timed out after {_human(kind.timeout_s or 0)}",
-                         exit_code=code, timed_out=True, peak_memory_mb=peak_mb)
+                         exit_code=code, timed_out=True, peak_memory_mb=peak_mb, matched=found)
     if code == 0 and not stopped:
         # Done before the cancel (or the worker's stop) reached it: its work is complete,
         # and handing it back would run it a second time.
-        return RunResult(ok=True, exit_code=0, peak_memory_mb=peak_mb)
+        return _completed(kind, folder, last_json, peak_mb)
     if cancel.is_set():
         return RunResult(ok=False, cancelled=True, exit_code=code, peak_memory_mb=peak_mb)
     if code == 0:
-        return RunResult(ok=True, exit_code=0, peak_memory_mb=peak_mb)
+        return _completed(kind, folder, last_json, peak_mb)
     reason = f"exit code {code}" if code is not None and code >= 0 else \
         f"killed by signal {-(code or 0)}"
-    detail = "\n".join(tail)
+    # Some programs (spotdl, many scripts) report their error on stdout.
+    detail = "\n".join(tail or out_tail)
     return RunResult(ok=False, error=f"{reason}: {detail}" if detail else reason,
-                     exit_code=code, peak_memory_mb=peak_mb)
+                     exit_code=code, peak_memory_mb=peak_mb, matched=found)
 
 
-async def _read_lines(stream: asyncio.StreamReader, on_line: Callable[[str], None]) -> None:
-    """Split output on \\n and \\r (progress bars redraw with \\r); very long lines are cut."""
+def _start_error(program: str, exc: OSError) -> str:
+    """Why a command could not start, as its user should read it."""
+    name = os.path.basename(program) or program  # not the server's folders
+    if exc.errno == errno.ENOENT:
+        return f"{name} is not installed on this server"
+    if exc.errno == errno.EACCES:
+        return f"{name} cannot be run on this server (permission denied)"
+    return f"cannot start {name}: {exc.strerror or exc}"
+
+
+def _completed(kind: Kind, folder: Path, last_json: list[Any],
+               peak_mb: float | None) -> RunResult:
+    """A command that ended well, with its result if its kind takes one from the run."""
+    if kind.result is None:
+        return RunResult(ok=True, exit_code=0, peak_memory_mb=peak_mb)
+    # No retry: a run that gave no readable result would give none the next time either.
+    if kind.result == "json-last-line":
+        if not last_json:
+            return RunResult(ok=False, exit_code=0, retryable=False, peak_memory_mb=peak_mb,
+                             error="no result: no line of the output was a JSON object or "
+                                   'array (the kind has result = "json-last-line")')
+        return RunResult(ok=True, result=last_json[0], exit_code=0, peak_memory_mb=peak_mb)
+    file = folder / RESULT_FILE
+    try:
+        if file.stat().st_size > _MAX_RESULT_BYTES:
+            raise ValueError(f"larger than {_MAX_RESULT_BYTES // 1048576} MB")
+        value = json.loads(file.read_bytes())
+    except FileNotFoundError:
+        reason = f"the job wrote no {RESULT_FILE} into its output folder"
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = f"{RESULT_FILE} is not valid JSON: {exc}"
+    else:
+        file.unlink(missing_ok=True)  # now the job's result, not one of its files
+        return RunResult(ok=True, result=value, exit_code=0, peak_memory_mb=peak_mb)
+    return RunResult(ok=False, exit_code=0, retryable=False, peak_memory_mb=peak_mb,
+                     error=f'no result: {reason} (the kind has result = "json-file")')
+
+
+async def _read_lines(stream: asyncio.StreamReader, on_line: Callable[[str], None],
+                     on_whole: Callable[[bytes], None] | None = None) -> None:
+    """Split output on \\n and \\r (progress bars redraw with \\r); very long lines are cut
+    for `on_line`. `on_whole`, if given, gets each line whole (up to `_MAX_RESULT_BYTES`;
+    a longer one not at all): a result printed as one line of JSON can be long."""
+    keep = _MAX_RESULT_BYTES if on_whole is not None else _MAX_LINE
     pending = b""
+    shown = False  # the start of `pending` already went to on_line, cut
+    dropped = False  # `pending` is the rest of a line too long to keep whole
+
+    def end_line(raw: bytes) -> None:
+        if raw and not shown:
+            on_line(raw[:_MAX_LINE].decode("utf-8", "replace"))
+        if raw and on_whole is not None and not dropped:
+            on_whole(raw)
+
     while chunk := await stream.read(_READ_CHUNK):
         pending += chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         *lines, pending = pending.split(b"\n")
         for raw in lines:
-            if raw:
-                on_line(raw[:_MAX_LINE].decode("utf-8", "replace"))
-        if len(pending) > _MAX_LINE:
+            end_line(raw)
+            shown = dropped = False
+        if len(pending) > _MAX_LINE and not shown:
             on_line(pending[:_MAX_LINE].decode("utf-8", "replace"))
-            pending = b""
-    if pending:
-        on_line(pending[:_MAX_LINE].decode("utf-8", "replace"))
+            shown = True
+        if len(pending) > keep:
+            if on_whole is None:  # as before: the rest of a long line reads as new lines
+                pending, shown = b"", False
+            else:
+                pending, dropped = b"", True
+    end_line(pending)
 
 
 _JOB_ENV = "JOBGATE_JOB_ID"

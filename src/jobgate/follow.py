@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
+import re
 import sys
 import threading
 import time
@@ -193,5 +194,30 @@ def watch(client: Client, job_id: str, cancel_on_exit: bool = False) -> int:
     if tty:
         print(file=sys.stderr)
     if job["state"] == "failed" and job.get("error"):
-        print(f"jobgate: {printable(job['error'].splitlines()[-1])}", file=sys.stderr)
+        print(f"jobgate: {printable(telling_line(job['error']))}", file=sys.stderr)
     return 0 if job["state"] == "completed" else 1
+
+
+# Words of a line that says what went wrong (yt-dlp's "ERROR: …", ffmpeg's "… No such
+# file or directory", Python's "ValueError: …"), rather than a program's last words
+# ("Conversion failed!", "Exiting…") or a progress line.
+_TELLING = re.compile(r"error|fatal|not found|no such|denied|invalid|unable|cannot|can't|"
+                      r"could not|couldn't|unsupported|refused|forbidden|not installed|"
+                      r"timed out|exceeded|missing", re.IGNORECASE)
+
+
+def telling_line(error: str) -> str:
+    """The one line of a job's error that best says why it failed: the last line naming a
+    fault, else the last line; prefixed with how it ended ("exit code 1") when that is on
+    the first line and the telling line is another one."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    if not lines:
+        return error.strip()
+    head, sep, first = lines[0].partition(": ")
+    reason = head if sep and re.fullmatch(r"exit code -?\d+|killed by signal \d+", head) \
+        else None
+    if reason is not None:
+        lines[0] = first
+    telling = [line for line in lines if _TELLING.search(line)]
+    line = (telling or lines)[-1]
+    return f"{reason}: {line}" if reason is not None else line

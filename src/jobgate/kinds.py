@@ -5,13 +5,39 @@ Submitted arguments are checked against a kind's schema in `jobgate.arguments`.
 A command kind fills each `{name}` of its argv template with one validated argument, so
 one argument is always exactly one argv element and never reaches a shell. A Python kind
 names a function `package.module:function` that receives a `JobContext` and the arguments.
+
+Placeholders of an argv element: `{name}` for each declared argument, and the built-in
+ones, which need no declaration:
+
+- `{output_dir}`: the job's own folder (absolute); every file the job writes there is one
+  of its outputs. It is also the command's working directory.
+- `{job_id}`: the job's id.
+
+`{{` and `}}` are a literal `{` and `}` (as in Python's `str.format`): `"{{\"a\": 1}}"` is
+the element `{"a": 1}`. A placeholder is plain: no `{name!r}`, `{name:>5}`, `{a.b}`.
+
+What a command kind may take from its run, besides its outputs:
+
+- `progress`: a parser's name (`"ffmpeg"`, `"yt-dlp"`, `"spotdl"`) or a regular expression
+  (see `jobgate.progress`), read on every line of stdout and stderr.
+- `result = "json-last-line"`: the last stdout line that is a JSON object or array becomes
+  the job's `result`; `result = "json-file"`: the file `result.json` the job writes into
+  `{output_dir}` does (it is then not listed among the outputs, and removed once read).
+  A run that ends well without a readable result fails, without retry: the kind promised
+  one, and a completed job without it would hide the fault.
+- `no_retry_on` / `retry_on`: regular expressions searched (`re.search`, case-sensitive;
+  plain text such as `"HTTP Error 404"` matches itself) in every output line and in the
+  job's error. A failure any `no_retry_on` pattern matches is permanent; with `retry_on`,
+  only a failure one of its patterns matches is retried.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
+import shutil
 import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,11 +46,16 @@ from typing import Any
 
 from jobgate import recipes
 from jobgate.arguments import ArgSpec, ArgumentError, check_value
+from jobgate.progress import NAMES as PROGRESS_PARSERS
+from jobgate.progress import ParserFactory, parser_for
 from jobgate.units import parse_duration
 
 ARG_TYPES = ("string", "integer", "number", "boolean", "url", "path")
 #: Placeholders every command kind may use without declaring them.
 BUILTIN_PLACEHOLDERS = frozenset({"output_dir", "job_id"})
+#: A command kind's `result` setting: where the job's result comes from.
+RESULT_SOURCES = ("json-last-line", "json-file")
+RESULT_FILE = "result.json"  # what a `result = "json-file"` job writes into its folder
 PRIORITY_LIMIT = 1000  # a kind's or a job's priority stays within plus or minus this
 
 
@@ -36,7 +67,10 @@ class Kind:
     argv: tuple[str, ...] | None = None
     function: str | None = None
     args: dict[str, ArgSpec] = field(default_factory=dict)
-    progress: re.Pattern[str] | None = None
+    progress: ParserFactory | None = None  # one parser per run: it learns as it reads
+    result: str | None = None  # one of RESULT_SOURCES (a command kind), or None
+    no_retry_on: tuple[re.Pattern[str], ...] = ()  # a failure matching one is permanent
+    retry_on: tuple[re.Pattern[str], ...] | None = None  # only failures matching one retry
     timeout_s: float | None = None
     max_attempts: int = 1
     backoff_s: float = 5.0  # first retry delay; doubles per attempt, with jitter
@@ -90,7 +124,7 @@ _KIND_KEYS = {
     "argv", "function", "args", "progress", "timeout", "max_attempts", "backoff",
     "backoff_max", "retry_on_exit_codes", "memory_mb", "max_running", "priority",
     "allow_private_urls", "description", "memory_limit_mb", "retry_on_memory_limit", "nice",
-    "in_process", "recipe", "partial_outputs",
+    "in_process", "recipe", "partial_outputs", "result", "no_retry_on", "retry_on",
 }
 _ARG_KEYS = {"type", "default", "pattern", "min", "max", "choices", "description", "max_length"}
 
@@ -140,13 +174,23 @@ def parse_kind(name: str, spec: Any, error: Callable[[str], Exception]) -> Kind:
             args = _args_from_signature(func, f"{key}.function", error)
 
     progress = None
-    if (pattern := want("progress", str, "a regular expression")) is not None:
+    setting = want("progress", str, f"a parser name ({', '.join(PROGRESS_PARSERS)}) or a "
+                   "regular expression")
+    if setting is not None:
+        if argv is None:
+            raise error(f"{key}.progress: only for a command kind (a Python kind reports "
+                        "with ctx.progress)")
         try:
-            progress = re.compile(pattern)
-        except re.error as exc:
-            raise error(f"{key}.progress: invalid regular expression: {exc}") from None
-        if "percent" not in progress.groupindex and "message" not in progress.groupindex:
-            raise error(f"{key}.progress: needs a named group (?P<percent>…) or (?P<message>…)")
+            progress = parser_for(setting)
+        except ValueError as exc:
+            raise error(f"{key}.progress: {exc}") from None
+    result = want("result", str, f"one of {', '.join(RESULT_SOURCES)}")
+    if result is not None and result not in RESULT_SOURCES:
+        raise error(f"{key}.result: must be one of {', '.join(RESULT_SOURCES)}, got {result!r}")
+    if result is not None and argv is None:
+        raise error(f"{key}.result: only for a command kind (a Python kind returns its result)")
+    no_retry_on = _patterns(spec, "no_retry_on", key, error)
+    retry_on = _patterns(spec, "retry_on", key, error)
 
     def duration(k: str) -> float | None:
         return None if spec.get(k) is None else parse_duration(spec[k], f"{key}.{k}")
@@ -189,6 +233,9 @@ def parse_kind(name: str, spec: Any, error: Callable[[str], Exception]) -> Kind:
         function=function,
         args=args,
         progress=progress,
+        result=result,
+        no_retry_on=no_retry_on or (),
+        retry_on=retry_on,
         timeout_s=duration("timeout"),
         max_attempts=max_attempts,
         backoff_s=_default(duration("backoff"), 5.0),
@@ -217,6 +264,43 @@ def _partial_outputs(value: str | None, key: str, error: Callable[[str], Excepti
 
 def _default(value: Any, default: Any) -> Any:
     return default if value is None else value
+
+
+def _patterns(spec: dict[str, Any], k: str, key: str, error: Callable[[str], Exception]
+              ) -> tuple[re.Pattern[str], ...] | None:
+    raw = spec.get(k)
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(p, str) and p for p in raw):
+        raise error(f"{key}.{k}: expected a list of regular expressions (or plain text), "
+                    f"got {raw!r}")
+    compiled = []
+    for pattern in raw:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise error(f"{key}.{k}: {pattern!r} is not a valid regular expression: {exc} "
+                        "(escape special characters with a backslash)") from None
+    return tuple(compiled)
+
+
+def failure_matches(patterns: tuple[re.Pattern[str], ...], texts: list[str]) -> bool:
+    """Whether any of a kind's `no_retry_on` / `retry_on` patterns is found in any text."""
+    return any(p.search(text) for p in patterns for text in texts)
+
+
+def missing_program(kind: Kind) -> str | None:
+    """The program a command kind runs, if it is not installed here (not on PATH, or no
+    such file): for a warning at start. None when it is there, or when argv[0] is itself
+    a placeholder, known only per job."""
+    if kind.argv is None or "{" in kind.argv[0]:
+        return None
+    program = kind.argv[0]
+    if os.sep in program:
+        return None if os.access(program, os.X_OK) else program
+    return None if shutil.which(program) else program
 
 
 def _placeholders(text: str, key: str, error: Callable[[str], Exception]) -> list[str]:

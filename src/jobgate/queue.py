@@ -36,7 +36,7 @@ from jobgate.arguments import UPLOAD_PREFIX, ArgumentError, resolve_paths, valid
 from jobgate.config import Settings
 from jobgate.events import EventBus
 from jobgate.executor import RunResult
-from jobgate.kinds import Kind
+from jobgate.kinds import Kind, failure_matches
 from jobgate.model import RUN_END_EVENTS, Event, EventType, Job, Output, State, new_id
 from jobgate.moves import ended_outputs
 from jobgate.positions import PositionIndex
@@ -362,12 +362,20 @@ class JobQueue:
         if run.cancelled:
             return Outcome(State.CANCELLED, error=None, message="cancelled", **common)
         if run.ok:
-            return Outcome(State.COMPLETED, result=stored_json(run.result), message="completed",
+            # The job's last word ("00:30 of 00:30, 2.1x", "track 12 of 12") stays.
+            message = stored_text(str(run.message)) if run.message else "completed"
+            return Outcome(State.COMPLETED, result=stored_json(run.result), message=message,
                            **common)
         spec = self.settings.kinds.get(job.kind)
         retryable = run.retryable and spec is not None and job.attempt < job.max_attempts
         if retryable and spec is not None and spec.retry_on_exit_codes is not None:
             retryable = run.exit_code in spec.retry_on_exit_codes
+        if retryable and spec is not None:
+            said = [run.error or "", *run.matched]
+            if failure_matches(spec.no_retry_on, said):
+                retryable = False
+            elif spec.retry_on is not None:
+                retryable = failure_matches(spec.retry_on, said)
         if retryable and spec is not None:
             delay = backoff_s(job.attempt, spec.backoff_s, spec.backoff_max_s, random.random())
             return Outcome(State.QUEUED, error=run.error, retry_at=time.time() + delay,
