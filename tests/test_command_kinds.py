@@ -21,8 +21,8 @@ import pytest
 from conftest import wait_state
 from jobgate.config import ConfigError, load_settings
 from jobgate.follow import telling_line
-from jobgate.kinds import missing_program
 from jobgate.model import Event
+from jobgate.recipes import missing_tools_warnings
 
 PY = sys.executable
 
@@ -369,10 +369,10 @@ async def test_a_missing_program_is_not_installed_on_this_server(make_settings, 
     done = await wait_state(queue, job.id, "completed", "failed")
     assert (done.state.value, done.attempt) == ("failed", 1)
     assert done.error == "jobgate-test-not-installed is not installed on this server"
-    kinds = queue.settings.kinds
-    assert missing_program(kinds["not_there"]) == "jobgate-test-not-installed"
-    assert missing_program(kinds["quiet"]) is None  # `true` is there
-    assert missing_program(kinds["py404"]) is None  # not a command
+    warnings = missing_tools_warnings(queue.settings)  # what serve and worker say at start
+    assert "kind not_there: jobgate-test-not-installed is not installed on this server" \
+        in warnings
+    assert not [w for w in warnings if w.startswith(("kind quiet:", "kind py404:"))]
 
 
 @pytest.mark.parametrize(("said", "attempts"), [

@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
 import re
-import shutil
 import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -289,18 +287,6 @@ def _patterns(spec: dict[str, Any], k: str, key: str, error: Callable[[str], Exc
 def failure_matches(patterns: tuple[re.Pattern[str], ...], texts: list[str]) -> bool:
     """Whether any of a kind's `no_retry_on` / `retry_on` patterns is found in any text."""
     return any(p.search(text) for p in patterns for text in texts)
-
-
-def missing_program(kind: Kind) -> str | None:
-    """The program a command kind runs, if it is not installed here (not on PATH, or no
-    such file): for a warning at start. None when it is there, or when argv[0] is itself
-    a placeholder, known only per job."""
-    if kind.argv is None or "{" in kind.argv[0]:
-        return None
-    program = kind.argv[0]
-    if os.sep in program:
-        return None if os.access(program, os.X_OK) else program
-    return None if shutil.which(program) else program
 
 
 def _placeholders(text: str, key: str, error: Callable[[str], Exception]) -> list[str]:
