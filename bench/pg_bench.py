@@ -51,7 +51,7 @@ _READY_TIMEOUT_S = 60.0
 def server() -> Iterator[Any]:
     """tests/pg.py's throwaway server, without the settings that only suit tests."""
     sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
-    import pg  # type: ignore[import-not-found]
+    import pg
 
     saved = dict(pg._SETTINGS)
     for key in _TEST_ONLY:
@@ -169,10 +169,10 @@ async def jobgate_latency(site: jg.Site, n: int, interval_ms: float, procs: Proc
         await jg._wait_completed(queue, ends, n + 1, False, alive)
         delays = []
         for job_id in ids:
-            job = await queue.get(job_id)
-            if job is None or job.started_at is None:
+            done = await queue.get(job_id)
+            if done is None or done.started_at is None:
                 raise BenchError(f"job {job_id} has no start")
-            delays.append(job.started_at - job.created_at)
+            delays.append(done.started_at - done.created_at)
         return delays
     finally:
         ends.close()

@@ -84,6 +84,31 @@ def pytest_configure(config: pytest.Config) -> None:
         "only (its `backend` is not parametrized over PostgreSQL)")
 
 
+# The heaviest test files, heaviest first (their tests' times summed from a timing run's
+# JUnit XML; measure again when files grow: --junitxml, then sum `time` by classname). The
+# test command runs `--dist loadfile --no-loadscope-reorder`:
+# xdist hands files to its two workers in collection order, so the long ones go first and
+# the short ones fill in at the end; a long file handed out last would keep one worker busy
+# while the other idles. Files not named here come after these, in their usual order.
+HEAVY_FIRST = (
+    "test_ratelimit.py", "test_recovery.py", "test_nodes.py", "test_pyproc.py", "test_cli.py",
+    "test_resources.py", "test_migrations.py", "test_inputs.py", "test_store_cancel_retry.py",
+    "test_fairness.py", "test_executor.py", "test_store_events.py", "test_stream.py",
+    "test_api.py", "test_stream_drop.py", "test_leases.py", "test_orphans.py",
+    "test_store_rows.py", "test_chaos.py", "test_dashboard.py", "test_worker.py",
+    "test_smoke.py", "test_lost_nodes.py", "test_terminal.py", "test_auth.py",
+    "test_revoked.py", "test_fuzz.py", "test_timeouts.py", "test_stream_ws.py",
+    "test_positions.py", "test_imports.py", "test_queue_verbs.py",
+)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture scope
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: within a
+    # file, and among the files not named, the order stays
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run each test that uses `backend` on every backend (module-scoped, so a module's
     shared server is started once per backend); a test marked `sqlite_only` on SQLite only.

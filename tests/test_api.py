@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPConnection
 from typing import Any
@@ -299,7 +299,7 @@ def test_the_same_idempotency_key_returns_the_first_job(server, bob, carol):
     carol.post(f"/api/jobs/{carols.json()['id']}/cancel")
 
 
-def test_an_idempotency_key_sent_twenty_times_at_once_makes_one_job(server):
+def test_an_idempotency_key_sent_twenty_times_at_once_makes_one_job(server: Server):
     before = total_jobs(server)
 
     def send(_: int) -> httpx.Response:
@@ -332,7 +332,7 @@ def test_unique_key_allows_one_active_job_per_key(bob):
 
 
 def test_unique_key_does_not_hand_out_someone_elses_job(bob, carol):
-    body = {"kind": "steps", "run_at": later(), "unique_key": "weekly-report"}
+    body: dict[str, Any] = {"kind": "steps", "run_at": later(), "unique_key": "weekly-report"}
     carols = submit(carol, **body)
     try:
         response = bob.post("/api/jobs", json=body)
@@ -609,7 +609,7 @@ def test_queue_limits_refuse_with_429_and_retry_after(start_server):
     server = start_server("[limits]\nmax_queued = 2\nper_user_queued = 1\n")
     with server.client("bob") as bob, server.client("carol") as carol, \
             server.client("alice") as alice:
-        body = {"kind": "steps", "run_at": later()}
+        body: dict[str, Any] = {"kind": "steps", "run_at": later()}
         first = submit(bob, **body)
 
         per_user = bob.post("/api/jobs", json=body)
@@ -834,6 +834,15 @@ BAD_REQUESTS = [
 ]
 
 
+def _request_of(values: Sequence[object]) -> tuple[str | None, str, str, dict[str, Any]]:
+    """The request of a BAD_REQUESTS case (its first four values), with their types."""
+    user, method, path, request_kw = values[:4]
+    assert user is None or isinstance(user, str), values
+    assert isinstance(method, str) and isinstance(path, str), values
+    assert isinstance(request_kw, dict), values
+    return user, method, path, request_kw
+
+
 def _send(server: Server, user: str | None, method: str, path: str,
           request: dict[str, Any]) -> httpx.Response:
     request = dict(request)
@@ -867,8 +876,7 @@ def test_the_server_survives_every_bad_input_and_loses_nothing(server, bob, caro
     before = total_jobs(server)
 
     for case in BAD_REQUESTS:  # each one's answer is checked by the test above
-        user, method, path, request_kw, _, _ = case.values
-        _send(server, user, method, path, request_kw)
+        _send(server, *_request_of(case.values))
 
     with server.client(None) as anonymous:
         assert anonymous.get("/health").json()["status"] == "ok"

@@ -8,6 +8,7 @@ import json
 import stat
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import jwt
@@ -41,7 +42,7 @@ def bearer(token: str) -> dict[str, str]:
 
 def assert_error(response: httpx.Response, status: int) -> dict[str, str]:
     assert response.status_code == status, response.text
-    error = response.json()["error"]
+    error: dict[str, str] = response.json()["error"]
     assert set(error) >= {"code", "message"} and error["message"]
     return error
 
@@ -118,12 +119,12 @@ def test_bad_login_input_is_a_4xx_never_a_500(server, body, status):
     assert_error(r, status)
 
 
-def forge(claims: dict, key: bytes, alg: str = "HS256") -> str:
+def forge(claims: dict[str, Any], key: bytes, alg: str = "HS256") -> str:
     return jwt.encode(claims, key, algorithm=alg)
 
 
-def unsigned(claims: dict) -> str:
-    def part(obj: dict) -> str:
+def unsigned(claims: dict[str, Any]) -> str:
+    def part(obj: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
 
     return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."

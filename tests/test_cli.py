@@ -62,8 +62,13 @@ def jobgate(server: Server, *args: str, user: str | None = "bob", input: str | N
 
 def submitted(result: subprocess.CompletedProcess[str]) -> str:
     """The job id `jobgate submit` printed first."""
-    match = JOB_LINE.match(result.stdout.splitlines()[0])
-    assert match, result.stdout
+    return job_id_in(result.stdout)
+
+
+def job_id_in(out: str) -> str:
+    """The job id on the first line of what `jobgate submit` printed."""
+    match = JOB_LINE.match(out.splitlines()[0])
+    assert match, out
     return match["id"]
 
 
@@ -285,7 +290,7 @@ def test_ctrl_c_stops_watching_with_130_and_leaves_the_job_running(server, bob):
     watch.wait_for("running")
     watch.proc.send_signal(signal.SIGINT)
     code, out, err = watch.finish()
-    job_id = JOB_LINE.match(out.splitlines()[0])["id"]
+    job_id = job_id_in(out)
     assert code == 130, err
     assert "Traceback" not in "\n".join(err)
     assert bob.get(f"/api/jobs/{job_id}").json()["state"] == "running"
@@ -297,7 +302,7 @@ def test_ctrl_c_with_cancel_on_exit_cancels_the_job(server, bob):
     watch.wait_for("running")
     watch.proc.send_signal(signal.SIGINT)
     code, out, err = watch.finish()
-    job_id = JOB_LINE.match(out.splitlines()[0])["id"]
+    job_id = job_id_in(out)
     assert code == 130, err
     assert any("cancelled" in line for line in err), err
     assert wait_for(bob, job_id, "cancelled")["state"] == "cancelled"

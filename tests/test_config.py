@@ -58,7 +58,7 @@ def test_defaults_without_a_file():
     assert settings.auth.enabled is True
     assert settings.kinds == {}
     assert settings.slots == DEFAULT_MAX_RUNNING
-    assert settings.retention.finished == 7 * 86400
+    assert settings.retention.finished == 7 * 86400.0
 
 
 def test_values_from_the_file(load, tmp_path):

@@ -748,7 +748,7 @@ def test_with_the_event_stream_the_list_and_header_follow_what_happens_elsewhere
 
 def focus_by_tab(page: Page, selector: str, limit: int = 40) -> list[str]:
     """Press Tab until `selector` has the focus; the ids passed on the way."""
-    passed = []
+    passed: list[str] = []
     for _ in range(limit):
         page.keyboard.press("Tab")
         if page.evaluate("(s) => document.activeElement.matches(s)", selector):

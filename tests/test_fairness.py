@@ -93,6 +93,7 @@ async def test_a_long_running_job_does_not_hold_the_turn_back_for_later_users(st
         if previous is not None:
             await finish(store, previous)
         previous = job
+    assert previous is not None
     dave, eve = await submit(store, "dave"), await submit(store, "eve")
     assert dave.vt == eve.vt == previous.vt
     order = []

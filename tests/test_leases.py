@@ -10,20 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sqlite3
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psutil
-import psycopg
 import pytest
 
 from conftest import TEST_KINDS, alive, survivors, wait_for, wait_state
 from jobgate.model import Job, State, new_id
 from jobgate.scheduler import Limits
 from jobgate.store.base import Quota, Store
-from jobgate.store.postgres import _CLAIM_LOCK
+from nodekit import claims_held, write_row
 
 LEASE_S = 1.0
 
@@ -33,25 +30,6 @@ async def submit(store: Store, kind: str = "noop") -> Job:
     job, _ = await store.submit(Job(id=new_id(now), kind=kind, owner="alice", args={},
                                     created_at=now, run_at=now), Quota())
     return job
-
-
-@contextlib.contextmanager
-def claims_held(db_url: str) -> Iterator[None]:
-    """Hold what a claim must wait for, from another connection, until the block ends: the
-    claim lock on PostgreSQL, the write lock on SQLite."""
-    if db_url.startswith("postgresql"):
-        with psycopg.connect(db_url) as conn:  # a transaction until the block ends
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
-            yield
-            conn.rollback()
-        return
-    conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        yield
-        conn.execute("ROLLBACK")
-    finally:
-        conn.close()
 
 
 async def test_a_claim_that_waited_longer_than_a_lease_still_gets_a_whole_lease(
@@ -151,13 +129,8 @@ async def test_a_run_that_lost_its_lease_stops_without_killing_the_re_run_of_its
 
 def expire_lease(db_url: str, job_id: str) -> None:
     """Date a running job's lease in the past, as a node finds it after sleeping past it."""
-    past = time.time() - 60
-    if db_url.startswith("postgresql"):
-        with psycopg.connect(db_url, autocommit=True) as conn:
-            conn.execute("UPDATE jobs SET lease_expires_at = %s WHERE id = %s", (past, job_id))
-        return
-    with contextlib.closing(sqlite3.connect(db_url.removeprefix("sqlite:///"))) as conn, conn:
-        conn.execute("UPDATE jobs SET lease_expires_at = ? WHERE id = ?", (past, job_id))
+    write_row(db_url, "UPDATE jobs SET lease_expires_at = ? WHERE id = ?",
+              (time.time() - 60, job_id))
 
 
 async def test_a_node_never_takes_back_a_job_it_still_runs_though_its_lease_ran_out(

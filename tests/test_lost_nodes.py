@@ -8,22 +8,19 @@ had been taken back and run elsewhere meanwhile)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import logging
-import sqlite3
-import threading
 import time
 from typing import Any
 
 import psycopg
 import pytest
 
-from conftest import TEST_KINDS, wait_for, wait_state
+from conftest import wait_state
 from jobgate.model import State
+from jobgate.queue import JobQueue
 from jobgate.scheduler import Limits
 from jobgate.store.base import Node
 from jobgate.worker import Worker
+from nodekit import Pause, claims_held, mark_kinds, run_taken_back_while_paused, runs_of, write_row
 
 KINDS = """
 [kinds.nap]
@@ -36,13 +33,8 @@ seconds = { type = "number", default = 3 }
 
 def age_heartbeat(db_url: str, name: str, seconds: float) -> None:
     """Date a node's last heartbeat `seconds` ago (its lease thread beats rarely here)."""
-    past = time.time() - seconds
-    if db_url.startswith("postgresql"):
-        with psycopg.connect(db_url, autocommit=True) as conn:
-            conn.execute("UPDATE nodes SET heartbeat_at = %s WHERE name = %s", (past, name))
-        return
-    with contextlib.closing(sqlite3.connect(db_url.removeprefix("sqlite:///"))) as conn, conn:
-        conn.execute("UPDATE nodes SET heartbeat_at = ? WHERE name = ?", (past, name))
+    write_row(db_url, "UPDATE nodes SET heartbeat_at = ? WHERE name = ?",
+              (time.time() - seconds, name))
 
 
 async def running_on(queue, job_id: str, worker: str):
@@ -93,51 +85,26 @@ async def test_a_node_elsewhere_that_went_quiet_gets_its_jobs_back_when_leases_r
 async def test_a_run_that_starts_after_its_lease_ran_out_is_not_started(
         make_settings, open_queue, tmp_path, caplog):
     runs = tmp_path / "runs.txt"
-    kinds = TEST_KINDS + f"""
-[kinds.mark]
-argv = {json.dumps(["sh", "-c", 'echo "$JOBGATE_RUN_ID" >> "$0"', str(runs)])}
-max_attempts = 3
-"""
-    settings = make_settings("[worker]\nlease_s = 1\n", kinds=kinds)
-    queue_a, _ = await open_queue(settings, worker=False)
-    node_a = Worker(queue_a, name="node-a", slots=1)
-    claimed, resumed = asyncio.Event(), threading.Event()
-    # node-a stops (SIGSTOP, a laptop lid) after its claim came back, before its job's
-    # process starts: its lease thread stops renewing, and the run waits.
-    real_renew, real_execute = queue_a.store.renew, node_a._execute
+    settings = make_settings("[worker]\nlease_s = 1\n", kinds=mark_kinds(runs))
 
-    async def renew_once_resumed(*args: Any, **kw: Any) -> Any:
-        while not resumed.is_set():  # on the lease thread's own loop
-            await asyncio.sleep(0.02)
-        return await real_renew(*args, **kw)
+    def before_its_process_starts(queue: JobQueue, node: Worker, pause: Pause) -> None:
+        # node-a stops after its claim came back, before its job's process starts: its
+        # lease thread stops renewing, and the run waits.
+        real_renew, real_execute = queue.store.renew, node._execute
 
-    async def execute_once_resumed(run: Any) -> None:
-        claimed.set()
-        while not resumed.is_set():
-            await asyncio.sleep(0.02)
-        await real_execute(run)
+        async def renew_once_resumed(*args: Any, **kw: Any) -> Any:
+            await pause.wait()  # on the lease thread's own loop
+            return await real_renew(*args, **kw)
 
-    queue_a.store.renew = renew_once_resumed  # type: ignore[method-assign]
-    node_a._execute = execute_once_resumed  # type: ignore[method-assign]
-    task_a = asyncio.create_task(node_a.run())
-    try:
-        job, _ = await queue_a.submit("alice", "mark", {})
-        await asyncio.wait_for(claimed.wait(), 15)
-        # Meanwhile node-b takes the job back (its lease ran out) and runs it to the end.
-        queue_b, _ = await open_queue(settings, name="node-b", slots=1)
-        done = await wait_state(queue_b, job.id, "completed", "failed", timeout_s=30)
-        assert (done.state.value, done.worker) == ("completed", "node-b"), done.error
-        with caplog.at_level(logging.WARNING, logger="jobgate.worker"):
-            resumed.set()  # node-a resumes with the run of its old claim about to start
-            await wait_for(lambda: "not starting it" in caplog.text, timeout_s=15,
-                           what="node-a to drop the run whose lease it lost")
-        await wait_for(lambda: node_a.running == [], timeout_s=5, what="node-a's slot")
-        assert runs.read_text().split() == [f"{job.id}/{done.lease_token}"], \
-            "the job ran twice"
-    finally:
-        resumed.set()
-        node_a.stop()
-        await task_a
+        async def execute_once_resumed(run: Any) -> None:
+            await pause.here()
+            await real_execute(run)
+
+        queue.store.renew = renew_once_resumed  # type: ignore[method-assign]  # the hook
+        node._execute = execute_once_resumed  # type: ignore[method-assign]  # the hook
+
+    await run_taken_back_while_paused(open_queue, settings, runs, caplog,
+                                      before_its_process_starts, slot_free_at_once=False)
 
 
 async def test_a_live_node_keeps_its_jobs_while_another_holds_the_claim_lock_past_a_lease(
@@ -145,17 +112,10 @@ async def test_a_live_node_keeps_its_jobs_while_another_holds_the_claim_lock_pas
     # Another node stopped inside its claim (SIGSTOP, a Pi swapping) holds the claim lock
     # (the write lock on SQLite) for three leases; meanwhile node-a's job ends. node-a is
     # alive throughout: its job must complete once, from its one run.
-    from test_leases import claims_held
-
     runs = tmp_path / "runs.txt"
-    kinds = TEST_KINDS + f"""
-[kinds.mark]
-argv = {json.dumps(["sh", "-c", 'sleep 0.5; echo "$JOBGATE_RUN_ID" >> "$0"', str(runs)])}
-max_attempts = 3
-"""
-    settings = make_settings("[worker]\nlease_s = 1\n", kinds=kinds)
+    settings = make_settings("[worker]\nlease_s = 1\n", kinds=mark_kinds(runs))
     queue, _ = await open_queue(settings, name="node-a", slots=1)
-    job, _ = await queue.submit("alice", "mark", {})
+    job, _ = await queue.submit("alice", "mark", {"seconds": 0.5})
     await running_on(queue, job.id, "node-a")
     await open_queue(settings, name="node-b", slots=1)  # it recovers, every second
     with claims_held(db_url):
@@ -163,7 +123,7 @@ max_attempts = 3
     done = await wait_state(queue, job.id, "completed", "failed", timeout_s=30)
     assert (done.state, done.attempt, done.worker) == (State.COMPLETED, 1, "node-a"), \
         (done.error, done.message)
-    assert len(runs.read_text().split()) == 1, "the job ran twice"
+    assert len(runs_of(runs)) == 1, "the job ran twice"
 
 
 async def test_a_live_node_keeps_its_jobs_while_another_holds_the_event_sequence(
@@ -173,15 +133,7 @@ async def test_a_live_node_keeps_its_jobs_while_another_holds_the_event_sequence
     if not db_url.startswith("postgresql"):
         pytest.skip("on SQLite this is the write lock of the test above")
     runs = tmp_path / "runs.txt"
-    kinds = TEST_KINDS + f"""
-[kinds.mark]
-argv = {json.dumps(["sh", "-c", 'sleep "$1"; echo "$JOBGATE_RUN_ID" >> "$0"', str(runs),
-                    "{seconds}"])}
-max_attempts = 3
-[kinds.mark.args]
-seconds = {{ type = "number" }}
-"""
-    settings = make_settings("[worker]\nlease_s = 1\n", kinds=kinds)
+    settings = make_settings("[worker]\nlease_s = 1\n", kinds=mark_kinds(runs))
     queue, _ = await open_queue(settings, name="node-a", slots=2)
     short, _ = await queue.submit("alice", "mark", {"seconds": 0.5})
     long, _ = await queue.submit("alice", "mark", {"seconds": 6})
@@ -196,4 +148,4 @@ seconds = {{ type = "number" }}
         done = await wait_state(queue, job.id, "completed", "failed", timeout_s=30)
         assert (done.state, done.attempt, done.worker) == (State.COMPLETED, 1, "node-a"), \
             (done.error, done.message)
-    assert len(runs.read_text().split()) == 2, "a job ran twice"
+    assert len(runs_of(runs)) == 2, "a job ran twice"

@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -164,7 +165,7 @@ def test_compress_argv_one_pass_forms() -> None:
     ({"crf": 99}, "crf must be from 0 to 63"),
     ({"bitrate_kbps": 5}, "at least 32 kb/s"),
 ])
-def test_compress_argv_refusals(kwargs: dict[str, object], match: str) -> None:
+def test_compress_argv_refusals(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         compress_argv("in.mkv", "out.mp4", **kwargs)
 
@@ -197,8 +198,8 @@ def test_compress_job_reports_and_cleans_up(clip: Path, tmp_path: Path) -> None:
     ctx.output_dir.mkdir()
     # A string, as a schema taken from the signature passes `float | None` arguments.
     # The other two at the defaults a kind's schema would give them: the size wins.
-    result = compress_job(ctx, str(clip), target_mb="1.5", bitrate_kbps=0, crf=23,
-                          preset="ultrafast")
+    result = compress_job(ctx, str(clip), target_mb="1.5",  # type: ignore[arg-type]  # as sent
+                          bitrate_kbps=0, crf=23, preset="ultrafast")
     assert result["passes"] == 2 and result["output"] == "out.mp4"
     assert sorted(p.name for p in ctx.output_dir.iterdir()) == ["out.mp4"]  # no pass logs
     assert abs(result["size_bytes"] - 1.5 * BYTES_PER_MB) <= 0.15 * BYTES_PER_MB

@@ -248,7 +248,8 @@ def test_event_types_are_the_contracts_names():
     assert {t.value for t in EventType} == {
         "job.queued", "job.started", "job.progress", "job.log", "job.retrying",
         "job.completed", "job.failed", "job.cancelled", "queue.stats", "stream.reset"}
-    assert EventType.COMPLETED == "job.completed" and "job.completed" in FINAL_EVENTS
+    completed: str = EventType.COMPLETED  # a str: it compares equal to the wire name
+    assert completed == "job.completed" and "job.completed" in FINAL_EVENTS
     assert json.dumps({"type": EventType.LOG}) == '{"type": "job.log"}'
 
 

@@ -26,6 +26,7 @@ import pytest
 
 from conftest import TEST_KINDS, Server, survivors, wait_state
 from jobgate.config import Settings
+from jobgate.queue import JobQueue
 
 PG = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 BOTH = pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
@@ -168,6 +169,7 @@ async def test_two_nodes_never_run_the_same_job_at_once_even_when_one_is_killed(
     node is killed while it runs long jobs. Per job, runs never overlap: a run without an
     end is one of the killed node's, and the next run of that job starts after the kill."""
     settings = make_settings(LEASE, kinds=NODE_KINDS)
+    queue: JobQueue
     queue, _ = await open_queue(settings, worker=False)
     runs_log = tmp_path / "runs.log"
     victim = nodes.start("node1", slots=2)
@@ -194,8 +196,8 @@ async def test_two_nodes_never_run_the_same_job_at_once_even_when_one_is_killed(
 
     lines = [line.split() for line in runs_log.read_text().splitlines()]
     by_job: dict[str, list[tuple[int, str, int]]] = defaultdict(list)
-    for what, job_id, ns, ppid in lines:
-        by_job[job_id].append((int(ns), what, int(ppid)))
+    for what, job_id, at_ns, parent in lines:
+        by_job[job_id].append((int(at_ns), what, int(parent)))
     assert set(by_job) == {j.id for j in jobs}
     interrupted = 0
     for job_id, marks in by_job.items():
@@ -405,9 +407,8 @@ async def test_a_worker_nodes_events_reach_sse_clients_of_api_nodes_in_order(
     frames = await asyncio.to_thread(reader.result)
 
     mine = [(at, seq, e) for at, seq, e in frames if e.get("job_id") == job_id[0]]
-    seqs = [seq for _, seq, _ in mine]
-    assert all(s is not None for s in seqs) and seqs == sorted(seqs) and len(set(seqs)) == len(
-        seqs)
+    seqs = [seq for _, seq, _ in mine if seq is not None]
+    assert len(seqs) == len(mine) and seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     types = [e["type"] for _, _, e in mine]
     assert types[:2] == ["job.queued", "job.started"] and types[-1] == "job.completed"
     progress = [e for _, _, e in mine if e["type"] == "job.progress"]

@@ -12,6 +12,7 @@ import pytest
 from jobgate.progress import (
     NAMES,
     FfmpegProgress,
+    ProgressParser,
     Report,
     SpotdlProgress,
     YtDlpProgress,
@@ -29,7 +30,7 @@ LAVFI_ENCODE = ["-f", "lavfi", "-i", "testsrc=duration=3:size=320x240:rate=25",
 MESSAGE = re.compile(r"^\d\d:\d\d of 00:03(, [\d.]+x)?$")
 
 
-def feed_all(parser: object, lines: list[str]) -> list[Report]:
+def feed_all(parser: ProgressParser, lines: list[str]) -> list[Report]:
     feed = parser.feed
     return [r for line in lines if (r := feed(line)) is not None]
 
@@ -119,14 +120,16 @@ def test_ffmpeg_message_and_out_time_ms_is_microseconds() -> None:
     # out_time_ms alone, as older ffmpeg sends it: microseconds despite its name.
     lines = ["frame=300", "out_time_ms=12340000", "speed=2.1x", "progress=continue"]
     (report,) = feed_all(parser, lines)
-    assert report == Report(pytest.approx(41.1333, abs=1e-3), "00:12 of 00:30, 2.1x", None)
+    assert report.percent == pytest.approx(41.1333, abs=1e-3)
+    assert report == Report(report.percent, "00:12 of 00:30, 2.1x", None)
 
 
 def test_ffmpeg_stats_line_format() -> None:
     parser = FfmpegProgress(duration_s=30.0)
     report = parser.feed("frame=  300 fps=60 q=28.0 size=  1024kB time=00:00:12.34 "
                          "bitrate= 679.8kbits/s speed=2.1x    ")
-    assert report == Report(pytest.approx(41.1333, abs=1e-3), "00:12 of 00:30, 2.1x", None)
+    assert report is not None and report.percent == pytest.approx(41.1333, abs=1e-3)
+    assert report == Report(report.percent, "00:12 of 00:30, 2.1x", None)
     assert parser.feed("frame=   75 fps=0.0 q=-1.0 Lsize=      89kB time=00:00:03.01 "
                        "bitrate= 240.6kbits/s speed=7.98x") == \
         Report(100.0, "00:03 of 00:30, 7.98x", None)

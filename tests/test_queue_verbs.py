@@ -109,7 +109,7 @@ async def test_finish_through_the_verbs_writes_the_outcome_only_with_the_lease(
     assert claimed.id == job.id and await queue.holds(claimed)
     ok = queue.outcome(claimed, RunResult(ok=True, result={"n": 1}))
     assert await queue.finish(job.id, claimed.lease_token + 1, ok) is None  # not its lease
-    assert (await queue.get(job.id)).state is State.RUNNING  # type: ignore[union-attr]
+    assert (running := await queue.get(job.id)) and running.state is State.RUNNING
     assert await queue.finish(job.id, claimed.lease_token, ok) is State.COMPLETED
     end = await queue.get(job.id)
     assert end is not None and (end.state, end.result, end.message) == (
@@ -242,7 +242,7 @@ async def test_expire_fails_what_waited_past_the_start_timeout(make_settings, op
     job, _ = await queue.submit("alice", "sleep", {})
     await asyncio.sleep(0.4)
     assert [j.id for j in await queue.expire()] == [job.id]
-    assert (await queue.get(job.id)).state is State.FAILED  # type: ignore[union-attr]
+    assert (failed := await queue.get(job.id)) and failed.state is State.FAILED
 
 
 async def test_outcome_is_the_one_decision_for_a_run_that_ended(make_settings, open_queue):

@@ -17,14 +17,16 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import httpx
 import psutil
 import pytest
 
 from conftest import TEST_KINDS, alive
+
+T = TypeVar("T")
 
 # A lease far longer than any test: recovery after a restart must not wait for it.
 CONFIG = """
@@ -79,7 +81,7 @@ def marked(marker: str) -> list[psutil.Process]:
     return found
 
 
-def wait_until(predicate, timeout_s: float, what: str) -> Any:
+def wait_until(predicate: Callable[[], T | None], timeout_s: float, what: str) -> T:
     deadline = time.monotonic() + timeout_s
     while not (value := predicate()):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"

@@ -12,12 +12,13 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import httpx
 import psutil
 import pytest
 
-from conftest import TEST_KINDS, wait_for, wait_state
+from conftest import TEST_KINDS, Server, wait_for, wait_state
 from jobgate.arguments import ArgumentError
 from jobgate.model import State
 from jobgate.store.base import Stats
@@ -352,7 +353,7 @@ async def test_progress_events_carry_the_jobs_current_memory(make_settings, open
 
 # --- through the API and the command line (a real `jobgate serve`) --------------------------
 
-def test_the_api_checks_a_jobs_memory_override(start_server):
+def test_the_api_checks_a_jobs_memory_override(start_server: Callable[..., Server]) -> None:
     server = start_server("[limits]\nmemory_budget_mb = 1000\nauto_memory_default_mb = 48\n",
                           kinds=auto_kinds(limit_mb=300))
     later = "2999-01-01T00:00:00Z"  # queued, not run: only the reservation matters here

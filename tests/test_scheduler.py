@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from jobgate.model import Job, new_id
+from jobgate.model import new_id
 from jobgate.scheduler import (
     Candidate,
     Limits,
@@ -25,7 +25,7 @@ def job(owner: str = "alice", kind: str = "noop", memory_mb: int = 0) -> Candida
     return Candidate(new_id(), kind, owner, memory_mb)
 
 
-def names(jobs: list[Job], everyone: list[Job]) -> list[int]:
+def names(jobs: list[Candidate], everyone: list[Candidate]) -> list[int]:
     """Indexes of `jobs` in `everyone`, to compare admissions by position."""
     return [everyone.index(j) for j in jobs]
 

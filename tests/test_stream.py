@@ -77,6 +77,18 @@ class Frame:
     def type(self) -> str | None:
         return self.data["type"] if self.data else None
 
+    @property
+    def seq(self) -> int:
+        """The `id:` of a stored event (only those are asked for it)."""
+        assert self.id is not None, f"frame without an id: {self.lines}"
+        return self.id
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The frame's JSON data (only frames with data are asked for it)."""
+        assert self.data is not None, f"frame without data: {self.lines}"
+        return self.data
+
 
 class Sse:
     """One SSE response read frame by frame (keep-alive comments are frames too)."""
@@ -107,10 +119,16 @@ class Sse:
         self.ended = True
         return None
 
+    def next(self) -> Frame:
+        """The next frame, which the test knows comes."""
+        frame = self.frame()
+        assert frame is not None, "the stream ended"
+        return frame
+
     def events(self, until: Callable[[Frame], bool], timeout_s: float = 20) -> list[Frame]:
         """Frames with data up to and including the first that `until` takes."""
         deadline = time.monotonic() + timeout_s
-        out = []
+        out: list[Frame] = []
         while time.monotonic() < deadline:
             frame = self.frame()
             if frame is None:
@@ -247,7 +265,7 @@ def test_resume_after_a_disconnect_in_the_middle_loses_and_repeats_nothing(serve
     time.sleep(0.6)  # events happen while nobody listens
     second = streams.open(headers={"Last-Event-ID": str(part1[-1].id)})
     part2 = of_job(second.events(final(job_id)), job_id)
-    assert part2 and part2[0].id > part1[-1].id
+    assert part2 and part2[0].seq > part1[-1].seq
     whole = full_history(streams, job_id)
     assert [f.id for f in part1 + part2] == [f.id for f in whole]
     assert [f.data for f in part1 + part2] == [f.data for f in whole]
@@ -286,13 +304,13 @@ def test_resuming_from_before_the_kept_window_tells_the_client_to_reload(start_s
         time.sleep(0.05)
         new = submit(srv, "bob", count=1, delay=0)
         new_events = full_history(streams, new)
-        prune(srv, new_events[0].id)
+        prune(srv, new_events[0].seq)
         # Exactly at the edge: nothing was lost, so no reset.
-        ok = streams.open(headers={"Last-Event-ID": str(new_events[0].id - 1)})
+        ok = streams.open(headers={"Last-Event-ID": str(new_events[0].seq - 1)})
         got = of_job(ok.events(final(new)), new)
         assert [f.id for f in got] == [f.id for f in new_events]
         # Before it: the events in between are gone, so the client must reload.
-        for point in (old_events[0].id, 0 if old_events[0].id > 1 else None):
+        for point in (old_events[0].seq, 0 if old_events[0].seq > 1 else None):
             if point is None:
                 continue
             s = streams.open(headers={"Last-Event-ID": str(point)})
@@ -305,24 +323,25 @@ def test_resuming_from_before_the_kept_window_tells_the_client_to_reload(start_s
             assert of_job(s.events(final(later)), later)[0].type == "job.queued"
         # A seq this database never reached (another or a re-created database): reset too.
         s = streams.open(headers={"Last-Event-ID": "999999"})
-        assert s.frame().data["type"] == "stream.reset"
+        assert s.next().body["type"] == "stream.reset"
     finally:
         streams.close()
 
 
 def test_a_bad_last_event_id_is_a_400(server, streams):
     auth = {"Authorization": f"Bearer {server.tokens['bob']}"}
-    for value in ("abc", "-5", "1.5", "9" * 30, "\u00b2".encode(), "\u0661\u0662".encode(),
+    for value in (b"abc", b"-5", b"1.5", b"9" * 30, "\u00b2".encode(), "\u0661\u0662".encode(),
                   b"1\xff"):
-        r = httpx.get(f"{server.url}/api/events", headers={**auth, "Last-Event-ID": value})
+        headers = {b"Authorization": auth["Authorization"].encode(), b"Last-Event-ID": value}
+        r = httpx.get(f"{server.url}/api/events", headers=headers)
         assert r.status_code == 400, (value, r.text)
         assert r.json()["error"]["code"] == "invalid_request"
     # The query parameter a browser uses: "²" passes isdigit() but not int(); "١٢" passes
     # both (as 12) and is no event seq either.
-    for value in ("\u00b2", "\u0661\u0662", "\uff11", "\U0001d7e3"):
+    for text in ("\u00b2", "\u0661\u0662", "\uff11", "\U0001d7e3"):
         for path in ("/api/events", "/api/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV/events"):
-            r = httpx.get(f"{server.url}{path}", params={"last_event_id": value}, headers=auth)
-            assert r.status_code == 400, (value, r.text)
+            r = httpx.get(f"{server.url}{path}", params={"last_event_id": text}, headers=auth)
+            assert r.status_code == 400, (text, r.text)
             assert r.json()["error"]["code"] == "invalid_request"
             assert "Last-Event-ID" in r.json()["error"]["message"]
 
@@ -349,7 +368,7 @@ def test_bob_never_sees_carols_events_and_the_admin_sees_both(server, streams):
 
     def both(f: Frame) -> bool:
         if final(carol_job)(f) or final(later)(f):
-            seen.add(f.data["job_id"])
+            seen.add(f.body["job_id"])
         return len(seen) == 2
 
     alice_frames = alice.events(both)
@@ -501,7 +520,7 @@ def test_a_queued_jobs_stream_shows_its_position(start_server):
         waiting = submit(srv, "bob", "sleep", seconds=0)
         s = streams.open(f"/api/jobs/{waiting}/events")
         frames = s.events(lambda f: f.type == "queue.stats")
-        assert frames[-1].data["position"] == 1 and frames[-1].data["job_id"] == waiting
+        assert frames[-1].body["position"] == 1 and frames[-1].body["job_id"] == waiting
         httpx.post(f"{srv.url}/api/jobs/{blocker}/cancel",
                    headers={"Authorization": f"Bearer {srv.tokens['bob']}"})
         rest = s.rest()
@@ -553,15 +572,15 @@ def test_after_a_restart_resume_still_knows_where_the_events_end(start_server):
         streams.close()
         srv.stop()
         srv.start()
-        last = max(f.id for f in events)
-        middle = sorted(f.id for f in events)[len(events) // 2]
+        last = max(f.seq for f in events)
+        middle = sorted(f.seq for f in events)[len(events) // 2]
         s = streams.open(headers={"Last-Event-ID": str(middle)})
         replayed = s.events(lambda f: f.id == last)
         assert [f.id for f in replayed if f.id] == [
-            f.id for f in sorted(events, key=lambda f: f.id) if f.id > middle]
+            f.seq for f in sorted(events, key=lambda f: f.seq) if f.seq > middle]
         up_to_date = streams.open(headers={"Last-Event-ID": str(last)})
-        assert up_to_date.frame().data["type"] == "queue.stats"  # nothing missed, no reset
+        assert up_to_date.next().body["type"] == "queue.stats"  # nothing missed, no reset
         ahead = streams.open(headers={"Last-Event-ID": str(last + 1)})
-        assert ahead.frame().data["type"] == "stream.reset"
+        assert ahead.next().body["type"] == "stream.reset"
     finally:
         streams.close()

@@ -13,6 +13,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import psutil
@@ -137,9 +138,9 @@ def dechunked(data: bytes) -> bytes:
     return body
 
 
-def events_in(data: bytes) -> list[tuple[int, dict[str, object]]]:
+def events_in(data: bytes) -> list[tuple[int, dict[str, Any]]]:
     """The complete stored events in SSE bytes (a cut-off last frame is not one)."""
-    out = []
+    out: list[tuple[int, dict[str, Any]]] = []
     for block in data.split(b"\n\n")[:-1]:
         lines = block.split(b"\n")
         ids = [line[4:] for line in lines if line.startswith(b"id: ")]
@@ -159,7 +160,7 @@ def test_a_dropped_client_resumes_where_it_was_without_losing_a_line(server):
         time.sleep(0.1)
     got = events_in(dechunked(received(sock)))  # what reached it (a reset may lose some)
     sock.close()
-    rest: list[tuple[int, dict[str, object]]] = []
+    rest: list[tuple[int, dict[str, Any]]] = []
     # As EventSource does: reconnect from the last id until the job's end has come (with a
     # 64 KB budget, a reader can fall behind the flood again while its replay is sent).
     for _ in range(100):

@@ -369,7 +369,7 @@ async def test_websockets_count_toward_the_per_user_cap(server):
 # --- a client that cannot keep up ------------------------------------------------------------
 
 @pytest.fixture
-def small_buffer_server(start_server) -> Server:
+def small_buffer_server(start_server: Callable[..., Server]) -> Server:
     config = CONFIG.replace("[streams]\n", "[streams]\nbuffer_kb = 64\n")
     return start_server(config + "[worker]\nlog_max_lines = 100000\n",
                         TEST_KINDS + FLOOD)

@@ -21,9 +21,9 @@ import pytest
 
 from conftest import TEST_KINDS, alive, survivors, wait_for, wait_state
 from jobgate.config import load_settings
-from jobgate.model import Event, IllegalMove, State, parse_iso
+from jobgate.model import Event, IllegalMove, Job, State, parse_iso
 from jobgate.store import store_for_url
-from jobgate.store.base import Outcome, QueueFull
+from jobgate.store.base import Outcome, QueueFull, Store
 
 PY = sys.executable
 MARK = "jgtest-"  # every `hold`/`solo` process carries MARK + its job id in its argv
@@ -122,7 +122,7 @@ async def running_tree(queue, job_id: str, token: int | None = None) -> list[psu
         await asyncio.sleep(0.02)
 
 
-async def steal(store, worker: str, timeout_s: float = 10) -> list[Any]:
+async def steal(store: Store, worker: str, timeout_s: float = 10) -> list[Job]:
     """Another node's recovery declaring `worker` dead: the jobs it took (on PostgreSQL a
     row that a renewal holds that moment is skipped, so it looks again)."""
     deadline = time.monotonic() + timeout_s
@@ -162,7 +162,7 @@ class Sampler:
     def _run(self) -> None:
         me = psutil.Process()
         while not self._stop.is_set():
-            ids = set()
+            ids: set[str] = set()
             for child in me.children(recursive=True):
                 try:
                     if child.status() == psutil.STATUS_ZOMBIE:
@@ -283,7 +283,7 @@ async def test_a_delayed_job_is_waited_for_without_polling_the_database(make_set
         looks.append(time.time())
         return await claim(*args, **kwargs)
 
-    store.finish_and_claim = counted  # type: ignore[method-assign]
+    store.finish_and_claim = counted
     run_at = time.time() + 1.5
     delayed, _ = await queue.submit("bob", "quick", run_at=run_at)
     done = await wait_state(queue, delayed.id, "completed", "failed")
@@ -586,6 +586,7 @@ def test_lease_renewal_is_not_starved_by_a_job_that_blocks_the_event_loop(
                 # The node's heartbeat goes on too: it stays live (two lease periods).
                 assert len(await store.nodes(alive_within_s=2.0)) == 1, "heartbeat starved"
                 job = await store.get(job_id)
+                assert job is not None
                 if job.state not in (State.QUEUED, State.RUNNING):
                     return job
                 assert time.monotonic() < deadline, job

@@ -5,20 +5,19 @@ a claim that came back after its lease ran out, an answer about an older run of 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from conftest import TEST_KINDS, wait_for, wait_state
 from jobgate import executor
 from jobgate.kinds import parse_kind
 from jobgate.model import Job, new_id
+from jobgate.queue import JobQueue
 from jobgate.threads import JobThreads
 from jobgate.worker import Worker, _Run
+from nodekit import Pause, mark_kinds, run_taken_back_while_paused
 
 
 def _kind(name: str, argv: list[str]) -> Any:
@@ -74,42 +73,18 @@ async def test_an_answer_about_an_older_run_of_a_job_does_not_stop_its_new_run(
 async def test_a_claim_that_came_back_after_its_lease_ran_out_is_not_started(
         make_settings, open_queue, tmp_path, caplog):
     runs = tmp_path / "runs.txt"
-    kinds = TEST_KINDS + f"""
-[kinds.mark]
-argv = {json.dumps(["sh", "-c", 'echo "$JOBGATE_RUN_ID" >> "$0"', str(runs)])}
-max_attempts = 3
-"""
-    settings = make_settings("[worker]\nlease_s = 1\n", kinds=kinds)
-    queue_a, _ = await open_queue(settings, worker=False)
-    claimed, resume = asyncio.Event(), asyncio.Event()
-    real = queue_a.store.finish_and_claim
+    settings = make_settings("[worker]\nlease_s = 1\n", kinds=mark_kinds(runs))
 
-    async def paused_after_claiming(*args: Any, **kw: Any) -> Any:
-        ended, jobs = await real(*args, **kw)
-        if jobs:  # node-a stops right after its claim committed (SIGSTOP, a laptop lid)
-            claimed.set()
-            await resume.wait()
-        return ended, jobs
+    def right_after_its_claim(queue: JobQueue, node: Worker, pause: Pause) -> None:
+        real = queue.store.finish_and_claim
 
-    queue_a.store.finish_and_claim = paused_after_claiming  # type: ignore[method-assign]
-    node_a = Worker(queue_a, name="node-a", slots=1)
-    task_a = asyncio.create_task(node_a.run())
-    try:
-        job, _ = await queue_a.submit("alice", "mark", {})
-        await asyncio.wait_for(claimed.wait(), 15)
-        # Meanwhile node-b takes the job back (its lease ran out) and runs it to the end.
-        queue_b, _ = await open_queue(settings, name="node-b", slots=1)
-        done = await wait_state(queue_b, job.id, "completed", "failed", timeout_s=30)
-        assert (done.state.value, done.worker) == ("completed", "node-b"), done.error
-        with caplog.at_level(logging.WARNING, logger="jobgate.worker"):
-            resume.set()  # node-a resumes with its old claim in hand
-            await wait_for(lambda: "not starting it" in caplog.text, timeout_s=15,
-                           what="node-a to drop the claim it lost while stopped")
-        assert node_a.running == []
-        assert runs.read_text().split() == [f"{job.id}/{done.lease_token}"], \
-            "the job ran twice"
-    finally:
-        resume.set()
-        node_a.stop()
-        await task_a
+        async def paused_after_claiming(*args: Any, **kw: Any) -> Any:
+            ended, jobs = await real(*args, **kw)
+            if jobs:  # node-a stops right after its claim committed
+                await pause.here()
+            return ended, jobs
 
+        queue.store.finish_and_claim = paused_after_claiming  # type: ignore[method-assign]
+
+    await run_taken_back_while_paused(open_queue, settings, runs, caplog,
+                                      right_after_its_claim, slot_free_at_once=True)
