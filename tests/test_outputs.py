@@ -81,8 +81,8 @@ def _raw_sql(db_url: str, sql: str, params: tuple[Any, ...]) -> None:
         with psycopg.connect(db_url, autocommit=True) as conn:
             conn.execute(sql.replace("?", "%s"), params)
         return
-    with contextlib.closing(sqlite3.connect(db_url.removeprefix("sqlite:///"))) as conn, conn:
-        conn.execute(sql, params)
+    with contextlib.closing(sqlite3.connect(db_url.removeprefix("sqlite:///"))) as lite, lite:
+        lite.execute(sql, params)
 
 
 async def test_a_row_of_an_older_jobgate_with_plain_names_reads_back(store: Store,

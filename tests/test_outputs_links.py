@@ -46,7 +46,7 @@ def done(server: Server) -> dict[str, Any]:
             time.sleep(0.05)
             job = http.get(f"/api/jobs/{job['id']}").json()
     assert job["state"] == "completed", job
-    return job
+    return dict(job)
 
 
 def link(server: Server, user: str, job_id: str, name: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -151,7 +152,7 @@ def test_serve_runs_the_kinds_next_to_the_config_in_pool_and_in_process(
         log.close()
 
 
-def wait_done(http: httpx.Client, job_id: str, timeout_s: float = 60) -> dict[str, object]:
+def wait_done(http: httpx.Client, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
     """The job once finished, read on its event stream's end (the stream ends with it)."""
     deadline = time.monotonic() + timeout_s
     while True:

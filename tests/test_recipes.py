@@ -5,6 +5,7 @@ the start-up warning for missing programs (on the shipped jobgate.toml too)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -20,7 +21,6 @@ import httpx
 import pytest
 
 from conftest import Server, free_port, running_server
-from jobgate import recipes
 from jobgate.config import ConfigError, load_settings
 from jobgate.kinds import parse_kind
 from jobgate.media import BYTES_PER_MB, probe
@@ -227,7 +227,7 @@ def test_missing_tools_warnings_name_the_kind_and_the_program(
                     '[kinds.echo]\nargv = ["echo", "{x}"]\n[kinds.echo.args]\nx = {}\n')
     settings = load_settings(path, env={})
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # nothing on PATH at all
-    monkeypatch.setattr(recipes.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     lines = missing_tools_warnings(settings)
     assert "kind grab: yt-dlp is not installed on this server (uv sync --extra media, or " \
            "uv tool install yt-dlp)" in lines

@@ -9,6 +9,7 @@ spotdl is not installed."""
 from __future__ import annotations
 
 import http.server
+import importlib.util
 import os
 import shutil
 import sys
@@ -326,7 +327,7 @@ def test_no_yt_dlp_at_all_is_a_clear_job_error(tmp_path: Path,
     from jobgate.media import ToolMissing
     from jobgate.pychild import NonRetryable
 
-    monkeypatch.setattr(downloads.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     monkeypatch.setenv("PATH", str(tmp_path))  # no yt-dlp program either
     with pytest.raises(ToolMissing, match=r"^yt-dlp is not installed on this server$") as info:
         downloads.ytdlp_command()

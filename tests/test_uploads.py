@@ -265,7 +265,7 @@ async def test_retention_deletes_uploads_no_job_names_and_keeps_the_others(
     async def add(owner: str) -> str:
         incoming = await uploads.begin(owner, "a.bin")
         await incoming.write(b"data")
-        return (await incoming.commit()).id
+        return str((await incoming.commit()).id)
 
     unused, queued_one, finished_one = [await add("bob") for _ in range(3)]
     queued = await queue.submit("bob", "checksum", {"file": f"upload:{queued_one}"},
