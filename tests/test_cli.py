@@ -510,8 +510,8 @@ def _run(folder: Any, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 # What undoes each backend's latest migration: a database as the jobgate before it left it.
-_UNDO_LATEST = {"sqlite": "CREATE INDEX events_ts ON events (ts)",  # sqlite_004
-                "postgres": "DROP TABLE nodes"}  # postgres_002
+_UNDO_LATEST = {"sqlite": "DROP TABLE uploads",  # sqlite_005
+                "postgres": "DROP TABLE uploads"}  # postgres_003
 
 
 async def _set_version(db_url: str, version: int, undo_latest: bool = False) -> None:

@@ -337,7 +337,7 @@ async def test_result_json_becomes_the_result_and_is_not_an_output(make_settings
     done = await wait_state(queue, job.id, "completed", "failed")
     assert done.state.value == "completed", done.error
     assert done.result == {"frames": 75, "ok": True}
-    assert done.outputs == ["other.txt"]
+    assert [o.name for o in done.outputs] == ["other.txt"]
     assert not (queue.job_dir(job.id) / "result.json").exists()
 
 
