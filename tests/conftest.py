@@ -337,6 +337,18 @@ class Server:
         )
 
 
+def wait_job(http: httpx.Client, job_id: str, *states: str, timeout_s: float = 60
+             ) -> dict[str, Any]:
+    """The job as `GET /api/jobs/ID` shows it once it is in one of `states`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job: dict[str, Any] = http.get(f"/api/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} stayed {job['state']}: {job}"
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def running_server(folder: Path, config: str, backend: Backend | None = None
                    ) -> Iterator[Server]:

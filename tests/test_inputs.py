@@ -5,15 +5,12 @@ never break a listing nor stall the worker."""
 from __future__ import annotations
 
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
-from conftest import TEST_KINDS, Backend, Server, running_server
+from conftest import TEST_KINDS, Backend, Server, running_server, wait_job
 from jobgate.config import load_settings
 from jobgate.queue import protected_paths
 
@@ -26,16 +23,6 @@ argv = ["sha256sum", "{file}"]
 file = { type = "path" }
 """
 
-
-def wait_state(http: httpx.Client, job_id: str, *states: str, timeout_s: float = 30
-               ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        job: dict[str, Any] = http.get(f"/api/jobs/{job_id}").json()
-        if job["state"] in states:
-            return job
-        assert time.monotonic() < deadline, f"job {job_id} stayed {job['state']}: {job}"
-        time.sleep(0.05)
 
 
 # --- path arguments and the server's own files --------------------------------------------
@@ -56,7 +43,7 @@ def test_path_arguments_never_reach_the_database_secrets_config_or_others_output
     with site.client("carol") as carol, site.client("bob") as bob:
         # Carol's job leaves an output in the data folder.
         job = carol.post("/api/jobs", json={"kind": "steps", "args": {"count": 1, "delay": 0}})
-        wait_state(carol, job.json()["id"], "completed")
+        wait_job(carol, job.json()["id"], "completed")
         carol_dir = f"data/jobs/{job.json()['id']}"
         (site.folder / carol_dir).mkdir(parents=True, exist_ok=True)
         (site.folder / carol_dir / "out.txt").write_text("carol's")
@@ -79,7 +66,7 @@ def test_path_arguments_never_reach_the_database_secrets_config_or_others_output
         (site.folder / "movie.mp4").write_text("video")
         ok = bob.post("/api/jobs", json={"kind": "checksum", "args": {"file": "movie.mp4"}})
         assert ok.status_code == 201, ok.text
-        assert wait_state(bob, ok.json()["id"], "completed", "failed")["state"] == "completed"
+        assert wait_job(bob, ok.json()["id"], "completed", "failed")["state"] == "completed"
 
 
 def test_the_shipped_config_keeps_inputs_apart_from_the_servers_files(tmp_path: Path) -> None:
@@ -101,7 +88,7 @@ def test_serve_makes_a_missing_input_folder_and_path_jobs_use_it(
         (tmp_path / "fresh-input" / "a.txt").write_text("a")
         job = bob.post("/api/jobs", json={"kind": "checksum", "args": {"file": "a.txt"}})
         assert job.status_code == 201, job.text
-        assert wait_state(bob, job.json()["id"], "completed", "failed")["state"] == "completed"
+        assert wait_job(bob, job.json()["id"], "completed", "failed")["state"] == "completed"
 
 
 # --- what a job's own code reports --------------------------------------------------------
@@ -146,14 +133,14 @@ def test_surrogates_and_nan_a_python_job_reports_are_stored_safely(poisoned: Ser
         failing = bob.post("/api/jobs", json={"kind": "explode"}).json()
         # With one slot, a stalled worker task would hold it until lease recovery (30 s).
         after = bob.post("/api/jobs", json={"kind": "noop"}).json()
-        assert wait_state(bob, after["id"], "completed", timeout_s=20)["state"] == "completed"
+        assert wait_job(bob, after["id"], "completed", timeout_s=20)["state"] == "completed"
 
-        done = wait_state(bob, job["id"], "completed", "failed")
+        done = wait_job(bob, job["id"], "completed", "failed")
         assert done["state"] == "completed", done
         assert done["result"] == {"text": "\ufffd", "\ufffd": [None, None]}
         lines = [x["line"] for x in bob.get(f"/api/jobs/{job['id']}/logs").json()["lines"]]
         assert lines == ["line \ufffd", "b'bytes'"]
-        failed = wait_state(bob, failing["id"], "failed")
+        failed = wait_job(bob, failing["id"], "failed")
         assert "bad \ufffd text" in failed["error"], failed
         for http in (bob, alice):  # the owner's list and the admin's
             listing = http.get("/api/jobs")

@@ -4,15 +4,12 @@ given (no server path in a job's args) and resolved, and checked again, only for
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
-from conftest import TEST_KINDS, Backend, Server, running_server
+from conftest import TEST_KINDS, Backend, Server, running_server, wait_job
 from jobgate.arguments import ArgumentError, resolve_paths, validate_args
 from jobgate.config import load_settings
 from jobgate.kinds import parse_kind
@@ -127,16 +124,6 @@ def site(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> Iterator
                             backend) as srv:
             yield srv
 
-
-def wait_job(http: httpx.Client, job_id: str, *states: str, timeout_s: float = 60
-             ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        job: dict[str, Any] = http.get(f"/api/jobs/{job_id}").json()
-        if job["state"] in states:
-            return job
-        assert time.monotonic() < deadline, f"job {job_id} stayed {job['state']}: {job}"
-        time.sleep(0.05)
 
 
 def test_the_database_the_jwt_key_and_another_users_upload_are_refused_with_422(

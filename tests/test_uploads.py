@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import TEST_KINDS, Backend, Server, running_server
+from conftest import TEST_KINDS, Backend, Server, running_server, wait_job
 from conftest import wait_state as wait_queue_state
 from jobgate.uploads import owner_key
 
@@ -40,16 +40,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> Iterat
                         backend) as srv:
         yield srv
 
-
-def wait_job(http: httpx.Client, job_id: str, *states: str, timeout_s: float = 60
-             ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        job: dict[str, Any] = http.get(f"/api/jobs/{job_id}").json()
-        if job["state"] in states:
-            return job
-        assert time.monotonic() < deadline, f"job {job_id} stayed {job['state']}: {job}"
-        time.sleep(0.05)
 
 
 def upload(http: httpx.Client, data: bytes, name: str = "film.mkv") -> httpx.Response:
