@@ -136,7 +136,11 @@ class JobQueue:
 
     async def open(self) -> None:
         self.store.listen(self._on_events)
-        await self.store.open()
+        # A node stopped inside a transaction (SIGSTOP, a paused VM) holds its locks: ended
+        # well within a lease, the other nodes' renewals still land in time. Not sooner than
+        # a second, which no transaction of a live node sits idle for, even on a loaded
+        # machine.
+        await self.store.open(stalled_session_s=max(1.0, self.settings.worker.lease_s / 4))
         if self._track_positions:
             self.positions.load(await self.store.queued_keys())
         self.settings.data_path.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,7 @@ log = logging.getLogger("jobgate.worker")
 _REPORT_S = 0.25
 _RSS_REPORT_S = 2.0  # a running job without progress gets an rss_mb-only event this often
 _PRESSURE_CHECK_S = 1.0
+_CLAIM_RETRY_S = 1.0  # after a claim the database refused (it restarts, it is away a moment)
 _RETENTION_S = 300.0
 # The recovery loop looks every third of a lease period (at least every second); coming
 # back later than that by this many lease periods means this node was stopped or suspended.
@@ -182,7 +183,13 @@ class Worker:
                         node_memory_free_mb=self.node_budget_mb - sum(r.job.memory_mb
                                                                       for r in live))
                     asked_at = time.time()
-                    jobs = await self._finish_and_claim(free, limits, kinds)
+                    try:
+                        jobs = await self._finish_and_claim(free, limits, kinds)
+                    except Exception:  # the database went away a moment: so does claiming
+                        log.exception("claim failed; trying again")
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._stop.wait(), _CLAIM_RETRY_S)
+                        continue
                     cancels: dict[str, int] = {}
                     if jobs and time.time() - asked_at > lease_s / 3:
                         jobs, cancels = await self._still_held(jobs)
@@ -315,7 +322,10 @@ class Worker:
             self._unreported.set()
 
         async def on_pid(pid: int) -> None:
-            await self.queue.report_pid(job.id, token, pid)
+            try:
+                await self.queue.report_pid(job.id, token, pid)
+            except Exception:  # only recovery's reaping reads it, and the run's mark does too
+                log.warning("could not record the pid of job %s", job.id, exc_info=True)
 
         def memory(rss_mb: float, peak_mb: float) -> None:
             run.rss_mb = rss_mb
@@ -346,9 +356,24 @@ class Worker:
                 await self._report(run)
                 outcome = await self.queue.end_outcome(job, result, self._stop.is_set())
                 run.ending = True  # the slot is free
-                await self._end(job.id, token, outcome)
+                await self._write_end(run, outcome)
         finally:
             self._forget(run)
+
+    async def _write_end(self, run: _Run, outcome: Outcome) -> None:
+        """Write how the run ended, again until it lands or its lease is lost: the run is
+        renewed meanwhile, so a database away for a moment does not cost a second run."""
+        wait_s = 0.1
+        while True:
+            try:
+                await self._end(run.job.id, run.job.lease_token, outcome)
+                return
+            except Exception:
+                if run.lost:
+                    return
+                log.exception("could not write how job %s ended; trying again", run.job.id)
+            await asyncio.sleep(wait_s)
+            wait_s = min(2 * wait_s, self.settings.worker.lease_s / 3)
 
     def _forget(self, run: _Run) -> None:
         """The run is over for this node: its slot is free."""

@@ -119,8 +119,14 @@ class Store(ABC):
     and writes."""
 
     @abstractmethod
-    async def open(self) -> None:
-        """Connect and migrate; events committed from now on reach `listen` callbacks."""
+    async def open(self, stalled_session_s: float | None = None) -> None:
+        """Connect and migrate; events committed from now on reach `listen` callbacks.
+
+        `stalled_session_s`: where the database can, a session of this store's left inside
+        a transaction that long is ended by the database (its process was stopped: SIGSTOP,
+        a paused VM), so that the locks it held do not hold every other node's writes, and
+        their lease renewals, for as long as it stays stopped (PostgreSQL:
+        `idle_in_transaction_session_timeout`; SQLite has no server to do it)."""
 
     @abstractmethod
     async def close(self) -> None: ...

@@ -52,6 +52,7 @@ _CHANNEL = "jobgate_events"
 _MIGRATE_LOCK = 0x6A6F6203  # advisory lock keys ("job" + n; postgres.py has 1 and 2)
 _POLL_S = 1.0  # the listener reads new events at least this often, notified or not
 _RETRIES = 20  # a transaction chosen as a deadlock victim runs again, up to this often
+_LOST_RETRIES = 5  # a transaction whose connection went runs again this often (over ~3 s)
 _POOL_MAX = 10
 _COLUMNS = COLUMNS
 
@@ -107,9 +108,17 @@ for _dumper in (_NulFreeBinary, _NulFreeText, _NulFreeUnknown):
     _ADAPTERS.register_dumper(str, _dumper)
 
 
-async def _connect(url: str) -> psycopg.AsyncConnection[Any]:
+async def _connect(url: str, options: str = "") -> psycopg.AsyncConnection[Any]:
     """A connection of its own (autocommit, NUL-free strings), outside the pool."""
-    return await psycopg.AsyncConnection.connect(url, autocommit=True, context=_ADAPTERS)
+    return await psycopg.AsyncConnection.connect(url, autocommit=True, context=_ADAPTERS,
+                                                 options=options)
+
+
+def _session_options(stalled_session_s: float | None) -> str:
+    """The server settings of this store's sessions: see `Store.open`."""
+    if stalled_session_s is None:
+        return ""
+    return f"-c idle_in_transaction_session_timeout={max(1, round(stalled_session_s * 1000))}"
 
 
 def _column_array(name: str, values: list[Any]) -> list[Any]:
@@ -307,13 +316,15 @@ class PgConnection:
         self._closing = False
         self._wake_channel = f"jobgate_wake_{secrets.token_hex(8)}"
         self._groups = Groups()
+        self._options = ""
 
     # --- connection, migrations, events ------------------------------------------------
-    async def open(self) -> None:
+    async def open(self, stalled_session_s: float | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._deliver_lock = asyncio.Lock()
         self._closing = False
-        listen_conn = await _connect(self.url)
+        self._options = _session_options(stalled_session_s)
+        listen_conn = await _connect(self.url, self._options)
         try:
             await _migrate(listen_conn)
             await listen_conn.execute(f"LISTEN {_CHANNEL}")
@@ -327,7 +338,8 @@ class PgConnection:
         self._listen_conn = listen_conn
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             self.url, min_size=1, max_size=self._pool_size, open=False,
-            kwargs={"autocommit": True, "context": _ADAPTERS}, name="jobgate",
+            kwargs={"autocommit": True, "context": _ADAPTERS, "options": self._options},
+            name="jobgate",
         )
         await pool.open(wait=True)
         self._pool = pool
@@ -360,7 +372,7 @@ class PgConnection:
         self._listeners.append(callback)
 
     async def schema_version(self) -> int:
-        async with await _connect(self.url) as conn:
+        async with await _connect(self.url, self._options) as conn:
             cur = await conn.execute("SELECT to_regclass('jobgate_schema') IS NOT NULL")
             row = await cur.fetchone()
             if not row or not row[0]:
@@ -390,7 +402,7 @@ class PgConnection:
                 await asyncio.sleep(_POLL_S)
                 if conn.closed:
                     with contextlib.suppress(Exception):
-                        conn = await _connect(self.url)
+                        conn = await _connect(self.url, self._options)
                         await conn.execute(f"LISTEN {_CHANNEL}")
                         await conn.execute(f"LISTEN {self._wake_channel}")
                         self._listen_conn = conn
@@ -445,14 +457,17 @@ class PgConnection:
             async with pool.connection() as conn:
                 yield conn
             return
-        async with await _connect(self.url) as conn:
+        async with await _connect(self.url, self._options) as conn:
             yield conn
 
     async def _run(self, fn: Callable[[Tx], Awaitable[T]], write: bool = True) -> T:
-        """Run `fn` in one transaction (again if it was a deadlock's victim); its events are
-        numbered and written last, and delivered here before this returns."""
+        """Run `fn` in one transaction (again if it was a deadlock's victim, or its
+        connection was lost before the commit); its events are numbered and written last,
+        and delivered here before this returns."""
+        lost = 0
         for attempt in range(_RETRIES):
             own: list[Event] = []
+            committing = False
             try:
                 async with self._connection() as conn, conn.transaction():
                     cur = conn.cursor()
@@ -462,10 +477,23 @@ class PgConnection:
                         own = await self._write_events(tx)
                     for last in tx.last:
                         await last(tx)
-            except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
+                    committing = True
+            # A session the server ended as stalled (see `Store.open`) was rolled back
+            # before its commit: the transaction runs again, on a new connection.
+            except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure,
+                    pg_errors.IdleInTransactionSessionTimeout):
                 if attempt == _RETRIES - 1:
                     raise
                 await asyncio.sleep(0.001 * (attempt + 1))
+                continue
+            except psycopg.OperationalError:
+                # The connection went (a server restart, a failover): nothing of this
+                # transaction was committed unless the commit itself was under way, when
+                # whether it landed is unknown and the caller must hear of it.
+                lost += 1
+                if committing or lost > _LOST_RETRIES:
+                    raise
+                await asyncio.sleep(0.05 * 2 ** lost)
                 continue
             if own:
                 if asyncio.get_running_loop() is self._loop:

@@ -159,7 +159,7 @@ class GroupCommit:
         self._groups_lock = threading.Lock()
 
     # --- the connection thread -------------------------------------------------------
-    async def open(self) -> None:
+    async def open(self, stalled_session_s: float | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run, args=(ready,), name="jobgate-sqlite",
