@@ -335,5 +335,13 @@ def test_no_yt_dlp_at_all_is_a_clear_job_error(tmp_path: Path,
     with pytest.raises(ToolMissing, match=r"^yt-dlp is not installed on this server$") as info:
         downloads.ytdlp_command()
     assert isinstance(info.value, NonRetryable)
+    program = tmp_path / "yt-dlp"  # a yt-dlp of its own: its connections cannot be checked
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    assert downloads.ytdlp_command(check_addresses=False) == [str(program)]
+    with pytest.raises(NonRetryable, match="cannot be checked"):
+        downloads.ytdlp_command()
     monkeypatch.undo()
-    assert downloads.ytdlp_command() == [sys.executable, "-m", "yt_dlp"]  # the venv's
+    assert downloads.ytdlp_command(check_addresses=False) == [sys.executable, "-m", "yt_dlp"]
+    assert downloads.ytdlp_command(allow_networks=["10.0.0.0/8"]) == [
+        sys.executable, "-m", "jobgate.ytdlp_guard", "--allow=10.0.0.0/8"]

@@ -33,6 +33,7 @@ from typing import Any
 from jobgate.media import ToolMissing, missing_tools, redact
 from jobgate.progress import ProgressParser, SpotdlProgress, YtDlpProgress
 from jobgate.pychild import NonRetryable
+from jobgate.ytdlp_guard import REFUSED, UNCHECKED_PROGRAM
 
 _TERM_GRACE_S = 5.0  # after SIGTERM on a cancel, before SIGKILL
 _TAIL_LINES = 40  # kept for the error message
@@ -138,13 +139,21 @@ def run_program(argv: Sequence[str], parser: ProgressParser, ctx: Any,
 
 # --- yt-dlp -------------------------------------------------------------------------------
 
-def ytdlp_command() -> list[str]:
-    """How to run yt-dlp here: this Python's module, else the program on PATH."""
+def ytdlp_command(check_addresses: bool = True, allow_networks: Sequence[str] = ()
+                  ) -> list[str]:
+    """How to run yt-dlp here. Checking the addresses it connects to (every redirect and
+    look-up: `jobgate.ytdlp_guard`, public ones and `allow_networks` only) needs yt-dlp
+    as a module of this Python; unchecked, the `yt-dlp` program on PATH does too."""
     if importlib.util.find_spec("yt_dlp") is not None:
-        return [sys.executable, "-m", "yt_dlp"]
+        if not check_addresses:
+            return [sys.executable, "-m", "yt_dlp"]
+        return [sys.executable, "-m", "jobgate.ytdlp_guard",
+                *(f"--allow={net}" for net in allow_networks)]
     found = shutil.which("yt-dlp")
     if found is None:
         raise ToolMissing("yt-dlp")
+    if check_addresses:
+        raise NonRetryable(UNCHECKED_PROGRAM)
     return [found]
 
 
@@ -174,7 +183,11 @@ def download_argv(command: Sequence[str], url: str, output_dir: Path, scratch: P
 
 def ytdlp_error(ran: Ran) -> Exception:
     """The job's error for a failed yt-dlp run: NonRetryable when trying again cannot
-    help, RuntimeError otherwise; the message is yt-dlp's own ERROR line."""
+    help, RuntimeError otherwise; the message is yt-dlp's own ERROR line, or the refused
+    address when it was sent somewhere the kind may not reach."""
+    refused = [line for line in ran.tail if line.startswith(REFUSED)]
+    if refused:  # the same address next time: not retried
+        return NonRetryable("yt-dlp: " + refused[0].removeprefix("[jobgate] "))
     errors = [line for line in ran.tail if line.startswith("ERROR:")]
     usage = [line for line in ran.tail if line.startswith(("yt-dlp: error:", "Usage:"))]
     text = (errors or usage or ran.tail or [f"exit code {ran.code}"])[-1]
@@ -203,12 +216,18 @@ def _files(folder: Path) -> list[str]:
 
 
 def download_job(ctx: Any, url: str, format: str = "auto", audio_only: bool = False,
-                 audio_format: str = "mp3", playlist: bool = False,
-                 max_items: int = 50) -> dict[str, Any]:
+                 audio_format: str = "mp3", playlist: bool = False, max_items: int = 50,
+                 *, check_addresses: bool = True, allow_networks: Sequence[str] = ()
+                 ) -> dict[str, Any]:
     """The `download` recipe: yt-dlp into the job's folder, a percent with speed and ETA
     ("item 3 of 10: 4.20MiB at 1.20MiB/s, ETA 00:03"), the items' metadata as the result
-    (`items`, and a single item's fields at the top), the files as outputs."""
-    command = ytdlp_command()
+    (`items`, and a single item's fields at the top), the files as outputs.
+
+    Every connection yt-dlp makes (redirects, the media addresses a page names, each DNS
+    look-up) goes to a public address or one of `allow_networks` only, unless
+    `check_addresses` is off (`download_job_any_address`, for `allow_private_urls`); a
+    refused one fails the job at once, naming the address."""
+    command = ytdlp_command(check_addresses, allow_networks)
     if audio_only and missing_tools(["ffmpeg"]):
         raise ToolMissing("ffmpeg")
     output_dir = ctx.output_dir
@@ -247,6 +266,15 @@ def download_job(ctx: Any, url: str, format: str = "auto", audio_only: bool = Fa
     ctx.progress(100.0, f"{len(files)} file{'s' if len(files) != 1 else ''}, "
                         f"{total / 1_000_000:.1f} MB")
     return result
+
+
+def download_job_any_address(ctx: Any, url: str, format: str = "auto",
+                              audio_only: bool = False, audio_format: str = "mp3",
+                              playlist: bool = False, max_items: int = 50) -> dict[str, Any]:
+    """The `download` recipe of a kind with `allow_private_urls = true`: yt-dlp may
+    connect anywhere, loopback and private networks included."""
+    return download_job(ctx, url, format, audio_only, audio_format, playlist, max_items,
+                        check_addresses=False)
 
 
 def _size(path: Path) -> int:
