@@ -115,6 +115,9 @@ class Probe:
     format_name: str | None
     size_bytes: int | None
     bit_rate_kbps: float | None
+    # The first video stream's own bitrate; a container that does not say it per stream
+    # (Matroska, WebM): the whole file's less the audio's.
+    video_bit_rate_kbps: float | None = None
 
 
 def probe(path: str | Path) -> Probe:
@@ -149,6 +152,10 @@ def parse_probe(data: dict[str, Any]) -> Probe:
     rate = _float(fmt.get("bit_rate"))
     size = _float(fmt.get("size"))
     first_video = video[0] if video else {}
+    video_rate = _float(first_video.get("bit_rate"))
+    if video_rate is None and video and rate is not None:
+        audio_rates = [r for s in audio if (r := _float(s.get("bit_rate"))) is not None]
+        video_rate = rate - sum(audio_rates) if rate > sum(audio_rates) else None
     return Probe(
         duration_s=duration if duration and duration > 0 else None,
         has_video=bool(video), has_audio=bool(audio),
@@ -158,6 +165,7 @@ def parse_probe(data: dict[str, Any]) -> Probe:
         format_name=fmt.get("format_name"),
         size_bytes=int(size) if size is not None else None,
         bit_rate_kbps=rate / 1000 if rate is not None else None,
+        video_bit_rate_kbps=video_rate / 1000 if video_rate is not None else None,
     )
 
 
@@ -217,6 +225,7 @@ def compress_argv(
     has_audio: bool = True,
     passlog: str | Path | None = None,
     two_pass: bool = True,
+    max_video_kbps: float | None = None,
 ) -> list[list[str]]:
     """The ffmpeg commands (one, or two for two-pass) that compress `input` to `output`.
 
@@ -227,7 +236,9 @@ def compress_argv(
     two-pass statistics prefix: keep it out of the job's folder (its files would become
     outputs). Each command reports on stdout with `-progress pipe:1 -nostats`, which the
     "ffmpeg" progress parser reads; the output gets `-movflags +faststart` when it is
-    mp4/mov, so a browser plays it before it has all of it.
+    mp4/mov, so a browser plays it before it has all of it. `max_video_kbps` (the
+    input's own video bitrate) caps the bitrate a target size works out to: a target
+    above what the input has would make a bigger file of no better picture.
     """
     chosen = [name for name, value in (("target_mb", target_mb),
                                        ("bitrate_kbps", bitrate_kbps), ("crf", crf))
@@ -255,6 +266,8 @@ def compress_argv(
         bitrate_kbps = video_bitrate_kbps(target_mb, duration_s,
                                           audio_kbps if audio and audio_codec != "copy"
                                           else 0)
+        if max_video_kbps is not None:
+            bitrate_kbps = min(bitrate_kbps, max(int(max_video_kbps), MIN_VIDEO_KBPS))
     elif bitrate_kbps is not None and bitrate_kbps < MIN_VIDEO_KBPS:
         raise ValueError(f"video bitrate must be at least {MIN_VIDEO_KBPS} kb/s")
     elif crf is not None and not 0 <= crf <= 63:
@@ -287,6 +300,20 @@ def compress_argv(
                   *tail, local_path(output)]
         return [first, second]
     return [[*head, *video, *sound, *report, *tail, local_path(output)]]
+
+
+def remux_argv(input: str | Path, output: str | Path, audio: bool = True) -> list[str]:
+    """The ffmpeg command that copies `input`'s first video and audio streams into
+    `output` as they are (no encoding), with `-movflags +faststart` for mp4/mov."""
+    final = Path(output).with_suffix("") if Path(output).suffix == PART_SUFFIX \
+        else Path(output)
+    suffix = final.suffix.lower()
+    muxer = (["-f", _MUXERS.get(suffix, "mp4")] if final != Path(output) else [])
+    return [_tool("ffmpeg"), "-hide_banner", "-nostdin", "-y", "-i", local_path(input),
+            "-map", "0:v:0", *(["-map", "0:a:0?"] if audio else []), "-c", "copy",
+            *([] if audio else ["-an"]), "-progress", "pipe:1", "-nostats",
+            *(["-movflags", "+faststart"] if suffix in _FASTSTART_SUFFIXES else []),
+            *muxer, local_path(output)]
 
 
 # --- running ffmpeg with progress ---------------------------------------------------------
@@ -530,12 +557,37 @@ def compress_job(ctx: _Context, input: str,  # named as the recipe's argument
     # A stop too hard to clean up after (SIGKILL, a power cut) leaves `out.mp4.part`,
     # never a truncated `out.mp4` that looks finished.
     partial = output.with_name(output.name + PART_SUFFIX)
+    audio = info.has_audio and audio_kbps > 0
+    size_in = Path(input).stat().st_size
+    if target_mb is not None and size_in <= target_mb * BYTES_PER_MB:
+        # Encoding what already fits only makes it bigger or worse: its own streams are
+        # copied (a new container, +faststart) when the container takes them.
+        kept = _copy_streams(ctx, input, partial, audio, info.duration_s)
+        if kept is not None and kept <= target_mb * BYTES_PER_MB:
+            partial.replace(output)
+            ctx.progress(100.0, f"already under {target_mb:g} MB: kept at "
+                                f"{kept / BYTES_PER_MB:.2f} MB (streams copied)")
+            return {"output": output.name, "size_bytes": kept,
+                    "duration_s": info.duration_s, "target_mb": target_mb, "passes": 1,
+                    "streams_copied": True}
+        partial.unlink(missing_ok=True)
+    own_kbps = info.video_bit_rate_kbps
+    note = ""
+    if target_mb is not None and own_kbps is not None and info.duration_s:
+        with contextlib.suppress(ValueError):  # compress_argv says what is wrong
+            allowed = video_bitrate_kbps(target_mb, info.duration_s,
+                                         audio_kbps if audio and audio_codec != "copy"
+                                         else 0)
+            if own_kbps < allowed:
+                note = (f"; its video is at {own_kbps:.0f} kb/s, under the {allowed} kb/s "
+                        "the target allows: encoded at its own bitrate")
     with tempfile.TemporaryDirectory(prefix="jobgate-passlog-") as scratch:
         try:
             commands = compress_argv(input, partial, target_mb, bitrate_kbps, crf,
                                      video_codec, audio_codec, audio_kbps, preset,
                                      info.duration_s, info.has_audio,
-                                     passlog=Path(scratch) / "pass")
+                                     passlog=Path(scratch) / "pass",
+                                     max_video_kbps=own_kbps)
         except ValueError as exc:
             raise BadInput(str(exc)) from None
         for number, argv in enumerate(commands, 1):
@@ -550,9 +602,27 @@ def compress_job(ctx: _Context, input: str,  # named as the recipe's argument
         partial.replace(output)
     size = output.stat().st_size
     ctx.progress(100.0, f"{size / BYTES_PER_MB:.2f} MB"
-                 + (f" (target {target_mb:g} MB)" if target_mb is not None else ""))
+                 + (f" (target {target_mb:g} MB{note})" if target_mb is not None else ""))
     return {"output": output.name, "size_bytes": size, "duration_s": info.duration_s,
             "target_mb": target_mb, "passes": len(commands)}
+
+
+def _copy_streams(ctx: _Context, input: str, partial: Path, audio: bool,
+                  duration_s: float | None) -> int | None:
+    """Copy `input`'s streams into `partial` with progress; its size, or None (and no
+    file) when the container cannot hold them."""
+    argv = remux_argv(input, partial, audio)
+    ctx.log("[jobgate] copying the streams: " + redact(" ".join(argv), argv))
+    try:
+        run_ffmpeg(argv, _reporter(ctx), duration_s, lambda: ctx.cancelled)
+    except CommandFailed as exc:
+        partial.unlink(missing_ok=True)
+        ctx.log(f"[jobgate] the streams cannot be copied ({exc}): encoding instead")
+        return None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return partial.stat().st_size
 
 
 def _number_arg(name: str, value: Any) -> float | None:
