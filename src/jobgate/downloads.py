@@ -10,8 +10,9 @@ installed on this server").
 yt-dlp runs as `python -m yt_dlp` when this Python has the module (`jobgate[media]`),
 else as the `yt-dlp` program on PATH; spotdl pins libraries of its own, so it is always
 the `spotdl` program (installed with `uv tool install spotdl` or `pipx install spotdl`).
-Nothing a user gives becomes an option: the address comes after `--`, the format as
-`--format=VALUE`, the rest are choices from the kind's schema.
+Nothing a user gives becomes an option: yt-dlp's address comes after `--`, spotdl's (its
+parser takes no `--`) is a checked http(s) URL, the format is `--format=VALUE`, the rest
+are choices from the kind's schema.
 """
 
 from __future__ import annotations
@@ -290,9 +291,15 @@ SPOTDL_TEMPLATE = "{artists} - {title}.{output-ext}"
 
 
 def spotdl_argv(program: str, url: str, output_dir: Path, format: str = "mp3") -> list[str]:
-    """spotdl 4's argv: songs of `url` into `output_dir` as "Artist - Title.mp3"."""
-    return [program, "download", "--output", str(output_dir / SPOTDL_TEMPLATE),
-            "--format", format, "--", url]
+    """spotdl 4's argv: songs of `url` into `output_dir` as "Artist - Title.mp3".
+
+    Its options come first and the address last: spotdl's parser refuses `--` and any
+    option after the operation (`download --output …` is a usage error). The address
+    cannot pass for an option: a `url` argument starts with http:// or https://."""
+    if not url.startswith(("http://", "https://")):
+        raise NonRetryable(f"spotdl: expected an http(s) address, got {url[:80]!r}")
+    return [program, "--output", str(output_dir / SPOTDL_TEMPLATE), "--format", format,
+            "download", url]
 
 
 def spotdl_error(ran: Ran) -> Exception:
