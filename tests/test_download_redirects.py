@@ -50,7 +50,11 @@ class Site:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                if self.path.startswith("/page/"):
+                if self.path == "/live.m3u8":  # no #EXT-X-ENDLIST: a live stream
+                    body = (b"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:4\n"
+                            b"#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:4.0,\nseg0.ts\n")
+                    kind = "application/vnd.apple.mpegurl"
+                elif self.path.startswith("/page/"):
                     src = "http://" + self.path[len("/page/"):]
                     body = (f"<html><head><title>a page</title></head><body>"
                             f'<video src="{src}"></video></body></html>').encode()
@@ -167,6 +171,16 @@ def test_a_page_whose_media_is_at_a_refused_address_is_refused(
                     f"http://{allowed_site.authority}/page/{local_site.authority}/clip.mp4")
     assert "refused a connection to 127.0.0.1" in error, error
     assert len(local_site.paths) == before
+
+
+def test_a_stream_yt_dlp_would_hand_to_ffmpeg_is_refused(tmp_path: Path,
+                                                         allowed_site: Site) -> None:
+    # yt-dlp records a live HLS stream with ffmpeg, which would fetch every segment
+    # where this process cannot check it.
+    error = refused(tmp_path, f"http://{allowed_site.authority}/live.m3u8")
+    assert error.startswith("yt-dlp: refused a connection to 127.0.0.2: yt-dlp would hand "
+                            "the address to ffmpeg"), error
+    assert "/seg0.ts" not in allowed_site.paths
 
 
 def test_the_first_address_is_checked_again_when_the_job_runs(tmp_path: Path,

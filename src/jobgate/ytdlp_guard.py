@@ -24,6 +24,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from jobgate.addresses import is_public, parse_address
 
@@ -88,9 +89,10 @@ def _refuse_other_programs() -> None:
 
     def refuse(fd: Any, filename: str, info_dict: dict[str, Any]) -> bool:
         name = fd.get_basename()
-        print(f"{REFUSED} the address of {info_dict.get('id', 'an item')}: yt-dlp would "
-              f"hand it to {name}, whose connections cannot be checked",
-              file=sys.stderr, flush=True)
+        host = urlsplit(str(info_dict.get("url") or "")).hostname or "its address"
+        print(f"{REFUSED} {host}: yt-dlp would hand the address to {name} (a live "
+              f"stream, or a protocol it cannot fetch itself), whose connections jobgate "
+              "cannot check", file=sys.stderr, flush=True)
         fd.report_error(f"jobgate does not let yt-dlp hand an address to {name}")
         return False
 
