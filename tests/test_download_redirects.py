@@ -10,6 +10,8 @@ checked when the job is submitted."""
 from __future__ import annotations
 
 import http.server
+import importlib.util
+import os
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -19,11 +21,12 @@ from typing import Any
 import pytest
 
 from conftest import running_server
-from jobgate.config import ConfigError
+from jobgate.config import ConfigError, load_settings
 from jobgate.downloads import download_job, download_job_any_address
 from jobgate.kinds import parse_kind
 from jobgate.pychild import JobContext, NonRetryable
-from jobgate.recipes import kind_table
+from jobgate.recipes import kind_table, missing_tools_warnings
+from jobgate.ytdlp_guard import UNCHECKED_PROGRAM
 from recipe_helpers import api
 
 BODY = b"\0\0\0\x18ftypmp42" + b"\0" * 4000  # what the generic extractor takes for an mp4
@@ -208,6 +211,23 @@ def test_allow_private_urls_picks_the_unchecked_function() -> None:
     assert checked.function == "jobgate.downloads:download_job"
     assert unchecked.function == "jobgate.downloads:download_job_any_address"
     assert unchecked.allow_private_urls and not checked.allow_private_urls
+
+
+def test_a_yt_dlp_program_without_the_module_is_a_warning_at_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "jobgate.toml"
+    path.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n'
+                    '[kinds.grab]\nrecipe = "download"\n'
+                    '[kinds.grab_local]\nrecipe = "download"\nallow_private_urls = true\n')
+    settings = load_settings(path, env={})
+    program = tmp_path / "bin" / "yt-dlp"
+    program.parent.mkdir()
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{program.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    lines = [line for line in missing_tools_warnings(settings) if "yt-dlp" in line]
+    assert lines == [f"kind grab: {UNCHECKED_PROGRAM}; its jobs fail"]  # grab_local runs it
 
 
 CONFIG = """

@@ -221,7 +221,8 @@ def missing_tools_warnings(settings: Settings) -> list[str]:
 
 def _how_to_install(tool: str) -> str:
     hints = {"ffmpeg": "apt-get install ffmpeg", "ffprobe": "apt-get install ffmpeg",
-             "yt-dlp": "uv sync --extra media, or uv tool install yt-dlp",
+             # the module: the program alone cannot have its connections checked
+             "yt-dlp": "uv sync --extra media",
              "spotdl": "uv tool install spotdl, or pipx install spotdl"}
     return f" ({hints[tool]})" if tool in hints else ""
 
