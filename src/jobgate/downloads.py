@@ -7,9 +7,12 @@ RuntimeError (the kind's `max_attempts` retries it), a 404, an unsupported addre
 bad argument is `NonRetryable`. A program missing here is `ToolMissing` ("yt-dlp is not
 installed on this server").
 
-yt-dlp runs as `python -m yt_dlp` when this Python has the module (`jobgate[media]`),
-else as the `yt-dlp` program on PATH; spotdl pins libraries of its own, so it is always
-the `spotdl` program (installed with `uv tool install spotdl` or `pipx install spotdl`).
+yt-dlp runs as `python -m jobgate.ytdlp_guard` (yt-dlp with every connection checked
+against the kind's address rule: redirects, media addresses, DNS look-ups), which needs
+the `yt_dlp` module in this Python (`jobgate[media]`); a kind with `allow_private_urls =
+true` runs it unchecked, as `python -m yt_dlp` or the `yt-dlp` program on PATH. spotdl
+pins libraries of its own, so it is always the `spotdl` program (installed with `uv tool
+install spotdl` or `pipx install spotdl`); its connections are not checked.
 Nothing a user gives becomes an option: yt-dlp's address comes after `--`, spotdl's (its
 parser takes no `--`) is a checked http(s) URL, the format is `--format=VALUE`, the rest
 are choices from the kind's schema.
