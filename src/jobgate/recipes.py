@@ -92,7 +92,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("analyze", {
         "description": "Audio analysis with ffmpeg: duration, loudness (LUFS, true peak), "
                        "silences and levels, as the result and analysis.json",
-        "function": "jobgate.media:analyze_job",
+        "function": "jobgate.analysis:analyze_job",
         "memory_mb": 150,
         "timeout": "30m",
         "max_running": 2,
