@@ -10,10 +10,11 @@ recipe's (so `args.target_mb = { default = 8 }` changes only that default):
     recipe = "compress"
     max_running = 2
 
-The recipes: `compress` and `analyze` (ffmpeg, `jobgate.media`), `download` (yt-dlp) and
-`music` (spotdl), both in `jobgate.downloads`. `missing_tools_warnings` is the start-up
-check of `jobgate serve` and `jobgate worker`: the programs the configured kinds need
-that this machine lacks, one line each.
+The recipes: `compress` (ffmpeg, `jobgate.media`), `analyze` (ffmpeg, `jobgate.analysis`),
+`download` (yt-dlp) and `music` (spotdl), both in `jobgate.downloads`; a `download` kind
+with `allow_private_urls = true` runs `download_job_any_address` (its connections are not
+checked). `missing_tools_warnings` is the start-up check of `jobgate serve` and `jobgate
+worker`: the programs the configured kinds need that this machine lacks, one line each.
 """
 
 from __future__ import annotations
