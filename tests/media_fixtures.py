@@ -32,13 +32,14 @@ def ffmpeg(*args: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def make_video(path: Path, duration_s: float = 10.0, size: str = "320x180") -> Path:
+def make_video(path: Path, duration_s: float = 10.0, size: str = "320x180",
+               crf: int = 20) -> Path:
     """A hard-to-compress clip (moving test pattern, grain) with a 440 Hz tone, at high
-    quality, so that compressing it to a few MB has to drop real bits."""
+    quality (`crf`), so that compressing it to a few MB has to drop real bits."""
     ffmpeg("-f", "lavfi", "-i", f"testsrc2=duration={duration_s:g}:size={size}:rate=25",
            "-f", "lavfi", "-i", f"sine=frequency=440:duration={duration_s:g}",
            "-vf", "noise=alls=20:allf=t", "-c:v", "libx264", "-preset", "ultrafast",
-           "-crf", "20", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "192k",
+           "-crf", str(crf), "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "192k",
            str(path))
     return path
 

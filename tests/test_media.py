@@ -14,12 +14,11 @@ from typing import Any
 import pytest
 
 from jobgate import media
+from jobgate.analysis import analyze, analyze_job
 from jobgate.media import (
     BYTES_PER_MB,
     BadInput,
     ToolMissing,
-    analyze,
-    analyze_job,
     compress_argv,
     compress_job,
     missing_tools,

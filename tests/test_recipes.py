@@ -229,8 +229,8 @@ def test_missing_tools_warnings_name_the_kind_and_the_program(
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # nothing on PATH at all
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     lines = missing_tools_warnings(settings)
-    assert "kind grab: yt-dlp is not installed on this server (uv sync --extra media, or " \
-           "uv tool install yt-dlp)" in lines
+    assert "kind grab: yt-dlp is not installed on this server (uv sync --extra media)" \
+        in lines
     assert any(line.startswith("kind grab: ffmpeg is not installed") and "audio_only" in line
                for line in lines)
     assert any(line.startswith("kind songs: spotdl is not installed") for line in lines)

@@ -140,12 +140,12 @@ import time
 from pathlib import Path
 
 args = sys.argv[1:]
-# The shape jobgate must call: download --output TEMPLATE --format FMT -- URL
-if len(args) != 7 or args[0] != "download" or args[1] != "--output" or args[3] != "--format" \\
-        or args[5] != "--":
+# The shape jobgate must call (the one the real spotDL 4.6 accepts, tests/test_spotdl.py):
+# --output TEMPLATE --format FMT download URL
+if len(args) != 6 or args[0] != "--output" or args[2] != "--format" or args[4] != "download":
     print("usage: spotdl [-h] ... error: unexpected arguments", args)
     sys.exit(2)
-template, fmt, url = args[2], args[4], args[6]
+template, fmt, url = args[1], args[3], args[5]
 if url.endswith("/nothing"):
     print("Processing query: " + url)
     print("LookupError: No results found for song: Nobody - Nothing")
@@ -257,7 +257,7 @@ def test_the_address_comes_after_a_double_dash(tmp_path: Path) -> None:
     assert argv[-2:] == ["--", "https://example.com/v"]
     assert "--format=bv*+ba/b" in argv and "--ignore-config" in argv
     music = spotdl_argv("spotdl", "https://open.spotify.com/track/x", tmp_path)
-    assert music[-2:] == ["--", "https://open.spotify.com/track/x"]
+    assert music[-2:] == ["download", "https://open.spotify.com/track/x"]  # no `--` in it
 
 
 def test_cancel_mid_download_leaves_no_process_and_no_finished_file(
@@ -335,5 +335,13 @@ def test_no_yt_dlp_at_all_is_a_clear_job_error(tmp_path: Path,
     with pytest.raises(ToolMissing, match=r"^yt-dlp is not installed on this server$") as info:
         downloads.ytdlp_command()
     assert isinstance(info.value, NonRetryable)
+    program = tmp_path / "yt-dlp"  # a yt-dlp of its own: its connections cannot be checked
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    assert downloads.ytdlp_command(check_addresses=False) == [str(program)]
+    with pytest.raises(NonRetryable, match="cannot be checked"):
+        downloads.ytdlp_command()
     monkeypatch.undo()
-    assert downloads.ytdlp_command() == [sys.executable, "-m", "yt_dlp"]  # the venv's
+    assert downloads.ytdlp_command(check_addresses=False) == [sys.executable, "-m", "yt_dlp"]
+    assert downloads.ytdlp_command(allow_networks=["10.0.0.0/8"]) == [
+        sys.executable, "-m", "jobgate.ytdlp_guard", "--allow=10.0.0.0/8"]

@@ -7,11 +7,15 @@ RuntimeError (the kind's `max_attempts` retries it), a 404, an unsupported addre
 bad argument is `NonRetryable`. A program missing here is `ToolMissing` ("yt-dlp is not
 installed on this server").
 
-yt-dlp runs as `python -m yt_dlp` when this Python has the module (`jobgate[media]`),
-else as the `yt-dlp` program on PATH; spotdl pins libraries of its own, so it is always
-the `spotdl` program (installed with `uv tool install spotdl` or `pipx install spotdl`).
-Nothing a user gives becomes an option: the address comes after `--`, the format as
-`--format=VALUE`, the rest are choices from the kind's schema.
+yt-dlp runs as `python -m jobgate.ytdlp_guard` (yt-dlp with every connection checked
+against the kind's address rule: redirects, media addresses, DNS look-ups), which needs
+the `yt_dlp` module in this Python (`jobgate[media]`); a kind with `allow_private_urls =
+true` runs it unchecked, as `python -m yt_dlp` or the `yt-dlp` program on PATH. spotdl
+pins libraries of its own, so it is always the `spotdl` program (installed with `uv tool
+install spotdl` or `pipx install spotdl`); its connections are not checked.
+Nothing a user gives becomes an option: yt-dlp's address comes after `--`, spotdl's (its
+parser takes no `--`) is a checked http(s) URL, the format is `--format=VALUE`, the rest
+are choices from the kind's schema.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 from jobgate.media import ToolMissing, missing_tools, redact
 from jobgate.progress import ProgressParser, SpotdlProgress, YtDlpProgress
 from jobgate.pychild import NonRetryable
+from jobgate.ytdlp_guard import REFUSED, UNCHECKED_PROGRAM
 
 _TERM_GRACE_S = 5.0  # after SIGTERM on a cancel, before SIGKILL
 _TAIL_LINES = 40  # kept for the error message
@@ -138,13 +143,21 @@ def run_program(argv: Sequence[str], parser: ProgressParser, ctx: Any,
 
 # --- yt-dlp -------------------------------------------------------------------------------
 
-def ytdlp_command() -> list[str]:
-    """How to run yt-dlp here: this Python's module, else the program on PATH."""
+def ytdlp_command(check_addresses: bool = True, allow_networks: Sequence[str] = ()
+                  ) -> list[str]:
+    """How to run yt-dlp here. Checking the addresses it connects to (every redirect and
+    look-up: `jobgate.ytdlp_guard`, public ones and `allow_networks` only) needs yt-dlp
+    as a module of this Python; unchecked, the `yt-dlp` program on PATH does too."""
     if importlib.util.find_spec("yt_dlp") is not None:
-        return [sys.executable, "-m", "yt_dlp"]
+        if not check_addresses:
+            return [sys.executable, "-m", "yt_dlp"]
+        return [sys.executable, "-m", "jobgate.ytdlp_guard",
+                *(f"--allow={net}" for net in allow_networks)]
     found = shutil.which("yt-dlp")
     if found is None:
         raise ToolMissing("yt-dlp")
+    if check_addresses:
+        raise NonRetryable(UNCHECKED_PROGRAM)
     return [found]
 
 
@@ -174,7 +187,11 @@ def download_argv(command: Sequence[str], url: str, output_dir: Path, scratch: P
 
 def ytdlp_error(ran: Ran) -> Exception:
     """The job's error for a failed yt-dlp run: NonRetryable when trying again cannot
-    help, RuntimeError otherwise; the message is yt-dlp's own ERROR line."""
+    help, RuntimeError otherwise; the message is yt-dlp's own ERROR line, or the refused
+    address when it was sent somewhere the kind may not reach."""
+    refused = [line for line in ran.tail if line.startswith(REFUSED)]
+    if refused:  # the same address next time: not retried
+        return NonRetryable("yt-dlp: " + refused[0].removeprefix("[jobgate] "))
     errors = [line for line in ran.tail if line.startswith("ERROR:")]
     usage = [line for line in ran.tail if line.startswith(("yt-dlp: error:", "Usage:"))]
     text = (errors or usage or ran.tail or [f"exit code {ran.code}"])[-1]
@@ -203,12 +220,18 @@ def _files(folder: Path) -> list[str]:
 
 
 def download_job(ctx: Any, url: str, format: str = "auto", audio_only: bool = False,
-                 audio_format: str = "mp3", playlist: bool = False,
-                 max_items: int = 50) -> dict[str, Any]:
+                 audio_format: str = "mp3", playlist: bool = False, max_items: int = 50,
+                 *, check_addresses: bool = True, allow_networks: Sequence[str] = ()
+                 ) -> dict[str, Any]:
     """The `download` recipe: yt-dlp into the job's folder, a percent with speed and ETA
     ("item 3 of 10: 4.20MiB at 1.20MiB/s, ETA 00:03"), the items' metadata as the result
-    (`items`, and a single item's fields at the top), the files as outputs."""
-    command = ytdlp_command()
+    (`items`, and a single item's fields at the top), the files as outputs.
+
+    Every connection yt-dlp makes (redirects, the media addresses a page names, each DNS
+    look-up) goes to a public address or one of `allow_networks` only, unless
+    `check_addresses` is off (`download_job_any_address`, for `allow_private_urls`); a
+    refused one fails the job at once, naming the address."""
+    command = ytdlp_command(check_addresses, allow_networks)
     if audio_only and missing_tools(["ffmpeg"]):
         raise ToolMissing("ffmpeg")
     output_dir = ctx.output_dir
@@ -249,6 +272,15 @@ def download_job(ctx: Any, url: str, format: str = "auto", audio_only: bool = Fa
     return result
 
 
+def download_job_any_address(ctx: Any, url: str, format: str = "auto",
+                              audio_only: bool = False, audio_format: str = "mp3",
+                              playlist: bool = False, max_items: int = 50) -> dict[str, Any]:
+    """The `download` recipe of a kind with `allow_private_urls = true`: yt-dlp may
+    connect anywhere, loopback and private networks included."""
+    return download_job(ctx, url, format, audio_only, audio_format, playlist, max_items,
+                        check_addresses=False)
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -262,9 +294,15 @@ SPOTDL_TEMPLATE = "{artists} - {title}.{output-ext}"
 
 
 def spotdl_argv(program: str, url: str, output_dir: Path, format: str = "mp3") -> list[str]:
-    """spotdl 4's argv: songs of `url` into `output_dir` as "Artist - Title.mp3"."""
-    return [program, "download", "--output", str(output_dir / SPOTDL_TEMPLATE),
-            "--format", format, "--", url]
+    """spotdl 4's argv: songs of `url` into `output_dir` as "Artist - Title.mp3".
+
+    Its options come first and the address last: spotdl's parser refuses `--` and any
+    option after the operation (`download --output …` is a usage error). The address
+    cannot pass for an option: a `url` argument starts with http:// or https://."""
+    if not url.startswith(("http://", "https://")):
+        raise NonRetryable(f"spotdl: expected an http(s) address, got {url[:80]!r}")
+    return [program, "--output", str(output_dir / SPOTDL_TEMPLATE), "--format", format,
+            "download", url]
 
 
 def spotdl_error(ran: Ran) -> Exception:

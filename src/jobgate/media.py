@@ -1,10 +1,11 @@
-"""The media recipes' logic: probing, compress-to-size arithmetic and argv, audio analysis.
+"""The media recipes' logic: probing, compress-to-size arithmetic and argv, running ffmpeg.
 
 Everything runs Debian's `ffmpeg` / `ffprobe` as argv lists (never a shell); no Python
 library beyond the standard one. What lives here is pure or a thin wrapper around one
 program run, so the kinds' configuration (kinds.py, the shipped jobgate.toml) only names
-it: `analyze_job` and `compress_job` are Python kinds as they stand, `compress_argv`
-builds the commands for a command kind, `missing_tools` is the start-up check.
+it: `compress_job` is a Python kind as it stands (`analyze_job`, in jobgate.analysis,
+too), `compress_argv` builds the commands for a command kind, `missing_tools` is the
+start-up check.
 
 Units are in the names: `_s` seconds, `_mb` megabytes of 1,000,000 bytes (what upload
 limits mean), `_kbps` kilobits (1000 bits) per second, `_db` decibels.
@@ -92,7 +93,8 @@ def local_path(path: str | Path) -> str:
     return text if os.path.isabs(text) or text.startswith(("./", "../")) else f"./{text}"
 
 
-def _tool(name: str) -> str:
+def tool_path(name: str) -> str:
+    """Where the program `name` is on PATH; ToolMissing when it is not there."""
     path = shutil.which(name)
     if path is None:
         raise ToolMissing(name)
@@ -115,11 +117,14 @@ class Probe:
     format_name: str | None
     size_bytes: int | None
     bit_rate_kbps: float | None
+    # The first video stream's own bitrate; a container that does not say it per stream
+    # (Matroska, WebM): the whole file's less the audio's.
+    video_bit_rate_kbps: float | None = None
 
 
 def probe(path: str | Path) -> Probe:
     """ffprobe's reading of `path`; BadInput when it is not a media file ffprobe knows."""
-    argv = [_tool("ffprobe"), "-v", "error", "-print_format", "json", "-show_format",
+    argv = [tool_path("ffprobe"), "-v", "error", "-print_format", "json", "-show_format",
             "-show_streams", "--", local_path(path)]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, errors="replace",
@@ -142,13 +147,17 @@ def parse_probe(data: dict[str, Any]) -> Probe:
     video = [s for s in streams if s.get("codec_type") == "video"
              and not (s.get("disposition") or {}).get("attached_pic")]
     audio = [s for s in streams if s.get("codec_type") == "audio"]
-    duration = _float(fmt.get("duration"))
+    duration = finite_float(fmt.get("duration"))
     if duration is None:
-        lengths = [d for s in streams if (d := _float(s.get("duration"))) is not None]
+        lengths = [d for s in streams if (d := finite_float(s.get("duration"))) is not None]
         duration = max(lengths) if lengths else None
-    rate = _float(fmt.get("bit_rate"))
-    size = _float(fmt.get("size"))
+    rate = finite_float(fmt.get("bit_rate"))
+    size = finite_float(fmt.get("size"))
     first_video = video[0] if video else {}
+    video_rate = finite_float(first_video.get("bit_rate"))
+    if video_rate is None and video and rate is not None:
+        audio_rates = [r for s in audio if (r := finite_float(s.get("bit_rate"))) is not None]
+        video_rate = rate - sum(audio_rates) if rate > sum(audio_rates) else None
     return Probe(
         duration_s=duration if duration and duration > 0 else None,
         has_video=bool(video), has_audio=bool(audio),
@@ -158,10 +167,12 @@ def parse_probe(data: dict[str, Any]) -> Probe:
         format_name=fmt.get("format_name"),
         size_bytes=int(size) if size is not None else None,
         bit_rate_kbps=rate / 1000 if rate is not None else None,
+        video_bit_rate_kbps=video_rate / 1000 if video_rate is not None else None,
     )
 
 
-def _float(value: Any) -> float | None:
+def finite_float(value: Any) -> float | None:
+    """`value` as a finite float (ffprobe's and ffmpeg's numbers come as text), or None."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -217,6 +228,7 @@ def compress_argv(
     has_audio: bool = True,
     passlog: str | Path | None = None,
     two_pass: bool = True,
+    max_video_kbps: float | None = None,
 ) -> list[list[str]]:
     """The ffmpeg commands (one, or two for two-pass) that compress `input` to `output`.
 
@@ -227,7 +239,9 @@ def compress_argv(
     two-pass statistics prefix: keep it out of the job's folder (its files would become
     outputs). Each command reports on stdout with `-progress pipe:1 -nostats`, which the
     "ffmpeg" progress parser reads; the output gets `-movflags +faststart` when it is
-    mp4/mov, so a browser plays it before it has all of it.
+    mp4/mov, so a browser plays it before it has all of it. `max_video_kbps` (the
+    input's own video bitrate) caps the bitrate a target size works out to: a target
+    above what the input has would make a bigger file of no better picture.
     """
     chosen = [name for name, value in (("target_mb", target_mb),
                                        ("bitrate_kbps", bitrate_kbps), ("crf", crf))
@@ -255,12 +269,14 @@ def compress_argv(
         bitrate_kbps = video_bitrate_kbps(target_mb, duration_s,
                                           audio_kbps if audio and audio_codec != "copy"
                                           else 0)
+        if max_video_kbps is not None:
+            bitrate_kbps = min(bitrate_kbps, max(int(max_video_kbps), MIN_VIDEO_KBPS))
     elif bitrate_kbps is not None and bitrate_kbps < MIN_VIDEO_KBPS:
         raise ValueError(f"video bitrate must be at least {MIN_VIDEO_KBPS} kb/s")
     elif crf is not None and not 0 <= crf <= 63:
         raise ValueError(f"crf must be from 0 to 63, got {crf}")
 
-    ffmpeg = _tool("ffmpeg")
+    ffmpeg = tool_path("ffmpeg")
     head = [ffmpeg, "-hide_banner", "-nostdin", "-y", "-i", local_path(input),
             "-map", "0:v:0?", "-map", "0:a:0?"]
     video = ["-c:v", video_codec]
@@ -289,9 +305,23 @@ def compress_argv(
     return [[*head, *video, *sound, *report, *tail, local_path(output)]]
 
 
+def remux_argv(input: str | Path, output: str | Path, audio: bool = True) -> list[str]:
+    """The ffmpeg command that copies `input`'s first video and audio streams into
+    `output` as they are (no encoding), with `-movflags +faststart` for mp4/mov."""
+    final = Path(output).with_suffix("") if Path(output).suffix == PART_SUFFIX \
+        else Path(output)
+    suffix = final.suffix.lower()
+    muxer = (["-f", _MUXERS.get(suffix, "mp4")] if final != Path(output) else [])
+    return [tool_path("ffmpeg"), "-hide_banner", "-nostdin", "-y", "-i", local_path(input),
+            "-map", "0:v:0", *(["-map", "0:a:0?"] if audio else []), "-c", "copy",
+            *([] if audio else ["-an"]), "-progress", "pipe:1", "-nostats",
+            *(["-movflags", "+faststart"] if suffix in _FASTSTART_SUFFIXES else []),
+            *muxer, local_path(output)]
+
+
 # --- running ffmpeg with progress ---------------------------------------------------------
 
-class _Context(Protocol):
+class JobParts(Protocol):
     """The parts of a job's context (jobgate.executor.JobContext, pychild.ChildContext)
     that these kinds use."""
 
@@ -388,117 +418,7 @@ def redact(text: str, argv: Sequence[str]) -> str:
     return text
 
 
-# --- analyze ------------------------------------------------------------------------------
-
-_EBUR_I = re.compile(r"^\s*I:\s*(\S+) LUFS")
-_EBUR_LRA = re.compile(r"^\s*LRA:\s*(\S+) LU\b")
-_EBUR_PEAK = re.compile(r"^\s*Peak:\s*(\S+) dB")
-_SILENCE_START = re.compile(r"\[silencedetect @ [^\]]*\] silence_start: (\S+)")
-_SILENCE_END = re.compile(r"\[silencedetect @ [^\]]*\] silence_end: (\S+)")
-_ASTATS = re.compile(r"\[Parsed_astats_\d+ @ [^\]]*\] ([^:]+): (\S+)")
-
-
-def analyze_argv(path: str | Path, silence_db: float = -50.0,
-                 min_silence_s: float = 0.5) -> list[str]:
-    """One ffmpeg pass measuring loudness (EBU R128 with true peak), silences and levels."""
-    chain = (f"ebur128=peak=true:framelog=verbose,"
-             f"silencedetect=noise={silence_db:g}dB:d={min_silence_s:g},"
-             f"astats=measure_perchannel=none")
-    return [_tool("ffmpeg"), "-hide_banner", "-nostdin", "-i", local_path(path),
-            "-map", "0:a:0",
-            "-af", chain, "-progress", "pipe:1", "-nostats", "-f", "null", "-"]
-
-
-def parse_analysis(lines: Iterable[str], duration_s: float | None) -> dict[str, Any]:
-    """The measures from ffmpeg's stderr for `analyze_argv`; -inf (silence) becomes None."""
-    loudness: dict[str, float | None] = {}
-    silences: list[dict[str, float | None]] = []
-    stats: dict[str, float | None] = {}
-    in_summary = in_overall = False
-    for line in lines:
-        if "Summary:" in line and "ebur128" in line:
-            in_summary = True
-        elif in_summary and (m := _EBUR_I.match(line)):
-            loudness["integrated_lufs"] = _level(m.group(1))
-        elif in_summary and (m := _EBUR_LRA.match(line)):
-            loudness["loudness_range_lu"] = _level(m.group(1))
-        elif in_summary and (m := _EBUR_PEAK.match(line)):
-            loudness["true_peak_dbtp"] = _level(m.group(1))
-        elif m := _SILENCE_START.search(line):
-            silences.append({"start_s": max(0.0, _level(m.group(1)) or 0.0),
-                             "end_s": None, "duration_s": None})
-        elif (m := _SILENCE_END.search(line)) and silences:
-            end = _level(m.group(1))
-            silences[-1]["end_s"] = end
-            if end is not None and silences[-1]["start_s"] is not None:
-                silences[-1]["duration_s"] = round(end - (silences[-1]["start_s"] or 0), 3)
-        elif (m := _ASTATS.search(line)) is not None:
-            name = m.group(1).strip()
-            if in_overall and name in ("RMS level dB", "Peak level dB", "RMS peak dB",
-                                         "Crest factor", "DC offset", "Dynamic range"):
-                stats[_snake(name)] = _level(m.group(2))
-        elif "astats" in line and line.rstrip().endswith("] Overall"):
-            in_overall = True  # the per-channel sections come first
-    if silences and silences[-1]["end_s"] is None and duration_s is not None:
-        # Silent to the end: silencedetect never saw it end.
-        start = silences[-1]["start_s"] or 0.0
-        silences[-1].update(end_s=round(duration_s, 3), duration_s=round(duration_s - start, 3))
-    if "integrated_lufs" not in loudness:
-        raise CommandFailed("ffmpeg printed no loudness summary (ebur128)")
-    return {
-        "duration_s": duration_s,
-        **loudness,
-        "silences": silences,
-        "silence_total_s": round(sum(s["duration_s"] or 0.0 for s in silences), 3),
-        "levels": stats,
-    }
-
-
-def _level(text: str) -> float | None:
-    value = _float(text)
-    return None if value is None else round(value, 3)
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", name.lower().replace(" db", "_db")).strip("_")
-
-
-def analyze(path: str | Path, silence_db: float = -50.0, min_silence_s: float = 0.5,
-            on_report: ReportFn | None = None,
-            cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
-    """Duration, loudness (integrated LUFS, true peak dBTP, range LU), silence spans and
-    levels (RMS, peak) of a file's first audio stream, as a JSON-ready dict."""
-    info = probe(path)
-    if not info.has_audio:
-        raise BadInput(f"{Path(path).name} has no audio stream")
-    lines = run_ffmpeg(analyze_argv(path, silence_db, min_silence_s), on_report,
-                       info.duration_s, cancelled)
-    result = parse_analysis(lines, info.duration_s)
-    result["audio_codec"] = info.audio_codec
-    result["silence_threshold_db"] = silence_db
-    return result
-
-
-def analyze_job(ctx: _Context, path: str, silence_db: float = -50.0,
-                min_silence_s: float = 0.5) -> dict[str, Any]:
-    """The `analyze` recipe as a Python kind: the result, also as `analysis.json`."""
-    result = analyze(path, silence_db, min_silence_s, _reporter(ctx),
-                     lambda: ctx.cancelled)
-    result["file"] = Path(path).name  # the name only: never the server's folders
-    (ctx.output_dir / "analysis.json").write_text(json.dumps(result, indent=2) + "\n")
-    ctx.progress(100.0, _analysis_message(result))
-    return result
-
-
-def _analysis_message(result: dict[str, Any]) -> str:
-    lufs, peak = result.get("integrated_lufs"), result.get("true_peak_dbtp")
-    parts = [f"{lufs:.1f} LUFS" if lufs is not None else "silent",
-             f"peak {peak:.1f} dBTP" if peak is not None else "",
-             f"{len(result['silences'])} silences" if result["silences"] else ""]
-    return ", ".join(p for p in parts if p)
-
-
-def compress_job(ctx: _Context, input: str,  # named as the recipe's argument
+def compress_job(ctx: JobParts, input: str,  # named as the recipe's argument
                  target_mb: float | None = None, bitrate_kbps: int | None = None,
                  crf: int | None = None, video_codec: str = "libx264",
                  audio_codec: str = "aac", audio_kbps: int = 128,
@@ -530,19 +450,44 @@ def compress_job(ctx: _Context, input: str,  # named as the recipe's argument
     # A stop too hard to clean up after (SIGKILL, a power cut) leaves `out.mp4.part`,
     # never a truncated `out.mp4` that looks finished.
     partial = output.with_name(output.name + PART_SUFFIX)
+    audio = info.has_audio and audio_kbps > 0
+    size_in = Path(input).stat().st_size
+    if target_mb is not None and size_in <= target_mb * BYTES_PER_MB:
+        # Encoding what already fits only makes it bigger or worse: its own streams are
+        # copied (a new container, +faststart) when the container takes them.
+        kept = _copy_streams(ctx, input, partial, audio, info.duration_s)
+        if kept is not None and kept <= target_mb * BYTES_PER_MB:
+            partial.replace(output)
+            ctx.progress(100.0, f"already under {target_mb:g} MB: kept at "
+                                f"{kept / BYTES_PER_MB:.2f} MB (streams copied)")
+            return {"output": output.name, "size_bytes": kept,
+                    "duration_s": info.duration_s, "target_mb": target_mb, "passes": 1,
+                    "streams_copied": True}
+        partial.unlink(missing_ok=True)
+    own_kbps = info.video_bit_rate_kbps
+    note = ""
+    if target_mb is not None and own_kbps is not None and info.duration_s:
+        with contextlib.suppress(ValueError):  # compress_argv says what is wrong
+            allowed = video_bitrate_kbps(target_mb, info.duration_s,
+                                         audio_kbps if audio and audio_codec != "copy"
+                                         else 0)
+            if own_kbps < allowed:
+                note = (f"; its video is at {own_kbps:.0f} kb/s, under the {allowed} kb/s "
+                        "the target allows: encoded at its own bitrate")
     with tempfile.TemporaryDirectory(prefix="jobgate-passlog-") as scratch:
         try:
             commands = compress_argv(input, partial, target_mb, bitrate_kbps, crf,
                                      video_codec, audio_codec, audio_kbps, preset,
                                      info.duration_s, info.has_audio,
-                                     passlog=Path(scratch) / "pass")
+                                     passlog=Path(scratch) / "pass",
+                                     max_video_kbps=own_kbps)
         except ValueError as exc:
             raise BadInput(str(exc)) from None
         for number, argv in enumerate(commands, 1):
             ctx.log(f"[jobgate] pass {number} of {len(commands)}: "
                     + redact(" ".join(argv), argv))
             try:
-                run_ffmpeg(argv, _reporter(ctx, number, len(commands)), info.duration_s,
+                run_ffmpeg(argv, job_reporter(ctx, number, len(commands)), info.duration_s,
                            lambda: ctx.cancelled)
             except BaseException:
                 partial.unlink(missing_ok=True)  # a truncated file is no result
@@ -550,15 +495,33 @@ def compress_job(ctx: _Context, input: str,  # named as the recipe's argument
         partial.replace(output)
     size = output.stat().st_size
     ctx.progress(100.0, f"{size / BYTES_PER_MB:.2f} MB"
-                 + (f" (target {target_mb:g} MB)" if target_mb is not None else ""))
+                 + (f" (target {target_mb:g} MB{note})" if target_mb is not None else ""))
     return {"output": output.name, "size_bytes": size, "duration_s": info.duration_s,
             "target_mb": target_mb, "passes": len(commands)}
+
+
+def _copy_streams(ctx: JobParts, input: str, partial: Path, audio: bool,
+                  duration_s: float | None) -> int | None:
+    """Copy `input`'s streams into `partial` with progress; its size, or None (and no
+    file) when the container cannot hold them."""
+    argv = remux_argv(input, partial, audio)
+    ctx.log("[jobgate] copying the streams: " + redact(" ".join(argv), argv))
+    try:
+        run_ffmpeg(argv, job_reporter(ctx), duration_s, lambda: ctx.cancelled)
+    except CommandFailed as exc:
+        partial.unlink(missing_ok=True)
+        ctx.log(f"[jobgate] the streams cannot be copied ({exc}): encoding instead")
+        return None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return partial.stat().st_size
 
 
 def _number_arg(name: str, value: Any) -> float | None:
     if value is None or value == "":
         return None
-    number = _float(value)
+    number = finite_float(value)
     if number is None:
         raise BadInput(f"{name} must be a number, got {value!r}")
     return number
@@ -571,7 +534,7 @@ def _int_arg(name: str, value: Any) -> int | None:
     return None if number is None else int(number)
 
 
-def _reporter(ctx: _Context, number: int = 1, count: int = 1) -> ReportFn:
+def job_reporter(ctx: JobParts, number: int = 1, count: int = 1) -> ReportFn:
     """Progress of pass `number` of `count` as a share of the whole job."""
     def on_report(report: Report) -> None:
         if report.warning:

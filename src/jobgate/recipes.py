@@ -10,10 +10,11 @@ recipe's (so `args.target_mb = { default = 8 }` changes only that default):
     recipe = "compress"
     max_running = 2
 
-The recipes: `compress` and `analyze` (ffmpeg, `jobgate.media`), `download` (yt-dlp) and
-`music` (spotdl), both in `jobgate.downloads`. `missing_tools_warnings` is the start-up
-check of `jobgate serve` and `jobgate worker`: the programs the configured kinds need
-that this machine lacks, one line each.
+The recipes: `compress` (ffmpeg, `jobgate.media`), `analyze` (ffmpeg, `jobgate.analysis`),
+`download` (yt-dlp) and `music` (spotdl), both in `jobgate.downloads`; a `download` kind
+with `allow_private_urls = true` runs `download_job_any_address` (its connections are not
+checked). `missing_tools_warnings` is the start-up check of `jobgate serve` and `jobgate
+worker`: the programs the configured kinds need that this machine lacks, one line each.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jobgate.media import AUDIO_CODECS, VIDEO_CODECS, missing_tools
+from jobgate.ytdlp_guard import UNCHECKED_PROGRAM
 
 if TYPE_CHECKING:
     from jobgate.config import Settings
@@ -47,6 +49,9 @@ class Recipe:
     tools: tuple[str, ...]  # what it cannot run without
     # Needed only for some arguments (download: ffmpeg to extract audio or merge formats).
     optional_tools: tuple[tuple[str, str], ...] = ()
+    # The function a kind with `allow_private_urls = true` runs instead, when the tool's
+    # own connections are checked too (download: every redirect and look-up of yt-dlp).
+    any_address_function: str | None = None
 
     @property
     def function(self) -> str:
@@ -88,7 +93,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("analyze", {
         "description": "Audio analysis with ffmpeg: duration, loudness (LUFS, true peak), "
                        "silences and levels, as the result and analysis.json",
-        "function": "jobgate.media:analyze_job",
+        "function": "jobgate.analysis:analyze_job",
         "memory_mb": 150,
         "timeout": "30m",
         "max_running": 2,
@@ -125,7 +130,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
             "max_items": {"type": "integer", "min": 1, "max": 1000, "default": 50,
                           "description": "at most this many items of a playlist"},
         },
-    }, tools=("yt-dlp",), optional_tools=(("ffmpeg", "for audio_only and merging"),)),
+    }, tools=("yt-dlp",), optional_tools=(("ffmpeg", "for audio_only and merging"),),
+       any_address_function="jobgate.downloads:download_job_any_address"),
     Recipe("music", {
         "description": "Download songs from a Spotify link (track, album, playlist) "
                        "with spotdl",
@@ -170,6 +176,9 @@ def kind_table(name: str, spec: Any, error: Callable[[str], Exception]) -> Any:
                     isinstance(arg_spec, dict) else arg_spec
         else:
             table[k] = value
+    if recipe.any_address_function is not None and table.get("allow_private_urls") is True \
+            and table.get("function") == recipe.function:
+        table["function"] = recipe.any_address_function
     return table
 
 
@@ -185,6 +194,8 @@ def missing_tools_warnings(settings: Settings) -> list[str]:
     each recipe's function, and each command kind's argv[0]. For the log at start-up: a
     job of such a kind fails with "… is not installed on this server"."""
     by_function = {r.function: r for r in RECIPES.values()}
+    by_function.update({r.any_address_function: r for r in RECIPES.values()
+                        if r.any_address_function is not None})
     lines: list[str] = []
     for kind in settings.kinds.values():
         if kind.argv is not None:
@@ -199,6 +210,9 @@ def missing_tools_warnings(settings: Settings) -> list[str]:
             if not tool_found(tool):
                 lines.append(f"kind {kind.name}: {tool} is not installed on this server"
                              + _how_to_install(tool))
+            elif tool == "yt-dlp" and kind.function == recipe.function and \
+                    importlib.util.find_spec("yt_dlp") is None:
+                lines.append(f"kind {kind.name}: {UNCHECKED_PROGRAM}; its jobs fail")
         for tool, why in recipe.optional_tools:
             if not tool_found(tool):
                 lines.append(f"kind {kind.name}: {tool} is not installed on this server "
@@ -208,7 +222,8 @@ def missing_tools_warnings(settings: Settings) -> list[str]:
 
 def _how_to_install(tool: str) -> str:
     hints = {"ffmpeg": "apt-get install ffmpeg", "ffprobe": "apt-get install ffmpeg",
-             "yt-dlp": "uv sync --extra media, or uv tool install yt-dlp",
+             # the module: the program alone cannot have its connections checked
+             "yt-dlp": "uv sync --extra media",
              "spotdl": "uv tool install spotdl, or pipx install spotdl"}
     return f" ({hints[tool]})" if tool in hints else ""
 
