@@ -1,0 +1,82 @@
+"""`GET /api/schedules`: the configured schedules (`[schedules.NAME]`), each with its next
+due time and its last firing.
+
+Every signed-in user sees every schedule's name, cron, time zone, kind, owner, next due
+time and when and how it last fired; its `args`, the last firing's job id and message only
+an admin or the schedule's owner (a job id of someone else's names nothing they may see).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from pydantic import BaseModel
+
+from jobgate.api.core import CurrentUser, services_of
+from jobgate.firings import ScheduleRunner, ScheduleView
+from jobgate.model import iso
+from jobgate.store.base import User
+
+
+class FiringOut(BaseModel):
+    """A schedule's last firing."""
+
+    due_at: str
+    due_at_epoch_s: float
+    fired_at: str
+    outcome: str  # "fired", "skipped" or "failed"
+    catch_up: bool  # the one run for firings missed while no node ran
+    job_id: str | None = None  # admin or owner only
+    message: str | None = None  # admin or owner only
+
+
+class ScheduleOut(BaseModel):
+    name: str
+    cron: str
+    timezone: str
+    kind: str
+    owner: str
+    enabled: bool
+    missed: str  # "skip" or "run_once"
+    missed_after_s: float
+    unique_key: str | None
+    args: dict[str, Any] | None = None  # admin or owner only
+    next_due_at: str | None  # ISO-8601 UTC; null while disabled
+    next_due_epoch_s: float | None
+    last: FiringOut | None
+
+
+class SchedulesOut(BaseModel):
+    schedules: list[ScheduleOut]
+
+
+def install(app: FastAPI) -> None:
+    """Add `GET /api/schedules` to `app`."""
+
+    @app.get("/api/schedules", tags=["schedules"], response_model=SchedulesOut)
+    async def list_schedules(request: Request, user: CurrentUser) -> dict[str, Any]:
+        """Every configured schedule with its next due time and last firing."""
+        runner = ScheduleRunner(services_of(request).queue)
+        return {"schedules": [schedule_json(v, user) for v in await runner.listing()]}
+
+
+def schedule_json(view: ScheduleView, user: User) -> dict[str, Any]:
+    """A schedule as `GET /api/schedules` shows it to `user`."""
+    s = view.schedule
+    mine = user.admin or user.name == s.owner
+    last = view.last
+    return {
+        "name": s.name, "cron": s.cron, "timezone": s.timezone, "kind": s.kind,
+        "owner": s.owner, "enabled": s.enabled, "missed": s.missed,
+        "missed_after_s": s.missed_after_s, "unique_key": s.unique_key,
+        "args": s.args if mine else None,
+        "next_due_at": iso(view.next_due), "next_due_epoch_s": view.next_due,
+        "last": None if last is None else {
+            "due_at": iso(last.due_at), "due_at_epoch_s": last.due_at,
+            "fired_at": iso(last.fired_at), "outcome": last.outcome,
+            "catch_up": last.catch_up,
+            "job_id": last.job_id if mine else None,
+            "message": last.message if mine else None,
+        },
+    }
