@@ -31,8 +31,8 @@ def schedule(cron: str = EVERY_SECOND, **fields: Any) -> Schedule:
                        **fields})
 
 
-def utc(*parts: int) -> float:
-    return dt.datetime(*parts, tzinfo=dt.UTC).timestamp()
+def utc(year: int, month: int, day: int, hour: int) -> float:
+    return dt.datetime(year, month, day, hour, tzinfo=dt.UTC).timestamp()
 
 
 # --- the rule ---------------------------------------------------------------------------
