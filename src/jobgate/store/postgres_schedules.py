@@ -25,12 +25,17 @@ async def sync(tx: Tx, starts: list[tuple[str, str, float]]) -> None:
 
 
 async def states(tx: Tx) -> dict[str, ScheduleState]:
-    last = {row[0]: firing_from_row(row) for row in await tx.rows(
-        f"SELECT DISTINCT ON (name) {FIRING_COLUMNS} FROM schedule_firings "
-        "ORDER BY name, due_at DESC")}
-    return {name: ScheduleState(name, spec, float(next_due), last.get(name))
-            for name, spec, next_due in await tx.rows(
-                "SELECT name, spec, next_due FROM schedules ORDER BY name")}
+    # Each schedule's last firing is one walk down the primary key (name, due_at), however
+    # many firings are kept.
+    columns = ", ".join(f"f.{c.strip()}" for c in FIRING_COLUMNS.split(","))
+    out = {}
+    for name, spec, next_due, *last in await tx.rows(
+            f"SELECT s.name, s.spec, s.next_due, {columns} FROM schedules s "
+            "LEFT JOIN LATERAL (SELECT * FROM schedule_firings WHERE name = s.name "
+            "ORDER BY due_at DESC LIMIT 1) f ON TRUE ORDER BY s.name"):
+        out[name] = ScheduleState(name, spec, float(next_due),
+                                  None if last[0] is None else firing_from_row(last))
+    return out
 
 
 async def advance(tx: Tx, name: str, expected_due: float, next_due: float) -> bool:

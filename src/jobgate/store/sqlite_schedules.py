@@ -25,12 +25,17 @@ def sync(tx: Tx, starts: list[tuple[str, str, float]]) -> None:
 
 
 def states(tx: Tx) -> dict[str, ScheduleState]:
-    last = {row[0]: firing_from_row(row) for row in tx.conn.execute(
-        f"SELECT {FIRING_COLUMNS} FROM schedule_firings f WHERE due_at = "
-        "(SELECT max(due_at) FROM schedule_firings WHERE name = f.name)")}
-    return {name: ScheduleState(name, spec, float(next_due), last.get(name))
-            for name, spec, next_due in tx.conn.execute(
-                "SELECT name, spec, next_due FROM schedules ORDER BY name")}
+    # Each schedule's last firing is one seek of the primary key (name, due_at), however
+    # many firings are kept.
+    columns = ", ".join(f"f.{c.strip()}" for c in FIRING_COLUMNS.split(","))
+    out = {}
+    for name, spec, next_due, *last in tx.conn.execute(
+            f"SELECT s.name, s.spec, s.next_due, {columns} FROM schedules s "
+            "LEFT JOIN schedule_firings f ON f.name = s.name AND f.due_at = "
+            "(SELECT max(due_at) FROM schedule_firings WHERE name = s.name) ORDER BY s.name"):
+        out[name] = ScheduleState(name, spec, float(next_due),
+                                  None if last[0] is None else firing_from_row(last))
+    return out
 
 
 def fire(tx: Tx, name: str, expected_due: float, next_due: float, firings: list[Firing],
