@@ -225,6 +225,16 @@ def test_a_server_fires_its_schedule_and_lists_it_to_each_user_as_they_may_see_i
         assert _first_fired(server, "alice")["job"] == event["job"]  # an admin sees it
         seen = {name: _schedules(client) for name, client in
                 (("alice", alice), ("bob", bob), ("carol", carol))}
+        one = bob.get("/api/schedules/tick").json()
+        assert one["name"] == "tick" and one["firings"]
+        dues = [f["due_at_epoch_s"] for f in one["firings"]]
+        assert dues == sorted(dues, reverse=True) and len(set(dues)) == len(dues)
+        assert event["job"] in {f["job_id"] for f in one["firings"]}
+        theirs = carol.get("/api/schedules/tick").json()["firings"]
+        assert {f["job_id"] for f in theirs} == {None}
+        missing = bob.get("/api/schedules/nope")
+        assert (missing.status_code, missing.json()["error"]["message"]) == (
+            404, "no schedule 'nope'")
     tick = seen["bob"]["tick"]
     assert (tick["cron"], tick["timezone"], tick["kind"], tick["owner"], tick["enabled"],
             tick["missed"], tick["unique_key"], tick["args"]) == (
