@@ -54,7 +54,8 @@ class ScheduleRunner:
         states = await self.store.schedule_states()
         if any(s.name not in states or states[s.name].spec != s.spec
                for s in self.schedules.values()):
-            await self.sync(now)  # a row deleted or a changed config on another node
+            # New or changed in this config (the first round after a start): from now on.
+            await self.sync(now)
             states = await self.store.schedule_states()
         soonest: float | None = None
         for schedule in self.schedules.values():
