@@ -510,8 +510,8 @@ def _run(folder: Any, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 # What undoes each backend's latest migration: a database as the jobgate before it left it.
-_UNDO_LATEST = {"sqlite": "DROP TABLE uploads",  # sqlite_005
-                "postgres": "DROP TABLE uploads"}  # postgres_003
+_UNDO_LATEST = {"sqlite": "DROP TABLE schedule_firings; DROP TABLE schedules;",  # sqlite_006
+                "postgres": "DROP TABLE schedule_firings; DROP TABLE schedules"}  # postgres_004
 
 
 async def _set_version(db_url: str, version: int, undo_latest: bool = False) -> None:
@@ -519,7 +519,7 @@ async def _set_version(db_url: str, version: int, undo_latest: bool = False) -> 
     if db_url.startswith("sqlite://"):
         with contextlib.closing(sqlite3.connect(db_url.removeprefix("sqlite:///"))) as conn:
             if undo_latest:
-                conn.execute(_UNDO_LATEST["sqlite"])
+                conn.executescript(_UNDO_LATEST["sqlite"])
             conn.execute(f"PRAGMA user_version = {version:d}")
             conn.commit()
         return

@@ -482,6 +482,29 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schedules(args: argparse.Namespace) -> int:
+    listing = Client().call("GET", "/api/schedules")
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return 0
+    rows = listing["schedules"]
+    if not rows:
+        print("no schedules (add [schedules.NAME] tables to the config)")
+        return 0
+    width = max(8, *(len(r["name"]) for r in rows))
+    print(f"{'NAME':{width}}  {'CRON':16} {'TIMEZONE':14} {'KIND':12} {'OWNER':10} "
+          f"{'NEXT DUE (UTC)':20} LAST")
+    for r in rows:
+        due = (r["next_due_at"] or "disabled")[:19].replace("T", " ")
+        last = r["last"]
+        done = "-" if last is None else \
+            f"{last['fired_at'][:19].replace('T', ' ')} {last['outcome']}" + \
+            (f" {last['job_id']}" if last.get("job_id") else "")
+        print(printable(f"{r['name']:{width}}  {r['cron'][:16]:16} {r['timezone'][:14]:14} "
+                        f"{r['kind'][:12]:12} {r['owner'][:10]:10} {due:20} {done}"))
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -570,6 +593,10 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("stats", help="queue statistics")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_stats)
+
+    sp = sub.add_parser("schedules", help="the schedules with their next due times")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_schedules)
 
     sp = sub.add_parser("health", help="exit 0 if the server is healthy")
     sp.set_defaults(func=cmd_health)

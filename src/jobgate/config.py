@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from jobgate.kinds import Kind, parse_kind
+from jobgate.schedules import Schedule, parse_schedules
 
 # Re-exported: the CLI, the rate limiter and tests import these from here.
 from jobgate.units import ConfigError as ConfigError
@@ -192,6 +193,7 @@ class Settings:
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     kinds: dict[str, Kind] = field(default_factory=dict)
+    schedules: dict[str, Schedule] = field(default_factory=dict)  # `[schedules.NAME]`
     base_dir: Path = field(default_factory=Path.cwd)
     config_file: Path | None = None  # the file these settings were read from, if any
 
@@ -266,11 +268,11 @@ def load_settings(
     settings = Settings(base_dir=base_dir,
                         config_file=Path(path).resolve() if path is not None else None)
     for section, section_data in data.items():
-        if section == "kinds":
+        if section in ("kinds", "schedules"):
             continue
         cls = _SECTIONS.get(section)
         if cls is None:
-            known = ", ".join([*_SECTIONS, "kinds"])
+            known = ", ".join([*_SECTIONS, "kinds", "schedules"])
             raise ConfigError(f"{section}: unknown section (known: {known})")
         if not isinstance(section_data, dict):
             raise ConfigError(f"{section}: expected a table")
@@ -284,6 +286,9 @@ def load_settings(
             settings.kinds[kind_name] = parse_kind(kind_name, spec, ConfigError)
     settings.storage.url = database_url(settings.storage.url)
     _check(settings)
+    if "schedules" in data:  # after the kinds, which a schedule's args are checked against
+        settings.schedules = parse_schedules(data["schedules"], settings.kinds,
+                                             settings.input_path)
     return settings
 
 

@@ -254,6 +254,12 @@ class EventType(StrEnum):
     CANCELLED = "job.cancelled"
     QUEUE_STATS = "queue.stats"  # live only, never stored: the queue's numbers
     STREAM_RESET = "stream.reset"  # to one stream: what it missed is gone, reload
+    # A schedule's firing (schedules.py): its job submitted; none (its unique_key job still
+    # runs, or missed while no node ran); or none because it could not be (owner unknown,
+    # arguments refused, queue full). Stored, with the schedule's owner, no job_id.
+    SCHEDULE_FIRED = "schedule.fired"
+    SCHEDULE_SKIPPED = "schedule.skipped"
+    SCHEDULE_FAILED = "schedule.failed"
 
 
 #: A job ended for good: it is in a final state after it.
@@ -266,6 +272,9 @@ STATE_EVENTS = FINAL_EVENTS | QUEUED_EVENTS | {EventType.STARTED}
 RUN_END_EVENTS = FINAL_EVENTS | {EventType.RETRYING}
 #: Stored with a job, numbered by `seq`; the others are made for a stream as it goes.
 JOB_EVENTS = STATE_EVENTS | {EventType.PROGRESS, EventType.LOG}
+#: Stored too, about a schedule (no job_id; `job` in the data names the job fired).
+SCHEDULE_EVENTS = frozenset({EventType.SCHEDULE_FIRED, EventType.SCHEDULE_SKIPPED,
+                             EventType.SCHEDULE_FAILED})
 
 _STATE_EVENT = {
     State.QUEUED: EventType.QUEUED,

@@ -30,7 +30,15 @@ import psutil
 
 from jobgate.auth import Principal
 from jobgate.config import Settings
-from jobgate.model import QUEUED_EVENTS, STATE_EVENTS, Event, EventType, State, iso
+from jobgate.model import (
+    QUEUED_EVENTS,
+    SCHEDULE_EVENTS,
+    STATE_EVENTS,
+    Event,
+    EventType,
+    State,
+    iso,
+)
 from jobgate.queue import JobQueue, node_live_s
 from jobgate.store.base import Node
 
@@ -81,9 +89,10 @@ _KEEPALIVE = Frame("keepalive", sse=b": keep-alive\n\n")
 
 
 def visible_to(principal: Principal) -> Callable[[Event], bool]:
-    """What a user may see: their own jobs' events (an admin: everyone's)."""
+    """What a user may see: their own jobs' events and their schedules' (an admin:
+    everyone's)."""
     if principal.user.admin:
-        return lambda event: event.job_id is not None
+        return lambda event: event.job_id is not None or event.type in SCHEDULE_EVENTS
     name = principal.user.name
     return lambda event: event.owner == name
 

@@ -39,6 +39,7 @@ import psutil
 from jobgate import __version__, executor
 from jobgate.arguments import ArgumentError
 from jobgate.executor import RunResult
+from jobgate.firings import ScheduleRunner
 from jobgate.model import FINAL_EVENTS, QUEUED_EVENTS, Event, EventType, Job
 from jobgate.pyproc import PyPool
 from jobgate.queue import JobQueue, is_local
@@ -158,6 +159,8 @@ class Worker:
         }
         if self.settings.limits.start_timeout is not None:
             loops["start-timeout"] = self._start_timeout_loop(self.settings.limits.start_timeout)
+        if self.settings.schedules:
+            loops["schedules"] = self._schedule_loop()
         return loops
 
     # --- claiming -----------------------------------------------------------------------
@@ -548,6 +551,25 @@ class Worker:
         while True:
             await self.queue.prune()
             await asyncio.sleep(_RETENTION_S)
+
+    async def _schedule_loop(self) -> None:
+        """Fire the schedules that are due (firings.py): wakes at the next due time, or
+        after `[worker] poll_s` to see what other nodes did; the database decides who fires."""
+        runner = ScheduleRunner(self.queue)
+        pruned_at = 0.0
+        while True:
+            next_due = None
+            try:
+                next_due = await runner.fire_due()
+                if time.monotonic() - pruned_at > _RETENTION_S:
+                    pruned_at = time.monotonic()
+                    await runner.prune()
+            except Exception:  # the database went away a moment: the next round retries
+                log.exception("firing schedules failed; trying again")
+            wait_s = self.settings.worker.poll_s
+            if next_due is not None:
+                wait_s = min(wait_s, max(0.0, next_due - time.time()))
+            await asyncio.sleep(wait_s + 0.001)
 
 
 def _recovery_every_s(lease_s: float) -> float:

@@ -3,7 +3,8 @@
 Its parts, each a flat module that imports `core` and nothing else of this package:
 `core` (the Services on `app.state`, lifespan, errors, guards, the caller), `jobs` (job,
 queue and health routes), `auth` (login and tickets), `streams` (SSE and WebSocket),
-`uploads` (files in).
+`uploads` (files in),
+`schedules` (the configured schedules).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from jobgate import __version__
-from jobgate.api import auth, core, jobs, streams, uploads
+from jobgate.api import auth, core, jobs, schedules, streams, uploads
 from jobgate.api.core import ApiError, Services, error_response
 from jobgate.config import Settings
 from jobgate.dashboard import add_dashboard
@@ -28,6 +29,7 @@ def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
     jobs.install(app, settings)
     auth.install(app, settings)
     uploads.install(app)
+    schedules.install(app)
     add_dashboard(app)
     streams.install(app)
     return app

@@ -16,6 +16,7 @@ from typing import Any
 
 from jobgate.model import DispatchKey, Event, Job, Output, State
 from jobgate.scheduler import Limits
+from jobgate.schedules import Firing
 
 
 class StoreError(Exception):
@@ -108,6 +109,17 @@ class Upload:
     size: int  # bytes
     sha256: str  # hex
     created_at: float
+
+
+@dataclass(frozen=True)
+class ScheduleState:
+    """What the database keeps of a schedule: the spec its next due time was worked out
+    from (`Schedule.spec`), that time, and its last firing (by due time), if any."""
+
+    name: str
+    spec: str
+    next_due: float
+    last: Firing | None = None
 
 
 EventListener = Callable[[list[Event]], None]
@@ -338,6 +350,34 @@ class Store(ABC):
                             busy: Collection[State] = ()) -> bool:
         """Delete an upload's row; False if there is none, or if a job of its owner in a
         state of `busy` has `reference` (a JSON string literal) in its args."""
+
+    # --- schedules ------------------------------------------------------------------
+    @abstractmethod
+    async def sync_schedules(self, starts: list[tuple[str, str, float]]) -> None:
+        """Record each schedule of `starts` (name, spec, first due time): a new one, or one
+        recorded under another spec, gets that next due time; one whose spec is unchanged
+        keeps its own (what came due while no node ran is still due)."""
+
+    @abstractmethod
+    async def schedule_states(self) -> dict[str, ScheduleState]:
+        """Every recorded schedule by name, with its last firing."""
+
+    @abstractmethod
+    async def fire_schedule(self, name: str, expected_due: float, next_due: float,
+                            firings: list[Firing], quota: Quota) -> list[Firing] | None:
+        """If the schedule's next due time is still `expected_due` (no other node fired it
+        meanwhile), in one transaction: move it to `next_due`, submit each firing's `job`
+        (as `submit` does: quota, unique_key), record each firing as
+        `schedules.outcome_of` says, with its `schedule.*` event. The firings as recorded,
+        or None when another node had moved the due time on (nothing written)."""
+
+    @abstractmethod
+    async def schedule_firings(self, name: str, limit: int = 100) -> list[Firing]:
+        """The schedule's recorded firings, latest due time first."""
+
+    @abstractmethod
+    async def prune_firings(self, before_ts: float) -> int:
+        """Delete the records of firings made before `before_ts`."""
 
 
 class SchemaTooNew(StoreError, RuntimeError):

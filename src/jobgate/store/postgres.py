@@ -32,6 +32,8 @@ from typing import Any
 from jobgate import moves
 from jobgate.model import FINAL, DispatchKey, Event, EventType, Job, State
 from jobgate.scheduler import Admission, Ask, Candidate, Limits, Running
+from jobgate.schedules import Firing
+from jobgate.store import postgres_schedules as schedules_sql
 from jobgate.store.base import (
     Conflict,
     Node,
@@ -39,6 +41,7 @@ from jobgate.store.base import (
     Outcome,
     Page,
     Quota,
+    ScheduleState,
     SchemaTooNew,
     Stats,
     Store,
@@ -521,6 +524,30 @@ class PostgresStore(PgConnection, Store):
             return tx.cur.rowcount > 0
 
         return await self._run(op)
+
+    # --- schedules (postgres_schedules.py) ----------------------------------------------
+    async def sync_schedules(self, starts: list[tuple[str, str, float]]) -> None:
+        await self._run(lambda tx: schedules_sql.sync(tx, starts))
+
+    async def schedule_states(self) -> dict[str, ScheduleState]:
+        return await self._run(schedules_sql.states, write=False)
+
+    async def fire_schedule(self, name: str, expected_due: float, next_due: float,
+                            firings: list[Firing], quota: Quota) -> list[Firing] | None:
+        async def op(tx: Tx) -> list[Firing] | None:
+            # The schedule's row first: a node that lost the race takes no turns lock.
+            if not await schedules_sql.advance(tx, name, expected_due, next_due):
+                return None
+            await tx.execute(f"SELECT pg_advisory_xact_lock(%s), {SORT_OFF}", (_TURNS_LOCK,))
+            return await schedules_sql.record(tx, firings, quota)
+
+        return await self._run(op)
+
+    async def schedule_firings(self, name: str, limit: int = 100) -> list[Firing]:
+        return await self._run(lambda tx: schedules_sql.history(tx, name, limit), write=False)
+
+    async def prune_firings(self, before_ts: float) -> int:
+        return await self._run(lambda tx: schedules_sql.prune(tx, before_ts))
 
 
 _UPLOAD_COLUMNS = "id, owner, name, size, sha256, created_at"

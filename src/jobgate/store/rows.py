@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from jobgate.model import Event, Job, Output, State, outputs_from_json
+from jobgate.schedules import Firing
 from jobgate.store.base import SchemaTooNew
 
 #: The jobs table's columns, in the order `job_from_row` and `job_values` use.
@@ -170,3 +171,21 @@ def lease_cutoff(now: float, expired_before: float | None,
     if stall is not None and now < stall[1] + grace_s:
         cutoff = min(cutoff, stall[0])
     return cutoff
+
+
+#: The schedule_firings table's columns, in the order `firing_from_row` and
+#: `firing_values` use.
+FIRING_COLUMNS = "name, owner, due_at, outcome, message, job_id, fired_at, catch_up"
+
+
+def firing_from_row(row: Sequence[Any]) -> Firing:
+    """A recorded firing from a row of `FIRING_COLUMNS`."""
+    name, owner, due_at, outcome, message, job_id, fired_at, catch_up = row
+    return Firing(name, owner, float(due_at), outcome, message, job_id=job_id,
+                  fired_at=float(fired_at), catch_up=bool(catch_up))
+
+
+def firing_values(firing: Firing) -> tuple[Any, ...]:
+    """A firing as a row of `FIRING_COLUMNS`."""
+    return (firing.name, firing.owner, firing.due_at, firing.outcome, firing.message,
+            firing.job_id, firing.fired_at, firing.catch_up)

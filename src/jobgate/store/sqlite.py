@@ -17,6 +17,8 @@ from typing import Any
 from jobgate import moves
 from jobgate.model import FINAL, DispatchKey, Event, EventType, Job, State
 from jobgate.scheduler import Admission, Ask, Candidate, Limits, Running
+from jobgate.schedules import Firing
+from jobgate.store import sqlite_schedules as schedules_sql
 from jobgate.store.base import (
     Conflict,
     Node,
@@ -24,6 +26,7 @@ from jobgate.store.base import (
     Outcome,
     Page,
     Quota,
+    ScheduleState,
     Stats,
     Store,
     Upload,
@@ -457,6 +460,24 @@ class SqliteStore(GroupCommit, Store):
                 "AND instr(j.args, ?) > 0)", (upload_id, *states, reference)).rowcount > 0
 
         return await self._call(op)
+
+    # --- schedules (sqlite_schedules.py) ------------------------------------------------
+    async def sync_schedules(self, starts: list[tuple[str, str, float]]) -> None:
+        await self._call(lambda tx: schedules_sql.sync(tx, starts))
+
+    async def schedule_states(self) -> dict[str, ScheduleState]:
+        return await self._call(schedules_sql.states, write=False)
+
+    async def fire_schedule(self, name: str, expected_due: float, next_due: float,
+                            firings: list[Firing], quota: Quota) -> list[Firing] | None:
+        return await self._call(lambda tx: schedules_sql.fire(
+            tx, name, expected_due, next_due, firings, quota))
+
+    async def schedule_firings(self, name: str, limit: int = 100) -> list[Firing]:
+        return await self._call(lambda tx: schedules_sql.history(tx, name, limit), write=False)
+
+    async def prune_firings(self, before_ts: float) -> int:
+        return await self._call(lambda tx: schedules_sql.prune(tx, before_ts))
 
 
 _UPLOAD_COLUMNS = "id, owner, name, size, sha256, created_at"
