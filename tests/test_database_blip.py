@@ -75,3 +75,27 @@ async def test_a_run_that_ended_while_the_database_was_away_is_written_when_it_i
     second, _ = await queue.submit("alice", "mark", {})
     again = await wait_state(queue, second.id, "completed", "failed", timeout_s=30)
     assert again.state.value == "completed", again.error
+
+
+async def test_a_worker_goes_on_through_connections_dropped_again_and_again(
+        make_settings, open_queue: OpenQueue, db_url, tmp_path):
+    """Every await of the claim loop meets a dropped connection sooner or later (the
+    claim, the renewal of a late claim, the look at when the next job is due): none may
+    end the loop."""
+    runs = tmp_path / "runs.txt"
+    settings = make_settings("[worker]\nlease_s = 5\npoll_s = 0.05\n",
+                             kinds=mark_kinds(runs))
+    queue, _ = await open_queue(settings, name="node-a", slots=2)
+    jobs = [(await queue.submit("alice", "mark", {"seconds": 0.05}))[0] for _ in range(20)]
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        for _ in range(40):
+            drop_every_connection(db_url, admin)
+            await asyncio.sleep(0.1)
+    ended = [await wait_state(queue, job.id, "completed", "failed", timeout_s=60)
+             for job in jobs]
+    assert [job.state.value for job in ended] == ["completed"] * 20, \
+        [job.error for job in ended if job.state.value != "completed"]
+    assert sorted(runs_of(runs)) == sorted(f"{job.id}/{job.lease_token}" for job in ended)
+    late, _ = await queue.submit("alice", "mark", {})
+    again = await wait_state(queue, late.id, "completed", "failed", timeout_s=30)
+    assert again.state.value == "completed", again.error

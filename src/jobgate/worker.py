@@ -195,7 +195,11 @@ class Worker:
                         continue
                     cancels: dict[str, int] = {}
                     if jobs and time.time() - asked_at > lease_s / 3:
-                        jobs, cancels = await self._still_held(jobs)
+                        try:
+                            jobs, cancels = await self._still_held(jobs)
+                        except Exception:  # not known to be ours: their leases run out
+                            log.exception("could not renew late claims; not starting them")
+                            continue
                     for job in jobs:
                         self._start(job)
                     self._stop_runs(cancels)
@@ -260,7 +264,11 @@ class Worker:
     async def _sleep(self, idle: bool) -> None:
         timeout = self.settings.worker.poll_s
         if idle:
-            next_at = await self.queue.next_run_at()
+            try:
+                next_at = await self.queue.next_run_at()
+            except Exception:  # the database went away a moment: the claim says so next
+                log.warning("could not read when the next job is due", exc_info=True)
+                next_at = None
             if next_at is not None and next_at > time.time():
                 timeout = min(timeout, next_at - time.time() + 0.001)
         with contextlib.suppress(TimeoutError):

@@ -489,9 +489,10 @@ class PgConnection:
             except psycopg.OperationalError:
                 # The connection went (a server restart, a failover): nothing of this
                 # transaction was committed unless the commit itself was under way, when
-                # whether it landed is unknown and the caller must hear of it.
+                # whether it landed is unknown and the caller must hear of it (a read has
+                # nothing to land: it runs again).
                 lost += 1
-                if committing or lost > _LOST_RETRIES:
+                if (committing and write) or lost > _LOST_RETRIES:
                     raise
                 await asyncio.sleep(0.05 * 2 ** lost)
                 continue
