@@ -254,6 +254,8 @@ class EventType(StrEnum):
     CANCELLED = "job.cancelled"
     QUEUE_STATS = "queue.stats"  # live only, never stored: the queue's numbers
     STREAM_RESET = "stream.reset"  # to one stream: what it missed is gone, reload
+    BATCH_CREATED = "batch.created"  # a batch of jobs was submitted (batches.py)
+    BATCH_COMPLETED = "batch.completed"  # the last job of a batch ended (its state says how)
 
 
 #: A job ended for good: it is in a final state after it.
