@@ -67,8 +67,12 @@ def item_of(value: Any, index: int) -> BatchItem:
     deps = value.get("depends_on") or []
     if not isinstance(deps, list | tuple):
         raise ArgumentError(f"{where}.depends_on", "must be a list of ids or #indexes")
-    return BatchItem(kind, dict(args), value.get("priority"), value.get("run_at"),
-                     tuple(check_ids(deps)), value.get("memory_mb"))
+    priority, run_at, memory_mb = (value.get(k) for k in ("priority", "run_at", "memory_mb"))
+    for name, got, types in (("priority", priority, int), ("run_at", run_at, int | float),
+                             ("memory_mb", memory_mb, int)):
+        if got is not None and (isinstance(got, bool) or not isinstance(got, types)):
+            raise ArgumentError(f"{where}.{name}", f"expected a number, got {shown(got)}")
+    return BatchItem(kind, dict(args), priority, run_at, tuple(check_ids(deps)), memory_mb)
 
 
 @dataclass(frozen=True)

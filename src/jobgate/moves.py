@@ -369,3 +369,9 @@ def batch_fits(count: int, queued: int | None, owner_queued: int | None, quota: 
     if count > fit:
         raise QueueFull(f"queue full: {max(0, fit)} of the batch's {count} jobs would fit "
                         f"({why})")
+
+
+def is_waiting(job: Job) -> bool:
+    """Whether a job as read waits for its dependencies (queued, its message says so)."""
+    return job.state is State.QUEUED and bool(job.depends_on) and \
+        (job.message or "").startswith("waiting for ")
