@@ -510,8 +510,14 @@ def _run(folder: Any, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 # What undoes each backend's latest migration: a database as the jobgate before it left it.
-_UNDO_LATEST = {"sqlite": "DROP TABLE uploads",  # sqlite_005
-                "postgres": "DROP TABLE uploads"}  # postgres_003
+_UNDO_DEPENDENCIES = (
+    "DROP TABLE batches; DROP TABLE job_deps; DROP INDEX jobs_batch; DROP INDEX jobs_waiting; "
+    "DROP INDEX jobs_dispatch; DROP INDEX jobs_run_at; "
+    "CREATE INDEX jobs_dispatch ON jobs (priority DESC, vt, id) WHERE state = 'queued'; "
+    "CREATE INDEX jobs_run_at ON jobs (run_at) WHERE state = 'queued'; "
+    "ALTER TABLE jobs DROP COLUMN batch_id; ALTER TABLE jobs DROP COLUMN waiting;")
+_UNDO_LATEST = {"sqlite": _UNDO_DEPENDENCIES,  # sqlite_006
+                "postgres": _UNDO_DEPENDENCIES}  # postgres_004
 
 
 async def _set_version(db_url: str, version: int, undo_latest: bool = False) -> None:
@@ -519,7 +525,7 @@ async def _set_version(db_url: str, version: int, undo_latest: bool = False) -> 
     if db_url.startswith("sqlite://"):
         with contextlib.closing(sqlite3.connect(db_url.removeprefix("sqlite:///"))) as conn:
             if undo_latest:
-                conn.execute(_UNDO_LATEST["sqlite"])
+                conn.executescript(_UNDO_LATEST["sqlite"])
             conn.execute(f"PRAGMA user_version = {version:d}")
             conn.commit()
         return

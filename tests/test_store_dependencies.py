@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from jobgate.store.base import QueueFull, Quota, Store
 from storekit import NO_QUOTA, claim, claim_one, done, make_job, state, submit
 
 
-async def submit_after(store: Store, *deps: Job, owner: str = "alice", **fields: object
+async def submit_after(store: Store, *deps: Job, owner: str = "alice", **fields: Any
                        ) -> Job:
     job, created = await store.submit(
         make_job(owner, depends_on=[d.id for d in deps], **fields), NO_QUOTA)
@@ -180,7 +181,7 @@ async def test_a_batch_goes_in_whole_and_ends_once(store):
     assert ended is not None and ended.state == "completed" and ended.ended_at is not None
     types = [e.type for e in await store.events_after(0) if e.type.startswith("batch.")]
     assert types == ["batch.created", "batch.completed"]
-    last = [e for e in await store.events_after(0) if e.type == "batch.completed"][0]
+    last = next(e for e in await store.events_after(0) if e.type == "batch.completed")
     assert last.owner == "alice" and last.job_id is None and last.data["percent"] == 100.0
 
 

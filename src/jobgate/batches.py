@@ -203,3 +203,35 @@ def summary(pct: float, done: int, total: int) -> str:
 def completed_data(batch: Batch) -> dict[str, Any]:
     """What `batch.completed` carries (and `batch.created`, the batch as it began)."""
     return {"batch_id": batch.id, **batch.to_json()}
+
+
+def parse_batch_file(text: str, toml: bool) -> tuple[list[Any], bool]:
+    """The jobs and `pipeline` flag of a batch file (`jobgate submit --batch FILE`): JSON,
+    a list of jobs or `{"jobs": [...], "pipeline": true}`; or TOML, `pipeline = true` and
+    `[[jobs]]` tables. ValueError with a one-line reason otherwise."""
+    if toml:
+        import tomllib
+
+        try:
+            data: Any = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"not valid TOML: {exc}") from None
+    else:
+        import json
+
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON: {exc}") from None
+    if isinstance(data, list):
+        data = {"jobs": data}
+    if not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
+        raise ValueError("expected a list of jobs, or an object with `jobs` (a list) and "
+                         "optionally `pipeline`")
+    extra = sorted(set(data) - {"jobs", "pipeline"})
+    if extra:
+        raise ValueError(f"unknown key {extra[0]!r} (known: jobs, pipeline)")
+    pipeline = data.get("pipeline", False)
+    if not isinstance(pipeline, bool):
+        raise ValueError("pipeline: expected true or false")
+    return list(data["jobs"]), pipeline
