@@ -75,7 +75,6 @@ async def test_a_three_step_pipeline_passes_its_files_through_job_references(
     assert any(line.startswith(digest) for line in lines), lines
     # Each step entered the dispatch order when its dependency completed, not before.
     events = [e for e in await queue.store.events_after(0) if e.job_id == checksum.id]
-    assert [e.type for e in events][:2] == ["job.queued", "job.progress"]
     assert [e.type for e in events if e.type != "job.progress"][:3] == \
         ["job.queued", "job.queued", "job.started"]
 
