@@ -643,6 +643,9 @@ async def _date_leases(tx: Tx, jobs: list[Job], lease_s: float) -> None:
 
 async def _delete(tx: Tx, job_ids: list[str]) -> int:
     await tx.cur.execute(
+        "DELETE FROM job_deps WHERE job_id = ANY(SELECT id FROM jobs WHERE id = ANY(%s) "
+        "AND state = ANY(%s))", (job_ids, _FINAL))
+    await tx.cur.execute(
         "DELETE FROM logs WHERE job_id = ANY(SELECT id FROM jobs WHERE id = ANY(%s) "
         "AND state = ANY(%s))", (job_ids, _FINAL))
     await tx.cur.execute("DELETE FROM jobs WHERE id = ANY(%s) AND state = ANY(%s)",

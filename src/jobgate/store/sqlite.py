@@ -571,6 +571,9 @@ def _delete(tx: Tx, job_ids: list[str]) -> int:
         chunk = job_ids[start:start + 500]
         marks = placeholders(chunk)
         tx.conn.execute(f"DELETE FROM logs WHERE job_id IN ({marks})", chunk)
+        tx.conn.execute(f"DELETE FROM job_deps WHERE job_id IN ({marks}) AND job_id IN "
+                        f"(SELECT id FROM jobs WHERE state IN ({placeholders(_FINAL)}))",
+                        [*chunk, *_FINAL])
         deleted += tx.conn.execute(
             f"DELETE FROM jobs WHERE id IN ({marks}) AND state IN ({placeholders(_FINAL)})",
             [*chunk, *_FINAL]).rowcount
