@@ -180,6 +180,8 @@ def test_the_batch_routes_and_submit_batch_file(start_server) -> None:
         got = bob.get(f"/api/batches/{body['id']}")
         assert got.status_code == 200 and got.json()["counts"]["queued"] == 2
         assert carol.get(f"/api/batches/{body['id']}").status_code == 404
+        paths = bob.get("/openapi.json").json()["paths"]
+        assert "post" in paths["/api/batches"] and "get" in paths["/api/batches/{batch_id}"]
         full = bob.post("/api/batches", json={"jobs": [{"kind": "noop"}] * 4})
         assert full.status_code == 429, full.text
         assert "3 of the batch's 4 jobs would fit" in full.json()["error"]["message"]
