@@ -313,7 +313,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.batch is not None:
         return submit_batch(args)
     if args.kind is None:
-        raise CliError("submit needs a KIND (or --batch FILE)", 2)
+        raise CliError("submit needs a kind: jobgate submit KIND key=value… (or --batch FILE)", 2)
     client = Client()
     body: dict[str, Any] = {"kind": args.kind,
                             "args": _upload_files(client, _parse_kv(args.args))}
