@@ -175,3 +175,47 @@ async def test_a_cancelled_dependency_fails_its_waiting_dependant(make_settings,
     await queue.cancel(first.id)
     failed = await asyncio.wait_for(wait_state(queue, second.id, "failed"), 30)
     assert failed.error == f"dependency failed: {first.id}"
+
+
+# --- the rules, without a backend ------------------------------------------------------------
+
+def test_what_dependencies_come_to_in_each_state():
+    from jobgate import moves
+
+    s = State
+    assert moves.dependencies({}) == (None, 0)
+    assert moves.dependencies({"A": s.COMPLETED, "B": None}) == (None, 0)  # None: deleted
+    assert moves.dependencies({"A": s.QUEUED, "B": s.RUNNING}) == (None, 2)
+    assert moves.dependencies({"B": s.CANCELLED, "A": s.FAILED, "C": s.QUEUED}) == ("A", 1)
+    assert moves.waiting_message(1) == "waiting for 1 job"
+    assert moves.waiting_message(2) == "waiting for 2 jobs"
+
+
+def test_a_released_job_gets_its_turn_then_and_a_failed_one_says_why():
+    from jobgate import moves
+    from jobgate.model import Job
+
+    job = Job("J", "noop", "alice", {}, depends_on=["D"], run_at=10.0, vt=0,
+              message="waiting for 1 job")
+    released = moves.released(job, 50.0, vt=7)
+    assert released.fields == {"vt": 7, "run_at": 50.0, "message": None}
+    assert released.event == "job.queued" and "waiting" not in released.data
+    later = moves.released(Job("L", "noop", "alice", {}, run_at=99.0), 50.0, vt=1)
+    assert later.job.run_at == 99.0  # a delayed job keeps its time
+    failed = moves.dependency_failed(job, "D", 50.0)
+    assert failed.job.state is State.FAILED and failed.job.error == "dependency failed: D"
+    assert failed.event == "job.failed"
+    waiting = moves.submitted_waiting(job, 2)
+    assert waiting.data["waiting"] == 2 and waiting.job.vt == 0
+
+
+def test_a_batch_fits_whole_or_the_refusal_says_how_many_would():
+    from jobgate import moves
+    from jobgate.store.base import QueueFull, Quota
+
+    moves.batch_fits(5, 5, None, Quota(max_queued=10), "bob")
+    with pytest.raises(QueueFull, match="4 of the batch's 5 jobs would fit"):
+        moves.batch_fits(5, 6, 1, Quota(max_queued=10, per_user_queued=8), "bob")
+    with pytest.raises(QueueFull, match=r"0 of the batch's 1 jobs .*per_user_queued 2 for bob"):
+        moves.batch_fits(1, 3, 2, Quota(max_queued=10, per_user_queued=2), "bob")
+    moves.batch_fits(1000, None, None, Quota(), "bob")
