@@ -86,6 +86,15 @@ async def settle_ends(tx: Tx, ended: Sequence[Job],
     for the jobs that wait for them (released at their fair turn `turn(job)`, still
     waiting, or failed, and then theirs in turn), and for their batches."""
     frontier = [j.id for j in ended]
+    if not frontier:
+        return
+    # Most ends have neither dependants nor a batch: one round trip tells.
+    row = await tx.row(
+        "SELECT EXISTS (SELECT 1 FROM job_deps WHERE dep_id = ANY(%s)), "
+        "EXISTS (SELECT 1 FROM jobs WHERE id = ANY(%s) AND batch_id IS NOT NULL)",
+        (frontier, frontier))
+    if row is not None and not row[0] and not row[1]:
+        return
     seen: list[str] = []
     while frontier:
         seen += frontier
