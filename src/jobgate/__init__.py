@@ -35,8 +35,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # what each name is, for type checkers (`X as X`: re-exported)
     from jobgate.api import create_app as create_app
     from jobgate.arguments import ArgumentError as ArgumentError
+    from jobgate.batches import Batch as Batch
+    from jobgate.batches import BatchItem as BatchItem
     from jobgate.config import Settings as Settings
     from jobgate.config import load_settings as load_settings
+    from jobgate.dependencies import DependencyError as DependencyError
     from jobgate.kinds import Kind as Kind
     from jobgate.model import Event as Event
     from jobgate.model import EventType as EventType
@@ -65,6 +68,9 @@ _EXPORTS = {
     "JobContext": "jobgate.pychild",
     "NonRetryable": "jobgate.pychild",  # light: a pool process imports it for job code
     "ArgumentError": "jobgate.arguments",
+    "Batch": "jobgate.batches",
+    "BatchItem": "jobgate.batches",
+    "DependencyError": "jobgate.dependencies",
     "Kind": "jobgate.kinds",
     "Event": "jobgate.model",
     "EventType": "jobgate.model",

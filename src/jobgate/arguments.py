@@ -11,7 +11,9 @@ A `path` argument is one of two things:
   again when the job runs (the file may have become a symlink meanwhile);
 - `upload:<id>`, a file its owner uploaded (uploads.py), found from the job's owner, so
   nobody's job can use another user's upload. A file of the input folder whose name starts
-  with `upload:` is still reachable as `./upload:…`.
+  with `upload:` is still reachable as `./upload:…`;
+- `job:<id>/<name>`, output `name` of job `id`, one the job depends on (`depends_on`;
+  dependencies.py checks the reference at submit and finds the file when the job runs).
 
 The value is stored as it was given; the real path is put in only for the run
 (`resolve_paths`), so a job's args never show the server's folders.
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 
 #: How a `path` argument names an upload of its job's owner: `upload:<id>`.
 UPLOAD_PREFIX = "upload:"
+#: How a `path` argument names an output of a job it depends on: `job:<id>/<name>`.
+JOB_PREFIX = "job:"
 
 
 class ArgumentError(ValueError):
@@ -73,7 +77,8 @@ def validate_args(
     `protected` are the server's own files and folders (its database, data folder and
     config file): no `path` argument may name one, lie inside one or contain one.
     `uploads` maps each `upload:<id>` the caller may use to its file; any other is
-    refused as unknown. With `as_given`, a `path` argument keeps the value it was given
+    refused as unknown; so does each `job:<id>/<name>` the job may name, to where its
+    file will be (dependencies.py). With `as_given`, a `path` argument keeps the value it was given
     (what a job stores); else it becomes the real path.
     """
     if not isinstance(args, dict):
@@ -171,11 +176,12 @@ def _number(spec: ArgSpec, name: str, value: Any) -> int | float:
 
 
 def resolve_paths(kind: Kind, args: Mapping[str, Any], input_dir: Path,
-                  protected: Sequence[Path], upload_file: Callable[[str], Path]
-                  ) -> dict[str, Any]:
+                  protected: Sequence[Path], upload_file: Callable[[str], Path],
+                  job_output: Callable[[str, str], Path] | None = None) -> dict[str, Any]:
     """A stored job's args with each `path` argument made its real path, checked again
     now (ArgumentError if it no longer passes): what its run is given. `upload_file`
-    names where the job owner's upload of an id is kept."""
+    names where the job owner's upload of an id is kept; `job_output` (argument name,
+    `job:<id>/<name>` value) finds a dependency's output file, or raises ArgumentError."""
     out = dict(args)
     for name, spec in kind.args.items():
         value = out.get(name)
@@ -189,6 +195,10 @@ def resolve_paths(kind: Kind, args: Mapping[str, Any], input_dir: Path,
                 raise ArgumentError(name, f"the upload {shown(upload_id)} is gone (deleted "
                                     "by its owner or by retention)")
             out[name] = str(file)
+        elif value.startswith(JOB_PREFIX):
+            if job_output is None:
+                raise ArgumentError(name, "names a job's output, which this run cannot use")
+            out[name] = str(job_output(name, value))
         else:
             out[name] = _check_path(name, value, input_dir, protected)
     return out
@@ -196,6 +206,12 @@ def resolve_paths(kind: Kind, args: Mapping[str, Any], input_dir: Path,
 
 def _real_path(name: str, value: str, input_dir: Path, protected: Sequence[Path],
                uploads: Mapping[str, Path]) -> str:
+    if value.startswith(JOB_PREFIX):
+        found = uploads.get(value)
+        if found is None:
+            raise ArgumentError(name, f"{shown(value)} is not an output of a job this job "
+                                "depends on (job:ID/NAME, with ID in depends_on)")
+        return str(found)
     if value.startswith(UPLOAD_PREFIX):
         found = uploads.get(value)
         if found is None:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from jobgate.cli_batch import submit_batch
 from jobgate.client import Client, CliError
 from jobgate.config import ConfigError, Settings, database_url, load_settings, parse_duration
 from jobgate.follow import EventReader, watch
@@ -309,9 +310,15 @@ def _upload_files(client: Client, job_args: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    if args.batch is not None:
+        return submit_batch(args)
+    if args.kind is None:
+        raise CliError("submit needs a kind: jobgate submit KIND key=value… (or --batch FILE)", 2)
     client = Client()
     body: dict[str, Any] = {"kind": args.kind,
                             "args": _upload_files(client, _parse_kv(args.args))}
+    if args.depends_on:
+        body["depends_on"] = args.depends_on
     if args.priority is not None:
         body["priority"] = args.priority
     if args.unique_key:
@@ -556,8 +563,8 @@ def _parser() -> argparse.ArgumentParser:
     server_opts(sp)
     sp.set_defaults(func=cmd_migrate)
 
-    sp = sub.add_parser("submit", help="submit a job")
-    sp.add_argument("kind")
+    sp = sub.add_parser("submit", help="submit a job (or a batch of them: --batch FILE)")
+    sp.add_argument("kind", nargs="?")
     sp.add_argument("args", nargs="*", metavar="key=value",
                     help="arguments; key=@./file uploads the file first and passes it")
     sp.add_argument("--priority", type=int)
@@ -568,6 +575,13 @@ def _parser() -> argparse.ArgumentParser:
                     help="follow it to the end (exit 0 completed, 1 failed, 130 on Ctrl-C)")
     sp.add_argument("--cancel-on-exit", action="store_true",
                     help="with --watch: Ctrl-C cancels the job too")
+    sp.add_argument("--depends-on", action="append", metavar="ID",
+                    help="wait until job ID completed (repeatable); job:ID/NAME in a path "
+                    "argument names its output NAME")
+    sp.add_argument("--batch", metavar="FILE",
+                    help="submit the jobs a JSON or TOML file lists, all or none")
+    sp.add_argument("--pipeline", action="store_true",
+                    help="with --batch: each job depends on the one before it")
     sp.set_defaults(func=cmd_submit)
 
     sp = sub.add_parser("ls", help="list jobs")

@@ -62,6 +62,7 @@ DEFAULT_TICKET_TTL = Duration(60)
 DEFAULT_KEEPALIVE = Duration(15)
 DEFAULT_LOGIN_BACKOFF_MAX = Duration(300)
 DEFAULT_REQUEST_TIMEOUT = Duration(10)
+DEFAULT_MAX_BATCH = 1000
 DEFAULT_SUBMIT_PER_USER = Rate(600, 60)
 DEFAULT_SUBMIT_PER_IP = Rate(1200, 60)
 DEFAULT_LOGIN_PER_USER = Rate(10, 60)
@@ -86,6 +87,8 @@ class ServerSettings:
     # Folders Python kinds' modules are imported from (`function = "mykinds:analyze"`),
     # relative to the config file's folder; unset: that folder itself. `[]` adds none.
     python_path: list[str] | None = None
+    # The most jobs one `POST /api/batches` may submit (all or none, in one transaction).
+    max_batch: int = DEFAULT_MAX_BATCH
 
 
 @dataclass
@@ -384,6 +387,7 @@ def _check(settings: Settings) -> None:
         "streams.buffer_kb": settings.streams.buffer_kb,
         "uploads.max_file_mb": settings.uploads.max_file_mb,
         "uploads.quota_per_user_mb": settings.uploads.quota_per_user_mb,
+        "server.max_batch": settings.server.max_batch,
     }
     for key, value in positive.items():
         if value is not None and value < 1:

@@ -260,6 +260,8 @@ class EventType(StrEnum):
     SCHEDULE_FIRED = "schedule.fired"
     SCHEDULE_SKIPPED = "schedule.skipped"
     SCHEDULE_FAILED = "schedule.failed"
+    BATCH_CREATED = "batch.created"  # a batch of jobs was submitted (batches.py)
+    BATCH_COMPLETED = "batch.completed"  # the last job of a batch ended (its state says how)
 
 
 #: A job ended for good: it is in a final state after it.

@@ -29,7 +29,7 @@ from jobgate.model import (
     event_type,
 )
 from jobgate.sanitize import stored_text
-from jobgate.store.base import Outcome, QueueFull
+from jobgate.store.base import Outcome, QueueFull, Quota
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,3 +281,97 @@ def not_kept_line(total: int | None, kept: int, after: int) -> tuple[int, str] |
     if total and total > kept and after <= kept:
         return kept + 1, f"[jobgate] {total - kept} more lines not kept (worker.log_max_lines)"
     return None
+
+
+# --- dependencies ----------------------------------------------------------------------------
+# A job with `depends_on` is queued but waits outside the dispatch order until each of its
+# dependencies completed (the backend keeps how many it waits for in a column of its own);
+# the rules below say what a job's dependencies, as read in one transaction, come to.
+class Dependencies(NamedTuple):
+    """What a job's dependencies come to now (`dependencies`)."""
+
+    failed: str | None  # the first that failed or was cancelled: the job fails
+    waiting: int  # how many are still queued or running (0 and no failure: ready)
+
+
+def dependencies(states: Mapping[str, State | None]) -> Dependencies:
+    """What dependencies in these states ({id: state}; None: deleted, which only a finished
+    job can be, and that ended before: it does not hold the job back) come to."""
+    failed = next((dep for dep, state in sorted(states.items())
+                   if state in (State.FAILED, State.CANCELLED)), None)
+    waiting = sum(1 for state in states.values() if state in (State.QUEUED, State.RUNNING))
+    return Dependencies(failed, waiting)
+
+
+def waiting_message(count: int) -> str:
+    """A waiting job's `message`: "waiting for 2 jobs"."""
+    return f"waiting for {count} job{'' if count == 1 else 's'}"
+
+
+def submitted_waiting(job: Job, count: int) -> Move:
+    """A new job entering the queue to wait for `count` dependencies: outside the
+    dispatch order (no turn yet: it gets one when it becomes ready, `released`). Its event
+    says `waiting`, which keeps it out of the queue positions."""
+    after = dataclasses.replace(job, state=State.QUEUED, vt=0, message=waiting_message(count))
+    return Move(after, {"state": State.QUEUED, "vt": 0, "message": after.message},
+                event_type(None, State.QUEUED), {**event_data(after), "waiting": count})
+
+
+def still_waiting(job: Job, count: int) -> Move:
+    """A waiting job one of whose dependencies completed, still waiting for `count`: its
+    message says so (a `job.progress` event)."""
+    after = dataclasses.replace(job, message=waiting_message(count))
+    return Move(after, {"message": after.message}, EventType.PROGRESS,
+                {"progress": job.progress, "message": after.message, "waiting": count})
+
+
+def released(job: Job, now: float, vt: int) -> Move:
+    """A waiting job whose dependencies all completed: it enters the dispatch order as if
+    submitted `now`, at the fair turn `vt` worked out now (a `job.queued` event; a delayed
+    job keeps its later `run_at`, and `start_timeout` counts from now)."""
+    if job.state is not State.QUEUED:
+        raise IllegalMove(job.id, job.state, State.QUEUED)
+    after = dataclasses.replace(job, vt=vt, run_at=max(job.run_at, now), message=None)
+    return Move(after, {"vt": vt, "run_at": after.run_at, "message": None},
+                EventType.QUEUED, event_data(after))
+
+
+def dependency_failed(job: Job, dep_id: str, now: float) -> Move:
+    """A waiting job whose dependency `dep_id` failed or was cancelled: it can never start,
+    so it fails, and says which (its own dependants fail after it)."""
+    reason = f"dependency failed: {dep_id}"
+    return _move(job, State.FAILED, finished_at=now, error=reason, message=reason)
+
+
+def retried_waiting(job: Job, now: float, count: int) -> Move:
+    """A failed or cancelled job retried by hand while `count` of its dependencies are
+    still queued or running (retried too): it waits for them again, outside the order."""
+    move = retried(job, now, 0)
+    after = dataclasses.replace(move.job, message=waiting_message(count))
+    return Move(after, {**move.fields, "message": after.message}, move.event,
+                {**event_data(after), "waiting": count})
+
+
+def batch_fits(count: int, queued: int | None, owner_queued: int | None, quota: Quota,
+               owner: str) -> None:
+    """Refuse a whole batch of `count` jobs (QueueFull) unless the queue takes them all:
+    `queued` jobs (and `owner_queued` of the owner's) are queued now, each counted up to
+    its cap of `quota`. The message says how many would fit."""
+    room: list[tuple[int, str]] = []
+    if quota.max_queued is not None and queued is not None:
+        room.append((quota.max_queued - queued, f"limits.max_queued {quota.max_queued}"))
+    if quota.per_user_queued is not None and owner_queued is not None:
+        room.append((quota.per_user_queued - owner_queued,
+                     f"limits.per_user_queued {quota.per_user_queued} for {owner}"))
+    if not room:
+        return
+    fit, why = min(room)
+    if count > fit:
+        raise QueueFull(f"queue full: {max(0, fit)} of the batch's {count} jobs would fit "
+                        f"({why})")
+
+
+def is_waiting(job: Job) -> bool:
+    """Whether a job as read waits for its dependencies (queued, its message says so)."""
+    return job.state is State.QUEUED and bool(job.depends_on) and \
+        (job.message or "").startswith("waiting for ")

@@ -7,7 +7,9 @@ would cost O(position). The index follows the store's committed events, includin
 other processes' (`Store.listen`), and is rebuilt from the database at start.
 
 Jobs whose `run_at` is still in the future (delayed, or in retry backoff) have no position:
-they join the order, at their key, once they are due.
+they join the order, at their key, once they are due. Nor have jobs waiting for their
+dependencies (their `job.queued` says `waiting`): they join it with the `job.queued` of
+their release, at the turn they get then.
 """
 
 from __future__ import annotations
@@ -197,6 +199,8 @@ class PositionIndex:
             if event.type in QUEUED_EVENTS:
                 data = event.data
                 self._remove(event.job_id)
+                if data.get("waiting"):
+                    continue  # waits for its dependencies: in the order once released
                 key = (-int(data["priority"]), int(data["vt"]), event.job_id)
                 self._add(key, parse_iso(data["run_at"]))
             elif event.type in STATE_EVENTS:  # started or ended: no longer queued

@@ -25,7 +25,7 @@ import shutil
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,15 @@ from typing import Any
 import psutil
 
 from jobgate.arguments import UPLOAD_PREFIX, ArgumentError, resolve_paths, validate_args
+from jobgate.batches import Batch, BatchItem, check_size, item_of, plan
 from jobgate.config import Settings
+from jobgate.dependencies import check_ids, output_file, output_refs
+from jobgate.dependencies import unknown as unknown_dependency
 from jobgate.events import EventBus
 from jobgate.executor import RunResult
 from jobgate.kinds import Kind, failure_matches
 from jobgate.model import RUN_END_EVENTS, Event, EventType, Job, Output, State, new_id
-from jobgate.moves import ended_outputs
+from jobgate.moves import ended_outputs, is_waiting
 from jobgate.positions import PositionIndex
 from jobgate.sanitize import stored_json, stored_text
 from jobgate.scheduler import Limits, backoff_s
@@ -182,30 +185,46 @@ class JobQueue:
         unique_key: str | None = None,
         idempotency_key: str | None = None,
         memory_mb: int | None = None,
+        depends_on: Sequence[str] | None = None,
+        admin: bool = False,
     ) -> tuple[Job, bool]:
         """Queue a job; returns (job, created). ArgumentError for bad input, QueueFull.
 
         The job reserves `memory_mb` if given (checked by `check_memory`), else the kind's
         estimate as it stands now (`kind_memory`): fixed at submit, so what a job reserves
-        never changes while it waits or runs.
+        never changes while it waits or runs. With `depends_on` (ids of the owner's jobs;
+        with `admin`, anyone's) it waits until they all completed (dependencies.py).
         """
+        deps = await self.check_dependencies(owner, depends_on or (), admin)
+        job = await self._new_job(owner, kind, args, priority=priority, run_at=run_at,
+                                  memory_mb=memory_mb, depends_on=deps)
+        job.unique_key, job.idempotency_key = unique_key, idempotency_key
+        return await self.store.submit(job, self.quota)
+
+    async def _new_job(self, owner: str, kind: str, args: dict[str, Any] | None, *,
+                       priority: int | None, run_at: float | None, memory_mb: int | None,
+                       depends_on: list[str], job_id: str | None = None) -> Job:
+        """A job to submit, its kind, memory and arguments checked (ArgumentError)."""
         spec = self.kind(kind)
         if memory_mb is None:
             memory_mb = (await self.kind_memory(spec)).estimate_mb if spec.memory_auto \
                 else spec.memory_mb
         self.check_memory(spec, memory_mb)
         args = args or {}
+        refs = await self._own_uploads(owner, spec, args)
+        if isinstance(args, dict):
+            refs.update(output_refs(spec, args, depends_on))
         check = functools.partial(
             validate_args, spec, args, self.settings.input_path, True, self.protected_paths,
-            uploads=await self._own_uploads(owner, spec, args), as_given=True)
+            uploads=refs, as_given=True)
         if any(a.type == "url" for a in spec.args.values()):
             # Resolving a host name blocks: keep it off the event loop.
             args = await asyncio.to_thread(check)
         else:
             args = check()
         now = time.time()
-        job = Job(
-            id=new_id(now),
+        return Job(
+            id=job_id or new_id(now),
             kind=kind,
             owner=owner,
             args=args,
@@ -214,10 +233,19 @@ class JobQueue:
             created_at=now,
             run_at=max(now, run_at) if run_at is not None else now,
             memory_mb=memory_mb,
-            unique_key=unique_key,
-            idempotency_key=idempotency_key,
+            depends_on=depends_on,
         )
-        return await self.store.submit(job, self.quota)
+
+    async def check_dependencies(self, owner: str, depends_on: Sequence[str], admin: bool
+                                 ) -> list[str]:
+        """The ids a job of `owner` depends on, checked: jobs of `owner` (with `admin`, of
+        anyone); DependencyError for another's or an unknown one, in the same words."""
+        deps = check_ids(depends_on)
+        for dep in deps:
+            job = await self.store.get(dep)
+            if job is None or (job.owner != owner and not admin):
+                raise unknown_dependency(dep)
+        return deps
 
     async def _own_uploads(self, owner: str, spec: Kind, args: Mapping[str, Any]
                            ) -> dict[str, Path]:
@@ -237,7 +265,8 @@ class JobQueue:
         """The args a run of `job` is given: each `path` argument its real path, checked
         again now (ArgumentError if it no longer passes, e.g. a file became a symlink)."""
         return resolve_paths(kind, job.args, self.settings.input_path, self.protected_paths,
-                             functools.partial(self.uploads.file, job.owner))
+                             functools.partial(self.uploads.file, job.owner),
+                             functools.partial(output_file, self.job_dir, job.depends_on))
 
     def check_memory(self, spec: Kind, memory_mb: int) -> None:
         """ArgumentError unless a job of `spec` may reserve `memory_mb`: at least 0, at most
@@ -290,7 +319,8 @@ class JobQueue:
 
     def to_json(self, job: Job) -> dict[str, Any]:
         out = job.to_json(self.position(job))
-        if self.pressure is not None and job.state is State.QUEUED:
+        if self.pressure is not None and job.state is State.QUEUED and \
+                not is_waiting(job):
             out["message"] = f"waiting: {self.pressure}"
         return out
 
@@ -328,6 +358,46 @@ class JobQueue:
 
     async def stats(self) -> Stats:
         return await self.store.stats()
+
+    # --- batches ------------------------------------------------------------------------
+    async def submit_batch(self, owner: str, jobs: Sequence[BatchItem | Mapping[str, Any]],
+                           *, pipeline: bool = False, admin: bool = False
+                           ) -> tuple[Batch, list[Job]]:
+        """Queue many jobs at once, all or none (batches.py): the batch and its jobs, in
+        the order given. Each job is a `BatchItem` or a mapping of its fields (`kind`,
+        `args`, `priority`, `run_at`, `depends_on`, `memory_mb`); `#i` in `depends_on`
+        and `job:#i/NAME` in a path argument name the batch's job i; with `pipeline`,
+        each job depends on the one before it. ArgumentError (naming `jobs[i]`) for bad
+        input, a cycle or an unknown dependency; QueueFull, saying how many would fit,
+        when the queue cannot take them all."""
+        check_size(len(jobs), self.settings.server.max_batch)
+        items = [item_of(value, at) for at, value in enumerate(jobs)]
+        now = time.time()
+        ids = [new_id(now) for _ in items]
+        steps = plan(items, ids, pipeline)
+        outside = {d for deps in steps.depends_on for d in deps} - set(ids)
+        await self.check_dependencies(owner, sorted(outside), admin)
+        made: list[Job] = []
+        for at, item in enumerate(items):
+            try:
+                made.append(await self._new_job(
+                    owner, item.kind, steps.args[at], priority=item.priority,
+                    run_at=item.run_at, memory_mb=item.memory_mb,
+                    depends_on=steps.depends_on[at], job_id=ids[at]))
+            except ArgumentError as exc:
+                field_name = exc.field if exc.field in (None, "kind", "memory_mb") else \
+                    f"args.{exc.field}"
+                where = f"jobs[{at}]" + (f".{field_name}" if field_name else "")
+                raise ArgumentError(where, exc.reason) from None
+        batch = Batch(new_id(now), owner, now, len(items), pipeline)
+        stored = await self.store.submit_batch(batch, [made[i] for i in steps.order],
+                                               self.quota)
+        by_id = {j.id: j for j in stored}
+        return batch, [by_id[i] for i in ids]
+
+    async def get_batch(self, batch_id: str) -> Batch | None:
+        """A batch with its jobs' counts per state and its progress, or None."""
+        return await self.store.get_batch(batch_id)
 
     # --- what the worker reports -------------------------------------------------------
     def job_dir(self, job_id: str) -> Path:

@@ -427,6 +427,7 @@ def stats_json(queue: JobQueue, settings: Settings, stats: Any,
     measured = queue.job_memory.values()
     out = {
         **{s.value: stats.counts.get(s.value, 0) for s in State},
+        "waiting": stats.waiting,  # of the queued: waiting for their dependencies
         "max_running": settings.limits.max_running,
         "memory_reserved_mb": stats.memory_reserved_mb,
         "memory_budget_mb": settings.limits.memory_budget_mb,

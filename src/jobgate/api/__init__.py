@@ -3,7 +3,7 @@
 Its parts, each a flat module that imports `core` and nothing else of this package:
 `core` (the Services on `app.state`, lifespan, errors, guards, the caller), `jobs` (job,
 queue and health routes), `auth` (login and tickets), `streams` (SSE and WebSocket),
-`uploads` (files in),
+`uploads` (files in), `batches` (many jobs at once),
 `schedules` (the configured schedules).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from jobgate import __version__
-from jobgate.api import auth, core, jobs, schedules, streams, uploads
+from jobgate.api import auth, batches, core, jobs, schedules, streams, uploads
 from jobgate.api.core import ApiError, Services, error_response
 from jobgate.config import Settings
 from jobgate.dashboard import add_dashboard
@@ -27,6 +27,7 @@ def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
                   description="A job queue for heavy, long-running work shared by many people.")
     core.install_guards(app, settings, uncapped=(uploads.UPLOAD_PATH,))
     jobs.install(app, settings)
+    batches.install(app)
     auth.install(app, settings)
     uploads.install(app)
     schedules.install(app)

@@ -68,9 +68,6 @@ def install(app: FastAPI, settings: Settings) -> None:
         services = services_of(request)
         limit(services.limits.submit_per_user, user.name, f"submits by {user.name}")
         limit(services.limits.submit_per_ip, client_ip(request), "submits from this address")
-        if body.depends_on:
-            raise ApiError(422, "unsupported", "depends_on is not supported yet",
-                           field="depends_on")
         if body.webhook_url:
             raise ApiError(422, "unsupported", "webhook_url is not supported yet",
                            field="webhook_url")
@@ -91,7 +88,7 @@ def install(app: FastAPI, settings: Settings) -> None:
         job, created = await services.queue.submit(
             user.name, body.kind, body.args, priority=body.priority, run_at=run_at,
             unique_key=body.unique_key, idempotency_key=idempotency_key,
-            memory_mb=body.memory_mb)
+            memory_mb=body.memory_mb, depends_on=body.depends_on, admin=user.admin)
         return JSONResponse(services.queue.to_json(job), status_code=201 if created else 200)
 
     @app.get("/api/jobs", tags=["jobs"])

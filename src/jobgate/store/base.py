@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobgate.batches import Batch
 from jobgate.model import DispatchKey, Event, Job, Output, State
 from jobgate.scheduler import Limits
 from jobgate.schedules import Firing
@@ -80,6 +81,7 @@ class Stats:
     finished_last_min: int
     avg_duration_s: float | None
     success_rate: float | None
+    waiting: int = 0  # queued jobs waiting for their dependencies (in counts' "queued" too)
 
 
 @dataclass(frozen=True)
@@ -378,6 +380,19 @@ class Store(ABC):
     @abstractmethod
     async def prune_firings(self, before_ts: float) -> int:
         """Delete the records of firings made before `before_ts`."""
+
+    # --- batches --------------------------------------------------------------------
+    @abstractmethod
+    async def submit_batch(self, batch: Batch, jobs: list[Job], quota: Quota) -> list[Job]:
+        """Insert a batch and its jobs in one transaction, all or none: QueueFull (saying
+        how many would fit) if the quota cannot take them all, DependencyError if one
+        depends on a job that is gone. `jobs` come in an order where each follows those
+        of the batch it depends on; they are returned in that order, as stored (waiting,
+        ready, or failed at once when a dependency had failed). Emits `batch.created`."""
+
+    @abstractmethod
+    async def get_batch(self, batch_id: str) -> Batch | None:
+        """A batch with its jobs' counts per state, their running progress and ids."""
 
 
 class SchemaTooNew(StoreError, RuntimeError):

@@ -30,6 +30,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from jobgate import moves
+from jobgate.batches import Batch
 from jobgate.model import FINAL, DispatchKey, Event, EventType, Job, State
 from jobgate.scheduler import Admission, Ask, Candidate, Limits, Running
 from jobgate.schedules import Firing
@@ -49,13 +50,28 @@ from jobgate.store.base import (
     User,
 )
 from jobgate.store.postgres_conn import PgConnection, Tx, latest_version, pg_errors
-from jobgate.store.postgres_grouped import SORT_OFF, finish_many, next_turn, submit_many
+from jobgate.store.postgres_deps import (
+    TURNS_LOCK,
+    emit_batch,
+    end_batches,
+    read_batch,
+    retry_rule,
+    set_batch,
+    settle_ends,
+)
+from jobgate.store.postgres_grouped import (
+    SORT_OFF,
+    finish_many,
+    next_turn,
+    submit_many,
+    turn_of,
+)
 from jobgate.store.rows import lease_cutoff
 
 __all__ = ["PostgresStore", "SchemaTooNew", "latest_version"]
 
 _CLAIM_LOCK = 0x6A6F6201  # advisory lock keys ("job" + n)
-_TURNS_LOCK = 0x6A6F6202
+_TURNS_LOCK = TURNS_LOCK
 _FINAL = [s.value for s in FINAL]
 
 
@@ -66,6 +82,10 @@ class PostgresStore(PgConnection, Store):
     async def submit(self, job: Job, quota: Quota) -> tuple[Job, bool]:
         async def op(tx: Tx, items: list[tuple[Job, Quota]]
                      ) -> list[tuple[Job, bool] | Exception]:
+            deps = sorted({d for job, _ in items for d in job.depends_on})
+            if deps:  # their rows before the turns lock, in the order an end takes them
+                await tx.execute("SELECT 1 FROM jobs WHERE id = ANY(%s) ORDER BY id FOR SHARE",
+                                 (deps,))
             await tx.execute(f"SELECT pg_advisory_xact_lock(%s), {SORT_OFF}", (_TURNS_LOCK,))
             return await submit_many(tx, items)
 
@@ -238,7 +258,12 @@ class PostgresStore(PgConnection, Store):
         async def op(tx: Tx) -> Job:
             job = await tx.one(job_id)
             move = moves.cancelled(job, tx.now)
-            return job if move is None else await tx.apply(move)
+            if move is None:
+                return job
+            after = await tx.apply(move)
+            if after.state is State.CANCELLED:
+                await settle_ends(tx, [after], turn_of(tx))
+            return after
 
         return await self._run(op)
 
@@ -246,6 +271,16 @@ class PostgresStore(PgConnection, Store):
         async def op(tx: Tx) -> Job:
             await tx.lock(_TURNS_LOCK)
             job = await tx.one(job_id)
+            if job.depends_on and job.state in (State.FAILED, State.CANCELLED):
+                rule = await retry_rule(tx, job)
+                if rule.failed is not None:
+                    raise Conflict(f"job {job_id} depends on {rule.failed}, which did not "
+                                   "complete: retry that job first")
+                if rule.waiting:
+                    after = await tx.apply(moves.retried_waiting(job, tx.now, rule.waiting))
+                    await tx.execute("UPDATE jobs SET waiting = %s WHERE id = %s",
+                                     (rule.waiting, job_id))
+                    return after
             return await tx.apply(
                 moves.retried(job, tx.now, await next_turn(tx, job.owner, job.priority)))
 
@@ -269,7 +304,7 @@ class PostgresStore(PgConnection, Store):
 
         async def op(tx: Tx) -> list[Job]:
             await tx.lock(_TURNS_LOCK)
-            out = []
+            out: list[Job] = []
             cutoff = lease_cutoff(tx.now, expired_before)
             for job in await tx.select(
                     "state = 'running' AND (lease_expires_at < %s OR worker = ANY(%s)) "
@@ -281,16 +316,20 @@ class PostgresStore(PgConnection, Store):
                 move = moves.recovered(job, tx.now, vt)
                 await tx.apply(move)
                 out.append(moves.lost_run(move, job))
+            await settle_ends(tx, [j for j in out if j.state in FINAL], turn_of(tx))
             return out
 
         return await self._run(op)
 
     async def expire_queued(self, start_timeout_s: float) -> list[Job]:
         async def op(tx: Tx) -> list[Job]:
-            jobs = await tx.select("state = 'queued' AND run_at < %s ORDER BY id "
-                                   "FOR UPDATE SKIP LOCKED", (tx.now - start_timeout_s,))
-            return [await tx.apply(moves.expired(job, tx.now, start_timeout_s))
-                    for job in jobs]
+            jobs = await tx.select("state = 'queued' AND waiting = 0 AND run_at < %s "
+                                   "ORDER BY id FOR UPDATE SKIP LOCKED",
+                                   (tx.now - start_timeout_s,))
+            failed = [await tx.apply(moves.expired(job, tx.now, start_timeout_s))
+                      for job in jobs]
+            await settle_ends(tx, failed, turn_of(tx))
+            return failed
 
         return await self._run(op)
 
@@ -323,7 +362,8 @@ class PostgresStore(PgConnection, Store):
     async def queued_keys(self) -> list[tuple[DispatchKey, float]]:
         async def op(tx: Tx) -> list[tuple[DispatchKey, float]]:
             return [((-p, vt, i), run_at) for p, vt, i, run_at in await tx.rows(
-                "SELECT priority, vt, id, run_at FROM jobs WHERE state = 'queued'")]
+                "SELECT priority, vt, id, run_at FROM jobs WHERE state = 'queued' "
+                "AND waiting = 0")]
 
         return await self._run(op, write=False)
 
@@ -338,7 +378,8 @@ class PostgresStore(PgConnection, Store):
 
     async def next_run_at(self) -> float | None:
         async def op(tx: Tx) -> float | None:
-            value = await tx.value("SELECT min(run_at) FROM jobs WHERE state = 'queued'")
+            value = await tx.value("SELECT min(run_at) FROM jobs WHERE state = 'queued' "
+                                   "AND waiting = 0")
             return None if value is None else float(value)
 
         return await self._run(op, write=False)
@@ -358,8 +399,11 @@ class PostgresStore(PgConnection, Store):
                 "FROM jobs WHERE finished_at >= %s", (tx.now - 3600,))
             assert row is not None
             done, ok, avg = int(row[0]), int(row[1]), row[2]
+            waiting = await tx.value("SELECT count(*) FROM jobs WHERE state = 'queued' "
+                                     "AND waiting > 0")
             return Stats(counts, int(reserved), int(last_min),
-                         None if avg is None else float(avg), (ok / done) if done else None)
+                         None if avg is None else float(avg), (ok / done) if done else None,
+                         int(waiting))
 
         return await self._run(op, write=False)
 
@@ -549,6 +593,41 @@ class PostgresStore(PgConnection, Store):
     async def prune_firings(self, before_ts: float) -> int:
         return await self._run(lambda tx: schedules_sql.prune(tx, before_ts))
 
+    # --- batches --------------------------------------------------------------------------
+    async def submit_batch(self, batch: Batch, jobs: list[Job], quota: Quota) -> list[Job]:
+        async def op(tx: Tx) -> list[Job]:
+            deps = sorted({d for job in jobs for d in job.depends_on})
+            if deps:  # their rows before the turns lock, in the order an end takes them
+                await tx.execute("SELECT 1 FROM jobs WHERE id = ANY(%s) ORDER BY id FOR SHARE",
+                                 (deps,))
+            await tx.execute(f"SELECT pg_advisory_xact_lock(%s), {SORT_OFF}", (_TURNS_LOCK,))
+            queued = owner_queued = None
+            if quota.max_queued is not None:
+                queued = int(await tx.value(
+                    "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'queued' "
+                    "LIMIT %s) AS q", (quota.max_queued,)))
+            if quota.per_user_queued is not None:
+                owner_queued = int(await tx.value(
+                    "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE owner = %s "
+                    "AND state = 'queued' LIMIT %s) AS q", (batch.owner, quota.per_user_queued)))
+            moves.batch_fits(len(jobs), queued, owner_queued, quota, batch.owner)
+            out: list[Job] = []
+            for result in await submit_many(tx, [(job, Quota()) for job in jobs]):
+                if isinstance(result, Exception):
+                    raise result  # all or none: the transaction is rolled back
+                out.append(result[0])
+            await set_batch(tx, batch, [j.id for j in out])
+            created = await read_batch(tx, batch.id)
+            assert created is not None
+            emit_batch(tx, EventType.BATCH_CREATED, created)
+            await end_batches(tx, [j.id for j in out if j.state in FINAL])
+            return out
+
+        return await self._run(op)
+
+    async def get_batch(self, batch_id: str) -> Batch | None:
+        return await self._run(lambda tx: read_batch(tx, batch_id), write=False)
+
 
 _UPLOAD_COLUMNS = "id, owner, name, size, sha256, created_at"
 
@@ -557,11 +636,10 @@ def _upload(row: tuple[Any, ...]) -> Upload:
     id_, owner, name, size, sha256, created_at = row
     return Upload(id_, owner, name, int(size), sha256, float(created_at))
 
-
 async def _candidates(tx: Tx, ask: Ask) -> list[Candidate]:
     """The first ready queued jobs in dispatch order that no limit excludes outright (rows
     another transaction holds are skipped: it is changing them)."""
-    where = "state = 'queued' AND run_at <= %s AND kind = ANY(%s)"
+    where = "state = 'queued' AND waiting = 0 AND run_at <= %s AND kind = ANY(%s)"
     params: list[Any] = [tx.now, ask.kinds]
     if ask.owners:
         where += " AND owner <> ALL(%s)"
@@ -591,6 +669,9 @@ async def _date_leases(tx: Tx, jobs: list[Job], lease_s: float) -> None:
 
 
 async def _delete(tx: Tx, job_ids: list[str]) -> int:
+    await tx.cur.execute(
+        "DELETE FROM job_deps WHERE job_id = ANY(SELECT id FROM jobs WHERE id = ANY(%s) "
+        "AND state = ANY(%s))", (job_ids, _FINAL))
     await tx.cur.execute(
         "DELETE FROM logs WHERE job_id = ANY(SELECT id FROM jobs WHERE id = ANY(%s) "
         "AND state = ANY(%s))", (job_ids, _FINAL))

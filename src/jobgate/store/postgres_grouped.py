@@ -7,13 +7,21 @@ its own error (a full queue refuses one job, not its neighbours). The reads of f
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from jobgate import moves
+from jobgate.dependencies import DependencyError
 from jobgate.model import Job, State
 from jobgate.scheduler import Turns
 from jobgate.store.base import Outcome, QueueFull, Quota
 from jobgate.store.postgres_conn import COLUMN_TYPES, Tx
+from jobgate.store.postgres_deps import (
+    after_insert,
+    dependency_states,
+    locked_turn,
+    settle_ends,
+)
 from jobgate.store.rows import COLUMNS, RUN_COLUMNS, job_values, run_from_row
 
 _INSERT_SQL = (f"INSERT INTO jobs ({COLUMNS}) SELECT * FROM unnest("
@@ -28,15 +36,16 @@ _INSERT_SQL = (f"INSERT INTO jobs ({COLUMNS}) SELECT * FROM unnest("
 # running jobs (jobs_running), so that a deep queue costs one index entry whatever the
 # planner's statistics say (read under a lock statement that turns sorting off; `SORT_OFF`).
 _PRIORITY_TURNS_SQL = (
-    "SELECT (SELECT vt FROM jobs WHERE state = 'queued' AND priority = %(p)s "
+    "SELECT (SELECT vt FROM jobs WHERE state = 'queued' AND waiting = 0 AND priority = %(p)s "
     "ORDER BY priority DESC, vt LIMIT 1), "
-    "(SELECT vt FROM jobs WHERE state = 'queued' AND priority = %(p)s "
+    "(SELECT vt FROM jobs WHERE state = 'queued' AND waiting = 0 AND priority = %(p)s "
     "ORDER BY vt DESC LIMIT 1), "
     "(SELECT max(vt) FROM jobs WHERE state = 'running' AND priority = %(p)s)"
 )
 _OWNER_TURNS_SQL = (
     "SELECT GREATEST((SELECT vt FROM jobs WHERE owner = %(o)s AND state = 'queued' "
-    "AND priority = %(p)s ORDER BY vt DESC LIMIT 1), (SELECT vt FROM jobs WHERE owner = %(o)s "
+    "AND waiting = 0 AND priority = %(p)s ORDER BY vt DESC LIMIT 1), "
+    "(SELECT vt FROM jobs WHERE owner = %(o)s "
     "AND state = 'running' AND priority = %(p)s ORDER BY vt DESC LIMIT 1)), "
     "GREATEST(" + ", ".join(
         f"(SELECT vt FROM jobs WHERE owner = %(o)s AND state = '{state}' AND priority = %(p)s "
@@ -157,10 +166,23 @@ async def submit_many(tx: Tx, items: list[tuple[Job, Quota]]
         if same is not None:
             out.append((same, False))
             continue
-        move = moves.submitted(job, await next_turn(tx, job.owner, job.priority, turns))
+        rule = moves.Dependencies(None, 0)
+        if job.depends_on:  # read (and held) in this transaction: an end waits for it
+            await _flush(tx, rows)
+            try:
+                rule = moves.dependencies(await dependency_states(tx, job.depends_on))
+            except DependencyError as exc:
+                out.append(exc)
+                continue
+        move = moves.submitted_waiting(job, rule.waiting) if rule.waiting or rule.failed \
+            else moves.submitted(job, await next_turn(tx, job.owner, job.priority, turns))
         rows.append(job_values(move.job))
         queued.added(job)
         tx.record(move)
+        if job.depends_on:
+            await _flush(tx, rows)
+            out.append((await after_insert(tx, move.job, rule), True))
+            continue
         out.append((move.job, True))
     await _flush(tx, rows)
     return out
@@ -178,4 +200,11 @@ async def finish_many(tx: Tx, items: list[tuple[str, int, Outcome]]) -> list[Sta
     await tx.apply_all(settled.ended)
     for job, outcome in settled.requeue:
         await tx.apply(moves.requeued(job, outcome, await next_turn(tx, job.owner, job.priority)))
+    if settled.ended:
+        await settle_ends(tx, [m.job for m in settled.ended], turn_of(tx))
     return settled.states
+
+
+def turn_of(tx: Tx) -> Callable[[Job], Awaitable[int]]:
+    """A job's fair turn as it becomes ready (under the turns lock, taken then)."""
+    return locked_turn(tx, lambda job: next_turn(tx, job.owner, job.priority))

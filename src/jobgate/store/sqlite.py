@@ -15,6 +15,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from jobgate import moves
+from jobgate.batches import Batch
 from jobgate.model import FINAL, DispatchKey, Event, EventType, Job, State
 from jobgate.scheduler import Admission, Ask, Candidate, Limits, Running
 from jobgate.schedules import Firing
@@ -34,6 +35,14 @@ from jobgate.store.base import (
 )
 from jobgate.store.rows import event_from_row, lease_cutoff
 from jobgate.store.sqlite_conn import GroupCommit, SchemaTooNew, Tx, latest_version, placeholders
+from jobgate.store.sqlite_deps import (
+    emit_batch,
+    end_batches,
+    read_batch,
+    retry_rule,
+    set_batch,
+    settle_ends,
+)
 from jobgate.store.sqlite_grouped import finish_many, next_turn, submit_many
 
 __all__ = ["SchemaTooNew", "SqliteStore", "latest_version"]
@@ -180,13 +189,28 @@ class SqliteStore(GroupCommit, Store):
         def op(tx: Tx) -> Job:
             job = tx.one(job_id)
             move = moves.cancelled(job, tx.now)
-            return job if move is None else tx.apply(move)
+            if move is None:
+                return job
+            after = tx.apply(move)
+            if after.state is State.CANCELLED:
+                settle_ends(tx, [after], lambda j: next_turn(tx, j.owner, j.priority))
+            return after
 
         return await self._call(op)
 
     async def retry(self, job_id: str) -> Job:
         def op(tx: Tx) -> Job:
             job = tx.one(job_id)
+            if job.depends_on and job.state in (State.FAILED, State.CANCELLED):
+                rule = retry_rule(tx, job)
+                if rule.failed is not None:
+                    raise Conflict(f"job {job_id} depends on {rule.failed}, which did not "
+                                   "complete: retry that job first")
+                if rule.waiting:
+                    after = tx.apply(moves.retried_waiting(job, tx.now, rule.waiting))
+                    tx.conn.execute("UPDATE jobs SET waiting = ? WHERE id = ?",
+                                    (rule.waiting, job_id))
+                    return after
             return tx.apply(moves.retried(job, tx.now, next_turn(tx, job.owner, job.priority)))
 
         return await self._call(op)
@@ -208,7 +232,7 @@ class SqliteStore(GroupCommit, Store):
         held = dict(keep or {})
 
         def op(tx: Tx) -> list[Job]:
-            out = []
+            out: list[Job] = []
             cutoff = lease_cutoff(tx.now, expired_before, tx.stall, stall_grace_s)
             for job in tx.select("state = 'running' AND (lease_expires_at < ? OR worker IN "
                                  f"({placeholders(lost)}))", (cutoff, *lost)):
@@ -219,14 +243,19 @@ class SqliteStore(GroupCommit, Store):
                 move = moves.recovered(job, tx.now, vt)
                 tx.apply(move)
                 out.append(moves.lost_run(move, job))
+            settle_ends(tx, [j for j in out if j.state in FINAL],
+                        lambda j: next_turn(tx, j.owner, j.priority))
             return out
 
         return await self._call(op)
 
     async def expire_queued(self, start_timeout_s: float) -> list[Job]:
         def op(tx: Tx) -> list[Job]:
-            jobs = tx.select("state = 'queued' AND run_at < ?", (tx.now - start_timeout_s,))
-            return [tx.apply(moves.expired(job, tx.now, start_timeout_s)) for job in jobs]
+            jobs = tx.select("state = 'queued' AND waiting = 0 AND run_at < ?",
+                             (tx.now - start_timeout_s,))
+            failed = [tx.apply(moves.expired(job, tx.now, start_timeout_s)) for job in jobs]
+            settle_ends(tx, failed, lambda j: next_turn(tx, j.owner, j.priority))
+            return failed
 
         return await self._call(op)
 
@@ -257,14 +286,16 @@ class SqliteStore(GroupCommit, Store):
     async def queued_keys(self) -> list[tuple[DispatchKey, float]]:
         def op(tx: Tx) -> list[tuple[DispatchKey, float]]:
             return [((-p, vt, i), run_at) for p, vt, i, run_at in tx.conn.execute(
-                "SELECT priority, vt, id, run_at FROM jobs WHERE state = 'queued'")]
+                "SELECT priority, vt, id, run_at FROM jobs WHERE state = 'queued' "
+                "AND waiting = 0")]
 
         return await self._call(op, write=False)
 
     async def next_run_at(self) -> float | None:
         def op(tx: Tx) -> float | None:
             value = tx.conn.execute(
-                "SELECT min(run_at) FROM jobs WHERE state = 'queued'").fetchone()[0]
+                "SELECT min(run_at) FROM jobs WHERE state = 'queued' AND waiting = 0"
+            ).fetchone()[0]
             return None if value is None else float(value)
 
         return await self._call(op, write=False)
@@ -282,7 +313,10 @@ class SqliteStore(GroupCommit, Store):
                 "SELECT count(*), sum(state = 'completed'), "
                 "avg(CASE WHEN state = 'completed' THEN finished_at - started_at END) "
                 "FROM jobs WHERE finished_at >= ?", (tx.now - 3600,)).fetchone()
-            return Stats(counts, reserved, last_min, avg, (ok / done) if done else None)
+            waiting = tx.conn.execute(
+                "SELECT count(*) FROM jobs WHERE state = 'queued' AND waiting > 0").fetchone()[0]
+            return Stats(counts, reserved, last_min, avg, (ok / done) if done else None,
+                         waiting)
 
         return await self._call(op, write=False)
 
@@ -479,6 +513,37 @@ class SqliteStore(GroupCommit, Store):
     async def prune_firings(self, before_ts: float) -> int:
         return await self._call(lambda tx: schedules_sql.prune(tx, before_ts))
 
+    # --- batches ------------------------------------------------------------------------
+    async def submit_batch(self, batch: Batch, jobs: list[Job], quota: Quota) -> list[Job]:
+        def op(tx: Tx) -> list[Job]:
+            queued = owner_queued = None
+            if quota.max_queued is not None:
+                queued = tx.conn.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'queued' LIMIT ?)",
+                    (quota.max_queued,)).fetchone()[0]
+            if quota.per_user_queued is not None:
+                owner_queued = tx.conn.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE owner = ? "
+                    "AND state = 'queued' LIMIT ?)", (batch.owner, quota.per_user_queued)
+                ).fetchone()[0]
+            moves.batch_fits(len(jobs), queued, owner_queued, quota, batch.owner)
+            out: list[Job] = []
+            for result in submit_many(tx, [(job, Quota()) for job in jobs]):
+                if isinstance(result, Exception):
+                    raise result  # all or none: the savepoint undoes the others
+                out.append(result[0])
+            set_batch(tx, batch, [j.id for j in out])
+            created = read_batch(tx, batch.id)
+            assert created is not None
+            emit_batch(tx, EventType.BATCH_CREATED, created)
+            end_batches(tx, [j.id for j in out if j.state in FINAL])
+            return out
+
+        return await self._call(op)
+
+    async def get_batch(self, batch_id: str) -> Batch | None:
+        return await self._call(lambda tx: read_batch(tx, batch_id), write=False)
+
 
 _UPLOAD_COLUMNS = "id, owner, name, size, sha256, created_at"
 
@@ -508,7 +573,8 @@ def _candidates(tx: Tx, ask: Ask) -> list[Candidate]:
     """The first ready queued jobs in dispatch order that no limit excludes outright."""
     # `+` keeps SQLite off the run_at and kind indexes: walking jobs_dispatch in order and
     # stopping at LIMIT is O(limit); filtering by run_at first would sort the whole queue.
-    where = f"state = 'queued' AND +run_at <= ? AND +kind IN ({placeholders(ask.kinds)})"
+    where = (f"state = 'queued' AND waiting = 0 AND +run_at <= ? "
+             f"AND +kind IN ({placeholders(ask.kinds)})")
     params: list[Any] = [tx.now, *ask.kinds]
     if ask.owners:
         where += f" AND owner NOT IN ({placeholders(ask.owners)})"
@@ -526,6 +592,9 @@ def _delete(tx: Tx, job_ids: list[str]) -> int:
         chunk = job_ids[start:start + 500]
         marks = placeholders(chunk)
         tx.conn.execute(f"DELETE FROM logs WHERE job_id IN ({marks})", chunk)
+        tx.conn.execute(f"DELETE FROM job_deps WHERE job_id IN ({marks}) AND job_id IN "
+                        f"(SELECT id FROM jobs WHERE state IN ({placeholders(_FINAL)}))",
+                        [*chunk, *_FINAL])
         deleted += tx.conn.execute(
             f"DELETE FROM jobs WHERE id IN ({marks}) AND state IN ({placeholders(_FINAL)})",
             [*chunk, *_FINAL]).rowcount

@@ -8,11 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 from jobgate import moves
+from jobgate.dependencies import DependencyError
 from jobgate.model import Job, State
 from jobgate.scheduler import Turns
 from jobgate.store.base import Outcome, QueueFull, Quota
 from jobgate.store.rows import COLUMNS, RUN_COLUMNS, job_values, run_from_row
 from jobgate.store.sqlite_conn import Tx, placeholders
+from jobgate.store.sqlite_deps import after_insert, dependency_states, settle_ends
 
 _COLUMNS = COLUMNS
 _PLACEHOLDERS = ", ".join("?" for _ in _COLUMNS.split(","))
@@ -21,14 +23,15 @@ _PLACEHOLDERS = ", ".join("?" for _ in _COLUMNS.split(","))
 # Fair turns at one priority (scheduler.serving_turn): the smallest and largest vt queued
 # and the largest running, each one entry of an index (jobs_dispatch; jobs_running, as few as run).
 _PRIORITY_TURNS = (
-    "SELECT (SELECT min(vt) FROM jobs WHERE state = 'queued' AND priority = ?1), "
-    "(SELECT max(vt) FROM jobs WHERE state = 'queued' AND priority = ?1), "
+    "SELECT (SELECT min(vt) FROM jobs WHERE state = 'queued' AND waiting = 0 "
+    "AND priority = ?1), "
+    "(SELECT max(vt) FROM jobs WHERE state = 'queued' AND waiting = 0 AND priority = ?1), "
     "(SELECT max(vt) FROM jobs WHERE state = 'running' AND priority = ?1)")
 # An owner's last turn (scheduler.owner_last): among its queued and running jobs, and its
 # finished ones up to the newest open turn (one entry of jobs_owner_state per state).
 _OWNER_TURNS = (
     "SELECT (SELECT max(vt) FROM jobs WHERE owner = ?1 AND state IN ('queued', 'running') "
-    "AND priority = ?2), "
+    "AND priority = ?2 AND waiting = 0), "
     "(SELECT max(vt) FROM jobs WHERE owner = ?1 AND state = 'completed' AND priority = ?2 "
     "AND vt <= ?3), "
     "(SELECT max(vt) FROM jobs WHERE owner = ?1 AND state = 'failed' AND priority = ?2 "
@@ -67,9 +70,22 @@ def submit_many(tx: Tx, items: list[tuple[Job, Quota]]) -> list[tuple[Job, bool]
         if same is not None:
             out.append((same, False))
             continue
-        move = moves.submitted(job, next_turn(tx, job.owner, job.priority, turns))
+        rule = moves.Dependencies(None, 0)
+        if job.depends_on:  # read in this transaction: a dependency ending now is seen
+            _flush(tx, rows)
+            try:
+                rule = moves.dependencies(dependency_states(tx, job.depends_on))
+            except DependencyError as exc:
+                out.append(exc)
+                continue
+        move = moves.submitted_waiting(job, rule.waiting) if rule.waiting or rule.failed \
+            else moves.submitted(job, next_turn(tx, job.owner, job.priority, turns))
         rows.append(job_values(move.job))
         tx.record(move)
+        if job.depends_on:
+            _flush(tx, rows)
+            out.append((after_insert(tx, move.job, rule), True))
+            continue
         out.append((move.job, True))
         if job.idempotency_key is not None or job.unique_key is not None:
             _flush(tx, rows)  # later jobs of this batch must find this one
@@ -132,4 +148,7 @@ def finish_many(tx: Tx, items: list[tuple[str, int, Outcome]]) -> list[State | N
     tx.apply_all(settled.ended)
     for job, outcome in settled.requeue:
         tx.apply(moves.requeued(job, outcome, next_turn(tx, job.owner, job.priority)))
+    if settled.ended:
+        settle_ends(tx, [m.job for m in settled.ended], lambda j: next_turn(tx, j.owner,
+                                                                              j.priority))
     return settled.states
