@@ -254,6 +254,11 @@ class EventType(StrEnum):
     CANCELLED = "job.cancelled"
     QUEUE_STATS = "queue.stats"  # live only, never stored: the queue's numbers
     STREAM_RESET = "stream.reset"  # to one stream: what it missed is gone, reload
+    # A webhook or notification of a job's end (deliveries.py): sent, to be tried again,
+    # or given up.
+    DELIVERY_SUCCEEDED = "delivery.succeeded"
+    DELIVERY_RETRYING = "delivery.retrying"
+    DELIVERY_FAILED = "delivery.failed"
 
 
 #: A job ended for good: it is in a final state after it.
@@ -266,6 +271,9 @@ STATE_EVENTS = FINAL_EVENTS | QUEUED_EVENTS | {EventType.STARTED}
 RUN_END_EVENTS = FINAL_EVENTS | {EventType.RETRYING}
 #: Stored with a job, numbered by `seq`; the others are made for a stream as it goes.
 JOB_EVENTS = STATE_EVENTS | {EventType.PROGRESS, EventType.LOG}
+#: A delivery of a job's end was tried (stored, with the job's id and owner).
+DELIVERY_EVENTS = frozenset({EventType.DELIVERY_SUCCEEDED, EventType.DELIVERY_RETRYING,
+                             EventType.DELIVERY_FAILED})
 
 _STATE_EVENT = {
     State.QUEUED: EventType.QUEUED,

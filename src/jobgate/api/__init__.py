@@ -11,7 +11,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from jobgate import __version__
-from jobgate.api import auth, core, jobs, streams, uploads
+from jobgate.api import auth, core, deliveries, jobs, streams, uploads
 from jobgate.api.core import ApiError, Services, error_response
 from jobgate.config import Settings
 from jobgate.dashboard import add_dashboard
@@ -28,6 +28,7 @@ def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
     jobs.install(app, settings)
     auth.install(app, settings)
     uploads.install(app)
+    deliveries.install(app)
     add_dashboard(app)
     streams.install(app)
     return app

@@ -71,9 +71,6 @@ def install(app: FastAPI, settings: Settings) -> None:
         if body.depends_on:
             raise ApiError(422, "unsupported", "depends_on is not supported yet",
                            field="depends_on")
-        if body.webhook_url:
-            raise ApiError(422, "unsupported", "webhook_url is not supported yet",
-                           field="webhook_url")
         spec = services.queue.kind(body.kind)
         if body.priority is not None and body.priority > spec.priority and not user.admin:
             raise ApiError(403, "forbidden", "only an admin may raise a job's priority")
@@ -91,7 +88,7 @@ def install(app: FastAPI, settings: Settings) -> None:
         job, created = await services.queue.submit(
             user.name, body.kind, body.args, priority=body.priority, run_at=run_at,
             unique_key=body.unique_key, idempotency_key=idempotency_key,
-            memory_mb=body.memory_mb)
+            memory_mb=body.memory_mb, webhook_url=body.webhook_url)
         return JSONResponse(services.queue.to_json(job), status_code=201 if created else 200)
 
     @app.get("/api/jobs", tags=["jobs"])
