@@ -33,7 +33,7 @@ log = logging.getLogger("jobgate.deliveries")
 
 _POLL_S = 1.0
 _BATCH = 16  # deliveries claimed (and attempted at once) per round
-_LEASE_MARGIN_S = 30.0  # an attempt's lease: its timeout plus this
+_LEASE_MARGIN_S = 5.0  # an attempt's lease: its timeout plus this
 
 
 def shown_target(queue: JobQueue, delivery: Delivery) -> str:
@@ -53,6 +53,7 @@ class Deliverer:
         self.settings = queue.settings
         self._wake = asyncio.Event()
         self._secret: str | None = None
+        self._next_due = 0.0  # the earliest retry this node scheduled (wall clock)
         hooks, note = self.settings.webhooks, self.settings.notify
         self.lease_s = max(hooks.timeout, note.timeout) + _LEASE_MARGIN_S
 
@@ -78,8 +79,11 @@ class Deliverer:
                         await asyncio.gather(*(self._deliver(client, d) for d in batch))
                         continue
                     self._wake.clear()
+                    # Until a job ends, or the retry this node set comes due; other
+                    # nodes' retries are seen within _POLL_S.
+                    wait_s = min(_POLL_S, max(0.0, self._next_due - time.time()))
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), _POLL_S)
+                        await asyncio.wait_for(self._wake.wait(), wait_s)
         finally:
             unsubscribe()
 
@@ -92,6 +96,9 @@ class Deliverer:
                           delivery.id, delivery.job_id)
             return
         where = shown_target(self.queue, delivery)
+        if settled is not None and settled.state == "pending":
+            soonest = self._next_due if self._next_due > time.time() else settled.due_at
+            self._next_due = min(soonest, settled.due_at)
         if settled is None:
             log.info("delivery %s: attempt %d came after its lease", delivery.id, attempt.n)
         elif attempt.ok:
