@@ -244,10 +244,12 @@ def test_dispatch_key_orders_priority_then_turn_then_age():
 
 
 def test_event_types_are_the_contracts_names():
-    """DESIGN.md's events, plus the stream's own `stream.reset`; members are `str`."""
+    """DESIGN.md's events, plus the stream's own `stream.reset` and the deliveries';
+    members are `str`."""
     assert {t.value for t in EventType} == {
         "job.queued", "job.started", "job.progress", "job.log", "job.retrying",
-        "job.completed", "job.failed", "job.cancelled", "queue.stats", "stream.reset"}
+        "job.completed", "job.failed", "job.cancelled", "queue.stats", "stream.reset",
+        "delivery.succeeded", "delivery.retrying", "delivery.failed"}
     completed: str = EventType.COMPLETED  # a str: it compares equal to the wire name
     assert completed == "job.completed" and "job.completed" in FINAL_EVENTS
     assert json.dumps({"type": EventType.LOG}) == '{"type": "job.log"}'

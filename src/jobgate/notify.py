@@ -10,9 +10,11 @@ passwords): they are shown and logged only in Apprise's privacy form (`shown_url
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +28,25 @@ _BAD_LEVELS = {"WARNING", "ERROR", "CRITICAL", str(logging.WARNING), str(logging
 _MB = 1024 * 1024
 
 
+@functools.cache
+def _plugins() -> None:
+    """Load Apprise's service plugins once. They import `imghdr` (deprecated since Python
+    3.11), whose warning says nothing about jobgate: it is not shown (nor, under warnings
+    as errors, raised)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        apprise.Apprise.instantiate("json://localhost")
+
+
+def _instantiate(url: str) -> Any:
+    _plugins()
+    return apprise.Apprise.instantiate(url)
+
+
 def url_problem(url: str) -> str | None:
     """Why Apprise would not take `url` as a notification URL, or None. The message shows
     no part of the URL but its scheme (the rest may be a secret)."""
-    if apprise.Apprise.instantiate(url) is None:
+    if _instantiate(url) is None:
         scheme = url.split("://", 1)[0] if "://" in url else ""
         what = f"scheme {scheme!r}" if scheme.isascii() and scheme.isalnum() else "its form"
         return f"not a notification URL Apprise accepts ({what}; see the Apprise wiki)"
@@ -38,10 +55,10 @@ def url_problem(url: str) -> str | None:
 
 def shown_url(url: str) -> str:
     """The URL as Apprise's privacy form shows it (secrets starred), without its options."""
-    plugin = apprise.Apprise.instantiate(url)
+    plugin = _instantiate(url)
     if plugin is None:
         return "(not a valid notification URL)"
-    return str(plugin.url(privacy=True)).split("?", 1)[0]  # type: ignore[no-untyped-call]
+    return str(plugin.url(privacy=True)).split("?", 1)[0]
 
 
 def message(job: dict[str, Any]) -> tuple[str, str]:
@@ -99,7 +116,7 @@ async def send(url: str, job: dict[str, Any], files: list[Path], n: int, worker:
     """One attempt: the notification of `job` to `url`, with `files` attached where the
     service takes them. Apprise is synchronous: it runs on a thread."""
     started, t0 = time.time(), time.monotonic()
-    plugin = apprise.Apprise.instantiate(url)
+    plugin = _instantiate(url)
     if plugin is None:
         return Attempt(n, started, 0.0, error="not a valid notification URL", worker=worker)
     errors: list[str] = []
