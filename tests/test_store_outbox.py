@@ -150,7 +150,9 @@ async def test_a_delivery_is_given_up_past_max_age_or_when_refused_for_good(stor
     assert (aged.state, gone.state) == ("failed", "failed")
     assert await store.claim_deliveries("w1", 100, 30) == []
     failed = [e for e in await store.events_after(0) if e.type == "delivery.failed"]
-    assert {e.data["delivery_id"] for e in failed} == {first.id, second.id}
+    assert {e.data["delivery"]["id"] for e in failed} == {first.id, second.id}
+    assert {e.data["delivery"]["state"] for e in failed} == {"failed"}
+    assert "state" not in failed[0].data  # the job's own state is not a delivery's
     assert {e.job_id for e in failed} == {job.id}
 
 

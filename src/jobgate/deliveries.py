@@ -206,18 +206,20 @@ def after_attempt(rules: Rules, delivery: Delivery, attempt: Attempt, now: float
     try would come past `max_age` from the job's end: then failed for good."""
     common = {"attempts": attempt.n, "lease_expires_at": None, "last_status": attempt.status,
               "last_response": attempt.response, "last_error": attempt.error}
-    data = {"delivery_id": delivery.id, "channel": delivery.channel,
-            "source": delivery.source, "attempt": attempt.n, "status": attempt.status,
-            "error": attempt.error}
+    # Under one key: a client merging a job's events into the job (the dashboard does)
+    # must not take a delivery's state or error for the job's.
+    about = {"id": delivery.id, "channel": delivery.channel, "source": delivery.source,
+             "attempt": attempt.n, "status": attempt.status, "error": attempt.error}
     if attempt.ok:
         return Settled({**common, "state": DELIVERED, "finished_at": now},
-                       EventType.DELIVERY_SUCCEEDED, {**data, "state": DELIVERED})
+                       EventType.DELIVERY_SUCCEEDED, {"delivery": {**about, "state": DELIVERED}})
     due = now + next_delay_s(rules, attempt.n)
     if permanent or due > delivery.created_at + rules.max_age_s:
         return Settled({**common, "state": FAILED, "finished_at": now},
-                       EventType.DELIVERY_FAILED, {**data, "state": FAILED})
+                       EventType.DELIVERY_FAILED, {"delivery": {**about, "state": FAILED}})
     return Settled({**common, "state": PENDING, "due_at": due}, EventType.DELIVERY_RETRYING,
-                   {**data, "state": PENDING, "next_attempt_in_s": round(due - now, 3)})
+                   {"delivery": {**about, "state": PENDING,
+                                 "next_attempt_in_s": round(due - now, 3)}})
 
 
 def holds(delivery: Delivery | None, attempt: int) -> bool:
