@@ -3,7 +3,7 @@
 Its parts, each a flat module that imports `core` and nothing else of this package:
 `core` (the Services on `app.state`, lifespan, errors, guards, the caller), `jobs` (job,
 queue and health routes), `auth` (login and tickets), `streams` (SSE and WebSocket),
-`uploads` (files in).
+`uploads` (files in), `deliveries` (a job's webhooks and notifications).
 """
 
 from __future__ import annotations

@@ -45,7 +45,10 @@ class SubmitBody(BaseModel):
         None = None
     unique_key: SafeStr | None = Field(default=None, min_length=1, max_length=200)
     depends_on: list[SafeStr] | None = Field(default=None, max_length=1000)
-    webhook_url: SafeStr | None = Field(default=None, max_length=4096)
+    webhook_url: SafeStr | None = Field(
+        default=None, max_length=4096,
+        description="POSTed the job's JSON at its end, signed as Standard Webhooks say; "
+        "a loopback, private or link-local host is refused unless [webhooks] allow_private")
     # The memory this job reserves, in place of its kind's estimate (checked by the queue).
     memory_mb: StrictInt | None = None
 
