@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jobgate.delivery_config import check_deliveries
 from jobgate.kinds import Kind, parse_kind
 from jobgate.schedules import Schedule, parse_schedules
 
@@ -63,6 +64,8 @@ DEFAULT_KEEPALIVE = Duration(15)
 DEFAULT_LOGIN_BACKOFF_MAX = Duration(300)
 DEFAULT_REQUEST_TIMEOUT = Duration(10)
 DEFAULT_MAX_BATCH = 1000
+DEFAULT_WEBHOOK_TIMEOUT = Duration(10)
+DEFAULT_NOTIFY_TIMEOUT = Duration(30)
 DEFAULT_SUBMIT_PER_USER = Rate(600, 60)
 DEFAULT_SUBMIT_PER_IP = Rate(1200, 60)
 DEFAULT_LOGIN_PER_USER = Rate(10, 60)
@@ -183,6 +186,33 @@ class WorkerSettings:
 
 
 @dataclass
+class WebhookSettings:
+    """Webhooks of jobs' ends (deliveries.py, webhooks.py), signed as Standard Webhooks say."""
+
+    url: str | None = None  # every job's end goes here too (as [kinds.X] webhook_url does)
+    # "whsec_" + base64 of the key; unset: one is made once and kept in the data folder
+    # (secrets/webhook_secret), which every node must then share.
+    secret: str | None = None
+    events: list[str] = field(default_factory=lambda: ["completed", "failed", "cancelled"])
+    timeout: Duration = DEFAULT_WEBHOOK_TIMEOUT  # one attempt's whole request
+    backoff: list[str] = field(
+        default_factory=lambda: ["10s", "30s", "2m", "10m", "30m", "1h"])
+    max_age: Duration = _DAY  # no attempt later than this after the job's end
+    # A job's own webhook_url may name a loopback, private or link-local address.
+    allow_private: bool = False
+
+
+@dataclass
+class NotifySettings:
+    """Notifications of jobs' ends through Apprise (notify.py): URLs in its syntax."""
+
+    urls: list[str] = field(default_factory=list)
+    on: list[str] = field(default_factory=lambda: ["completed", "failed"])
+    attach_max_mb: int | None = 20  # outputs up to this size in all are attached; "off": none
+    timeout: Duration = DEFAULT_NOTIFY_TIMEOUT
+
+
+@dataclass
 class Settings:
     """Everything jobgate can be told. Build with `load_settings`."""
 
@@ -195,6 +225,8 @@ class Settings:
     streams: StreamSettings = field(default_factory=StreamSettings)
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
     kinds: dict[str, Kind] = field(default_factory=dict)
     schedules: dict[str, Schedule] = field(default_factory=dict)  # `[schedules.NAME]`
     base_dir: Path = field(default_factory=Path.cwd)
@@ -231,6 +263,8 @@ _SECTIONS = {
     "streams": StreamSettings,
     "rate_limits": RateLimitSettings,
     "worker": WorkerSettings,
+    "webhooks": WebhookSettings,
+    "notify": NotifySettings,
 }
 
 
@@ -292,6 +326,7 @@ def load_settings(
     if "schedules" in data:  # after the kinds, which a schedule's args are checked against
         settings.schedules = parse_schedules(data["schedules"], settings.kinds,
                                              settings.input_path)
+    check_deliveries(settings)
     return settings
 
 

@@ -90,6 +90,10 @@ class Kind:
     # What becomes of the files of a run that ends without completing: "keep" lists them
     # as `partial` (never as the result), "delete" removes them.
     partial_outputs: str = "keep"
+    # Where this kind's jobs' ends go besides the global [webhooks] and [notify] targets
+    # (checked by delivery_config.py with the rest of the deliveries' settings).
+    webhook_url: str | None = None
+    notify: tuple[str, ...] = ()
 
     def schema(self) -> dict[str, Any]:
         """The argument schema as JSON, for the API and the dashboard's forms."""
@@ -123,6 +127,7 @@ _KIND_KEYS = {
     "backoff_max", "retry_on_exit_codes", "memory_mb", "max_running", "priority",
     "allow_private_urls", "description", "memory_limit_mb", "retry_on_memory_limit", "nice",
     "in_process", "recipe", "partial_outputs", "result", "no_retry_on", "retry_on",
+    "webhook_url", "notify",
 }
 _ARG_KEYS = {"type", "default", "pattern", "min", "max", "choices", "description", "max_length"}
 
@@ -225,6 +230,9 @@ def parse_kind(name: str, spec: Any, error: Callable[[str], Exception]) -> Kind:
     if memory_limit_mb is not None and memory_mb > memory_limit_mb:
         raise error(f"{key}.memory_mb: {memory_mb} is more than memory_limit_mb "
                     f"({memory_limit_mb}); a job could never stay under its limit")
+    notify = want("notify", list, "a list of notification URLs")
+    if notify is not None and not all(isinstance(u, str) for u in notify):
+        raise error(f"{key}.notify: expected a list of notification URLs (strings)")
     return Kind(
         name=name,
         argv=argv,
@@ -251,6 +259,8 @@ def parse_kind(name: str, spec: Any, error: Callable[[str], Exception]) -> Kind:
         in_process=in_process,
         partial_outputs=_partial_outputs(want("partial_outputs", str, '"keep" or "delete"'),
                                          f"{key}.partial_outputs", error),
+        webhook_url=want("webhook_url", str, "a URL") or None,
+        notify=tuple(notify or ()),
     )
 
 

@@ -262,6 +262,11 @@ class EventType(StrEnum):
     SCHEDULE_FAILED = "schedule.failed"
     BATCH_CREATED = "batch.created"  # a batch of jobs was submitted (batches.py)
     BATCH_COMPLETED = "batch.completed"  # the last job of a batch ended (its state says how)
+    # A webhook or notification of a job's end (deliveries.py): sent, to be tried again,
+    # or given up.
+    DELIVERY_SUCCEEDED = "delivery.succeeded"
+    DELIVERY_RETRYING = "delivery.retrying"
+    DELIVERY_FAILED = "delivery.failed"
 
 
 #: A job ended for good: it is in a final state after it.
@@ -277,6 +282,9 @@ JOB_EVENTS = STATE_EVENTS | {EventType.PROGRESS, EventType.LOG}
 #: Stored too, about a schedule (no job_id; `job` in the data names the job fired).
 SCHEDULE_EVENTS = frozenset({EventType.SCHEDULE_FIRED, EventType.SCHEDULE_SKIPPED,
                              EventType.SCHEDULE_FAILED})
+#: A delivery of a job's end was tried (stored, with the job's id and owner).
+DELIVERY_EVENTS = frozenset({EventType.DELIVERY_SUCCEEDED, EventType.DELIVERY_RETRYING,
+                             EventType.DELIVERY_FAILED})
 
 _STATE_EVENT = {
     State.QUEUED: EventType.QUEUED,

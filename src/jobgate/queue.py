@@ -35,6 +35,7 @@ import psutil
 from jobgate.arguments import UPLOAD_PREFIX, ArgumentError, resolve_paths, validate_args
 from jobgate.batches import Batch, BatchItem, check_size, item_of, plan
 from jobgate.config import Settings
+from jobgate.delivery_config import rules_from
 from jobgate.dependencies import check_ids, output_file, output_refs
 from jobgate.dependencies import unknown as unknown_dependency
 from jobgate.events import EventBus
@@ -48,6 +49,7 @@ from jobgate.scheduler import Limits, backoff_s
 from jobgate.store.base import Node, Outcome, Quota, Stats, Store
 from jobgate.uploads import Limits as UploadLimits
 from jobgate.uploads import Uploads
+from jobgate.webhooks import address_problem
 
 # A running job's run is over (cancelled, or it ended some other way first).
 _ENDS = RUN_END_EVENTS
@@ -116,6 +118,8 @@ class JobQueue:
                               if k.max_running is not None},
         )
         self.quota = Quota(settings.limits.max_queued, settings.limits.per_user_queued)
+        # What a job's end makes (webhooks, notifications): written by the store with it.
+        store.delivery_rules = rules_from(settings)
         limits = settings.limits
         # This machine's memory budget (a worker here claims within it), by default all of it.
         self.node_memory_budget_mb: int = limits.node_memory_budget_mb or \
@@ -187,8 +191,11 @@ class JobQueue:
         memory_mb: int | None = None,
         depends_on: Sequence[str] | None = None,
         admin: bool = False,
+        webhook_url: str | None = None,
     ) -> tuple[Job, bool]:
         """Queue a job; returns (job, created). ArgumentError for bad input, QueueFull.
+        `webhook_url` gets the job's end (deliveries.py), under the address rules of `url`
+        arguments unless `[webhooks] allow_private`.
 
         The job reserves `memory_mb` if given (checked by `check_memory`), else the kind's
         estimate as it stands now (`kind_memory`): fixed at submit, so what a job reserves
@@ -199,7 +206,9 @@ class JobQueue:
         job = await self._new_job(owner, kind, args, priority=priority, run_at=run_at,
                                   memory_mb=memory_mb, depends_on=deps)
         job.unique_key, job.idempotency_key = unique_key, idempotency_key
-        return await self.store.submit(job, self.quota)
+        if not webhook_url:
+            return await self.store.submit(job, self.quota)
+        return await self._submit_with_webhook(job, webhook_url)
 
     async def _new_job(self, owner: str, kind: str, args: dict[str, Any] | None, *,
                        priority: int | None, run_at: float | None, memory_mb: int | None,
@@ -246,6 +255,23 @@ class JobQueue:
             if job is None or (job.owner != owner and not admin):
                 raise unknown_dependency(dep)
         return deps
+
+    async def _submit_with_webhook(self, job: Job, url: str) -> tuple[Job, bool]:
+        """Submit `job` with its own webhook: the URL is kept first, so a crash after the
+        submit cannot lose it; a submit that makes no job takes it back."""
+        problem = await asyncio.to_thread(address_problem, url,
+                                          self.settings.webhooks.allow_private)
+        if problem is not None:
+            raise ArgumentError("webhook_url", problem)
+        await self.store.add_webhook(job.id, url)
+        try:
+            same, created = await self.store.submit(job, self.quota)
+        except BaseException:
+            await self.store.remove_webhook(job.id)
+            raise
+        if not created:  # an earlier job stands for this submit, with its own webhook
+            await self.store.remove_webhook(job.id)
+        return same, created
 
     async def _own_uploads(self, owner: str, spec: Kind, args: Mapping[str, Any]
                            ) -> dict[str, Path]:

@@ -18,6 +18,7 @@ what a run's end means and which nodes are dead; the worker never calls the stor
   just that, so its memory stays visible.
 - recovery: requeues (or fails) jobs whose worker died, and reaps their process groups.
 - start timeout and retention: fail jobs queued too long; clean old jobs and events.
+- deliveries: send the webhooks and notifications of jobs' ends (deliverer.py).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import psutil
 
 from jobgate import __version__, executor
 from jobgate.arguments import ArgumentError
+from jobgate.deliverer import Deliverer
 from jobgate.executor import RunResult
 from jobgate.firings import ScheduleRunner
 from jobgate.model import FINAL_EVENTS, QUEUED_EVENTS, Event, EventType, Job
@@ -156,6 +158,7 @@ class Worker:
             "reporter": self._report_loop(),
             "recovery": self._recovery_loop(),
             "retention": self._retention_loop(),
+            "deliveries": Deliverer(self.queue, self.name).run(),
         }
         if self.settings.limits.start_timeout is not None:
             loops["start-timeout"] = self._start_timeout_loop(self.settings.limits.start_timeout)

@@ -45,7 +45,10 @@ class SubmitBody(BaseModel):
         None = None
     unique_key: SafeStr | None = Field(default=None, min_length=1, max_length=200)
     depends_on: list[SafeStr] | None = Field(default=None, max_length=1000)
-    webhook_url: SafeStr | None = Field(default=None, max_length=4096)
+    webhook_url: SafeStr | None = Field(
+        default=None, max_length=4096,
+        description="POSTed the job's JSON at its end, signed as Standard Webhooks say; "
+        "a loopback, private or link-local host is refused unless [webhooks] allow_private")
     # The memory this job reserves, in place of its kind's estimate (checked by the queue).
     memory_mb: StrictInt | None = None
 
@@ -68,9 +71,6 @@ def install(app: FastAPI, settings: Settings) -> None:
         services = services_of(request)
         limit(services.limits.submit_per_user, user.name, f"submits by {user.name}")
         limit(services.limits.submit_per_ip, client_ip(request), "submits from this address")
-        if body.webhook_url:
-            raise ApiError(422, "unsupported", "webhook_url is not supported yet",
-                           field="webhook_url")
         spec = services.queue.kind(body.kind)
         if body.priority is not None and body.priority > spec.priority and not user.admin:
             raise ApiError(403, "forbidden", "only an admin may raise a job's priority")
@@ -88,7 +88,8 @@ def install(app: FastAPI, settings: Settings) -> None:
         job, created = await services.queue.submit(
             user.name, body.kind, body.args, priority=body.priority, run_at=run_at,
             unique_key=body.unique_key, idempotency_key=idempotency_key,
-            memory_mb=body.memory_mb, depends_on=body.depends_on, admin=user.admin)
+            memory_mb=body.memory_mb, depends_on=body.depends_on, admin=user.admin,
+            webhook_url=body.webhook_url)
         return JSONResponse(services.queue.to_json(job), status_code=201 if created else 200)
 
     @app.get("/api/jobs", tags=["jobs"])

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobgate.batches import Batch
+from jobgate.deliveries import Attempt, Delivery, Rules
 from jobgate.model import DispatchKey, Event, Job, Output, State
 from jobgate.scheduler import Limits
 from jobgate.schedules import Firing
@@ -393,6 +394,38 @@ class Store(ABC):
     @abstractmethod
     async def get_batch(self, batch_id: str) -> Batch | None:
         """A batch with its jobs' counts per state, their running progress and ids."""
+
+    # --- deliveries (webhooks and notifications of jobs' ends) -------------------------
+    #: What final states make (set by `JobQueue` from the settings): every backend writes
+    #: a job's deliveries (`deliveries.planned`) in the transaction of its final state.
+    delivery_rules: Rules = Rules()
+
+    @abstractmethod
+    async def add_webhook(self, job_id: str, url: str) -> None:
+        """Keep the webhook URL a job was submitted with (before the job is written, so
+        no end of it can miss it)."""
+
+    @abstractmethod
+    async def remove_webhook(self, job_id: str) -> None:
+        """Forget a job's webhook URL (a submit that made no job)."""
+
+    @abstractmethod
+    async def claim_deliveries(self, worker: str, limit: int, lease_s: float
+                               ) -> list[Delivery]:
+        """Atomically take up to `limit` due pending deliveries for one attempt each: the
+        attempt is counted (`attempts` is its number) and leased for `lease_s`, so across
+        nodes each attempt is made once; a lease that runs out frees the next attempt."""
+
+    @abstractmethod
+    async def record_attempt(self, delivery_id: str, attempt: Attempt,
+                             permanent: bool = False) -> Delivery | None:
+        """Record an attempt and settle its delivery as `deliveries.after_attempt` says
+        (delivered, tried again later, or failed for good: each with its event); None if
+        the attempt no longer holds the delivery (its lease ran out and it was taken)."""
+
+    @abstractmethod
+    async def deliveries(self, job_id: str) -> list[Delivery]:
+        """A job's deliveries, oldest first, each with its attempts (`tries`)."""
 
 
 class SchemaTooNew(StoreError, RuntimeError):

@@ -31,9 +31,11 @@ from typing import Any
 
 from jobgate import moves
 from jobgate.batches import Batch
+from jobgate.deliveries import Attempt, Delivery
 from jobgate.model import FINAL, DispatchKey, Event, EventType, Job, State
 from jobgate.scheduler import Admission, Ask, Candidate, Limits, Running
 from jobgate.schedules import Firing
+from jobgate.store import postgres_deliveries as outbox
 from jobgate.store import postgres_schedules as schedules_sql
 from jobgate.store.base import (
     Conflict,
@@ -629,8 +631,31 @@ class PostgresStore(PgConnection, Store):
         return await self._run(lambda tx: read_batch(tx, batch_id), write=False)
 
 
-_UPLOAD_COLUMNS = "id, owner, name, size, sha256, created_at"
+    # --- deliveries -----------------------------------------------------------------
+    async def _after_moves(self, tx: Tx, changes: list[moves.Move]) -> None:
+        await outbox.enqueue(tx, changes, self.delivery_rules)
 
+    async def add_webhook(self, job_id: str, url: str) -> None:
+        await self._run(lambda tx: outbox.add_webhook(tx, job_id, url))
+
+    async def remove_webhook(self, job_id: str) -> None:
+        await self._run(lambda tx: outbox.remove_webhook(tx, job_id))
+
+    async def claim_deliveries(self, worker: str, limit: int, lease_s: float
+                               ) -> list[Delivery]:
+        return await self._run(lambda tx: outbox.claim(tx, worker, limit, lease_s))
+
+    async def record_attempt(self, delivery_id: str, attempt: Attempt,
+                             permanent: bool = False) -> Delivery | None:
+        return await self._run(lambda tx: outbox.record(
+            tx, delivery_id, attempt, self.delivery_rules, permanent))
+
+    async def deliveries(self, job_id: str) -> list[Delivery]:
+        return await self._run(lambda tx: outbox.of_job(tx, job_id), write=False)
+
+
+
+_UPLOAD_COLUMNS = "id, owner, name, size, sha256, created_at"
 
 def _upload(row: tuple[Any, ...]) -> Upload:
     id_, owner, name, size, sha256, created_at = row
@@ -677,4 +702,6 @@ async def _delete(tx: Tx, job_ids: list[str]) -> int:
         "AND state = ANY(%s))", (job_ids, _FINAL))
     await tx.cur.execute("DELETE FROM jobs WHERE id = ANY(%s) AND state = ANY(%s)",
                          (job_ids, _FINAL))
-    return tx.cur.rowcount
+    deleted = tx.cur.rowcount
+    await outbox.forget_deleted(tx, job_ids)
+    return deleted

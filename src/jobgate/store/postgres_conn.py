@@ -136,9 +136,12 @@ _event = event_from_row
 class Tx:
     """One operation's open transaction: a cursor, its clock, and the events it makes."""
 
-    def __init__(self, cur: psycopg.AsyncCursor[Any], now: float) -> None:
+    def __init__(self, cur: psycopg.AsyncCursor[Any], now: float,
+                 after: Callable[[Tx, list[Move]], Awaitable[None]] | None = None) -> None:
         self.cur = cur
         self.now = now
+        # What the store writes with every batch of moves (the outbox rows of final states).
+        self.after = after
         self.pending: list[tuple[str, str | None, str | None, dict[str, Any]]] = []
         self.last: list[Callable[[Tx], Awaitable[None]]] = []
 
@@ -193,6 +196,8 @@ class Tx:
         await self.write(moves)
         for move in moves:
             self.record(move)
+        if self.after is not None:
+            await self.after(self, moves)
         return [move.job for move in moves]
 
     def record(self, move: Move) -> None:
@@ -443,6 +448,9 @@ class PgConnection:
                 "ORDER BY seq LIMIT %s", (seq, limit))
             return [_event(r) for r in await cur.fetchall()]
 
+    async def _after_moves(self, tx: Tx, moves: list[Move]) -> None:
+        """Written with every batch of moves, in its transaction (the store's outbox)."""
+
     def _usable(self) -> AsyncConnectionPool[Any]:
         if self._pool is None:
             raise RuntimeError("the store is not open")
@@ -471,7 +479,7 @@ class PgConnection:
             try:
                 async with self._connection() as conn, conn.transaction():
                     cur = conn.cursor()
-                    tx = Tx(cur, time.time())
+                    tx = Tx(cur, time.time(), self._after_moves)
                     value = await fn(tx)
                     if tx.pending:
                         own = await self._write_events(tx)

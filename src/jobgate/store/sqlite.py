@@ -16,9 +16,11 @@ from typing import Any
 
 from jobgate import moves
 from jobgate.batches import Batch
+from jobgate.deliveries import Attempt, Delivery
 from jobgate.model import FINAL, DispatchKey, Event, EventType, Job, State
 from jobgate.scheduler import Admission, Ask, Candidate, Limits, Running
 from jobgate.schedules import Firing
+from jobgate.store import sqlite_deliveries as outbox
 from jobgate.store import sqlite_schedules as schedules_sql
 from jobgate.store.base import (
     Conflict,
@@ -544,6 +546,28 @@ class SqliteStore(GroupCommit, Store):
     async def get_batch(self, batch_id: str) -> Batch | None:
         return await self._call(lambda tx: read_batch(tx, batch_id), write=False)
 
+    # --- deliveries -----------------------------------------------------------------
+    def _after_moves(self, tx: Tx, changes: list[moves.Move]) -> None:
+        outbox.enqueue(tx, changes, self.delivery_rules)
+
+    async def add_webhook(self, job_id: str, url: str) -> None:
+        await self._call(lambda tx: outbox.add_webhook(tx, job_id, url))
+
+    async def remove_webhook(self, job_id: str) -> None:
+        await self._call(lambda tx: outbox.remove_webhook(tx, job_id))
+
+    async def claim_deliveries(self, worker: str, limit: int, lease_s: float
+                               ) -> list[Delivery]:
+        return await self._call(lambda tx: outbox.claim(tx, worker, limit, lease_s))
+
+    async def record_attempt(self, delivery_id: str, attempt: Attempt,
+                             permanent: bool = False) -> Delivery | None:
+        return await self._call(lambda tx: outbox.record(
+            tx, delivery_id, attempt, self.delivery_rules, permanent))
+
+    async def deliveries(self, job_id: str) -> list[Delivery]:
+        return await self._call(lambda tx: outbox.of_job(tx, job_id), write=False)
+
 
 _UPLOAD_COLUMNS = "id, owner, name, size, sha256, created_at"
 
@@ -598,4 +622,5 @@ def _delete(tx: Tx, job_ids: list[str]) -> int:
         deleted += tx.conn.execute(
             f"DELETE FROM jobs WHERE id IN ({marks}) AND state IN ({placeholders(_FINAL)})",
             [*chunk, *_FINAL]).rowcount
+        outbox.forget_deleted(tx, chunk)
     return deleted

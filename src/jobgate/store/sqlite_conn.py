@@ -63,9 +63,12 @@ class Tx:
     """
 
     def __init__(self, conn: sqlite3.Connection, now: float,
-                 stall: tuple[float, float] | None = None) -> None:
+                 stall: tuple[float, float] | None = None,
+                 after: Callable[[Tx, list[Move]], None] | None = None) -> None:
         self.conn = conn
         self.now = now
+        # What the store writes with every batch of moves (the outbox rows of final states).
+        self.after = after
         # The last time this connection waited for another process's write lock (from,
         # until; wall clock), this batch's own wait included: another process holding the
         # lock that long (stopped, or starved mid-write) kept every node from writing.
@@ -96,6 +99,8 @@ class Tx:
         self.write(moves)
         for move in moves:
             self.record(move)
+        if self.after is not None:
+            self.after(self, moves)
         return [move.job for move in moves]
 
     def record(self, move: Move) -> None:
@@ -259,7 +264,7 @@ class GroupCommit:
                 if waited_s >= _STALL_S:
                     self._stall = (wait_from, now)
                 for op in batch:
-                    tx = Tx(conn, now, self._stall)
+                    tx = Tx(conn, now, self._stall, self._after_moves)
                     conn.execute("SAVEPOINT op")
                     try:
                         value = op.fn(tx)
@@ -335,6 +340,9 @@ class GroupCommit:
                 op.future.set_result(value)
             else:
                 op.future.set_exception(exc)
+
+    def _after_moves(self, tx: Tx, moves: list[Move]) -> None:
+        """Written with every batch of moves, in its transaction (the store's outbox)."""
 
     # --- what operations are built on ------------------------------------------------
     def _check_usable(self) -> None:

@@ -796,6 +796,7 @@
         logsAgain: false,
       };
       $('job-log').replaceChildren();
+      $('job-deliveries-box').hidden = true;
       $('act-error').textContent = '';
       setFollow(true);
     }
@@ -968,10 +969,35 @@
       // A run that did not complete left it: whatever it holds is not the job's result.
       o.partial ? el('span', { class: 'output-partial', text: ' partial: the job did not complete' }) : '')));
 
+    if (FINAL.has(job.state) && S.detail.deliveriesFor !== job.finished_at) {
+      S.detail.deliveriesFor = job.finished_at;
+      loadDeliveries(job.id);
+    }
+
     $('act-cancel').hidden = !ACTIVE.has(job.state);
     $('act-retry').hidden = !(job.state === 'failed' || job.state === 'cancelled');
     $('act-delete').hidden = !FINAL.has(job.state);
     renderLogState();
+  }
+
+  // The webhooks and notifications of a finished job, with their last attempt.
+  async function loadDeliveries(id) {
+    let found = [];
+    try {
+      found = (await api('GET', `/api/jobs/${enc(id)}/deliveries`)).deliveries || [];
+    } catch (err) {
+      found = [];
+    }
+    if (!S.detail || S.detail.id !== id) return;
+    $('job-deliveries-box').hidden = found.length === 0;
+    $('job-deliveries').replaceChildren(...found.map((d) => {
+      const last = d.last_status ? `HTTP ${d.last_status}` : (d.last_error || '');
+      const tries = `${d.attempts} attempt${d.attempts === 1 ? '' : 's'}`;
+      return el('li', { class: `delivery delivery-${d.state}` },
+        el('span', { text: `${d.channel} (${d.source}) ` }),
+        el('code', { text: d.target }),
+        el('span', { class: 'delivery-state', text: ` ${d.state}, ${tries}${last ? `, ${last}` : ''}` }));
+    }));
   }
 
   // A signed link the browser fetches itself: it streams the file to disk (a fetch with
@@ -1166,6 +1192,11 @@
       return;
     }
     if (!ev.job_id) return;
+    if (ev.type.startsWith('delivery.')) {
+      // A webhook or notification of the job's end: not a change of the job itself.
+      if (S.detail && S.detail.id === ev.job_id) loadDeliveries(ev.job_id);
+      return;
+    }
     if (ev.type === 'job.log') {
       const d = S.detail;
       if (d && d.id === ev.job_id && Array.isArray(ev.lines)) {
