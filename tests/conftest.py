@@ -42,6 +42,10 @@ from pg import PgServer, pg_server
 TEST_KINDS = """
 [kinds.noop]
 function = "jobgate.demo:noop"
+# In the worker's own process: with a pool kind, every server and worker of the tests
+# would start pool processes (and wait for them at stop) for a job that does nothing.
+# The pool has its own tests (test_pyproc, test_executor's Python jobs, test_python_path).
+in_process = true
 
 [kinds.sleep]
 argv = ["sleep", "{seconds}"]

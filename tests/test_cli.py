@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import gc
+import io
 import json
 import os
 import re
@@ -18,13 +20,15 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import TEST_KINDS, Backend, Server, free_port, running_server
+from conftest import TEST_KINDS, Backend, Server, free_port, running_server, wait_job
+from jobgate import cli
 
 JOB_LINE = re.compile(r"^(?P<id>[0-9A-HJKMNP-TV-Z]{26}) (?P<state>queued|running|completed)")
 UNKNOWN_ID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
@@ -53,6 +57,43 @@ def bob(server: Server) -> Iterator[httpx.Client]:
 
 def jobgate(server: Server, *args: str, user: str | None = "bob", input: str | None = None,
             **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `jobgate ARGS` in this process: the command's own `main`, with the server's
+    environment (`env` adds or replaces variables) and folder, `input` as stdin, what it
+    prints and its exit code captured. A process start costs more than most commands
+    take; the tests of what only a process shows (exit codes through the interpreter,
+    signals, the event-stream reader of --watch and --follow) use `jobgate_process`."""
+    assert not {"--watch", "--follow", "serve", "worker"} & {*args[:1], *args[-1:]}, \
+        "a command that streams or serves runs as a process: jobgate_process"
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd, saved_stdin = dict(os.environ), os.getcwd(), sys.stdin
+    os.environ.clear()
+    os.environ.update({**server.env(user), **env})
+    os.chdir(server.folder)
+    sys.stdin = io.StringIO(input or "")
+    code: int = 0
+    try:
+        # The command leaves its HTTP connection to the process's exit to close: here,
+        # the garbage collector closes it, without the warning an unclosed socket gives.
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            try:
+                cli.main(list(args))
+            except SystemExit as exc:  # as the interpreter would exit with it
+                if isinstance(exc.code, str):
+                    print(exc.code, file=sys.stderr)
+                code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+            gc.collect()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        sys.stdin = saved_stdin
+    return subprocess.CompletedProcess(["jobgate", *args], code, out.getvalue(), err.getvalue())
+
+
+def jobgate_process(server: Server, *args: str, user: str | None = "bob",
+                    input: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     """Run `python -m jobgate ARGS` in the server's folder; `env` adds or replaces variables."""
     return subprocess.run(
         [sys.executable, "-m", "jobgate", *args], env={**server.env(user), **env},
@@ -76,18 +117,6 @@ def later() -> str:
     return (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
 
 
-def wait_for(http: httpx.Client, job_id: str, *states: str, timeout_s: float = 30
-             ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        job: dict[str, Any] = http.get(f"/api/jobs/{job_id}").json()
-        if job["state"] in states:
-            return job
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} stayed {job['state']}, not {states}")
-        time.sleep(0.05)
-
-
 def assert_one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode != 0, result
     assert "Traceback" not in result.stderr, result.stderr
@@ -99,12 +128,12 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 # --- users and tokens --------------------------------------------------------------------
 
 def test_user_add_and_token_give_a_working_api_token(server):
-    added = jobgate(server, "user", "add", "dave", "--password-stdin",
+    added = jobgate_process(server, "user", "add", "dave", "--password-stdin",
                     input="correct horse battery\n", user=None)
     assert added.returncode == 0, added.stderr
     assert "dave" in added.stdout
 
-    issued = jobgate(server, "token", "dave", user=None)
+    issued = jobgate_process(server, "token", "dave", user=None)
     assert issued.returncode == 0, issued.stderr
     token = issued.stdout.strip().splitlines()[-1]
     assert token.startswith("jg_") and " " not in token
@@ -115,7 +144,7 @@ def test_user_add_and_token_give_a_working_api_token(server):
         assert submitted_job["owner"] == "dave"
         assert dave.get("/api/jobs", params={"owner": "alice"}).status_code == 403
 
-    listed = jobgate(server, "ls", JOBGATE_TOKEN=token)
+    listed = jobgate_process(server, "ls", JOBGATE_TOKEN=token)
     assert listed.returncode == 0, listed.stderr
     assert submitted_job["id"] in listed.stdout
 
@@ -150,11 +179,11 @@ def test_submit_prints_the_id_and_state(server, bob):
     job = bob.get(f"/api/jobs/{job_id}").json()
     assert job["owner"] == "bob"
     assert job["args"] == {"count": 2, "delay": 0}
-    assert wait_for(bob, job_id, "completed", "failed")["state"] == "completed"
+    assert wait_job(bob, job_id, "completed", "failed")["state"] == "completed"
 
 
 def test_submit_watch_follows_a_job_to_its_end(server, bob):
-    result = jobgate(server, "submit", "steps", "count=4", "delay=0.2", "--watch")
+    result = jobgate_process(server, "submit", "steps", "count=4", "delay=0.2", "--watch")
 
     assert result.returncode == 0, result.stderr
     job_id = submitted(result)
@@ -164,7 +193,7 @@ def test_submit_watch_follows_a_job_to_its_end(server, bob):
 
 
 def test_submit_watch_exits_1_when_the_job_fails(server, bob):
-    result = jobgate(server, "submit", "fail", "label=oops", "--watch")
+    result = jobgate_process(server, "submit", "fail", "label=oops", "--watch")
 
     assert result.returncode == 1, result.stderr
     job_id = submitted(result)
@@ -175,7 +204,7 @@ def test_submit_watch_exits_1_when_the_job_fails(server, bob):
 
 def test_ls_show_and_logs(server, bob):
     job = bob.post("/api/jobs", json={"kind": "steps", "args": {"count": 2, "delay": 0}}).json()
-    wait_for(bob, job["id"], "completed")
+    wait_job(bob, job["id"], "completed")
 
     listed = jobgate(server, "ls")
     assert listed.returncode == 0, listed.stderr
@@ -207,7 +236,7 @@ def test_logs_follow_ends_when_the_job_ends(server, bob):
     job = bob.post("/api/jobs", json={"kind": "steps", "args": {"count": 5, "delay": 0.2}}
                    ).json()
 
-    result = jobgate(server, "logs", job["id"], "--follow")
+    result = jobgate_process(server, "logs", job["id"], "--follow")
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
@@ -223,7 +252,7 @@ def test_logs_follow_prints_every_line_once_in_order_from_reads_and_events(serve
         assert time.monotonic() < deadline
         time.sleep(0.02)
 
-    result = jobgate(server, "logs", job["id"], "--follow")
+    result = jobgate_process(server, "logs", job["id"], "--follow")
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
@@ -272,7 +301,7 @@ def test_watch_shows_the_queue_position_then_progress_and_exits_0(start_server):
     with srv.client("alice") as alice:
         blocker = alice.post("/api/jobs", json={"kind": "sleep", "args": {"seconds": 60}}
                              ).json()
-        wait_for(alice, blocker["id"], "running")
+        wait_job(alice, blocker["id"], "running")
         watch = Watching(srv, "submit", "steps", "count=4", "delay=0.1", "--watch")
         watch.wait_for("position 1")
         alice.post(f"/api/jobs/{blocker['id']}/cancel")
@@ -305,7 +334,7 @@ def test_ctrl_c_with_cancel_on_exit_cancels_the_job(server, bob):
     job_id = job_id_in(out)
     assert code == 130, err
     assert any("cancelled" in line for line in err), err
-    assert wait_for(bob, job_id, "cancelled")["state"] == "cancelled"
+    assert wait_job(bob, job_id, "cancelled")["state"] == "cancelled"
 
 
 def test_watch_rides_out_a_server_restart(start_server):
@@ -331,18 +360,18 @@ def test_cancel_and_retry(server, bob):
     retried = jobgate(server, "retry", job["id"])
     assert retried.returncode == 0, retried.stderr
     assert retried.stdout.startswith(f"{job['id']} queued")
-    assert wait_for(bob, job["id"], "completed", "failed")["state"] == "completed"
+    assert wait_job(bob, job["id"], "completed", "failed")["state"] == "completed"
 
 
 def test_cancel_stops_a_running_job(server, bob):
     job = bob.post("/api/jobs", json={"kind": "sleep", "args": {"seconds": 300}}).json()
-    wait_for(bob, job["id"], "running")
+    wait_job(bob, job["id"], "running")
 
     result = jobgate(server, "cancel", job["id"])
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[:2] in ([job["id"], "cancelled"], [job["id"], "running"])
-    assert wait_for(bob, job["id"], "cancelled", "completed", "failed")["state"] == "cancelled"
+    assert wait_job(bob, job["id"], "cancelled", "completed", "failed")["state"] == "cancelled"
 
 
 def test_stats_show_the_queue(server):
@@ -366,11 +395,11 @@ def test_stats_show_the_queue(server):
 
 
 def test_health_exits_0_when_the_server_is_up_and_1_when_it_is_not(server):
-    up = jobgate(server, "health")
+    up = jobgate_process(server, "health")
     assert up.returncode == 0, up.stderr
     assert json.loads(up.stdout)["status"] == "ok"
 
-    down = jobgate(server, "health", JOBGATE_URL=f"http://127.0.0.1:{free_port()}")
+    down = jobgate_process(server, "health", JOBGATE_URL=f"http://127.0.0.1:{free_port()}")
     assert down.returncode == 1
     assert "cannot reach" in assert_one_line_error(down)
 
@@ -381,8 +410,8 @@ def test_clean_deletes_finished_jobs_of_the_caller(server, bob):
         waiting = carol.post("/api/jobs", json={"kind": "noop", "run_at": later()}).json()
         bobs = bob.post("/api/jobs", json={"kind": "noop"}).json()
         for job_id in done:
-            wait_for(carol, job_id, "completed")
-        wait_for(bob, bobs["id"], "completed")
+            wait_job(carol, job_id, "completed")
+        wait_job(bob, bobs["id"], "completed")
 
         result = jobgate(server, "clean", "--older-than", "0s", user="carol")
 
@@ -467,7 +496,8 @@ LOCAL_CLI_ERRORS = [
 
 
 def _check_error(server: Server, args: list[str], user: str | None, env: dict[str, str],
-                 stdin: str | None, code: int, message: str) -> None:
+                 stdin: str | None, code: int, message: str, in_a_process: bool = False
+                 ) -> None:
     (server.folder / "bad.toml").write_text("[limits]\nmax_runing = 2\n")
     (server.folder / "broken.toml").write_text("[limits\nmax_running = 2\n")
     # A valid config with a database of its own, so a second `serve` touches no test's jobs.
@@ -479,7 +509,8 @@ def _check_error(server: Server, args: list[str], user: str | None, env: dict[st
     env = {k: v.format(**fill) for k, v in env.items()}
     message = message.format(**fill)
 
-    result = jobgate(server, *args, user=user, input=stdin, **env)
+    run = jobgate_process if in_a_process or args[0] == "serve" else jobgate
+    result = run(server, *args, user=user, input=stdin, **env)
 
     line = assert_one_line_error(result)
     assert result.returncode == code, result.stderr
@@ -491,6 +522,18 @@ def _check_error(server: Server, args: list[str], user: str | None, env: dict[st
 def test_an_error_is_one_line_on_stderr_and_a_nonzero_exit(
         server, args, user, env, stdin, code, message):
     _check_error(server, args, user, env, stdin, code, message)
+
+
+# The same errors from the real command, a few of each sort (its `serve` ones always are):
+# the exit code and the one line through `python -m jobgate` and the interpreter's exit.
+IN_A_PROCESS = ["bad token", "duplicate user", "non-ascii token", "unknown command"]
+
+
+@pytest.mark.parametrize(("args", "user", "env", "stdin", "code", "message"), [
+    p for p in CLI_ERRORS + LOCAL_CLI_ERRORS if p.id in IN_A_PROCESS])
+def test_the_real_command_gives_the_same_one_line_errors(
+        server, args, user, env, stdin, code, message):
+    _check_error(server, args, user, env, stdin, code, message, in_a_process=True)
 
 
 @pytest.mark.sqlite_only("found before any database is read: the backend makes no difference")

@@ -51,7 +51,7 @@ def hold(flag):
         time.sleep(0.02)
 """
 
-KINDS = f"""
+COMMAND_KINDS = f"""
 [kinds.ffmpeg]
 argv = ["ffmpeg", "-nostdin", "-hide_banner", "-re", "-i", "{{input}}", "-c:v", "mpeg4",
         "-progress", "pipe:1", "-nostats", "-y", "{{output_dir}}/out.mp4"]
@@ -174,7 +174,11 @@ backoff = "0.1s"
 retry_on = ['Connection (reset|refused)', "timed out"]
 [kinds.only_network.args]
 said = {{ type = "string" }}
+"""
 
+# A Python kind: its worker starts pool processes (importing this module), which only the
+# tests of Python kinds wait for.
+KINDS = COMMAND_KINDS + """
 [kinds.py404]
 function = "test_command_kinds:raises_404"
 max_attempts = 2
@@ -187,8 +191,8 @@ def raises_404(ctx: Any) -> None:
     raise RuntimeError("HTTP Error 404: Not Found")
 
 
-async def open_with(make_settings: Any, open_queue: Any) -> Any:
-    queue, _ = await open_queue(make_settings(kinds=KINDS))
+async def open_with(make_settings: Any, open_queue: Any, kinds: str = COMMAND_KINDS) -> Any:
+    queue, _ = await open_queue(make_settings(kinds=kinds))
     return queue
 
 
@@ -364,7 +368,7 @@ async def test_a_program_silent_on_stderr_fails_with_its_stdout_tail(make_settin
 
 
 async def test_a_missing_program_is_not_installed_on_this_server(make_settings, open_queue):
-    queue = await open_with(make_settings, open_queue)
+    queue = await open_with(make_settings, open_queue, KINDS)
     job, _ = await queue.submit("bob", "not_there")
     done = await wait_state(queue, job.id, "completed", "failed")
     assert (done.state.value, done.attempt) == ("failed", 1)
@@ -404,7 +408,7 @@ async def test_retry_on_retries_only_matching_failures(make_settings, open_queue
 
 
 async def test_no_retry_on_reads_a_python_kinds_error(make_settings, open_queue):
-    queue = await open_with(make_settings, open_queue)
+    queue = await open_with(make_settings, open_queue, KINDS)
     job, _ = await queue.submit("bob", "py404")
     done = await wait_state(queue, job.id, "failed", timeout_s=60)
     assert done.attempt == 1

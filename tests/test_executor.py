@@ -211,8 +211,12 @@ class Recorder:
                 if e.job_id == job_id and (not types or e.type in types)]
 
 
-async def open_with(make_settings, open_queue, extra: str = "", **worker_kw: Any):
-    settings = make_settings(extra, kinds=KINDS)
+async def open_with(make_settings, open_queue, extra: str = "", kinds: str = COMMAND_KINDS,
+                    **worker_kw: Any):
+    """A queue and a worker on `kinds`: the command kinds unless a test runs Python jobs
+    (a worker with pool kinds starts pool processes that import this module, and waits for
+    them when it stops: seconds a command job's test would spend for nothing)."""
+    settings = make_settings(extra, kinds=kinds)
     queue, _ = await open_queue(settings, **worker_kw)
     return queue
 
@@ -448,7 +452,7 @@ async def test_arguments_arrive_verbatim_as_one_argv_element_without_a_shell(
 
 async def test_sync_python_job_reports_progress_logs_outputs_and_result(
         make_settings, open_queue):
-    queue = await open_with(make_settings, open_queue)
+    queue = await open_with(make_settings, open_queue, kinds=KINDS)
     events = Recorder(queue)
     job, _ = await queue.submit("bob", "py_sync", {"tag": "s1"})
     done = await wait_state(queue, job.id, "completed", "failed")
@@ -463,7 +467,7 @@ async def test_sync_python_job_reports_progress_logs_outputs_and_result(
 
 
 async def test_async_python_job_reports_progress_logs_and_result(make_settings, open_queue):
-    queue = await open_with(make_settings, open_queue)
+    queue = await open_with(make_settings, open_queue, kinds=KINDS)
     events = Recorder(queue)
     job, _ = await queue.submit("bob", "py_async", {"tag": "a1"})
     done = await wait_state(queue, job.id, "completed", "failed")
@@ -476,7 +480,7 @@ async def test_async_python_job_reports_progress_logs_and_result(make_settings, 
 
 
 async def test_an_exception_fails_the_python_job_with_its_message(make_settings, open_queue):
-    queue = await open_with(make_settings, open_queue)
+    queue = await open_with(make_settings, open_queue, kinds=KINDS)
     events = Recorder(queue)
     job, _ = await queue.submit("bob", "py_raises")
     done = await wait_state(queue, job.id, "failed", "completed", timeout_s=30)
@@ -487,7 +491,7 @@ async def test_an_exception_fails_the_python_job_with_its_message(make_settings,
 
 
 async def test_non_retryable_fails_the_python_job_without_retry(make_settings, open_queue):
-    queue = await open_with(make_settings, open_queue)
+    queue = await open_with(make_settings, open_queue, kinds=KINDS)
     events = Recorder(queue)
     job, _ = await queue.submit("bob", "py_non_retryable")
     done = await wait_state(queue, job.id, "failed", "completed")
@@ -499,7 +503,7 @@ async def test_non_retryable_fails_the_python_job_without_retry(make_settings, o
 
 
 async def test_cancelling_an_async_python_job_cancels_the_coroutine(make_settings, open_queue):
-    queue = await open_with(make_settings, open_queue)
+    queue = await open_with(make_settings, open_queue, kinds=KINDS)
     tag = uuid.uuid4().hex
     job, _ = await queue.submit("bob", "py_wait_async", {"tag": tag})
     await wait_state(queue, job.id, "running")
@@ -511,7 +515,7 @@ async def test_cancelling_an_async_python_job_cancels_the_coroutine(make_setting
 
 
 async def test_a_sync_python_job_sees_ctx_cancelled(make_settings, open_queue):
-    queue = await open_with(make_settings, open_queue)
+    queue = await open_with(make_settings, open_queue, kinds=KINDS)
     tag = uuid.uuid4().hex
     job, _ = await queue.submit("bob", "py_wait_sync", {"tag": tag})
     await wait_state(queue, job.id, "running")
@@ -528,7 +532,7 @@ async def test_a_job_sees_the_one_job_context_in_a_pool_process_and_in_process(
     from jobgate import pychild
 
     assert jobgate.JobContext is pychild.JobContext
-    queue = await open_with(make_settings, open_queue)
+    queue = await open_with(make_settings, open_queue, kinds=KINDS)
     pooled, _ = await queue.submit("alice", "py_context")
     local, _ = await queue.submit("alice", "py_context_local")
     for job, first in ((pooled, "jobgate.pychild.ChildContext"),

@@ -6,20 +6,18 @@ down to a real ffmpeg cancelled while it writes its mp4.
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from conftest import wait_state
 from jobgate import moves
 from jobgate.model import Output, State, outputs_from_json
 from jobgate.store.base import Outcome, Store
+from nodekit import write_row
 from storekit import running
 
 # --- the rule, once ------------------------------------------------------------------------
@@ -75,22 +73,13 @@ async def test_outputs_are_stored_as_objects_and_the_completed_event_carries_the
     assert [j.outputs for j in page.jobs if j.id == job.id] == [OUTS]
 
 
-def _raw_sql(db_url: str, sql: str, params: tuple[Any, ...]) -> None:
-    """A statement on the test's database as an older jobgate would have left it."""
-    if db_url.startswith("postgresql"):
-        with psycopg.connect(db_url, autocommit=True) as conn:
-            conn.execute(sql.replace("?", "%s"), params)
-        return
-    with contextlib.closing(sqlite3.connect(db_url.removeprefix("sqlite:///"))) as lite, lite:
-        lite.execute(sql, params)
-
-
 async def test_a_row_of_an_older_jobgate_with_plain_names_reads_back(store: Store,
                                                                      db_url: str) -> None:
     job = await running(store)
     await store.finish(job.id, job.lease_token, Outcome(State.COMPLETED))
-    _raw_sql(db_url, "UPDATE jobs SET outputs = ? WHERE id = ?",
-             ('["film.mp4", "sub/log.txt"]', job.id))
+    # The row as an older jobgate would have left it.
+    write_row(db_url, "UPDATE jobs SET outputs = ? WHERE id = ?",
+              ('["film.mp4", "sub/log.txt"]', job.id))
     got = await store.get(job.id)
     assert got is not None
     assert got.outputs == [Output("film.mp4", 0, "video/mp4"),
