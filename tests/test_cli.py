@@ -33,7 +33,7 @@ from jobgate import cli
 JOB_LINE = re.compile(r"^(?P<id>[0-9A-HJKMNP-TV-Z]{26}) (?P<state>queued|running|completed)")
 UNKNOWN_ID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
 STATS_KEYS = {
-    "queued", "running", "max_running", "completed", "failed", "cancelled",
+    "queued", "waiting", "running", "max_running", "completed", "failed", "cancelled",
     "memory_reserved_mb", "memory_budget_mb", "throughput_per_min", "avg_duration_s",
     "success_rate", "nodes",
     "node_memory_budget_mb", "memory_available_mb", "pressure", "running_rss_mb",
