@@ -193,7 +193,8 @@ async def test_limits_hold_for_live_processes_while_20_jobs_from_3_users_run(
     with Sampler() as sampler:
         for i, owner in enumerate(owners):
             kind = "solo" if i % 4 == 0 else "hold"
-            job, _ = await queue.submit(owner, kind, {"seconds": 0.3})
+            # Long enough that three overlap even on a loaded machine (0.3 s did not).
+            job, _ = await queue.submit(owner, kind, {"seconds": 0.8})
             jobs[job.id] = (owner, kind)
         done = await settle(queue, list(jobs))
     assert [j.state.value for j in done.values()] == ["completed"] * 20
