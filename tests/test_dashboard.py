@@ -457,6 +457,43 @@ def test_a_job_goes_queued_running_completed_with_its_progress_bar_moving(pages,
     assert transport(page) == "live"                            # the event stream drove it
 
 
+def test_a_list_read_that_comes_back_late_does_not_move_the_bar_back(pages, server):
+    # Each state change reloads the list; on a loaded server its reply can arrive after
+    # progress events that came later. Here every list reply is held 1.5 s in the page.
+    page = pages.new()
+    sign_in(page, "bob")
+    page.evaluate("""() => {
+        const real = window.fetch;
+        window.fetch = async (url, opts) => {
+            const reply = await real(url, opts);
+            if (String(url).startsWith('/api/jobs?')) {
+                await new Promise((done) => setTimeout(done, 1500));
+            }
+            return reply;
+        };
+    }""")
+    job = submit_form(page, "steps", count=8, delay=0.4).json()
+    record_row(page, job["id"])
+    page.evaluate("""(id) => {
+        window.gone = 0;
+        let shown = false;
+        const list = document.getElementById('job-list');
+        const look = () => {
+            const here = Boolean(list.querySelector(`li[data-id="${id}"]`));
+            if (shown && !here) window.gone += 1;
+            shown = here;
+        };
+        new MutationObserver(look).observe(list, {childList: true});
+        look();
+    }""", job["id"])
+    expect(row(page, job["id"])).to_have_attribute("data-state", "completed", timeout=30_000)
+    bars = [s["progress"] for s in seen(page) if s["progress"] is not None]
+    assert len(set(bars)) >= 3, f"the bar did not move: {seen(page)}"
+    assert bars == sorted(bars), f"the bar went backwards: {bars}"
+    assert "running" in [s["state"] for s in seen(page)], seen(page)
+    assert page.evaluate("window.gone") == 0, "an older list without the job hid its row"
+
+
 # --- the job detail ---------------------------------------------------------------------------
 
 def test_cancel_a_running_job_after_confirming(pages, server):

@@ -41,6 +41,7 @@ from jobgate.model import (
 )
 from jobgate.queue import JobQueue, node_live_s
 from jobgate.store.base import Node
+from jobgate.tasks import cancel_and_wait
 
 log = logging.getLogger("jobgate.stream")
 
@@ -222,9 +223,7 @@ class Hub:
     async def stop(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         self._end_all("server shutting down")
 
     def shutdown_soon(self) -> None:

@@ -49,6 +49,7 @@ from jobgate.queue import node_live_s as node_live_s  # imported from here by ap
 from jobgate.sanitize import stored_percent, stored_text
 from jobgate.scheduler import Limits
 from jobgate.store.base import Node, Outcome
+from jobgate.tasks import cancel_and_wait
 from jobgate.threads import JobThreads
 
 log = logging.getLogger("jobgate.worker")
@@ -136,9 +137,7 @@ class Worker:
             await self._recover(startup=True)
             await self._claim_loop()
         finally:
-            for task in side:
-                task.cancel()
-            await asyncio.gather(*side, return_exceptions=True)
+            await cancel_and_wait(side)
             unsubscribe()
             await self._hand_back()  # leases are still renewed while the runs stop
             await self._pool.close()

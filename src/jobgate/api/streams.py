@@ -54,6 +54,7 @@ from jobgate.stream import (
     opened,
     visible_to,
 )
+from jobgate.tasks import cancel_and_wait
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 CLOSE_EXPIRED, CLOSE_SLOW, CLOSE_GOING_AWAY = 4001, 4008, 1001
@@ -318,9 +319,7 @@ class _WsSession:
         writer = asyncio.create_task(self._write())
         done, pending = await asyncio.wait({reader, writer},
                                            return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await cancel_and_wait(pending)
         for task in done:
             exc = task.exception()
             if exc is not None and not isinstance(exc, WebSocketDisconnect | OSError):

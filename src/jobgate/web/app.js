@@ -43,9 +43,32 @@
     tickTimer: 0,
     expiryTimer: 0,
     detail: null,         // {id, lastN, follow, pending: [], missing, loadingLogs}
+    events: 0,            // job events applied so far, to date the replies of reads
+    changed: new Map(),   // job id -> Map of field -> [S.events when set, value]
   };
 
   // --- small helpers -------------------------------------------------------------------
+
+  // What events (and submits) changed, field by field, numbered in the order they came.
+  function change(id, field, value) {
+    if (!S.changed.has(id)) S.changed.set(id, new Map());
+    S.changed.get(id).set(field, [++S.events, value]);
+  }
+
+  function lastChange(id) {
+    let last = 0;
+    for (const [n] of (S.changed.get(id) || new Map()).values()) last = Math.max(last, n);
+    return last;
+  }
+
+  // Keep a job read from the API, with what events changed after the read left (`mark`,
+  // S.events then) laid over it: the reply can be older than the row, whose bar would
+  // otherwise jump back, or than the job's start, which would then never show.
+  function adopt(job, mark) {
+    for (const [k, [n, v]] of S.changed.get(job.id) || []) if (n > mark) job[k] = v;
+    if (job.state !== 'queued') job.position = null;
+    S.jobs.set(job.id, job);
+  }
 
   function el(tag, attrs, ...children) {
     const e = document.createElement(tag);
@@ -562,10 +585,12 @@
     if (isAdmin() && prio !== '') body.priority = /^-?\d+$/.test(prio) ? Number(prio) : prio;
     const button = $('submit-button');
     button.disabled = true;
+    const mark = S.events;
     try {
       const job = await api('POST', '/api/jobs', body);
       sessionStorage.setItem('jobgate.kind', kind.name);
-      S.jobs.set(job.id, job);
+      adopt(job, mark);
+      change(job.id, 'id', job.id);                  // new to the list reads already sent
       const p = S.route.params;
       const owner = p.get('owner');
       const fits = (!p.get('state') || p.get('state') === job.state)
@@ -605,6 +630,7 @@
 
   async function loadList() {
     const key = listKey();
+    const mark = S.events;
     let data;
     try {
       data = await api('GET', `/api/jobs?${listQuery()}`);
@@ -615,15 +641,18 @@
     }
     if (key !== listKey() || !S.session) return;    // the filters changed meanwhile
     const ids = data.jobs.map((j) => j.id);
-    for (const j of data.jobs) S.jobs.set(j.id, j);
+    for (const j of data.jobs) adopt(j, mark);
     const fresh = new Set(ids);
     let rest = [];
     if (data.next && ids.length) {                   // keep older pages already loaded
       const last = ids[ids.length - 1];
       rest = S.order.filter((id) => id < last && !fresh.has(id));
     }
+    // Jobs submitted, or changed, after the read left are not in its reply: they stay.
+    const newer = S.listKey !== key ? [] : S.order.filter((id) => !fresh.has(id)
+      && !rest.includes(id) && lastChange(id) > mark);
     if (!rest.length || S.listKey !== key) S.next = data.next;
-    S.order = ids.concat(rest);
+    S.order = newer.concat(ids, rest);
     S.listKey = key;
     rememberOwners(data.jobs);
     renderList();
@@ -632,11 +661,12 @@
   async function loadMore() {
     if (!S.next) return;
     const key = listKey();
+    const mark = S.events;
     try {
       const data = await api('GET', `/api/jobs?${listQuery(S.next)}`);
       if (key !== listKey()) return;
       for (const j of data.jobs) {
-        S.jobs.set(j.id, j);
+        adopt(j, mark);
         if (!S.order.includes(j.id)) S.order.push(j.id);
       }
       S.next = data.next;
@@ -809,10 +839,11 @@
   async function loadDetail() {
     const d = S.detail;
     if (!d) return;
+    const mark = S.events;
     try {
       const job = await api('GET', `/api/jobs/${enc(d.id)}`);
       if (S.detail !== d) return;
-      S.jobs.set(job.id, job);
+      adopt(job, mark);
       d.missing = false;
     } catch (err) {
       if (S.detail !== d) return;
@@ -1077,8 +1108,9 @@
         location.hash = S.lastListHash;
         return;
       }
+      const mark = S.events;
       const updated = await api('POST', `/api/jobs/${enc(job.id)}/${action}`);
-      S.jobs.set(updated.id, updated);
+      adopt(updated, mark);
       announce(`${updated.kind} is ${updated.state}`);
       renderDetail();
       renderList();
@@ -1205,14 +1237,15 @@
       }
       return;
     }
+    const mark = S.events;
+    for (const [k, v] of Object.entries(ev)) {
+      if (EVENT_META.has(k)) continue;
+      if (ev.type === 'job.progress' && (v === null || v === undefined)) continue;
+      change(ev.job_id, k, v);
+    }
     const job = S.jobs.get(ev.job_id);
     if (job) {
-      for (const [k, v] of Object.entries(ev)) {
-        if (EVENT_META.has(k)) continue;
-        if (ev.type === 'job.progress' && (v === null || v === undefined)) continue;
-        job[k] = v;
-      }
-      if (job.state !== 'queued') job.position = null;
+      adopt(job, mark);
       renderJob(job.id);
     }
     if (ev.type !== 'job.progress') {
