@@ -84,6 +84,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def browser(server: Server) -> Iterator[Browser]:
     # After the server: its set-up runs asyncio, which cannot start inside Playwright's loop.
     assert shutil.which(CHROMIUM), "Debian's chromium is missing: scripts/test installs it"
+    # As the pages' own actions wait (Pages.new): 5 s, Playwright's default for `expect`,
+    # is short for a page on a 2-core machine running the rest of the suite beside it.
+    expect.set_options(timeout=15_000)
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
