@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ import pytest
 
 from conftest import Server, free_port, wait_job, wait_state
 from jobgate.config import ConfigError, Settings, load_settings
+from jobgate.deliverer import shown_target
 from jobgate.deliveries import DELIVERED, PENDING, Delivery
 from jobgate.model import EventType
 from jobgate.queue import JobQueue
@@ -143,6 +145,30 @@ def test_jobgate_serve_refuses_a_bad_user_notification_url_in_one_line(
     assert "Traceback" not in done.stderr
 
 
+async def test_a_user_urls_secret_is_kept_shown_and_logged_nowhere(
+        make_settings: Callable[..., Settings], open_queue: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    receiver = Receiver(free_port(), answers=[500]).start()  # the first attempt fails
+    try:
+        url = f"json://alice:{SECRET}@127.0.0.1:{receiver.port}/alice"
+        queue, _ = await open_queue(make_settings(users_config("", {"alice": [url]})))
+        with caplog.at_level(logging.INFO, logger="jobgate.deliveries"):
+            job, _ = await queue.submit("alice", "noop", {})
+            await wait_state(queue, job.id, "completed")
+            (delivery,) = await settled(queue, job.id)
+        first, second = receiver.received
+    finally:
+        receiver.stop()
+    assert first.headers["authorization"] == second.headers["authorization"] == \
+        "Basic " + base64.b64encode(f"alice:{SECRET}".encode()).decode()
+    assert (delivery.source, delivery.state, delivery.attempts) == ("user", DELIVERED, 2)
+    assert SECRET not in repr(delivery)  # the outbox keeps a hash of the URL, not the URL
+    shown = json.dumps(delivery.to_json(shown_target(queue, delivery)))  # as the API does
+    assert SECRET not in shown and "json://alice:" in shown
+    assert "attempt 1 failed" in caplog.text and "delivered to json://alice:" in caplog.text
+    assert SECRET not in caplog.text
+
+
 def deliveries_of(server: Server, user: str, job_id: str) -> list[dict[str, Any]]:
     """The job's deliveries as its owner lists them, once none is pending."""
     deadline = time.monotonic() + 30
@@ -182,6 +208,6 @@ def test_a_user_url_is_listed_and_logged_without_its_secret_even_when_it_failed(
     assert delivery["target"].startswith("json://alice:")
     # Deliveries are written with the final state, so bob's job, ended, has all of its.
     assert deliveries_of(server, "bob", other) == []
-    log = server.log.read_text()
-    assert "attempt 1 failed" in log and "delivered to json://alice:" in log
+    log = server.log.read_text()  # warnings and up: the failed attempt, with its target
+    assert "to json://alice:****@" in log and "attempt 1 failed" in log
     assert SECRET not in log
