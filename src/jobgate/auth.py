@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import hmac
 import os
-import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -24,11 +23,11 @@ from pathlib import Path
 
 import jwt
 
+from jobgate.model import USER_NAME as _NAME
 from jobgate.store.base import Store, User
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 TOKEN_PREFIX = "jg_"  # noqa: S105 - a prefix, so a leaked token is recognisable
-_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
 
 class AuthError(Exception):

@@ -210,6 +210,9 @@ class NotifySettings:
     on: list[str] = field(default_factory=lambda: ["completed", "failed"])
     attach_max_mb: int | None = 20  # outputs up to this size in all are attached; "off": none
     timeout: Duration = DEFAULT_NOTIFY_TIMEOUT
+    # `[notify.users]`: a user name -> URLs told of every end of that user's jobs. Set by
+    # the operator only: a user cannot make jobgate send anywhere the config does not name.
+    users: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -391,6 +394,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if typing.get_origin(hint) is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return {str(name): _coerce(args[1], item, f"{key}.{name}")
+                for name, item in value.items()}
     if typing.get_origin(hint) is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]

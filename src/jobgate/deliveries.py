@@ -2,8 +2,9 @@
 what an attempt's result makes of one. Pure rules, no I/O; both backends call them.
 
 A job's end is announced to the targets that ask for its final state: the job's own
-`webhook_url` (given at submit), its kind's (`[kinds.X] webhook_url`, `notify`) and the
-global ones (`[webhooks] url`, `[notify] urls`). Each (job end, target) is one row of the
+`webhook_url` (given at submit), its kind's (`[kinds.X] webhook_url`, `notify`), its
+owner's (`[notify.users] NAME`) and the global ones (`[webhooks] url`, `[notify] urls`); a
+URL named by more than one of them is sent to once. Each (job end, target) is one row of the
 outbox, written in the transaction of the final state itself (`planned`, `outbox_rows`),
 then sent by a worker's side loop (`deliverer.py`) until it succeeds or grows older than
 `max_age` (`after_attempt`).
@@ -49,7 +50,7 @@ def config_ref(url: str) -> str:
 
 @dataclass(frozen=True)
 class Target:
-    """Where a job's end goes: a channel, where it was configured (`job`, `kind`,
+    """Where a job's end goes: a channel, where it was configured (`job`, `kind`, `user`,
     `global`), what the outbox keeps of it (`ref`) and which final states it wants."""
 
     channel: str
@@ -70,10 +71,14 @@ class Rules:
     max_age_s: float = DEFAULT_MAX_AGE_S
     # config_ref -> the URL it stands for (resolved when sent; never stored)
     urls: Mapping[str, str] = field(default_factory=dict)
+    # A user's own targets (`[notify.users]`): only the config names them, never a request.
+    user_targets: Mapping[str, tuple[Target, ...]] = field(default_factory=dict)
 
-    def targets(self, kind: str, webhook_url: str | None) -> list[Target]:
-        """Every target of a job of `kind` (with its own `webhook_url`, if any)."""
-        out = list(self.global_targets) + list(self.kind_targets.get(kind, ()))
+    def targets(self, kind: str, webhook_url: str | None, owner: str = "") -> list[Target]:
+        """Every target of a job of `kind` owned by `owner` (with its own `webhook_url`, if
+        any), most general first."""
+        out = [*self.global_targets, *self.kind_targets.get(kind, ()),
+               *self.user_targets.get(owner, ())]
         if webhook_url:
             out.append(Target(WEBHOOK, "job", webhook_url, self.job_webhook_on))
         return out
@@ -148,13 +153,20 @@ class Delivery:
 def planned(rules: Rules, ended: Iterable[Job], webhooks: Mapping[str, str]
             ) -> list[tuple[Job, Target]]:
     """The deliveries the final states of `ended` make: (job, target) for each target that
-    wants its state. `webhooks` are the jobs' own webhook URLs, by job id."""
+    wants its state. `webhooks` are the jobs' own webhook URLs, by job id.
+
+    One URL reached several ways (the global list and a user's, a kind's and a job's own
+    webhook) is one delivery: a person told twice of one end would take it for two jobs.
+    The first way listed names its source."""
     out: list[tuple[Job, Target]] = []
     for job in ended:
         if job.state not in FINAL:
             continue
-        for target in rules.targets(job.kind, webhooks.get(job.id)):
-            if job.state in target.on:
+        seen: set[tuple[str, str]] = set()
+        for target in rules.targets(job.kind, webhooks.get(job.id), job.owner):
+            key = (target.channel, rules.resolve(target.ref) or target.ref)
+            if job.state in target.on and key not in seen:
+                seen.add(key)
                 out.append((job, target))
     return out
 

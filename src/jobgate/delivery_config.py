@@ -1,6 +1,6 @@
-"""The deliveries' settings (`[webhooks]`, `[notify]`, a kind's `webhook_url` and
-`notify`): checked at start with the key and the reason, and turned into the `Rules` the
-store applies at every job's end."""
+"""The deliveries' settings (`[webhooks]`, `[notify]`, `[notify.users]`, a kind's
+`webhook_url` and `notify`): checked at start with the key and the reason, and turned into
+the `Rules` the store applies at every job's end."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from jobgate import notify, webhooks
 from jobgate.addresses import url_problem
 from jobgate.deliveries import NOTIFY, WEBHOOK, Rules, Target, config_ref
-from jobgate.model import FINAL, State
+from jobgate.model import FINAL, USER_NAME, State
 from jobgate.units import ConfigError, parse_duration
 
 if TYPE_CHECKING:
@@ -62,6 +62,12 @@ def check_deliveries(settings: Settings) -> None:
     if hooks.url is not None:
         _webhook_url(hooks.url, "webhooks.url")
     _notify_urls(note.urls, "notify.urls")
+    for user, urls in note.users.items():
+        if not USER_NAME.fullmatch(user):
+            # A name no account can have is a typo: its URLs would never be sent to.
+            raise ConfigError(f"notify.users.{user}: not a user name (1-64 letters, "
+                              "digits, '_', '-', '.', '@')")
+        _notify_urls(urls, f"notify.users.{user}")
     for kind in settings.kinds.values():
         if kind.webhook_url is not None:
             _webhook_url(kind.webhook_url, f"kinds.{kind.name}.webhook_url")
@@ -89,6 +95,8 @@ def rules_from(settings: Settings) -> Rules:
         mine += [target(NOTIFY, "kind", u) for u in kind.notify]
         if mine:
             kind_targets[kind.name] = tuple(mine)
+    user_targets = {user: tuple(target(NOTIFY, "user", u) for u in mine)
+                    for user, mine in note.users.items() if mine}
     return Rules(tuple(global_targets), kind_targets, hook_on,
                  tuple(parse_duration(t, "webhooks.backoff") for t in hooks.backoff),
-                 float(hooks.max_age), urls)
+                 float(hooks.max_age), urls, user_targets)

@@ -7,6 +7,7 @@ import functools
 import math
 import mimetypes
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ class State(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
+
+#: What a user's name may be (checked when one is added; the config's `[notify.users]`
+#: is checked against it at start, without the weight of the auth module).
+USER_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
 FINAL = frozenset({State.COMPLETED, State.FAILED, State.CANCELLED})
 ACTIVE = frozenset({State.QUEUED, State.RUNNING})
