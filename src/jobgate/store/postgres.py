@@ -39,6 +39,8 @@ from jobgate.store import postgres_deliveries as outbox
 from jobgate.store import postgres_schedules as schedules_sql
 from jobgate.store.base import (
     Conflict,
+    Durations,
+    MetricCounts,
     Node,
     NotFound,
     Outcome,
@@ -68,7 +70,7 @@ from jobgate.store.postgres_grouped import (
     submit_many,
     turn_of,
 )
-from jobgate.store.rows import lease_cutoff
+from jobgate.store.rows import durations_by_kind, lease_cutoff
 
 __all__ = ["PostgresStore", "SchemaTooNew", "latest_version"]
 
@@ -406,6 +408,26 @@ class PostgresStore(PgConnection, Store):
             return Stats(counts, int(reserved), int(last_min),
                          None if avg is None else float(avg), (ok / done) if done else None,
                          int(waiting))
+
+        return await self._run(op, write=False)
+
+    async def metric_counts(self, bounds: tuple[float, ...]) -> MetricCounts:
+        async def op(tx: Tx) -> MetricCounts:
+            jobs = {(state, kind): int(n) for state, kind, n in await tx.rows(
+                "SELECT state, kind, count(*) FROM jobs GROUP BY state, kind")}
+            deliveries = {(channel, state): int(n) for channel, state, n in await tx.rows(
+                "SELECT channel, state, count(*) FROM deliveries GROUP BY channel, state")}
+            le = "".join(", count(*) FILTER (WHERE d <= %s)" for _ in bounds)
+
+            async def spans(span: str) -> dict[str, Durations]:
+                return durations_by_kind(await tx.rows(
+                    f"SELECT kind, count(*), sum(d){le} FROM (SELECT kind, {span} AS d "
+                    "FROM jobs WHERE state IN ('completed', 'failed', 'cancelled') "
+                    "AND started_at IS NOT NULL AND finished_at IS NOT NULL) AS spans "
+                    "GROUP BY kind", bounds))
+
+            return MetricCounts(jobs, deliveries, await spans("started_at - created_at"),
+                                await spans("finished_at - started_at"))
 
         return await self._run(op, write=False)
 

@@ -14,7 +14,7 @@ import orjson
 
 from jobgate.model import Event, Job, Output, State, outputs_from_json
 from jobgate.schedules import Firing
-from jobgate.store.base import SchemaTooNew
+from jobgate.store.base import Durations, SchemaTooNew
 
 #: The jobs table's columns, in the order `job_from_row` and `job_values` use.
 COLUMNS = (
@@ -189,3 +189,11 @@ def firing_values(firing: Firing) -> tuple[Any, ...]:
     """A firing as a row of `FIRING_COLUMNS`."""
     return (firing.name, firing.owner, firing.due_at, firing.outcome, firing.message,
             firing.job_id, firing.fired_at, firing.catch_up)
+
+
+def durations_by_kind(rows: Sequence[Sequence[Any]]) -> dict[str, Durations]:
+    """`Store.metric_counts`' histograms from the rows of its query, one per kind:
+    (kind, count, sum of seconds, count at most each bound...)."""
+    return {str(kind): Durations(int(count), float(total or 0.0),
+                                 tuple(int(n or 0) for n in buckets))
+            for kind, count, total, *buckets in rows}

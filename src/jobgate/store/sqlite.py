@@ -24,6 +24,8 @@ from jobgate.store import sqlite_deliveries as outbox
 from jobgate.store import sqlite_schedules as schedules_sql
 from jobgate.store.base import (
     Conflict,
+    Durations,
+    MetricCounts,
     Node,
     NotFound,
     Outcome,
@@ -35,7 +37,7 @@ from jobgate.store.base import (
     Upload,
     User,
 )
-from jobgate.store.rows import event_from_row, lease_cutoff
+from jobgate.store.rows import durations_by_kind, event_from_row, lease_cutoff
 from jobgate.store.sqlite_conn import GroupCommit, SchemaTooNew, Tx, latest_version, placeholders
 from jobgate.store.sqlite_deps import (
     emit_batch,
@@ -319,6 +321,26 @@ class SqliteStore(GroupCommit, Store):
                 "SELECT count(*) FROM jobs WHERE state = 'queued' AND waiting > 0").fetchone()[0]
             return Stats(counts, reserved, last_min, avg, (ok / done) if done else None,
                          waiting)
+
+        return await self._call(op, write=False)
+
+    async def metric_counts(self, bounds: tuple[float, ...]) -> MetricCounts:
+        def op(tx: Tx) -> MetricCounts:
+            jobs = {(state, kind): int(n) for state, kind, n in tx.conn.execute(
+                "SELECT state, kind, count(*) FROM jobs GROUP BY state, kind")}
+            deliveries = {(channel, state): int(n) for channel, state, n in tx.conn.execute(
+                "SELECT channel, state, count(*) FROM deliveries GROUP BY channel, state")}
+            le = "".join(", sum(d <= ?)" for _ in bounds)
+
+            def spans(span: str) -> dict[str, Durations]:
+                return durations_by_kind(tx.conn.execute(
+                    f"SELECT kind, count(*), sum(d){le} FROM (SELECT kind, {span} AS d "
+                    "FROM jobs WHERE state IN ('completed', 'failed', 'cancelled') "
+                    "AND started_at IS NOT NULL AND finished_at IS NOT NULL) GROUP BY kind",
+                    bounds).fetchall())
+
+            return MetricCounts(jobs, deliveries, spans("started_at - created_at"),
+                                spans("finished_at - started_at"))
 
         return await self._call(op, write=False)
 
