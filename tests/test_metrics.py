@@ -7,14 +7,16 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Server, free_port, wait_job
-from jobgate.config import load_settings
+from jobgate.config import ConfigError, Settings, load_settings
 
 TOKEN = "scrape-me-0123456789abcdef"
 KINDS = ("noop", "sleep", "steps", "fail")
@@ -170,15 +172,20 @@ def test_a_second_node_counts_the_whole_database(start_server: Callable[..., Ser
     assert metrics.value("jobgate_job_run_seconds_count", kind="noop") == 1
 
 
-def test_stream_clients_are_this_servers_open_streams(start_server: Callable[..., Server]
-                                                      ) -> None:
-    server = start_server()
+def test_without_a_token_metrics_are_open_and_count_this_servers_streams(
+        start_server: Callable[..., Server]) -> None:
+    server = start_server("[streams]\nkeepalive = 1\n")  # a closed stream is seen in 1 s
+    first = scrape(server)  # no Authorization header at all
+    assert first.value("jobgate_running") == 0
+    node = first.labelled("jobgate_stream_clients")[0]["node"]
+    assert first.value("jobgate_stream_clients", node=node) == 0
     headers = {"Authorization": f"Bearer {server.tokens['bob']}"}
-    node = scrape(server).labelled("jobgate_stream_clients")[0]["node"]
     with httpx.stream("GET", f"{server.url}/api/events", headers=headers,
                       timeout=httpx.Timeout(20, read=10)) as response:
         assert response.status_code == 200
-        assert scrape(server).value("jobgate_stream_clients", node=node) == 1
+        # A bearer header meant for something else does not matter either.
+        assert scrape(server, "anything-at-all-0123").value(
+            "jobgate_stream_clients", node=node) == 1
     _wait(lambda: scrape(server).value("jobgate_stream_clients", node=node) == 0,
           "the closed stream to stop counting")
 
@@ -205,8 +212,16 @@ def test_a_metrics_token_is_required_when_set(start_server: Callable[..., Server
     assert TOKEN not in server.log.read_text()
 
 
-def test_without_a_token_metrics_are_open(start_server: Callable[..., Server]) -> None:
-    server = start_server()
-    assert scrape(server).value("jobgate_running") == 0
-    # A bearer header (a scraper configured for another server) does not matter.
-    assert scrape(server, "anything-at-all-0123").value("jobgate_nodes_live") == 1
+def test_the_token_setting_is_checked_and_never_quoted(tmp_path: Path) -> None:
+    def load(**env: str) -> Settings:
+        return load_settings(env={"JOBGATE_SERVER_DATA_DIR": str(tmp_path / "data"), **env})
+
+    assert load().metrics.token is None
+    assert load(JOBGATE_METRICS_TOKEN=TOKEN).metrics.token == TOKEN
+    assert load(JOBGATE_METRICS_TOKEN="off").metrics.token is None
+    for bad, why in (("short-secret", "at least 16"), ("with a space in it 0123", "no spaces"),
+                     ("tab\tinside-0123456789", "no spaces")):
+        with pytest.raises(ConfigError, match=why) as caught:
+            load(JOBGATE_METRICS_TOKEN=bad)
+        assert bad not in str(caught.value)
+        assert str(caught.value).startswith("metrics.token: ")
