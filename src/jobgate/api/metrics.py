@@ -23,7 +23,9 @@ def install(app: FastAPI, settings: Settings) -> None:
     """Add `GET /metrics`, with a registry of this app's own."""
     registry, collector = new_registry(settings)
 
-    @app.get("/metrics", tags=["health"], response_class=Response)
+    @app.get("/metrics", tags=["health"], response_class=Response, responses={
+        200: {"description": "Prometheus text format", "content": {"text/plain": {}}},
+        401: {"description": "`[metrics] token` is set and was not sent"}})
     async def metrics(request: Request) -> Response:
         """The queue's numbers (every node's, read from the database) in Prometheus' text
         format; with `[metrics] token` set, only for `Authorization: Bearer <token>`."""

@@ -39,7 +39,6 @@ from jobgate.store import postgres_deliveries as outbox
 from jobgate.store import postgres_schedules as schedules_sql
 from jobgate.store.base import (
     Conflict,
-    Durations,
     MetricCounts,
     Node,
     NotFound,
@@ -77,6 +76,10 @@ __all__ = ["PostgresStore", "SchemaTooNew", "latest_version"]
 _CLAIM_LOCK = 0x6A6F6201  # advisory lock keys ("job" + n)
 _TURNS_LOCK = TURNS_LOCK
 _FINAL = [s.value for s in FINAL]
+
+
+#: The spans `metric_counts` makes histograms of: a finished job's queue wait, its run.
+_WAIT, _RUN = "(started_at - created_at)", "(finished_at - started_at)"
 
 
 class PostgresStore(PgConnection, Store):
@@ -417,17 +420,14 @@ class PostgresStore(PgConnection, Store):
                 "SELECT state, kind, count(*) FROM jobs GROUP BY state, kind")}
             deliveries = {(channel, state): int(n) for channel, state, n in await tx.rows(
                 "SELECT channel, state, count(*) FROM deliveries GROUP BY channel, state")}
-            le = "".join(", count(*) FILTER (WHERE d <= %s)" for _ in bounds)
-
-            async def spans(span: str) -> dict[str, Durations]:
-                return durations_by_kind(await tx.rows(
-                    f"SELECT kind, count(*), sum(d){le} FROM (SELECT kind, {span} AS d "
-                    "FROM jobs WHERE state IN ('completed', 'failed', 'cancelled') "
-                    "AND started_at IS NOT NULL AND finished_at IS NOT NULL) AS spans "
-                    "GROUP BY kind", bounds))
-
-            return MetricCounts(jobs, deliveries, await spans("started_at - created_at"),
-                                await spans("finished_at - started_at"))
+            le = "".join(f", count(*) FILTER (WHERE {span} <= %s)"
+                         for span in (_WAIT, _RUN) for _ in bounds)
+            waits, runs = durations_by_kind(await tx.rows(
+                f"SELECT kind, count(*), sum({_WAIT}), sum({_RUN}){le} FROM jobs "
+                "WHERE state IN ('completed', 'failed', 'cancelled') "
+                "AND started_at IS NOT NULL AND finished_at IS NOT NULL GROUP BY kind",
+                bounds * 2), len(bounds))
+            return MetricCounts(jobs, deliveries, waits, runs)
 
         return await self._run(op, write=False)
 

@@ -191,9 +191,16 @@ def firing_values(firing: Firing) -> tuple[Any, ...]:
             firing.job_id, firing.fired_at, firing.catch_up)
 
 
-def durations_by_kind(rows: Sequence[Sequence[Any]]) -> dict[str, Durations]:
-    """`Store.metric_counts`' histograms from the rows of its query, one per kind:
-    (kind, count, sum of seconds, count at most each bound...)."""
-    return {str(kind): Durations(int(count), float(total or 0.0),
-                                 tuple(int(n or 0) for n in buckets))
-            for kind, count, total, *buckets in rows}
+def durations_by_kind(rows: Sequence[Sequence[Any]], bounds: int
+                      ) -> tuple[dict[str, Durations], dict[str, Durations]]:
+    """`Store.metric_counts`' histograms (queue waits, run times) from the rows of its
+    query, one per kind: (kind, count, sum of waits, sum of runs, waits at most each of
+    the `bounds` bounds..., runs at most each...)."""
+    waits, runs = {}, {}
+    for kind, count, wait_s, run_s, *buckets in rows:
+        n = int(count)
+        waits[str(kind)] = Durations(n, float(wait_s or 0.0),
+                                     tuple(int(b or 0) for b in buckets[:bounds]))
+        runs[str(kind)] = Durations(n, float(run_s or 0.0),
+                                    tuple(int(b or 0) for b in buckets[bounds:]))
+    return waits, runs
