@@ -216,6 +216,14 @@ class NotifySettings:
 
 
 @dataclass
+class MetricsSettings:
+    """`GET /metrics`, the Prometheus scrape: open to anyone who can reach the server,
+    unless `token` is set, which a scraper must then send as `Authorization: Bearer`."""
+
+    token: str | None = None
+
+
+@dataclass
 class Settings:
     """Everything jobgate can be told. Build with `load_settings`."""
 
@@ -230,6 +238,7 @@ class Settings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     kinds: dict[str, Kind] = field(default_factory=dict)
     schedules: dict[str, Schedule] = field(default_factory=dict)  # `[schedules.NAME]`
     base_dir: Path = field(default_factory=Path.cwd)
@@ -268,6 +277,7 @@ _SECTIONS = {
     "worker": WorkerSettings,
     "webhooks": WebhookSettings,
     "notify": NotifySettings,
+    "metrics": MetricsSettings,
 }
 
 
@@ -408,6 +418,24 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported setting type")  # pragma: no cover
 
 
+#: A bearer token as RFC 6750 spells one (b64token), and long enough not to be guessed.
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+_MIN_TOKEN_CHARS = 16
+
+
+def _check_metrics_token(token: str | None) -> None:
+    """The token must be one a scraper can send in an Authorization header; the message
+    never quotes it (it is a secret)."""
+    if token is None:
+        return
+    if not _TOKEN.fullmatch(token):
+        raise ConfigError("metrics.token: must be letters, digits and -._~+/ (as a bearer "
+                          "token is), with no spaces")
+    if len(token) < _MIN_TOKEN_CHARS:
+        raise ConfigError(f"metrics.token: must be at least {_MIN_TOKEN_CHARS} characters, "
+                          f"got {len(token)}")
+
+
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+")
 
 
@@ -456,6 +484,7 @@ def _check(settings: Settings) -> None:
     if settings.streams.keepalive < 1:
         raise ConfigError(f"streams.keepalive: must be at least 1 second, "
                           f"got {settings.streams.keepalive:g}")
+    _check_metrics_token(settings.metrics.token)
     for key in ("login_free_failures", "login_free_failures_per_ip"):
         if getattr(settings.rate_limits, key) < 0:
             raise ConfigError(f"rate_limits.{key}: must not be negative")

@@ -4,7 +4,8 @@ Its parts, each a flat module that imports `core` and nothing else of this packa
 `core` (the Services on `app.state`, lifespan, errors, guards, the caller), `jobs` (job,
 queue and health routes), `auth` (login and tickets), `streams` (SSE and WebSocket),
 `uploads` (files in), `batches` (many jobs at once),
-`schedules` (the configured schedules), `deliveries` (a job's webhooks and notifications).
+`schedules` (the configured schedules), `deliveries` (a job's webhooks and notifications),
+`metrics` (the Prometheus scrape).
 """
 
 from __future__ import annotations
@@ -12,7 +13,17 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from jobgate import __version__
-from jobgate.api import auth, batches, core, deliveries, jobs, schedules, streams, uploads
+from jobgate.api import (
+    auth,
+    batches,
+    core,
+    deliveries,
+    jobs,
+    metrics,
+    schedules,
+    streams,
+    uploads,
+)
 from jobgate.api.core import ApiError, Services, error_response
 from jobgate.config import Settings
 from jobgate.dashboard import add_dashboard
@@ -32,6 +43,7 @@ def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
     uploads.install(app)
     schedules.install(app)
     deliveries.install(app)
+    metrics.install(app, settings)
     add_dashboard(app)
     streams.install(app)
     return app

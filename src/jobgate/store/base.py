@@ -86,6 +86,26 @@ class Stats:
 
 
 @dataclass(frozen=True)
+class Durations:
+    """A histogram of one kind's finished jobs over one span (queue wait or run time):
+    `buckets[i]` counts the jobs whose span was at most the i-th bound asked for."""
+
+    count: int
+    total_s: float
+    buckets: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class MetricCounts:
+    """What `GET /metrics` reads of the database at a scrape (see `Store.metric_counts`)."""
+
+    jobs: dict[tuple[str, str], int]  # (state, kind) -> jobs in the table
+    deliveries: dict[tuple[str, str], int]  # (channel, state) -> rows of the outbox
+    waits: dict[str, Durations]  # by kind: started_at - created_at
+    runs: dict[str, Durations]  # by kind: finished_at - started_at
+
+
+@dataclass(frozen=True)
 class Node:
     """A worker node as it registered itself. `heartbeat_at` is set by the store on every
     `heartbeat`; `busy` (how many jobs it runs now) and `running` (their ids) are filled in
@@ -280,6 +300,13 @@ class Store(ABC):
 
     @abstractmethod
     async def stats(self) -> Stats: ...
+
+    @abstractmethod
+    async def metric_counts(self, bounds: tuple[float, ...]) -> MetricCounts:
+        """The jobs table's rows counted by state and kind, the outbox's by channel and
+        state, and, by kind, the histograms (at most each of `bounds`, ascending seconds)
+        of the queue wait and the run time of the finished jobs that ran, all of them
+        still in the database: every node's numbers, in one read."""
 
     @abstractmethod
     async def running_jobs(self, worker: str | None = None) -> list[Job]: ...

@@ -39,6 +39,7 @@ from jobgate.store import postgres_deliveries as outbox
 from jobgate.store import postgres_schedules as schedules_sql
 from jobgate.store.base import (
     Conflict,
+    MetricCounts,
     Node,
     NotFound,
     Outcome,
@@ -68,13 +69,17 @@ from jobgate.store.postgres_grouped import (
     submit_many,
     turn_of,
 )
-from jobgate.store.rows import lease_cutoff
+from jobgate.store.rows import durations_by_kind, lease_cutoff
 
 __all__ = ["PostgresStore", "SchemaTooNew", "latest_version"]
 
 _CLAIM_LOCK = 0x6A6F6201  # advisory lock keys ("job" + n)
 _TURNS_LOCK = TURNS_LOCK
 _FINAL = [s.value for s in FINAL]
+
+
+#: The spans `metric_counts` makes histograms of: a finished job's queue wait, its run.
+_WAIT, _RUN = "(started_at - created_at)", "(finished_at - started_at)"
 
 
 class PostgresStore(PgConnection, Store):
@@ -406,6 +411,23 @@ class PostgresStore(PgConnection, Store):
             return Stats(counts, int(reserved), int(last_min),
                          None if avg is None else float(avg), (ok / done) if done else None,
                          int(waiting))
+
+        return await self._run(op, write=False)
+
+    async def metric_counts(self, bounds: tuple[float, ...]) -> MetricCounts:
+        async def op(tx: Tx) -> MetricCounts:
+            jobs = {(state, kind): int(n) for state, kind, n in await tx.rows(
+                "SELECT state, kind, count(*) FROM jobs GROUP BY state, kind")}
+            deliveries = {(channel, state): int(n) for channel, state, n in await tx.rows(
+                "SELECT channel, state, count(*) FROM deliveries GROUP BY channel, state")}
+            le = "".join(f", count(*) FILTER (WHERE {span} <= %s)"
+                         for span in (_WAIT, _RUN) for _ in bounds)
+            waits, runs = durations_by_kind(await tx.rows(
+                f"SELECT kind, count(*), sum({_WAIT}), sum({_RUN}){le} FROM jobs "
+                "WHERE state IN ('completed', 'failed', 'cancelled') "
+                "AND started_at IS NOT NULL AND finished_at IS NOT NULL GROUP BY kind",
+                bounds * 2), len(bounds))
+            return MetricCounts(jobs, deliveries, waits, runs)
 
         return await self._run(op, write=False)
 

@@ -14,7 +14,7 @@ import orjson
 
 from jobgate.model import Event, Job, Output, State, outputs_from_json
 from jobgate.schedules import Firing
-from jobgate.store.base import SchemaTooNew
+from jobgate.store.base import Durations, SchemaTooNew
 
 #: The jobs table's columns, in the order `job_from_row` and `job_values` use.
 COLUMNS = (
@@ -189,3 +189,18 @@ def firing_values(firing: Firing) -> tuple[Any, ...]:
     """A firing as a row of `FIRING_COLUMNS`."""
     return (firing.name, firing.owner, firing.due_at, firing.outcome, firing.message,
             firing.job_id, firing.fired_at, firing.catch_up)
+
+
+def durations_by_kind(rows: Sequence[Sequence[Any]], bounds: int
+                      ) -> tuple[dict[str, Durations], dict[str, Durations]]:
+    """`Store.metric_counts`' histograms (queue waits, run times) from the rows of its
+    query, one per kind: (kind, count, sum of waits, sum of runs, waits at most each of
+    the `bounds` bounds..., runs at most each...)."""
+    waits, runs = {}, {}
+    for kind, count, wait_s, run_s, *buckets in rows:
+        n = int(count)
+        waits[str(kind)] = Durations(n, float(wait_s or 0.0),
+                                     tuple(int(b or 0) for b in buckets[:bounds]))
+        runs[str(kind)] = Durations(n, float(run_s or 0.0),
+                                    tuple(int(b or 0) for b in buckets[bounds:]))
+    return waits, runs

@@ -24,6 +24,7 @@ from jobgate.store import sqlite_deliveries as outbox
 from jobgate.store import sqlite_schedules as schedules_sql
 from jobgate.store.base import (
     Conflict,
+    MetricCounts,
     Node,
     NotFound,
     Outcome,
@@ -35,7 +36,7 @@ from jobgate.store.base import (
     Upload,
     User,
 )
-from jobgate.store.rows import event_from_row, lease_cutoff
+from jobgate.store.rows import durations_by_kind, event_from_row, lease_cutoff
 from jobgate.store.sqlite_conn import GroupCommit, SchemaTooNew, Tx, latest_version, placeholders
 from jobgate.store.sqlite_deps import (
     emit_batch,
@@ -50,6 +51,10 @@ from jobgate.store.sqlite_grouped import finish_many, next_turn, submit_many
 __all__ = ["SchemaTooNew", "SqliteStore", "latest_version"]
 
 _FINAL = tuple(s.value for s in FINAL)
+
+
+#: The spans `metric_counts` makes histograms of: a finished job's queue wait, its run.
+_WAIT, _RUN = "(started_at - created_at)", "(finished_at - started_at)"
 
 
 class SqliteStore(GroupCommit, Store):
@@ -319,6 +324,22 @@ class SqliteStore(GroupCommit, Store):
                 "SELECT count(*) FROM jobs WHERE state = 'queued' AND waiting > 0").fetchone()[0]
             return Stats(counts, reserved, last_min, avg, (ok / done) if done else None,
                          waiting)
+
+        return await self._call(op, write=False)
+
+    async def metric_counts(self, bounds: tuple[float, ...]) -> MetricCounts:
+        def op(tx: Tx) -> MetricCounts:
+            jobs = {(state, kind): int(n) for state, kind, n in tx.conn.execute(
+                "SELECT state, kind, count(*) FROM jobs GROUP BY state, kind")}
+            deliveries = {(channel, state): int(n) for channel, state, n in tx.conn.execute(
+                "SELECT channel, state, count(*) FROM deliveries GROUP BY channel, state")}
+            le = "".join(f", sum({span} <= ?)" for span in (_WAIT, _RUN) for _ in bounds)
+            waits, runs = durations_by_kind(tx.conn.execute(
+                f"SELECT kind, count(*), sum({_WAIT}), sum({_RUN}){le} FROM jobs "
+                "WHERE state IN ('completed', 'failed', 'cancelled') "
+                "AND started_at IS NOT NULL AND finished_at IS NOT NULL GROUP BY kind",
+                bounds * 2).fetchall(), len(bounds))
+            return MetricCounts(jobs, deliveries, waits, runs)
 
         return await self._call(op, write=False)
 
