@@ -25,7 +25,8 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     @app.get("/metrics", tags=["health"], response_class=Response, responses={
         200: {"description": "Prometheus text format", "content": {"text/plain": {}}},
-        401: {"description": "`[metrics] token` is set and was not sent"}})
+        401: {"description": "`[metrics] token` is set and was not sent"},
+        503: {"description": "the database cannot be read"}})
     async def metrics(request: Request) -> Response:
         """The queue's numbers (every node's, read from the database) in Prometheus' text
         format; with `[metrics] token` set, only for `Authorization: Bearer <token>`."""
@@ -33,7 +34,11 @@ def install(app: FastAPI, settings: Settings) -> None:
         _check_token(settings.metrics.token, request.headers.get("authorization"))
         worker = services.worker
         node = worker.name if worker is not None else settings.worker.name or default_name()
-        snapshot = await read_snapshot(services.queue, node, len(services.hub.streams))
+        try:
+            snapshot = await read_snapshot(services.queue, node, len(services.hub.streams))
+        except Exception as exc:  # as /health says it: the scrape fails, visibly, not 500
+            raise ApiError(503, "unavailable",
+                           f"the database cannot be read: {type(exc).__name__}") from exc
         return Response(render(registry, collector, snapshot), media_type=CONTENT_TYPE_LATEST)
 
 
