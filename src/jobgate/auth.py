@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 import jwt
 
 from jobgate.model import USER_NAME as _NAME
+from jobgate.secret_files import secret_file
 from jobgate.store.base import Store, User
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
@@ -107,20 +107,7 @@ def load_or_create_key(data_dir: Path) -> bytes:
     Made in a temporary file and linked into place, so two servers starting together end
     up with one key and nobody reads a half-written file.
     """
-    secrets_dir = data_dir / "secrets"
-    secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = secrets_dir / _KEY_FILE
-    if not path.exists():
-        tmp = secrets_dir / f".{_KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, secrets.token_bytes(_KEY_BYTES))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-        tmp.unlink()
+    path = secret_file(data_dir, _KEY_FILE, lambda: secrets.token_bytes(_KEY_BYTES))
     if path.stat().st_mode & 0o077:
         # Anyone who can read the key can sign in as anybody: keep it to the owner.
         os.chmod(path, 0o600)

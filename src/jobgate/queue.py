@@ -32,16 +32,16 @@ from typing import Any
 
 import psutil
 
-from jobgate.arguments import UPLOAD_PREFIX, ArgumentError, resolve_paths, validate_args
-from jobgate.batches import Batch, BatchItem, check_size, item_of, plan
+from jobgate import submissions
+from jobgate.arguments import ArgumentError, resolve_paths
+from jobgate.batches import Batch, BatchItem
 from jobgate.config import Settings
 from jobgate.delivery_config import rules_from
-from jobgate.dependencies import check_ids, output_file, output_refs
-from jobgate.dependencies import unknown as unknown_dependency
+from jobgate.dependencies import output_file
 from jobgate.events import EventBus
 from jobgate.executor import RunResult
 from jobgate.kinds import Kind, failure_matches
-from jobgate.model import RUN_END_EVENTS, Event, EventType, Job, Output, State, new_id
+from jobgate.model import RUN_END_EVENTS, Event, EventType, Job, Output, State
 from jobgate.moves import ended_outputs, is_waiting
 from jobgate.positions import PositionIndex
 from jobgate.sanitize import stored_json, stored_text
@@ -49,7 +49,6 @@ from jobgate.scheduler import Limits, backoff_s
 from jobgate.store.base import Node, Outcome, Quota, Stats, Store
 from jobgate.uploads import Limits as UploadLimits
 from jobgate.uploads import Uploads
-from jobgate.webhooks import address_problem
 
 # A running job's run is over (cancelled, or it ended some other way first).
 _ENDS = RUN_END_EVENTS
@@ -203,89 +202,16 @@ class JobQueue:
         with `admin`, anyone's) it waits until they all completed (dependencies.py).
         """
         deps = await self.check_dependencies(owner, depends_on or (), admin)
-        job = await self._new_job(owner, kind, args, priority=priority, run_at=run_at,
-                                  memory_mb=memory_mb, depends_on=deps)
+        job = await submissions.new_job(self, owner, kind, args, priority=priority,
+                                        run_at=run_at, memory_mb=memory_mb, depends_on=deps)
         job.unique_key, job.idempotency_key = unique_key, idempotency_key
-        if not webhook_url:
-            return await self.store.submit(job, self.quota)
-        return await self._submit_with_webhook(job, webhook_url)
-
-    async def _new_job(self, owner: str, kind: str, args: dict[str, Any] | None, *,
-                       priority: int | None, run_at: float | None, memory_mb: int | None,
-                       depends_on: list[str], job_id: str | None = None) -> Job:
-        """A job to submit, its kind, memory and arguments checked (ArgumentError)."""
-        spec = self.kind(kind)
-        if memory_mb is None:
-            memory_mb = (await self.kind_memory(spec)).estimate_mb if spec.memory_auto \
-                else spec.memory_mb
-        self.check_memory(spec, memory_mb)
-        args = args or {}
-        refs = await self._own_uploads(owner, spec, args)
-        if isinstance(args, dict):
-            refs.update(output_refs(spec, args, depends_on))
-        check = functools.partial(
-            validate_args, spec, args, self.settings.input_path, True, self.protected_paths,
-            uploads=refs, as_given=True)
-        if any(a.type == "url" for a in spec.args.values()):
-            # Resolving a host name blocks: keep it off the event loop.
-            args = await asyncio.to_thread(check)
-        else:
-            args = check()
-        now = time.time()
-        return Job(
-            id=job_id or new_id(now),
-            kind=kind,
-            owner=owner,
-            args=args,
-            priority=spec.priority if priority is None else priority,
-            max_attempts=spec.max_attempts,
-            created_at=now,
-            run_at=max(now, run_at) if run_at is not None else now,
-            memory_mb=memory_mb,
-            depends_on=depends_on,
-        )
+        return await submissions.store_job(self, job, webhook_url)
 
     async def check_dependencies(self, owner: str, depends_on: Sequence[str], admin: bool
                                  ) -> list[str]:
         """The ids a job of `owner` depends on, checked: jobs of `owner` (with `admin`, of
         anyone); DependencyError for another's or an unknown one, in the same words."""
-        deps = check_ids(depends_on)
-        for dep in deps:
-            job = await self.store.get(dep)
-            if job is None or (job.owner != owner and not admin):
-                raise unknown_dependency(dep)
-        return deps
-
-    async def _submit_with_webhook(self, job: Job, url: str) -> tuple[Job, bool]:
-        """Submit `job` with its own webhook: the URL is kept first, so a crash after the
-        submit cannot lose it; a submit that makes no job takes it back."""
-        problem = await asyncio.to_thread(address_problem, url,
-                                          self.settings.webhooks.allow_private)
-        if problem is not None:
-            raise ArgumentError("webhook_url", problem)
-        await self.store.add_webhook(job.id, url)
-        try:
-            same, created = await self.store.submit(job, self.quota)
-        except BaseException:
-            await self.store.remove_webhook(job.id)
-            raise
-        if not created:  # an earlier job stands for this submit, with its own webhook
-            await self.store.remove_webhook(job.id)
-        return same, created
-
-    async def _own_uploads(self, owner: str, spec: Kind, args: Mapping[str, Any]
-                           ) -> dict[str, Path]:
-        """The uploads of `owner` that `args` name (`upload:<id>` in a `path` argument),
-        by reference, with their files: any other reference is unknown to validate_args."""
-        found: dict[str, Path] = {}
-        for name, arg in spec.args.items():
-            value = args.get(name)
-            if arg.type == "path" and isinstance(value, str) and \
-                    value.startswith(UPLOAD_PREFIX):
-                upload_id = value.removeprefix(UPLOAD_PREFIX)
-                if await self.uploads.get(owner, upload_id) is not None:
-                    found[value] = self.uploads.file(owner, upload_id)
-        return found
+        return await submissions.check_dependencies(self, owner, depends_on, admin)
 
     def run_args(self, job: Job, kind: Kind) -> dict[str, Any]:
         """The args a run of `job` is given: each `path` argument its real path, checked
@@ -396,30 +322,8 @@ class JobQueue:
         each job depends on the one before it. ArgumentError (naming `jobs[i]`) for bad
         input, a cycle or an unknown dependency; QueueFull, saying how many would fit,
         when the queue cannot take them all."""
-        check_size(len(jobs), self.settings.server.max_batch)
-        items = [item_of(value, at) for at, value in enumerate(jobs)]
-        now = time.time()
-        ids = [new_id(now) for _ in items]
-        steps = plan(items, ids, pipeline)
-        outside = {d for deps in steps.depends_on for d in deps} - set(ids)
-        await self.check_dependencies(owner, sorted(outside), admin)
-        made: list[Job] = []
-        for at, item in enumerate(items):
-            try:
-                made.append(await self._new_job(
-                    owner, item.kind, steps.args[at], priority=item.priority,
-                    run_at=item.run_at, memory_mb=item.memory_mb,
-                    depends_on=steps.depends_on[at], job_id=ids[at]))
-            except ArgumentError as exc:
-                field_name = exc.field if exc.field in (None, "kind", "memory_mb") else \
-                    f"args.{exc.field}"
-                where = f"jobs[{at}]" + (f".{field_name}" if field_name else "")
-                raise ArgumentError(where, exc.reason) from None
-        batch = Batch(new_id(now), owner, now, len(items), pipeline)
-        stored = await self.store.submit_batch(batch, [made[i] for i in steps.order],
-                                               self.quota)
-        by_id = {j.id: j for j in stored}
-        return batch, [by_id[i] for i in ids]
+        return await submissions.submit_batch(self, owner, jobs, pipeline=pipeline,
+                                              admin=admin)
 
     async def get_batch(self, batch_id: str) -> Batch | None:
         """A batch with its jobs' counts per state and its progress, or None."""

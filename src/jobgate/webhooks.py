@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import datetime as dt
-import os
 import secrets
 import socket
 import time
@@ -30,6 +28,7 @@ from standardwebhooks import Webhook
 
 from jobgate.addresses import is_public, parse_address, url_problem
 from jobgate.deliveries import Attempt, excerpt
+from jobgate.secret_files import secret_file
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks mark of a secret
 _SECRET_FILE = "webhook_secret"  # noqa: S105 - a file name
@@ -61,20 +60,7 @@ def load_or_create_secret(data_dir: Path, configured: str | None) -> str:
     one folder share it)."""
     if configured:
         return configured
-    folder = data_dir / "secrets"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = folder / _SECRET_FILE
-    if not path.exists():
-        tmp = folder / f".{_SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, new_secret().encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-        tmp.unlink()
+    path = secret_file(data_dir, _SECRET_FILE, lambda: new_secret().encode())
     return path.read_text().strip()
 
 
