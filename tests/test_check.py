@@ -127,6 +127,23 @@ def test_a_program_file_that_is_not_executable_is_a_problem(tmp_path: Path) -> N
     assert jobgate(tmp_path, "check").returncode == 0
 
 
+def test_a_relative_program_path_is_a_warning(tmp_path: Path) -> None:
+    write_config(tmp_path, '[kinds.run]\nargv = ["./tool.sh"]\n')
+    result = jobgate(tmp_path, "check")
+    assert result.returncode == 0, result
+    assert one_line(result.stderr).startswith(
+        "jobgate: warning: kinds.run.argv[0]: program './tool.sh' is a relative path")
+    assert jobgate(tmp_path, "check", "--strict").returncode == 1
+
+
+def test_a_program_given_by_a_placeholder_is_not_looked_for(tmp_path: Path) -> None:
+    write_config(tmp_path, '[kinds.run]\nargv = ["{prog}"]\n'
+                 '[kinds.run.args]\nprog = { type = "string" }\n')
+    result = jobgate(tmp_path, "check")
+    assert result.returncode == 0, result
+    assert result.stderr == ""
+
+
 def test_a_function_kind_whose_module_does_not_import_names_the_kind(tmp_path: Path) -> None:
     # Loading imports it, as `serve` does at start: the same one-line config error, exit 2.
     write_config(tmp_path, '[kinds.py]\nfunction = "jobgate_no_such_module:run"\n')

@@ -7,9 +7,10 @@ only matters on this machine, without starting anything (no server, no worker, n
 database, no file written):
 
 - a problem (exit 1): a command kind's argv[0] that is not a program found on PATH (or,
-  for a path, an executable file);
+  for an absolute path, an executable file); one with a placeholder is not looked for;
 - a warning (exit 0, 1 with `--strict`): a recipe's tool this machine lacks, as `serve`
-  warns at start.
+  warns at start; a relative argv[0] path (`./tool`), which each job looks for from its
+  own folder.
 
 The summary never shows a secret: the storage URL's password is starred, and webhooks,
 notifications and the metrics token are only said to be configured or not.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 import sys
@@ -60,9 +62,14 @@ def check_machine(settings: Settings) -> Report:
         program = kind.argv[0]
         if "{" in program:  # filled per job: nothing to look for until then
             continue
-        if shutil.which(program) is None:
+        key = f"kinds.{kind.name}.argv[0]"
+        if "/" in program and not os.path.isabs(program):
+            # A job runs in its own folder: that is where such a path is looked for.
+            report.warnings.append(f"{key}: program {program!r} is a relative path, found "
+                                   "from each job's own folder; give an absolute path")
+        elif shutil.which(program) is None:
             where = "is not an executable file" if "/" in program else "not found on PATH"
-            report.problems.append(f"kinds.{kind.name}.argv[0]: program {program!r} {where}")
+            report.problems.append(f"{key}: program {program!r} {where}")
     # The recipes' tools (and yt-dlp's module), as `serve` warns of them at start; the
     # command kinds' programs are problems above, not warnings.
     functions_only = dataclasses.replace(
