@@ -205,6 +205,12 @@ def _check_schema(settings: Settings) -> None:
     _schema_versions(settings)
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from jobgate.check import run_check
+
+    return run_check(_settings(args), strict=args.strict, as_json=args.json)
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     before, after, latest = _schema_versions(settings, migrate=True)
@@ -558,6 +564,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--slots", type=int)
     sp.add_argument("--name")
     sp.set_defaults(func=cmd_worker)
+
+    sp = sub.add_parser("check", help="validate the configuration without starting anything")
+    server_opts(sp)
+    sp.add_argument("--strict", action="store_true", help="a warning fails too (exit 1)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_check)
 
     sp = sub.add_parser("migrate", help="bring the database's schema up to date")
     server_opts(sp)
