@@ -33,6 +33,7 @@ class BatchJob(BaseModel):
     run_at: Annotated[StrictStr, AfterValidator(checked_text)] | StrictInt | StrictFloat | \
         None = None
     depends_on: list[SafeStr] | None = Field(default=None, max_length=1000)
+    # The memory this job reserves, in place of its kind's estimate (checked by the queue).
     memory_mb: StrictInt | None = None
 
 

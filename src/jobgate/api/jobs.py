@@ -15,8 +15,9 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field
 
+from jobgate.api.batches import BatchJob
 from jobgate.api.core import (
     ApiError,
     CurrentUser,
@@ -30,27 +31,19 @@ from jobgate.config import Settings
 from jobgate.links import LINK_TTL_S, link_key, link_path, valid
 from jobgate.model import FINAL, Job, State, content_type, iso, parse_iso
 from jobgate.queue import node_live_s
-from jobgate.sanitize import INT64_MAX, checked_text, shown, stored_text, text_problem
+from jobgate.sanitize import INT64_MAX, shown, stored_text, text_problem
 from jobgate.store.base import User
 from jobgate.stream import stats_json
 
 
-class SubmitBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SubmitBody(BatchJob):
+    """A job to submit: a batch's job's fields, and two of a single submit's own."""
 
-    kind: SafeStr = Field(min_length=1, max_length=64)
-    args: dict[SafeStr, Any] = Field(default_factory=dict)
-    priority: int | None = Field(default=None, ge=-1000, le=1000)
-    run_at: Annotated[StrictStr, AfterValidator(checked_text)] | StrictInt | StrictFloat | \
-        None = None
     unique_key: SafeStr | None = Field(default=None, min_length=1, max_length=200)
-    depends_on: list[SafeStr] | None = Field(default=None, max_length=1000)
     webhook_url: SafeStr | None = Field(
         default=None, max_length=4096,
         description="POSTed the job's JSON at its end, signed as Standard Webhooks say; "
         "a loopback, private or link-local host is refused unless [webhooks] allow_private")
-    # The memory this job reserves, in place of its kind's estimate (checked by the queue).
-    memory_mb: StrictInt | None = None
 
 
 class CleanBody(BaseModel):
