@@ -284,3 +284,25 @@ def test_turns_follow_jobs_entering_the_queue_from_what_was_read():
     empty.add_owner("carol", 1, None, (9,))  # a finished turn outside the open ones
     assert empty.next("carol", 1) == 1
     assert empty.newest(1) == 1
+
+
+def test_a_job_read_in_a_later_round_does_not_pass_one_held_for_memory():
+    """On PostgreSQL each read of one claim sees jobs committed since the last: a small
+    job submitted after a big one that waits for memory, found by the second read, still
+    waits behind it (it once started first, seen in CI)."""
+    running = Running()
+    running.add("alice", "k", 60)
+    admission = Admission(Limits(max_running=10, memory_budget_mb=300), running, 7, ["k"])
+    admission.offer([_candidate(1, "bob", memory_mb=300)])  # the big job: it must wait
+    assert admission.admitted == [] and admission.ask() is not None
+    admission.offer([_candidate(2, "carol", memory_mb=20)])  # committed since
+    assert admission.admitted == []
+
+
+def test_the_node_memory_a_claim_hands_out_in_one_round_is_gone_in_the_next():
+    limits = Limits(max_running=10, node_memory_budget_mb=100, node_memory_free_mb=100)
+    admission = Admission(limits, Running(), 5, ["k"])
+    admission.offer([_candidate(1, memory_mb=80)])
+    admission.offer([_candidate(2, "bob", memory_mb=80), _candidate(3, "bob", memory_mb=20)])
+    # J02 does not fit what this node has left, so J03 waits behind it.
+    assert [c.id for c in admission.admitted] == ["J01"]

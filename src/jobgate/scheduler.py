@@ -168,6 +168,16 @@ class Ask(NamedTuple):
     limit: int
 
 
+@dataclass
+class MemoryGate:
+    """Memory admission's state over the reads of one claim: whether a job waits for
+    memory at the head (`held`), and what the claiming node has left (`node_free_mb`).
+    Kept across reads, so a job read later never passes one held in an earlier read."""
+
+    held: bool = False
+    node_free_mb: int | None = None
+
+
 class Admission:
     """One claim's admission, the loop every backend drives: `ask` says what to read,
     `offer` admits from what was read (`admit`), until the slots are full, nothing is
@@ -182,6 +192,7 @@ class Admission:
         self.room = free_slots(limits, running, slots)
         self.admitted: list[Candidate] = []
         self.seen: set[str] = set()
+        self.gate = MemoryGate(node_free_mb=limits.node_memory_free_mb)
         self._reads = 0
         self._exhausted = False
 
@@ -205,7 +216,7 @@ class Admission:
             return
         self.seen.update(c.id for c in fresh)
         want = self.room - len(self.admitted)
-        self.admitted += admit(fresh, self.limits, self.running, want)
+        self.admitted += admit(fresh, self.limits, self.running, want, self.gate)
 
 
 def free_slots(limits: Limits, running: Running, slots: int) -> int:
@@ -222,8 +233,8 @@ def blocked(limits: Limits, running: Running) -> tuple[set[str], set[str]]:
     return owners, kinds
 
 
-def admit(candidates: list[Candidate], limits: Limits, running: Running, slots: int
-          ) -> list[Candidate]:
+def admit(candidates: list[Candidate], limits: Limits, running: Running, slots: int,
+          gate: MemoryGate | None = None) -> list[Candidate]:
     """The candidates (in dispatch order) that may start now, honouring every limit.
 
     Memory is handed out in dispatch order. The first job that needs memory and does not
@@ -233,12 +244,13 @@ def admit(candidates: list[Candidate], limits: Limits, running: Running, slots: 
     never hold (another node may take it). The price: while a big job waits for memory,
     memory that small jobs could use stays idle.
 
-    `running` is updated with the admitted jobs.
+    `running` and `gate` (this claim's memory state, when it reads in several rounds) are
+    updated with the admitted jobs.
     """
     chosen: list[Candidate] = []
     room = free_slots(limits, running, slots)
-    node_free = limits.node_memory_free_mb
-    held = False  # a job waits for memory: nothing that needs memory passes it
+    if gate is None:
+        gate = MemoryGate(node_free_mb=limits.node_memory_free_mb)
     for job in candidates:
         if len(chosen) >= room:
             break
@@ -250,17 +262,17 @@ def admit(candidates: list[Candidate], limits: Limits, running: Running, slots: 
         if cap is not None and running.by_kind[job.kind] >= cap:
             continue
         if job.memory_mb > 0:
-            if held:
+            if gate.held:  # a job waits for memory: nothing that needs memory passes it
                 continue
             fits = (limits.memory_budget_mb is None
                     or running.memory_mb + job.memory_mb <= limits.memory_budget_mb) and \
-                (node_free is None or job.memory_mb <= node_free)
+                (gate.node_free_mb is None or job.memory_mb <= gate.node_free_mb)
             if not fits:
-                held = limits.node_memory_budget_mb is None or \
+                gate.held = limits.node_memory_budget_mb is None or \
                     job.memory_mb <= limits.node_memory_budget_mb
                 continue
-            if node_free is not None:
-                node_free -= job.memory_mb
+            if gate.node_free_mb is not None:
+                gate.node_free_mb -= job.memory_mb
         running.add(job.owner, job.kind, job.memory_mb)
         chosen.append(job)
     return chosen
