@@ -72,7 +72,10 @@ class Estimates:
         active = any(j.state in (State.QUEUED, State.RUNNING) for j in jobs)
         estimate = await self.current() if active else eta.Estimate()
         for job, out in zip(jobs, shown, strict=True):
-            out["eta_s"] = estimate.eta_s.get(job.id) if job.state is State.QUEUED else None
+            out["eta_s"] = None
+            if job.state is State.QUEUED:  # started since it was read: it starts now
+                out["eta_s"] = 0.0 if job.id in estimate.remaining_s else \
+                    estimate.eta_s.get(job.id)
             out["remaining_s"] = estimate.remaining_s.get(job.id) \
                 if job.state is State.RUNNING else None
             if job.state is State.QUEUED and out.get("message") is None:
