@@ -3,6 +3,7 @@ message through the API of a real server, on both backends."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -19,6 +20,8 @@ from jobgate.eta import (
     remaining_s,
 )
 from jobgate.scheduler import Limits
+from jobgate.store.base import Node, Store
+from storekit import NO_QUOTA, claim_one, done, make_job, submit
 
 NOW = 1_000_000.0
 TEN = History({"ten": [10.0] * 5, "five": [5.0] * 5})
@@ -130,6 +133,12 @@ def test_remaining_time_from_history_past_the_typical_run() -> None:
     assert remaining_s(run("r", kind="k", elapsed=99), history, NOW) == 2.5  # overrun
 
 
+def test_the_typical_run_is_a_trimmed_mean_one_hung_run_does_not_move() -> None:
+    assert History({"k": [1.0, 2.0, 6.0]}).typical("k") == 3.0  # the mean, not the median
+    assert History({"k": [10.0] * 9 + [1000.0]}).typical("k") == 10.0
+    assert History({}).typical("k") is None
+
+
 def test_an_unknown_kind_hides_the_starts_that_depend_on_its_end() -> None:
     out = etas([q("a", vt=1, kind="new"), q("b", vt=2), q("c", vt=3)],
                limits=Limits(max_running=2))
@@ -165,8 +174,6 @@ def test_humanised_durations_and_the_message() -> None:
 
 
 def test_a_thousand_queued_jobs_estimate_quickly() -> None:
-    import time
-
     queued = [q(f"j{i:05d}", f"u{i % 7}", kind=("ten", "five")[i % 2], vt=i // 7 + 1,
                 memory_mb=i % 3 * 100) for i in range(1000)]
     begin = time.perf_counter()
@@ -174,6 +181,30 @@ def test_a_thousand_queued_jobs_estimate_quickly() -> None:
                                      memory_budget_mb=1000))
     assert time.perf_counter() - begin < 2.0
     assert all(v is not None for v in out.values())
+
+
+# --- the store's read, on both backends ----------------------------------------------------
+async def test_the_snapshot_reads_queued_running_slots_and_history_at_once(store: Store) -> None:
+    for _ in range(2):
+        await submit(store, "alice", "sleep")
+        job = await claim_one(store)
+        await store.finish(job.id, job.lease_token, done())
+    running = await submit(store, "bob", "sleep", memory_mb=64)
+    running = await claim_one(store)
+    ready = [await submit(store, owner, "noop") for owner in ("alice", "bob", "alice")]
+    waiting, _ = await store.submit(make_job("carol", depends_on=[running.id]), NO_QUOTA)
+    await store.heartbeat(Node("n1", "host", 1, 3, "0", time.time()))
+
+    snap, runs = await store.eta_snapshot(100, 10, 60)
+    assert [j.id for j in snap.queued] == [ready[0].id, ready[1].id, ready[2].id, waiting.id]
+    assert snap.queued[3].depends_on == (running.id,) and snap.queued[0].depends_on == ()
+    assert [(a.id, a.owner, a.memory_mb) for a in snap.running] == [(running.id, "bob", 64)]
+    assert snap.running[0].started_at > 0 and snap.slots == 3
+    assert runs is not None and list(runs) == ["sleep"] and len(runs["sleep"]) == 2
+    assert all(r >= 0 for r in runs["sleep"])
+
+    limited, none = await store.eta_snapshot(1, 0, 60)
+    assert none is None and [j.id for j in limited.queued] == [ready[0].id, waiting.id]
 
 
 # --- through the API ---------------------------------------------------------------------

@@ -9,7 +9,9 @@ head-of-line rule). Time moves from event to event: a running job ends at now +
 `run_at`; a job waiting for dependencies is released when the last of them ends (it then
 takes its owner's next fair turn, as a real release does). At each event the free slots
 are filled as a claim would fill them, and each job started lasts its kind's typical run
-time (the median of its recent runs).
+time: the mean of its recent runs with the shortest and longest tenth left out (a deep
+job's start is a sum of many runs, which is their mean times their number, not their
+median; the trimming keeps one hung run from moving it).
 
 What is not known is not guessed: a kind with no finished run yet has no typical run time.
 Its jobs still take their turn in the simulation (for a default duration), but from the
@@ -20,7 +22,7 @@ running job has neither history nor enough progress to say when it ends.
 A running job's `remaining_s` comes from its progress rate once it reported at least
 `MIN_PROGRESS_PCT` (elapsed * (100 - p) / p), blended with its kind's history until
 `TRUST_PROGRESS_PCT` (early progress is noisy: a download's first percent includes its
-connection setup); without progress it is the median of what the kind's recent runs that
+connection setup); without progress it is the typical of what the kind's recent runs that
 lasted longer than this one has so far still took (so a job past its typical time is not
 "due any second" forever), or a small `overrun` when none of them lasted that long.
 """
@@ -92,26 +94,26 @@ class History:
         self._runs = {k: v for k, v in self._runs.items() if v}
         every = sorted(r for v in self._runs.values() for r in v)
         # What an unknown kind lasts inside the simulation (its jobs' ends are not shown).
-        self.default_s = _median(every) if every else DEFAULT_RUN_S
+        self.default_s = _typical(every) if every else DEFAULT_RUN_S
 
     def kinds(self) -> set[str]:
         return set(self._runs)
 
     def typical(self, kind: str) -> float | None:
-        """The kind's median run time, or None: no run of it finished yet."""
+        """The kind's typical run time, or None: no run of it finished yet."""
         runs = self._runs.get(kind)
-        return _median(runs) if runs else None
+        return _typical(runs) if runs else None
 
     def left_after(self, kind: str, elapsed: float) -> float | None:
-        """How long a run of `kind` that has lasted `elapsed` s still takes: the median of
+        """How long a run of `kind` that has lasted `elapsed` s still takes: the typical of
         what the recent runs longer than that still took, or `overrun` when none was."""
         runs = self._runs.get(kind)
         if not runs:
             return None
         longer = runs[bisect_right(runs, elapsed):]
         if not longer:
-            return overrun(_median(runs))
-        return _median([r - elapsed for r in longer])
+            return overrun(_typical(runs))
+        return _typical([r - elapsed for r in longer])
 
 
 def overrun(typical_s: float) -> float:
@@ -294,7 +296,9 @@ def queued_message(position: int | None, eta_s: float | None) -> str | None:
     return ", ".join(parts) or None
 
 
-def _median(values: Sequence[float]) -> float:
+def _typical(values: Sequence[float]) -> float:
+    """The mean without the lowest and highest tenth (of ten values or more)."""
     ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    cut = len(ordered) // 10
+    kept = ordered[cut:len(ordered) - cut]
+    return sum(kept) / len(kept)
