@@ -38,6 +38,7 @@ from jobgate.batches import Batch, BatchItem
 from jobgate.config import Settings
 from jobgate.delivery_config import rules_from
 from jobgate.dependencies import output_file
+from jobgate.estimates import Estimates
 from jobgate.events import EventBus
 from jobgate.executor import RunResult
 from jobgate.kinds import Kind, failure_matches
@@ -106,6 +107,7 @@ class JobQueue:
         self.bus = EventBus()
         self.positions = PositionIndex()
         self._track_positions = positions
+        self.estimates = Estimates(self, node_live_s(settings))  # eta_s, remaining_s
         # Why this process's worker starts nothing now ("memory pressure", "load"), if so.
         self.pressure: str | None = None
         self._jobs_path = settings.data_path / "jobs"
@@ -162,6 +164,7 @@ class JobQueue:
     def _on_events(self, events: list[Event]) -> None:
         if self._track_positions:
             self.positions.apply(events)
+        self.estimates.on_events(events)
         for event in events:
             if event.type == EventType.COMPLETED:
                 # A new measured peak: the kind's estimate is worked out afresh.

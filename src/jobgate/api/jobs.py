@@ -83,7 +83,9 @@ def install(app: FastAPI, settings: Settings) -> None:
             unique_key=body.unique_key, idempotency_key=idempotency_key,
             memory_mb=body.memory_mb, depends_on=body.depends_on, admin=user.admin,
             webhook_url=body.webhook_url)
-        return JSONResponse(services.queue.to_json(job), status_code=201 if created else 200)
+        shown = services.queue.to_json(job)
+        await services.queue.estimates.annotate([job], [shown])
+        return JSONResponse(shown, status_code=201 if created else 200)
 
     @app.get("/api/jobs", tags=["jobs"])
     async def list_jobs(
@@ -100,11 +102,17 @@ def install(app: FastAPI, settings: Settings) -> None:
             raise ApiError(403, "forbidden", "only an admin may list other users' jobs")
         who = owner if owner is not None else (None if user.admin else user.name)
         page = await services.queue.store.list_jobs(who, state, kind, cursor, limit)
-        return {"jobs": [services.queue.to_json(j) for j in page.jobs], "next": page.next}
+        shown = [services.queue.to_json(j) for j in page.jobs]
+        await services.queue.estimates.annotate(page.jobs, shown)
+        return {"jobs": shown, "next": page.next}
 
     @app.get("/api/jobs/{job_id}", tags=["jobs"])
     async def get_job(job_id: str, request: Request, user: CurrentUser) -> dict[str, Any]:
-        return services_of(request).queue.to_json(await _own_job(request, job_id, user))
+        queue = services_of(request).queue
+        job = await _own_job(request, job_id, user)
+        shown = queue.to_json(job)
+        await queue.estimates.annotate([job], [shown])
+        return shown
 
     @app.post("/api/jobs/{job_id}/cancel", tags=["jobs"])
     async def cancel(job_id: str, request: Request, user: CurrentUser) -> dict[str, Any]:
@@ -118,7 +126,10 @@ def install(app: FastAPI, settings: Settings) -> None:
     async def retry(job_id: str, request: Request, user: CurrentUser) -> dict[str, Any]:
         services = services_of(request)
         await _own_job(request, job_id, user)
-        return services.queue.to_json(await services.queue.retry(job_id))
+        job = await services.queue.retry(job_id)
+        shown = services.queue.to_json(job)
+        await services.queue.estimates.annotate([job], [shown])
+        return shown
 
     @app.delete("/api/jobs/{job_id}", status_code=204, tags=["jobs"])
     async def delete(job_id: str, request: Request, user: CurrentUser) -> Response:

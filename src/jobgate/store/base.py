@@ -16,6 +16,7 @@ from typing import Any
 
 from jobgate.batches import Batch
 from jobgate.deliveries import Attempt, Delivery, Rules
+from jobgate.eta import Snapshot
 from jobgate.model import DispatchKey, Event, Job, Output, State
 from jobgate.scheduler import Limits
 from jobgate.schedules import Firing
@@ -310,6 +311,14 @@ class Store(ABC):
 
     @abstractmethod
     async def running_jobs(self, worker: str | None = None) -> list[Job]: ...
+
+    @abstractmethod
+    async def eta_snapshot(self, queued_limit: int, history: int, live_within_s: float
+                           ) -> tuple[Snapshot, dict[str, list[float]] | None]:
+        """What the estimates read (eta.py), in one transaction: the first `queued_limit`
+        ready queued jobs in dispatch order and as many waiting ones, the running jobs, the
+        slots of the nodes alive within `live_within_s`; with `history` > 0 also the run
+        times of each kind's last `history` finished runs (else None)."""
 
     @abstractmethod
     async def recent_peaks(self, kind: str, limit: int) -> list[float]:

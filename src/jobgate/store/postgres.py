@@ -32,10 +32,12 @@ from typing import Any
 from jobgate import moves
 from jobgate.batches import Batch
 from jobgate.deliveries import Attempt, Delivery
+from jobgate.eta import Snapshot
 from jobgate.model import FINAL, DispatchKey, Event, EventType, Job, State
 from jobgate.scheduler import Admission, Ask, Candidate, Limits, Running
 from jobgate.schedules import Firing
 from jobgate.store import postgres_deliveries as outbox
+from jobgate.store import postgres_eta
 from jobgate.store import postgres_schedules as schedules_sql
 from jobgate.store.base import (
     Conflict,
@@ -383,6 +385,11 @@ class PostgresStore(PgConnection, Store):
                 "AND waiting = 0")]
 
         return await self._run(op, write=False)
+
+    async def eta_snapshot(self, queued_limit: int, history: int, live_within_s: float
+                           ) -> tuple[Snapshot, dict[str, list[float]] | None]:
+        return await self._run(lambda tx: postgres_eta.snapshot(
+            tx, queued_limit, history, tx.now - live_within_s), write=False)
 
     async def recent_peaks(self, kind: str, limit: int) -> list[float]:
         async def op(tx: Tx) -> list[float]:

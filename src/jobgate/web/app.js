@@ -734,7 +734,9 @@
       if (start > Date.now() + 1000) {
         cell.append(el('span', { class: 'msg', text: `starts ${new Date(start).toLocaleTimeString()}` }));
       } else if (job.message) {
-        cell.append(el('span', { class: 'msg', text: job.message }));
+        // The queue's message repeats the place shown beside it: only its estimate stays.
+        const text = job.message.replace(/^position \d+(, )?/, '');
+        if (text) cell.append(el('span', { class: 'msg', text }));
       }
     } else if (job.state === 'running') {
       cell.classList.add('running');
