@@ -41,6 +41,7 @@ from jobgate.dependencies import output_file
 from jobgate.events import EventBus
 from jobgate.executor import RunResult
 from jobgate.kinds import Kind, failure_matches
+from jobgate.logs import TransitionLog, node_name
 from jobgate.model import RUN_END_EVENTS, Event, EventType, Job, Output, State
 from jobgate.moves import ended_outputs, is_waiting
 from jobgate.positions import PositionIndex
@@ -108,6 +109,8 @@ class JobQueue:
         self._track_positions = positions
         # Why this process's worker starts nothing now ("memory pressure", "load"), if so.
         self.pressure: str | None = None
+        # One log line per job transition this process commits (logs.py); named for its worker.
+        self.transitions = TransitionLog(node_name(settings))
         self._jobs_path = settings.data_path / "jobs"
         self.limits = Limits(
             max_running=settings.limits.max_running,
@@ -142,6 +145,7 @@ class JobQueue:
 
     async def open(self) -> None:
         self.store.listen(self._on_events)
+        self.store.listen_own(self.transitions)
         # A node stopped inside a transaction (SIGSTOP, a paused VM) holds its locks: ended
         # well within a lease, the other nodes' renewals still land in time. Not sooner than
         # a second, which no transaction of a live node sits idle for, even on a loaded
