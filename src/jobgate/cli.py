@@ -77,7 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from jobgate.api import create_app
 
     settings = _settings(args, server={"host": args.host, "port": args.port})
-    logs.start(settings, "serve" if args.no_worker else "serve+worker", args.log_level)
+    logs.start(settings, args.log_level)
     host, port = settings.server.host, settings.server.port
     # Bind before anything else: a second server on a busy port must not touch the database.
     try:
@@ -92,6 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _check_schema(settings)
     _warn_missing_tools(settings)
     app = create_app(settings, run_worker=not args.no_worker)
+    logs.started(settings, "serve" if args.no_worker else "serve+worker")
     logs.say(settings, f"jobgate: serving on http://{host}:{port} "
              f"({_safe_url(settings.storage.url)}, {len(settings.kinds)} kinds)")
     from jobgate.connection import protocol_class
@@ -140,9 +141,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from jobgate.worker import Worker
 
     settings = _settings(args, worker={"slots": args.slots, "name": args.name})
-    logs.start(settings, "worker")
+    logs.start(settings)
     _check_schema(settings)
     _warn_missing_tools(settings)
+    logs.started(settings, "worker")
 
     async def run() -> None:
         queue = JobQueue(settings, store_for_url(settings.storage.url,

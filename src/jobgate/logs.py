@@ -193,10 +193,14 @@ def configure(cfg: LoggingSettings, base_dir: Path | None = None,
     access.setLevel(logging.INFO if cfg.access else logging.CRITICAL + 1)
 
 
-def start(settings: Settings, role: str, uvicorn_level: str | None = None) -> None:
+def start(settings: Settings, uvicorn_level: str | None = None) -> None:
     """A server process's start (`jobgate serve`, `jobgate worker`): logging configured
-    from `[logging]`, then one line with the limits in force."""
+    from `[logging]`. `started` says so once the process is past its checks."""
     configure(settings.logging, settings.base_dir, uvicorn_level)
+
+
+def started(settings: Settings, role: str) -> None:
+    """The line a server process writes once it runs: its node and the limits in force."""
     log_limits(effective_limits(settings), node_name(settings), role, slots=settings.slots)
 
 
