@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from jobgate import logs
 from jobgate.cli_batch import submit_batch
 from jobgate.client import Client, CliError
 from jobgate.config import ConfigError, Settings, database_url, load_settings, parse_duration
@@ -76,6 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from jobgate.api import create_app
 
     settings = _settings(args, server={"host": args.host, "port": args.port})
+    logs.start(settings, args.log_level)
     host, port = settings.server.host, settings.server.port
     # Bind before anything else: a second server on a busy port must not touch the database.
     try:
@@ -90,12 +92,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _check_schema(settings)
     _warn_missing_tools(settings)
     app = create_app(settings, run_worker=not args.no_worker)
-    print(f"jobgate: serving on http://{host}:{port} ({settings.storage.url}, "
-          f"{len(settings.kinds)} kinds)", file=sys.stderr)
+    logs.started(settings, "serve" if args.no_worker else "serve+worker")
+    logs.say(settings, f"jobgate: serving on http://{host}:{port} "
+             f"({_safe_url(settings.storage.url)}, {len(settings.kinds)} kinds)")
     from jobgate.connection import protocol_class
 
     keepalive = settings.streams.keepalive
-    config = uvicorn.Config(app, log_level=args.log_level, access_log=False,
+    config = uvicorn.Config(app, log_level=None, log_config=None,  # logs.start's
+                            access_log=settings.logging.access,
                             http=protocol_class(settings.server.request_timeout),
                             ws_ping_interval=keepalive, ws_ping_timeout=max(20.0, 2 * keepalive),
                             ws_max_size=64 * 1024, timeout_graceful_shutdown=10,
@@ -137,8 +141,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from jobgate.worker import Worker
 
     settings = _settings(args, worker={"slots": args.slots, "name": args.name})
+    logs.start(settings)
     _check_schema(settings)
     _warn_missing_tools(settings)
+    logs.started(settings, "worker")
 
     async def run() -> None:
         queue = JobQueue(settings, store_for_url(settings.storage.url,
@@ -148,7 +154,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
-        print(f"jobgate: worker {worker.name} with {worker.slots} slots", file=sys.stderr)
+        logs.say(settings, f"jobgate: worker {worker.name} with {worker.slots} slots")
         try:
             await worker.run()
         finally:
@@ -164,7 +170,7 @@ def _warn_missing_tools(settings: Settings) -> None:
     from jobgate.recipes import missing_tools_warnings
 
     for line in missing_tools_warnings(settings):
-        print(f"jobgate: warning: {printable(line)}", file=sys.stderr)
+        logs.say(settings, f"jobgate: warning: {printable(line)}", warning=True)
 
 
 def _safe_url(url: str) -> str:

@@ -24,6 +24,8 @@ from typing import Any
 
 from jobgate.delivery_config import check_deliveries
 from jobgate.kinds import Kind, parse_kind
+from jobgate.logs import LoggingSettings
+from jobgate.logs import check_settings as check_logging
 from jobgate.schedules import Schedule, parse_schedules
 
 # Re-exported: the CLI, the rate limiter and tests import these from here.
@@ -239,6 +241,7 @@ class Settings:
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)  # logs.py
     kinds: dict[str, Kind] = field(default_factory=dict)
     schedules: dict[str, Schedule] = field(default_factory=dict)  # `[schedules.NAME]`
     base_dir: Path = field(default_factory=Path.cwd)
@@ -278,6 +281,7 @@ _SECTIONS = {
     "webhooks": WebhookSettings,
     "notify": NotifySettings,
     "metrics": MetricsSettings,
+    "logging": LoggingSettings,
 }
 
 
@@ -485,6 +489,7 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"streams.keepalive: must be at least 1 second, "
                           f"got {settings.streams.keepalive:g}")
     _check_metrics_token(settings.metrics.token)
+    check_logging(settings.logging)
     for key in ("login_free_failures", "login_free_failures_per_ip"):
         if getattr(settings.rate_limits, key) < 0:
             raise ConfigError(f"rate_limits.{key}: must not be negative")

@@ -42,6 +42,7 @@ from jobgate.estimates import Estimates
 from jobgate.events import EventBus
 from jobgate.executor import RunResult
 from jobgate.kinds import Kind, failure_matches
+from jobgate.logs import TransitionLog, node_name
 from jobgate.model import RUN_END_EVENTS, Event, EventType, Job, Output, State
 from jobgate.moves import ended_outputs, is_waiting
 from jobgate.positions import PositionIndex
@@ -110,6 +111,8 @@ class JobQueue:
         self.estimates = Estimates(self, node_live_s(settings))  # eta_s, remaining_s
         # Why this process's worker starts nothing now ("memory pressure", "load"), if so.
         self.pressure: str | None = None
+        # One log line per job transition this process commits (logs.py); named for its worker.
+        self.transitions = TransitionLog(node_name(settings))
         self._jobs_path = settings.data_path / "jobs"
         self.limits = Limits(
             max_running=settings.limits.max_running,
@@ -144,6 +147,7 @@ class JobQueue:
 
     async def open(self) -> None:
         self.store.listen(self._on_events)
+        self.store.listen_own(self.transitions)
         # A node stopped inside a transaction (SIGSTOP, a paused VM) holds its locks: ended
         # well within a lease, the other nodes' renewals still land in time. Not sooner than
         # a second, which no transaction of a live node sits idle for, even on a loaded

@@ -37,7 +37,7 @@ from typing import Any
 
 import psutil
 
-from jobgate import __version__, executor
+from jobgate import __version__, executor, logs
 from jobgate.arguments import ArgumentError
 from jobgate.deliverer import Deliverer
 from jobgate.executor import RunResult
@@ -94,6 +94,8 @@ class Worker:
         self.queue = queue
         self.settings = queue.settings
         self.name = name or self.settings.worker.name or default_name()
+        queue.transitions.node = self.name  # its transition lines name this node
+        self._pressure_seen: str | None = None  # the pressure last measured (logged on change)
         self.slots = slots or self.settings.slots
         self.node_budget_mb = queue.node_memory_budget_mb
         self._runs: dict[str, _Run] = {}
@@ -176,6 +178,10 @@ class Worker:
                 free = self.slots - len(live)
                 self._wake.clear()
                 self.queue.pressure = reason = self._pressure() if free > 0 else None
+                if free > 0 and reason != self._pressure_seen:
+                    logs.log_pressure(self._pressure_seen, reason, self.name,
+                                      self.settings.limits)
+                    self._pressure_seen = reason
                 if reason is not None:
                     await self._finish_ends()
                     # Nothing new starts until the machine recovers; look again shortly.

@@ -9,6 +9,7 @@ event exists exactly when its change does.
 from __future__ import annotations
 
 import asyncio
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -149,6 +150,16 @@ class ScheduleState:
 EventListener = Callable[[list[Event]], None]
 
 
+def hand_own(listeners: list[EventListener], events: list[Event]) -> None:
+    """`listen_own`'s delivery: a listener that fails is logged, never the commit's caller's
+    failure (its change is committed)."""
+    for callback in listeners:
+        try:
+            callback(events)
+        except Exception:
+            logging.getLogger("jobgate.store").exception("an own-events listener failed")
+
+
 class Store(ABC):
     """One database. Backends: `SqliteStore` and `PostgresStore` (same conformance tests).
     What happens to a job is decided once, in `moves.py`; a backend reads, calls the rule
@@ -180,6 +191,12 @@ class Store(ABC):
     def listen(self, callback: EventListener) -> None:
         """Call `callback` (on the event loop that opened the store) with every committed
         event of this database, in `seq` order, including other processes' events."""
+
+    @abstractmethod
+    def listen_own(self, callback: EventListener) -> None:
+        """Call `callback` with the events this store itself committed (never another
+        process's), once each, right after their commit and before the call that made them
+        returns; on whichever thread committed them (jobgate's own log lines, logs.py)."""
 
     # --- jobs -----------------------------------------------------------------------
     @abstractmethod

@@ -30,7 +30,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 from jobgate.model import Event, Job
 from jobgate.moves import Move
-from jobgate.store.base import EventListener, NotFound
+from jobgate.store.base import EventListener, NotFound, hand_own
 from jobgate.store.rows import (
     COLUMNS,
     column_value,
@@ -313,6 +313,7 @@ class PgConnection:
         self._pool_size = pool_size
         self._pool: AsyncConnectionPool[Any] | None = None
         self._listeners: list[EventListener] = []
+        self._own_listeners: list[EventListener] = []
         self._last_seq = 0
         self._deliver_lock: asyncio.Lock | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -375,6 +376,9 @@ class PgConnection:
 
     def listen(self, callback: EventListener) -> None:
         self._listeners.append(callback)
+
+    def listen_own(self, callback: EventListener) -> None:
+        self._own_listeners.append(callback)
 
     async def schema_version(self) -> int:
         async with await _connect(self.url, self._options) as conn:
@@ -505,6 +509,7 @@ class PgConnection:
                 await asyncio.sleep(0.05 * 2 ** lost)
                 continue
             if own:
+                hand_own(self._own_listeners, own)
                 if asyncio.get_running_loop() is self._loop:
                     await self._catch_up(own)
                 else:  # callbacks run on the store's loop

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from jobgate.model import Event, Job
 from jobgate.moves import Move
-from jobgate.store.base import EventListener, NotFound
+from jobgate.store.base import EventListener, NotFound, hand_own
 from jobgate.store.base import SchemaTooNew as SchemaTooNew  # moved to base
 from jobgate.store.rows import (
     COLUMNS,
@@ -156,6 +156,7 @@ class GroupCommit:
         self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._listeners: list[EventListener] = []
+        self._own_listeners: list[EventListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pid = os.getpid()
         self._last_seq = 0
@@ -180,6 +181,9 @@ class GroupCommit:
 
     def listen(self, callback: EventListener) -> None:
         self._listeners.append(callback)
+
+    def listen_own(self, callback: EventListener) -> None:
+        self._own_listeners.append(callback)
 
     async def schema_version(self) -> int:
         return await asyncio.to_thread(_file_version, self.path)
@@ -302,6 +306,8 @@ class GroupCommit:
                 self._publish(foreign, [(op, None, exc) for op in batch])
                 return data_version
             self._last_seq = seq
+            if events:
+                hand_own(self._own_listeners, events)
             self._publish(foreign + events, results)
             return data_version
 
