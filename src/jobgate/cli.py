@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from jobgate import cli_stats
+from jobgate import cli_bulk, cli_stats
 from jobgate.cli_batch import submit_batch
 from jobgate.client import Client, CliError
 from jobgate.config import ConfigError, Settings, database_url, load_settings, parse_duration
@@ -580,6 +580,8 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("clean", help="delete finished jobs, their logs and outputs")
     sp.add_argument("--older-than", help="e.g. 7d, 12h (default: all finished)")
     sp.set_defaults(func=cmd_clean)
+
+    cli_bulk.add_parser(sub)
 
     sp = sub.add_parser("user", help="manage users")
     usub = sp.add_subparsers(metavar="ACTION", required=True, parser_class=_Parser)
