@@ -38,7 +38,11 @@ STATS_KEYS = {
     "success_rate", "nodes",
     "node_memory_budget_mb", "memory_available_mb", "pressure", "running_rss_mb",
     "running_peak_mb",
+    "throughput", "by_kind", "by_kind_window", "totals", "started_at", "uptime_s", "limits",
 }
+#: The keys `jobgate stats` shows in sections of their own, not one a line.
+STATS_SECTIONS = {"nodes", "throughput", "by_kind", "by_kind_window", "totals", "started_at",
+                  "uptime_s", "limits"}
 
 
 @pytest.fixture(scope="module")
@@ -377,8 +381,11 @@ def test_cancel_stops_a_running_job(server, bob):
 def test_stats_show_the_queue(server):
     text = jobgate(server, "stats")
     assert text.returncode == 0, text.stderr
-    scalars, nodes, kinds = text.stdout.split("\n\n")
-    assert {line.split()[0] for line in scalars.splitlines()} == STATS_KEYS - {"nodes"}
+    scalars, activity, by_kind, nodes, kinds = text.stdout.split("\n\n")
+    assert {line.split()[0] for line in scalars.splitlines()} == STATS_KEYS - STATS_SECTIONS
+    assert [line.split()[0] for line in activity.splitlines()] == \
+        ["throughput", "since", "in", "uptime", "limits"]
+    assert by_kind.splitlines()[1].split()[:2] == ["KIND", "JOBS"]
     head, columns, row = nodes.splitlines()  # the embedded worker is the one live node
     assert head == "live nodes: 1"
     assert columns.split() == ["NODE", "HOST", "SLOTS", "RUNNING", "HEARTBEAT"]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from jobgate import logs
+from jobgate import cli_bulk, cli_stats, logs
 from jobgate.cli_batch import submit_batch
 from jobgate.client import Client, CliError
 from jobgate.config import ConfigError, Settings, database_url, load_settings, parse_duration
@@ -437,55 +437,6 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_stats(args: argparse.Namespace) -> int:
-    client = Client()
-    stats = client.call("GET", "/api/queue")
-    if args.json:
-        print(json.dumps(stats, indent=2))
-        return 0
-    for key, value in stats.items():
-        if key == "nodes":
-            continue  # the table below
-        print(printable(f"{key:20} {value if value is not None else '-'}"))
-    _print_nodes(stats.get("nodes"))
-    _print_kind_memory(client)
-    return 0
-
-
-def _print_nodes(nodes: list[dict[str, Any]] | None) -> None:
-    """The live worker nodes as a table: name, host, slots, jobs running, heartbeat age."""
-    if nodes is None:
-        return
-    print(f"\nlive nodes: {len(nodes)}")
-    if not nodes:
-        return
-    width = max(12, *(len(n["name"]) for n in nodes))
-    print(f"{'NODE':{width}}  {'HOST':16} {'SLOTS':>5} {'RUNNING':>7}  HEARTBEAT")
-    for n in nodes:
-        print(printable(f"{n['name']:{width}}  {n['host'][:16]:16} {n['slots']:>5} "
-                        f"{n.get('running_count', len(n['running'])):>7}  "
-                        f"{n['heartbeat_age_s']:.1f} s ago"))
-
-
-def _print_kind_memory(client: Client) -> None:
-    """Per kind: the memory a job reserves now and the peaks its recent jobs measured."""
-    kinds = client.call("GET", "/api/kinds")["kinds"]
-    if not kinds:
-        return
-
-    def mb(value: float | None) -> str:
-        return "-" if value is None else f"{value:g}"
-
-    print()
-    print(f"{'KIND':20} {'ESTIMATE_MB':>11} {'FROM':9} {'PEAK_P50_MB':>11} {'PEAK_MAX_MB':>11} "
-          f"{'JOBS':>5}")
-    for k in kinds:
-        print(printable(
-            f"{k['name'][:20]:20} {mb(k.get('memory_estimate_mb')):>11} "
-            f"{k.get('memory_estimate_from') or '-':9} {mb(k.get('peak_memory_p50_mb')):>11} "
-            f"{mb(k.get('peak_memory_max_mb')):>11} {k.get('peak_memory_jobs') or 0:>5}"))
-
-
 def cmd_health(args: argparse.Namespace) -> int:
     try:
         health = Client().call("GET", "/health")
@@ -624,9 +575,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--follow", "-f", action="store_true")
     sp.set_defaults(func=cmd_logs)
 
-    sp = sub.add_parser("stats", help="queue statistics")
-    sp.add_argument("--json", action="store_true")
-    sp.set_defaults(func=cmd_stats)
+    cli_stats.add_parser(sub)
 
     sp = sub.add_parser("schedules", help="the schedules with their next due times")
     sp.add_argument("--json", action="store_true")
@@ -638,6 +587,8 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("clean", help="delete finished jobs, their logs and outputs")
     sp.add_argument("--older-than", help="e.g. 7d, 12h (default: all finished)")
     sp.set_defaults(func=cmd_clean)
+
+    cli_bulk.add_parser(sub)
 
     sp = sub.add_parser("user", help="manage users")
     usub = sp.add_subparsers(metavar="ACTION", required=True, parser_class=_Parser)

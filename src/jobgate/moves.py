@@ -31,6 +31,10 @@ from jobgate.model import (
 from jobgate.sanitize import stored_text
 from jobgate.store.base import Outcome, QueueFull, Quota
 
+#: The message of a job a user queued again (`retried`), which its `job.queued` event carries.
+RETRIED_BY_HAND = "retried by hand"
+#: The message of a run handed back by a worker that stops (not a retry: not an attempt).
+HANDED_BACK = "handed back: its worker stopped"
 
 @dataclass(frozen=True, slots=True)
 class Move:
@@ -233,7 +237,7 @@ def retried(job: Job, now: float, vt: int) -> Move:
         raise IllegalMove(job.id, job.state, State.QUEUED)
     return _move(job, State.QUEUED, vt=vt, run_at=now, attempt=0, finished_at=None,
                  started_at=None, error=None, result=None, progress=None,
-                 message="retried by hand", worker=None, cancel_requested=False,
+                 message=RETRIED_BY_HAND, worker=None, cancel_requested=False,
                  lease_expires_at=None)
 
 

@@ -44,11 +44,12 @@ from jobgate.executor import RunResult
 from jobgate.kinds import Kind, failure_matches
 from jobgate.logs import TransitionLog, node_name
 from jobgate.model import RUN_END_EVENTS, Event, EventType, Job, Output, State
-from jobgate.moves import ended_outputs, is_waiting
+from jobgate.moves import HANDED_BACK, ended_outputs, is_waiting
 from jobgate.positions import PositionIndex
 from jobgate.sanitize import stored_json, stored_text
 from jobgate.scheduler import Limits, backoff_s
 from jobgate.store.base import Node, Outcome, Quota, Stats, Store
+from jobgate.tally import Tally
 from jobgate.uploads import Limits as UploadLimits
 from jobgate.uploads import Uploads
 
@@ -87,12 +88,12 @@ class KindMemory:
             "memory_estimate_mb": self.estimate_mb,
             "memory_estimate_from": self.source,
             "peak_memory_jobs": len(ordered),
-            "peak_memory_p50_mb": _percentile(ordered, 0.5) if ordered else None,
+            "peak_memory_p50_mb": percentile(ordered, 0.5) if ordered else None,
             "peak_memory_max_mb": ordered[-1] if ordered else None,
         }
 
 
-def _percentile(ordered: list[float], q: float) -> float:
+def percentile(ordered: list[float], q: float) -> float:
     """The nearest-rank percentile of a sorted, non-empty list."""
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
@@ -106,6 +107,9 @@ class JobQueue:
         self.settings = settings
         self.store = store
         self.bus = EventBus()
+        # This process's start (its uptime) and what it saw happen since (stats.py).
+        self.tally = Tally()
+        self.bus.on(self.tally.count)
         self.positions = PositionIndex()
         self._track_positions = positions
         self.estimates = Estimates(self, node_live_s(settings))  # eta_s, remaining_s
@@ -260,7 +264,7 @@ class JobQueue:
             return KindMemory(spec.memory_mb, "declared", peaks)
         limits = self.settings.limits
         if peaks:
-            p90 = _percentile(sorted(peaks), _PEAK_PERCENTILE)
+            p90 = percentile(sorted(peaks), _PEAK_PERCENTILE)
             estimate, source = math.ceil(p90 * (1 + limits.auto_memory_margin_pct / 100)), \
                 "learned"
         else:
@@ -522,7 +526,7 @@ def handed_back() -> Outcome:
     """The end of a run given back because its worker stops: queued again at once, the
     attempt not counted."""
     return Outcome(State.QUEUED, retry_at=time.time(), hand_back=True,
-                   message="handed back: its worker stopped")
+                   message=HANDED_BACK)
 
 
 def node_live_s(settings: Settings) -> float:

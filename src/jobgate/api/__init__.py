@@ -3,7 +3,7 @@
 Its parts, each a flat module that imports `core` and nothing else of this package:
 `core` (the Services on `app.state`, lifespan, errors, guards, the caller), `jobs` (job,
 queue and health routes), `auth` (login and tickets), `streams` (SSE and WebSocket),
-`uploads` (files in), `batches` (many jobs at once),
+`uploads` (files in), `batches` (many jobs at once), `bulk` (an action on many jobs),
 `schedules` (the configured schedules), `deliveries` (a job's webhooks and notifications),
 `metrics` (the Prometheus scrape).
 """
@@ -16,6 +16,7 @@ from jobgate import __version__
 from jobgate.api import (
     auth,
     batches,
+    bulk,
     core,
     deliveries,
     jobs,
@@ -39,6 +40,7 @@ def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
     core.install_guards(app, settings, uncapped=(uploads.UPLOAD_PATH,))
     jobs.install(app, settings)
     batches.install(app)
+    bulk.install(app)
     auth.install(app, settings)
     uploads.install(app)
     schedules.install(app)

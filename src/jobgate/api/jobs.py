@@ -32,6 +32,7 @@ from jobgate.links import LINK_TTL_S, link_key, link_path, valid
 from jobgate.model import FINAL, Job, State, content_type, iso, parse_iso
 from jobgate.queue import node_live_s
 from jobgate.sanitize import INT64_MAX, shown, stored_text, text_problem
+from jobgate.stats import extra_json
 from jobgate.store.base import User
 from jobgate.stream import stats_json
 
@@ -198,11 +199,15 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     @app.get("/api/queue", tags=["queue"])
     async def queue_stats(request: Request, user: CurrentUser) -> dict[str, Any]:
+        """The queue's numbers: the contract's, then (stats.py) throughput windows, per-kind
+        percentiles over `by_kind_window`, totals, uptime and limits; exact values."""
         services = services_of(request)
         # A user sees which nodes run their own jobs; an admin sees every job's node.
         nodes = await services.queue.store.nodes(node_live_s(settings),
                                            None if user.admin else user.name)
-        return stats_json(services.queue, settings, await services.queue.stats(), nodes)
+        stats = await services.queue.stats()
+        return {**stats_json(services.queue, settings, stats, nodes),
+                **await extra_json(services.queue, stats)}
 
     @app.post("/api/clean", tags=["queue"])
     async def clean(body: CleanBody, request: Request, user: CurrentUser) -> dict[str, Any]:

@@ -85,6 +85,19 @@ class Stats:
     avg_duration_s: float | None
     success_rate: float | None
     waiting: int = 0  # queued jobs waiting for their dependencies (in counts' "queued" too)
+    completed_last_15min: int = 0
+    completed_last_hour: int = 0
+
+
+@dataclass(frozen=True)
+class Span:
+    """A finished job that ran, as `Store.recent_spans` reads it: its queue wait
+    (`started_at - created_at`), its (last) run time, and its attempts."""
+
+    kind: str
+    wait_s: float
+    run_s: float
+    attempt: int
 
 
 @dataclass(frozen=True)
@@ -325,6 +338,11 @@ class Store(ABC):
         state, and, by kind, the histograms (at most each of `bounds`, ascending seconds)
         of the queue wait and the run time of the finished jobs that ran, all of them
         still in the database: every node's numbers, in one read."""
+
+    @abstractmethod
+    async def recent_spans(self, since: float, limit: int) -> list[Span]:
+        """The finished jobs that ran and finished at `since` or later, the `limit` most
+        recently finished (newest first): a bounded read of the finished-time index."""
 
     @abstractmethod
     async def running_jobs(self, worker: str | None = None) -> list[Job]: ...

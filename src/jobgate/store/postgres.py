@@ -39,6 +39,7 @@ from jobgate.schedules import Firing
 from jobgate.store import postgres_deliveries as outbox
 from jobgate.store import postgres_eta
 from jobgate.store import postgres_schedules as schedules_sql
+from jobgate.store import postgres_stats as stats_sql
 from jobgate.store.base import (
     Conflict,
     MetricCounts,
@@ -49,6 +50,7 @@ from jobgate.store.base import (
     Quota,
     ScheduleState,
     SchemaTooNew,
+    Span,
     Stats,
     Store,
     Upload,
@@ -419,15 +421,16 @@ class PostgresStore(PgConnection, Store):
                                       "AND state = 'completed'", (tx.now - 60,))
             row = await tx.row(
                 "SELECT count(*), count(*) FILTER (WHERE state = 'completed'), "
-                "avg(finished_at - started_at) FILTER (WHERE state = 'completed') "
-                "FROM jobs WHERE finished_at >= %s", (tx.now - 3600,))
+                "avg(finished_at - started_at) FILTER (WHERE state = 'completed'), "
+                "count(*) FILTER (WHERE state = 'completed' AND finished_at >= %s) "
+                "FROM jobs WHERE finished_at >= %s", (tx.now - 900, tx.now - 3600))
             assert row is not None
             done, ok, avg = int(row[0]), int(row[1]), row[2]
             waiting = await tx.value("SELECT count(*) FROM jobs WHERE state = 'queued' "
                                      "AND waiting > 0")
             return Stats(counts, int(reserved), int(last_min),
                          None if avg is None else float(avg), (ok / done) if done else None,
-                         int(waiting))
+                         int(waiting), int(row[3]), ok)
 
         return await self._run(op, write=False)
 
@@ -447,6 +450,10 @@ class PostgresStore(PgConnection, Store):
             return MetricCounts(jobs, deliveries, waits, runs)
 
         return await self._run(op, write=False)
+
+    async def recent_spans(self, since: float, limit: int) -> list[Span]:
+        return await self._run(lambda tx: stats_sql.recent_spans(tx, since, limit),
+                               write=False)
 
     async def running_jobs(self, worker: str | None = None) -> list[Job]:
         async def op(tx: Tx) -> list[Job]:

@@ -24,6 +24,7 @@ from jobgate.schedules import Firing
 from jobgate.store import sqlite_deliveries as outbox
 from jobgate.store import sqlite_eta
 from jobgate.store import sqlite_schedules as schedules_sql
+from jobgate.store import sqlite_stats as stats_sql
 from jobgate.store.base import (
     Conflict,
     MetricCounts,
@@ -33,6 +34,7 @@ from jobgate.store.base import (
     Page,
     Quota,
     ScheduleState,
+    Span,
     Stats,
     Store,
     Upload,
@@ -318,14 +320,15 @@ class SqliteStore(GroupCommit, Store):
                                        "WHERE state = 'running'").fetchone()[0]
             last_min = tx.conn.execute("SELECT count(*) FROM jobs WHERE finished_at >= ? "
                                        "AND state = 'completed'", (tx.now - 60,)).fetchone()[0]
-            done, ok, avg = tx.conn.execute(
+            done, ok, avg, last_15 = tx.conn.execute(
                 "SELECT count(*), sum(state = 'completed'), "
-                "avg(CASE WHEN state = 'completed' THEN finished_at - started_at END) "
-                "FROM jobs WHERE finished_at >= ?", (tx.now - 3600,)).fetchone()
+                "avg(CASE WHEN state = 'completed' THEN finished_at - started_at END), "
+                "sum(state = 'completed' AND finished_at >= ?) "
+                "FROM jobs WHERE finished_at >= ?", (tx.now - 900, tx.now - 3600)).fetchone()
             waiting = tx.conn.execute(
                 "SELECT count(*) FROM jobs WHERE state = 'queued' AND waiting > 0").fetchone()[0]
             return Stats(counts, reserved, last_min, avg, (ok / done) if done else None,
-                         waiting)
+                         waiting, int(last_15 or 0), int(ok or 0))
 
         return await self._call(op, write=False)
 
@@ -344,6 +347,10 @@ class SqliteStore(GroupCommit, Store):
             return MetricCounts(jobs, deliveries, waits, runs)
 
         return await self._call(op, write=False)
+
+    async def recent_spans(self, since: float, limit: int) -> list[Span]:
+        return await self._call(lambda tx: stats_sql.recent_spans(tx, since, limit),
+                                write=False)
 
     async def running_jobs(self, worker: str | None = None) -> list[Job]:
         def op(tx: Tx) -> list[Job]:
