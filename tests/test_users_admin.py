@@ -200,3 +200,15 @@ async def test_users_json_never_shows_a_hash(store):
     for shown in (users.user_json(user), users.user_json(info), users.token_json(token)):
         text = repr(shown)
         assert "scrypt" not in text and "hash" not in text
+
+
+async def test_a_removal_cut_short_is_finished_by_running_it_again(make_settings, open_queue):
+    queue, _ = await open_queue(make_settings(SETTINGS), worker=False)
+    await queue.store.add_user("bob", None, admin=False)
+    job, _ = await queue.submit("bob", "sleep", {"seconds": 120})
+    assert await queue.store.remove_user("bob")  # as if the sweep had not run yet
+    removal = await users.remove_user(queue, "bob")
+    assert removal.cancelled == [job.id]
+    assert (await queue.get(job.id)).state is State.CANCELLED
+    with pytest.raises(NotFound, match="no user bob"):
+        await users.remove_user(queue, "bob")  # nothing left: an unknown name

@@ -95,13 +95,16 @@ async def _all_jobs(store: Store, owner: str, state: State | None = None) -> lis
 
 async def remove_user(queue: JobQueue, name: str, delete_data: bool = False,
                       wait_s: float | None = None) -> Removal:
-    """Remove user `name` (NotFound if there is none): see the module's docstring. Waits
+    """Remove user `name` (NotFound if there is none, nor any job or upload of theirs):
+    see the module's docstring. Waits
     up to `wait_s` (default: the cancel grace plus `STOP_MARGIN_S`) for their running
     jobs to stop; those still running then are in `still_running`, ended by their worker
     later (and, with `delete_data`, kept until retention cleans them)."""
     store = queue.store
-    if not await store.remove_user(name):
-        raise NotFound(f"no user {name}")
+    # The user first: their credentials end before their jobs are looked at. A removal
+    # cut short (a crash) is finished by running it again: with the user gone, what is
+    # left of their jobs is still swept, and only a name with nothing at all is NotFound.
+    existed = await store.remove_user(name)
     removal = Removal(name, delete_data=delete_data)
     wait = queue.settings.worker.cancel_grace_s + STOP_MARGIN_S if wait_s is None else wait_s
     # Again until a pass finds nothing new: a submit already past its login check when
@@ -130,6 +133,8 @@ async def remove_user(queue: JobQueue, name: str, delete_data: bool = False,
             removal.stopped.append(job_id)
     if delete_data:
         await _delete_data(queue, name, removal)
+    if not existed and not (seen or removal.deleted_jobs or removal.deleted_uploads):
+        raise NotFound(f"no user {name}")
     return removal
 
 
