@@ -24,7 +24,7 @@ import jwt
 
 from jobgate.model import USER_NAME as _NAME
 from jobgate.secret_files import secret_file
-from jobgate.store.base import Store, User
+from jobgate.store.base import Store, TokenInfo, User
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 TOKEN_PREFIX = "jg_"  # noqa: S105 - a prefix, so a leaked token is recognisable
@@ -59,11 +59,17 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-async def new_token(store: Store, user: str) -> str:
+async def new_token(store: Store, user: str, name: str | None = None) -> str:
     """A new API token for `user`; only its hash is kept."""
+    return (await new_named_token(store, user, name))[0]
+
+
+async def new_named_token(store: Store, user: str, name: str | None = None
+                          ) -> tuple[str, TokenInfo]:
+    """A new API token for `user`, optionally named ("laptop"): the secret (shown once,
+    only its hash is kept) and the token as it is listed (its public id)."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    await store.add_token(user, token_hash(token))
-    return token
+    return token, await store.add_token(user, token_hash(token), name)
 
 
 async def user_for_bearer(store: Store, header: str | None) -> User:
@@ -85,6 +91,9 @@ JWT_ALGORITHM = "HS256"  # pinned: a token naming any other algorithm is refused
 _KEY_FILE = "jwt.key"
 _KEY_BYTES = 64  # the contract asks for at least 32 random bytes
 _MIN_KEY_BYTES = 32
+#: A token's `last_used_at` is written at most this often per token (and API process).
+TOUCH_EVERY_S = 60.0
+_TOUCHED_MAX = 10_000  # tokens remembered as touched, before the oldest are forgotten
 
 
 @dataclass(frozen=True)
@@ -124,14 +133,17 @@ def issue_jwt(key: bytes, user: User, ttl_s: float, now: float | None = None) ->
     expires_at = now + ttl_s
     # `iat` to the microsecond: a token is refused when older than its user (see
     # `Authenticator.token`), and a login can come within the second a user was made.
+    # `gen`: the user's login generation; raising it (a new password, "log out
+    # everywhere") ends every login issued before.
     claims = {"sub": user.name, "iat": now, "exp": int(expires_at),
-              "jti": secrets.token_urlsafe(12)}
+              "jti": secrets.token_urlsafe(12), "gen": user.generation}
     return jwt.encode(claims, key, algorithm=JWT_ALGORITHM), float(int(expires_at))
 
 
-def read_jwt(key: bytes, token: str) -> tuple[str, float, float | None]:
-    """(user name, expires_at, issued_at) of a valid login token; AuthError if it is not
-    one. Every token jobgate signs says when (`iat`)."""
+def read_jwt(key: bytes, token: str) -> tuple[str, float, float | None, int]:
+    """(user name, expires_at, issued_at, generation) of a valid login token; AuthError if
+    it is not one. Every token jobgate signs says when (`iat`); one signed before login
+    generations existed has generation 0."""
     try:
         claims = jwt.decode(token, key, algorithms=[JWT_ALGORITHM],
                             options={"require": ["exp", "sub"]})
@@ -143,7 +155,11 @@ def read_jwt(key: bytes, token: str) -> tuple[str, float, float | None]:
     if not isinstance(sub, str) or not sub:
         raise AuthError("invalid token")
     issued_at = claims.get("iat")
-    return sub, float(claims["exp"]), float(issued_at) if issued_at is not None else None
+    generation = claims.get("gen", 0)
+    if not isinstance(generation, int) or isinstance(generation, bool):
+        raise AuthError("invalid token")
+    return (sub, float(claims["exp"]), float(issued_at) if issued_at is not None else None,
+            generation)
 
 
 class Authenticator:
@@ -160,6 +176,10 @@ class Authenticator:
         self.token_ttl_s = token_ttl_s
         self.ticket_ttl_s = ticket_ttl_s
         self._tickets: dict[str, tuple[Principal, float]] = {}
+        # When this process last wrote each token's `last_used_at` (monotonic): at most
+        # once a `TOUCH_EVERY_S`, so a busy API does not write on every request. Only that
+        # write is spared: whether a token holds is read from the database every time.
+        self._touched: dict[str, float] = {}
         # scrypt takes 16 MiB and tens of ms a try: a few at a time, off the event loop.
         self._hashing = asyncio.Semaphore(hash_slots)
 
@@ -180,19 +200,35 @@ class Authenticator:
             user = await self.store.user_for_token(hashed)
             if user is None:
                 raise AuthError("invalid token")
+            await self._touch(hashed)
             return Principal(user, checked=True, token_hash=hashed)
-        name, expires_at, issued_at = read_jwt(self.key, token)
+        name, expires_at, issued_at, generation = read_jwt(self.key, token)
         # The user may have gone (or lost admin) since the token was issued, or gone and
-        # been made again: a token older than its user was another user's.
+        # been made again: a token older than its user was another user's. A login of an
+        # older generation was ended (a new password, "log out everywhere").
         user = await self.store.get_user(name)
         if user is None or (issued_at is not None and issued_at < user.created_at):
             raise AuthError("invalid token")
+        if generation < user.generation:
+            raise AuthError("login ended (password changed or logged out everywhere): "
+                            "log in again")
         return Principal(user, expires_at, checked=True)
+
+    async def _touch(self, hashed: str) -> None:
+        now = time.monotonic()
+        last = self._touched.get(hashed)
+        if last is not None and now - last < TOUCH_EVERY_S:
+            return
+        if len(self._touched) >= _TOUCHED_MAX:
+            self._touched = {h: t for h, t in self._touched.items()
+                             if now - t < TOUCH_EVERY_S}
+        self._touched[hashed] = now
+        await self.store.touch_token(hashed, time.time())
 
     async def current(self, principal: Principal) -> bool:
         """Whether `principal` still holds: its user is still there (not removed and made
-        again), with no less right (not demoted from admin), and its API token was not
-        revoked."""
+        again), with no less right (not demoted from admin), its API token was not
+        revoked, and its login's generation was not ended."""
         if not principal.checked:
             return True
         if principal.token_hash is not None:
@@ -201,7 +237,9 @@ class Authenticator:
             user = await self.store.get_user(principal.user.name)
         return user is not None and user.name == principal.user.name and (
             user.admin or not principal.user.admin) and \
-            user.created_at == principal.user.created_at
+            user.created_at == principal.user.created_at and (
+                principal.token_hash is not None
+                or user.generation <= principal.user.generation)
 
     async def login(self, name: str, password: str) -> User | None:
         """The user if `password` is theirs, else None (in about the same time either way)."""

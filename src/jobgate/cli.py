@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 from jobgate import cli_bulk, cli_stats, logs
 from jobgate.cli_batch import submit_batch
+from jobgate.cli_users import add_commands as add_user_commands
 from jobgate.client import Client, CliError
 from jobgate.config import ConfigError, Settings, database_url, load_settings, parse_duration
 from jobgate.follow import EventReader, watch
@@ -262,19 +263,6 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     except Conflict as exc:
         raise CliError(str(exc)) from None
     print(f"added user {name}{' (admin)' if args.admin else ''}")
-    return 0
-
-
-def cmd_token(args: argparse.Namespace) -> int:
-    from jobgate.auth import new_token
-    from jobgate.store.base import NotFound
-
-    try:
-        token = _local(args, lambda store: new_token(store, args.name))
-    except NotFound as exc:
-        raise CliError(f"{exc}: add it first with `jobgate user add {args.name}`") from None
-    print(f"new API token for {args.name} (shown once; export it as JOBGATE_TOKEN):")
-    print(token)
     return 0
 
 
@@ -599,8 +587,5 @@ def _parser() -> argparse.ArgumentParser:
     ua.add_argument("--password-stdin", action="store_true")
     ua.set_defaults(func=cmd_user_add)
 
-    sp = sub.add_parser("token", help="print a new API token for a user (last line)")
-    server_opts(sp)
-    sp.add_argument("name")
-    sp.set_defaults(func=cmd_token)
+    add_user_commands(sub, usub, server_opts, _settings)  # user list|remove|…, token
     return p

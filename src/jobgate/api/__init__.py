@@ -5,7 +5,7 @@ Its parts, each a flat module that imports `core` and nothing else of this packa
 queue and health routes), `auth` (login and tickets), `streams` (SSE and WebSocket),
 `uploads` (files in), `batches` (many jobs at once), `bulk` (an action on many jobs),
 `schedules` (the configured schedules), `deliveries` (a job's webhooks and notifications),
-`metrics` (the Prometheus scrape).
+`metrics` (the Prometheus scrape), `users` (users and API tokens).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from jobgate.api import (
     schedules,
     streams,
     uploads,
+    users,
 )
 from jobgate.api.core import ApiError, Services, error_response
 from jobgate.config import Settings
@@ -46,6 +47,7 @@ def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
     schedules.install(app)
     deliveries.install(app)
     metrics.install(app, settings)
+    users.install(app)
     add_dashboard(app)
     streams.install(app)
     return app

@@ -69,6 +69,33 @@ class User:
     # When this user was made: a user removed and made again under the same name is
     # another user, whom the first one's login tokens do not stand for.
     created_at: float = 0.0
+    # Login generation: a login JWT issued at a lower one is refused (auth.py).
+    generation: int = 0
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """A user as `jobgate user list` shows them: never a password hash."""
+
+    name: str
+    admin: bool
+    created_at: float
+    generation: int
+    has_password: bool
+    queued: int  # their jobs queued now
+    running: int  # their jobs running now
+    tokens: int  # their API tokens
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """An API token as it is listed: its public id, never the secret or its hash."""
+
+    id: str
+    user: str
+    name: str | None
+    created_at: float
+    last_used_at: float | None
 
 
 @dataclass(frozen=True)
@@ -394,10 +421,42 @@ class Store(ABC):
     async def get_user(self, name: str) -> User | None: ...
 
     @abstractmethod
-    async def add_token(self, user: str, token_hash: str) -> None: ...
+    async def add_token(self, user: str, token_hash: str, name: str | None = None
+                        ) -> TokenInfo:
+        """Keep a new API token's hash for `user` (NotFound if no such user), with a new
+        public id and an optional name."""
 
     @abstractmethod
     async def user_for_token(self, token_hash: str) -> User | None: ...
+
+    # The operator's side (store/sqlite_users.py, store/postgres_users.py).
+    @abstractmethod
+    async def list_users(self) -> list[UserInfo]:
+        """Every user by name, with how many jobs they have queued and running now."""
+
+    @abstractmethod
+    async def remove_user(self, name: str) -> bool:
+        """Delete a user and their API tokens (not their jobs); False if there was none."""
+
+    @abstractmethod
+    async def update_user(self, name: str, *, password_hash: str | None = None,
+                          admin: bool | None = None, bump_generation: bool = False) -> User:
+        """Change what is given (a new password hash, admin or not) and, with
+        `bump_generation`, raise the login generation by one, in one transaction; the user
+        as it is now. NotFound if no such user."""
+
+    @abstractmethod
+    async def list_tokens(self, user: str) -> list[TokenInfo]:
+        """`user`'s API tokens, oldest first (NotFound if no such user)."""
+
+    @abstractmethod
+    async def revoke_token(self, token_id: str, user: str | None = None) -> TokenInfo | None:
+        """Delete the API token with public id `token_id` (only if it is `user`'s, when
+        given); the token as it was, or None if there is no such token."""
+
+    @abstractmethod
+    async def touch_token(self, token_hash: str, at: float) -> None:
+        """Record that the token was used at `at` (callers do it at most once a minute)."""
 
     # --- uploads --------------------------------------------------------------------
     @abstractmethod

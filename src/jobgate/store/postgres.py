@@ -40,11 +40,11 @@ from jobgate.store import postgres_deliveries as outbox
 from jobgate.store import postgres_eta
 from jobgate.store import postgres_schedules as schedules_sql
 from jobgate.store import postgres_stats as stats_sql
+from jobgate.store import postgres_users as users_sql
 from jobgate.store.base import (
     Conflict,
     MetricCounts,
     Node,
-    NotFound,
     Outcome,
     Page,
     Quota,
@@ -53,8 +53,10 @@ from jobgate.store.base import (
     Span,
     Stats,
     Store,
+    TokenInfo,
     Upload,
     User,
+    UserInfo,
 )
 from jobgate.store.postgres_conn import PgConnection, Tx, latest_version, pg_errors
 from jobgate.store.postgres_deps import (
@@ -536,31 +538,34 @@ class PostgresStore(PgConnection, Store):
         return await self._run(op)
 
     async def get_user(self, name: str) -> User | None:
-        async def op(tx: Tx) -> User | None:
-            row = await tx.row("SELECT name, admin, password_hash, created_at FROM users "
-                               "WHERE name = %s", (name,))
-            return User(row[0], bool(row[1]), row[2], row[3]) if row else None
+        return await self._run(lambda tx: users_sql.get(tx, name), write=False)
 
-        return await self._run(op, write=False)
-
-    async def add_token(self, user: str, token_hash: str) -> None:
-        async def op(tx: Tx) -> None:
-            if await tx.row("SELECT 1 FROM users WHERE name = %s", (user,)) is None:
-                raise NotFound(f"no user {user}")
-            await tx.cur.execute(
-                'INSERT INTO tokens (hash, "user", created_at) VALUES (%s, %s, %s)',
-                (token_hash, user, tx.now))
-
-        await self._run(op)
+    async def add_token(self, user: str, token_hash: str, name: str | None = None
+                        ) -> TokenInfo:
+        return await self._run(lambda tx: users_sql.add_token(tx, user, token_hash, name))
 
     async def user_for_token(self, token_hash: str) -> User | None:
-        async def op(tx: Tx) -> User | None:
-            row = await tx.row(
-                "SELECT u.name, u.admin, u.created_at FROM tokens t "
-                'JOIN users u ON u.name = t."user" WHERE t.hash = %s', (token_hash,))
-            return User(row[0], bool(row[1]), created_at=row[2]) if row else None
+        return await self._run(lambda tx: users_sql.for_token(tx, token_hash), write=False)
 
-        return await self._run(op, write=False)
+    async def list_users(self) -> list[UserInfo]:
+        return await self._run(users_sql.list_users, write=False)
+
+    async def remove_user(self, name: str) -> bool:
+        return await self._run(lambda tx: users_sql.remove(tx, name))
+
+    async def update_user(self, name: str, *, password_hash: str | None = None,
+                          admin: bool | None = None, bump_generation: bool = False) -> User:
+        return await self._run(lambda tx: users_sql.update(tx, name, password_hash, admin,
+                                                           bump_generation))
+
+    async def list_tokens(self, user: str) -> list[TokenInfo]:
+        return await self._run(lambda tx: users_sql.list_tokens(tx, user), write=False)
+
+    async def revoke_token(self, token_id: str, user: str | None = None) -> TokenInfo | None:
+        return await self._run(lambda tx: users_sql.revoke(tx, token_id, user))
+
+    async def touch_token(self, token_hash: str, at: float) -> None:
+        await self._run(lambda tx: users_sql.touch(tx, token_hash, at))
 
     # --- uploads ------------------------------------------------------------------------
     async def add_upload(self, upload: Upload) -> None:

@@ -25,11 +25,11 @@ from jobgate.store import sqlite_deliveries as outbox
 from jobgate.store import sqlite_eta
 from jobgate.store import sqlite_schedules as schedules_sql
 from jobgate.store import sqlite_stats as stats_sql
+from jobgate.store import sqlite_users as users_sql
 from jobgate.store.base import (
     Conflict,
     MetricCounts,
     Node,
-    NotFound,
     Outcome,
     Page,
     Quota,
@@ -37,8 +37,10 @@ from jobgate.store.base import (
     Span,
     Stats,
     Store,
+    TokenInfo,
     Upload,
     User,
+    UserInfo,
 )
 from jobgate.store.rows import durations_by_kind, event_from_row, lease_cutoff
 from jobgate.store.sqlite_conn import GroupCommit, SchemaTooNew, Tx, latest_version, placeholders
@@ -452,31 +454,34 @@ class SqliteStore(GroupCommit, Store):
         return await self._call(op)
 
     async def get_user(self, name: str) -> User | None:
-        def op(tx: Tx) -> User | None:
-            row = tx.conn.execute("SELECT name, admin, password_hash, created_at FROM users "
-                                  "WHERE name = ?", (name,)).fetchone()
-            return User(row[0], bool(row[1]), row[2], row[3]) if row else None
+        return await self._call(lambda tx: users_sql.get(tx, name), write=False)
 
-        return await self._call(op, write=False)
-
-    async def add_token(self, user: str, token_hash: str) -> None:
-        def op(tx: Tx) -> None:
-            if tx.conn.execute("SELECT 1 FROM users WHERE name = ?", (user,)).fetchone() is None:
-                raise NotFound(f"no user {user}")
-            tx.conn.execute("INSERT INTO tokens (hash, user, created_at) VALUES (?, ?, ?)",
-                            (token_hash, user, tx.now))
-
-        await self._call(op)
+    async def add_token(self, user: str, token_hash: str, name: str | None = None
+                        ) -> TokenInfo:
+        return await self._call(lambda tx: users_sql.add_token(tx, user, token_hash, name))
 
     async def user_for_token(self, token_hash: str) -> User | None:
-        def op(tx: Tx) -> User | None:
-            row = tx.conn.execute(
-                "SELECT u.name, u.admin, u.created_at FROM tokens t "
-                "JOIN users u ON u.name = t.user "
-                "WHERE t.hash = ?", (token_hash,)).fetchone()
-            return User(row[0], bool(row[1]), created_at=row[2]) if row else None
+        return await self._call(lambda tx: users_sql.for_token(tx, token_hash), write=False)
 
-        return await self._call(op, write=False)
+    async def list_users(self) -> list[UserInfo]:
+        return await self._call(users_sql.list_users, write=False)
+
+    async def remove_user(self, name: str) -> bool:
+        return await self._call(lambda tx: users_sql.remove(tx, name))
+
+    async def update_user(self, name: str, *, password_hash: str | None = None,
+                          admin: bool | None = None, bump_generation: bool = False) -> User:
+        return await self._call(lambda tx: users_sql.update(tx, name, password_hash, admin,
+                                                            bump_generation))
+
+    async def list_tokens(self, user: str) -> list[TokenInfo]:
+        return await self._call(lambda tx: users_sql.list_tokens(tx, user), write=False)
+
+    async def revoke_token(self, token_id: str, user: str | None = None) -> TokenInfo | None:
+        return await self._call(lambda tx: users_sql.revoke(tx, token_id, user))
+
+    async def touch_token(self, token_hash: str, at: float) -> None:
+        await self._call(lambda tx: users_sql.touch(tx, token_hash, at))
 
     # --- uploads ------------------------------------------------------------------------
     async def add_upload(self, upload: Upload) -> None:
