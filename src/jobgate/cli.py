@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from jobgate.cli_batch import submit_batch
+from jobgate.cli_controls import add_commands as add_control_commands
 from jobgate.client import Client, CliError
 from jobgate.config import ConfigError, Settings, database_url, load_settings, parse_duration
 from jobgate.follow import EventReader, watch
@@ -644,4 +645,5 @@ def _parser() -> argparse.ArgumentParser:
     server_opts(sp)
     sp.add_argument("name")
     sp.set_defaults(func=cmd_token)
+    add_control_commands(sub)  # pause, resume, limits, drain, undrain (cli_controls.py)
     return p

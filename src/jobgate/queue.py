@@ -36,6 +36,7 @@ from jobgate import submissions
 from jobgate.arguments import ArgumentError, resolve_paths
 from jobgate.batches import Batch, BatchItem
 from jobgate.config import Settings
+from jobgate.controls_live import LiveControls
 from jobgate.delivery_config import rules_from
 from jobgate.dependencies import output_file
 from jobgate.events import EventBus
@@ -109,13 +110,10 @@ class JobQueue:
         # Why this process's worker starts nothing now ("memory pressure", "load"), if so.
         self.pressure: str | None = None
         self._jobs_path = settings.data_path / "jobs"
-        self.limits = Limits(
-            max_running=settings.limits.max_running,
-            per_user_running=settings.limits.per_user_running,
-            memory_budget_mb=settings.limits.memory_budget_mb,
-            kind_max_running={k.name: k.max_running for k in settings.kinds.values()
-                              if k.max_running is not None},
-        )
+        # The operator's controls over the config's limits (controls_live.py); the config's
+        # are what a claim starts from: the store applies the controls in its transaction.
+        self.live = LiveControls(settings, store)
+        self.limits: Limits = self.live.config
         self.quota = Quota(settings.limits.max_queued, settings.limits.per_user_queued)
         # What a job's end makes (webhooks, notifications): written by the store with it.
         store.delivery_rules = rules_from(settings)
@@ -147,6 +145,7 @@ class JobQueue:
         # a second, which no transaction of a live node sits idle for, even on a loaded
         # machine.
         await self.store.open(stalled_session_s=max(1.0, self.settings.worker.lease_s / 4))
+        await self.live.load()
         if self._track_positions:
             self.positions.load(await self.store.queued_keys())
         self.settings.data_path.mkdir(parents=True, exist_ok=True)
@@ -162,6 +161,7 @@ class JobQueue:
     def _on_events(self, events: list[Event]) -> None:
         if self._track_positions:
             self.positions.apply(events)
+        self.live.apply(events)
         for event in events:
             if event.type == EventType.COMPLETED:
                 # A new measured peak: the kind's estimate is worked out afresh.
@@ -271,9 +271,10 @@ class JobQueue:
 
     def to_json(self, job: Job) -> dict[str, Any]:
         out = job.to_json(self.position(job))
-        if self.pressure is not None and job.state is State.QUEUED and \
-                not is_waiting(job):
-            out["message"] = f"waiting: {self.pressure}"
+        if job.state is State.QUEUED and not is_waiting(job):
+            held = self.live.held_message(job.kind)
+            if held is not None or self.pressure is not None:
+                out["message"] = held or f"waiting: {self.pressure}"
         return out
 
     async def cancel(self, job_id: str, wait_s: float = 0.0) -> Job:

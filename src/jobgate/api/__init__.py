@@ -5,7 +5,7 @@ Its parts, each a flat module that imports `core` and nothing else of this packa
 queue and health routes), `auth` (login and tickets), `streams` (SSE and WebSocket),
 `uploads` (files in), `batches` (many jobs at once),
 `schedules` (the configured schedules), `deliveries` (a job's webhooks and notifications),
-`metrics` (the Prometheus scrape).
+`metrics` (the Prometheus scrape), `controls` (the operator's pause, limits and drains).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from jobgate import __version__
 from jobgate.api import (
     auth,
     batches,
+    controls,
     core,
     deliveries,
     jobs,
@@ -43,6 +44,7 @@ def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
     uploads.install(app)
     schedules.install(app)
     deliveries.install(app)
+    controls.install(app)
     metrics.install(app, settings)
     add_dashboard(app)
     streams.install(app)
