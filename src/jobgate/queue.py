@@ -110,8 +110,7 @@ class JobQueue:
         # Why this process's worker starts nothing now ("memory pressure", "load"), if so.
         self.pressure: str | None = None
         self._jobs_path = settings.data_path / "jobs"
-        # The operator's controls over the config's limits (controls_live.py); the config's
-        # are what a claim starts from: the store applies the controls in its transaction.
+        # The operator's controls (controls_live.py); a claim applies them to the config's.
         self.live = LiveControls(settings, store)
         self.limits: Limits = self.live.config
         self.quota = Quota(settings.limits.max_queued, settings.limits.per_user_queued)
