@@ -29,9 +29,9 @@ from jobgate.controls import (
     pause,
     resume,
 )
-from jobgate.model import Event, EventType
+from jobgate.model import Event, EventType, Job, new_id
 from jobgate.scheduler import Candidate, Limits, Running, admit
-from jobgate.store.base import User
+from jobgate.store.base import Quota, User
 from jobgate.stream import visible_to
 
 CONFIG = """
@@ -382,3 +382,26 @@ def test_the_cli_says_what_is_wrong_in_one_line(server, admin):
     out = server.cli("pause", user="bob")
     assert out.returncode == 1 and "only an admin may pause the queue (HTTP 403)" in out.stderr
 
+
+
+# --- the store, on both backends -----------------------------------------------------------------
+
+async def test_the_store_keeps_the_controls_versioned_and_claims_honour_them(store, other_node):
+    assert await store.controls() == Controls()
+    paused = await store.change_controls(pause(None), "root")
+    assert paused.paused and paused.version == 1
+    again = await store.change_controls(pause(None), "root")  # no change: nothing written
+    assert again == paused
+    assert await other_node.controls() == paused  # another node reads it at once
+    events = [e for e in await store.events_after(0) if e.type == EventType.QUEUE_PAUSED]
+    assert [(e.data["kind"], e.data["by"], e.data["controls"]["version"], e.job_id, e.owner)
+            for e in events] == [(None, "root", 1, None, None)]
+
+    job, _ = await store.submit(Job(new_id(), "a", "bob", {}), Quota())
+    limits = Limits(max_running=2)
+    assert await other_node.claim("n1", 2, limits, 30, ["a"]) == []
+    await store.change_controls(resume(None), "root")
+    drained = await store.change_controls(drain("n1", True), "root")
+    assert (drained.version, drained.paused, drained.drained) == (3, False, {"n1"})
+    assert await other_node.claim("n1", 2, limits, 30, ["a"]) == []
+    assert [j.id for j in await other_node.claim("n2", 2, limits, 30, ["a"])] == [job.id]
