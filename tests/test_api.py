@@ -55,7 +55,7 @@ STATS_KEYS = {
     "memory_reserved_mb", "memory_budget_mb", "throughput_per_min", "avg_duration_s",
     "success_rate",
     "node_memory_budget_mb", "memory_available_mb", "pressure", "running_rss_mb",
-    "running_peak_mb", "nodes", "waiting",
+    "running_peak_mb", "nodes", "waiting", "paused", "paused_kinds", "drained_nodes",
     # stats.py's (tests/test_stats.py checks their numbers)
     "throughput", "by_kind", "by_kind_window", "totals", "started_at", "uptime_s", "limits",
 }
@@ -572,6 +572,7 @@ def test_queue_stats_have_the_contracts_keys_and_sensible_values(start_server):
             "throughput_per_min": 0, "avg_duration_s": None, "success_rate": None,
             "node_memory_budget_mb": 3000, "pressure": None, "running_rss_mb": 0,
             "running_peak_mb": 0, "waiting": 0,
+            "paused": False, "paused_kinds": [], "drained_nodes": [],
         }
         assert 0 < available <= psutil.virtual_memory().total // 1048576
         ok = submit(bob, "steps", {"count": 2, "delay": 0})

@@ -37,7 +37,7 @@ STATS_KEYS = {
     "memory_reserved_mb", "memory_budget_mb", "throughput_per_min", "avg_duration_s",
     "success_rate", "nodes",
     "node_memory_budget_mb", "memory_available_mb", "pressure", "running_rss_mb",
-    "running_peak_mb",
+    "running_peak_mb", "paused", "paused_kinds", "drained_nodes",
     "throughput", "by_kind", "by_kind_window", "totals", "started_at", "uptime_s", "limits",
 }
 #: The keys `jobgate stats` shows in sections of their own, not one a line.

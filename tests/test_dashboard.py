@@ -1009,3 +1009,27 @@ def test_screenshots_of_the_main_views(browser, start_server, tmp_path):
     for name in ("sign-in", "jobs", "job", "phone"):
         png = (target / f"dashboard-{name}.png").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+# --- operator controls ----------------------------------------------------------------------
+
+def test_the_header_shows_paused_while_an_admin_pauses_the_queue(pages, server):
+    page = pages.new()
+    sign_in(page, "carol")
+    expect(page.locator("#conn")).to_have_attribute("data-transport", "live")
+    paused = page.locator("#q-paused")
+    expect(paused).to_be_hidden()
+    with server.client("alice") as admin:
+        try:
+            assert admin.post("/api/queue/pause").status_code == 200
+            expect(paused).to_be_visible()                      # from the stream
+            expect(paused).to_have_text("paused")
+            admin.post("/api/queue/resume")
+            expect(paused).to_be_hidden()
+            admin.post("/api/queue/pause", json={"kind": "sleep"})
+            expect(paused).to_have_text("paused: sleep")
+            page.reload()                                       # from GET /api/queue
+            expect(paused).to_have_text("paused: sleep")
+        finally:
+            admin.post("/api/queue/resume")
+    expect(paused).to_be_hidden()

@@ -245,13 +245,15 @@ def test_dispatch_key_orders_priority_then_turn_then_age():
 
 def test_event_types_are_the_contracts_names():
     """DESIGN.md's events, plus the stream's own `stream.reset`, the batches' (DESIGN's
-    `batch.*`), the schedules' and the deliveries'; members are `str`."""
+    `batch.*`), the schedules', the deliveries' and the operator's controls'; members are
+    `str`."""
     assert {t.value for t in EventType} == {
         "job.queued", "job.started", "job.progress", "job.log", "job.retrying",
         "job.completed", "job.failed", "job.cancelled", "queue.stats", "stream.reset",
         "schedule.fired", "schedule.skipped", "schedule.failed",
         "batch.created", "batch.completed",
-        "delivery.succeeded", "delivery.retrying", "delivery.failed"}
+        "delivery.succeeded", "delivery.retrying", "delivery.failed",
+        "queue.paused", "queue.resumed", "limits.changed", "node.drained", "node.undrained"}
     completed: str = EventType.COMPLETED  # a str: it compares equal to the wire name
     assert completed == "job.completed" and "job.completed" in FINAL_EVENTS
     assert json.dumps({"type": EventType.LOG}) == '{"type": "job.log"}'

@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 from jobgate import cli_bulk, cli_stats, logs
 from jobgate.cli_batch import submit_batch
+from jobgate.cli_controls import add_commands as add_control_commands
 from jobgate.cli_users import add_commands as add_user_commands
 from jobgate.client import Client, CliError
 from jobgate.config import ConfigError, Settings, database_url, load_settings, parse_duration
@@ -588,4 +589,5 @@ def _parser() -> argparse.ArgumentParser:
     ua.set_defaults(func=cmd_user_add)
 
     add_user_commands(sub, usub, server_opts, _settings)  # user list|remove|…, token
+    add_control_commands(sub)  # pause, resume, limits, drain, undrain (cli_controls.py)
     return p

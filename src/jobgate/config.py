@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jobgate.controls import config_users
 from jobgate.delivery_config import check_deliveries
 from jobgate.kinds import Kind, parse_kind
 from jobgate.logs import LoggingSettings
@@ -120,6 +121,9 @@ class LimitsSettings:
     auto_memory_history: int = DEFAULT_AUTO_MEMORY_HISTORY
     auto_memory_margin_pct: int = DEFAULT_AUTO_MEMORY_MARGIN_PCT
     start_timeout: Duration | None = None
+    # `[limits.users.NAME]`: one user's own per_user_running, per_user_queued and priority
+    # (controls.py: `config_users` checks them; a live change replaces them at run time).
+    users: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -490,6 +494,7 @@ def _check(settings: Settings) -> None:
                           f"got {settings.streams.keepalive:g}")
     _check_metrics_token(settings.metrics.token)
     check_logging(settings.logging)
+    config_users(settings.limits.users)
     for key in ("login_free_failures", "login_free_failures_per_ip"):
         if getattr(settings.rate_limits, key) < 0:
             raise ConfigError(f"rate_limits.{key}: must not be negative")

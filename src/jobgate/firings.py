@@ -79,7 +79,8 @@ class ScheduleRunner:
         jobs = {due: await self._job(schedule, owner is not None) for due in times}
         made = firings(schedule, planned, jobs.__getitem__)
         recorded = await self.store.fire_schedule(schedule.name, expected_due,
-                                                  planned.next_due, made, self.queue.quota)
+                                                  planned.next_due, made,
+                                                  self.queue.live.quota_for(schedule.owner))
         for firing in recorded or ():
             level = logging.INFO if firing.outcome == FIRED else logging.WARNING
             log.log(level, "schedule %s, due %s: %s %s", schedule.name, firing.due_at,

@@ -272,6 +272,12 @@ class EventType(StrEnum):
     DELIVERY_SUCCEEDED = "delivery.succeeded"
     DELIVERY_RETRYING = "delivery.retrying"
     DELIVERY_FAILED = "delivery.failed"
+    # An operator's control (controls.py): stored, no job_id or owner; admins see them.
+    QUEUE_PAUSED = "queue.paused"
+    QUEUE_RESUMED = "queue.resumed"
+    LIMITS_CHANGED = "limits.changed"
+    NODE_DRAINED = "node.drained"
+    NODE_UNDRAINED = "node.undrained"
 
 
 #: A job ended for good: it is in a final state after it.
@@ -290,6 +296,11 @@ SCHEDULE_EVENTS = frozenset({EventType.SCHEDULE_FIRED, EventType.SCHEDULE_SKIPPE
 #: A delivery of a job's end was tried (stored, with the job's id and owner).
 DELIVERY_EVENTS = frozenset({EventType.DELIVERY_SUCCEEDED, EventType.DELIVERY_RETRYING,
                              EventType.DELIVERY_FAILED})
+
+#: An operator changed the controls (each carries the whole new `controls`).
+CONTROL_EVENTS = frozenset({EventType.QUEUE_PAUSED, EventType.QUEUE_RESUMED,
+                            EventType.LIMITS_CHANGED, EventType.NODE_DRAINED,
+                            EventType.NODE_UNDRAINED})
 
 _STATE_EVENT = {
     State.QUEUED: EventType.QUEUED,

@@ -36,6 +36,7 @@ from jobgate import submissions
 from jobgate.arguments import ArgumentError, resolve_paths
 from jobgate.batches import Batch, BatchItem
 from jobgate.config import Settings
+from jobgate.controls_live import LiveControls
 from jobgate.delivery_config import rules_from
 from jobgate.dependencies import output_file
 from jobgate.estimates import Estimates
@@ -118,13 +119,9 @@ class JobQueue:
         # One log line per job transition this process commits (logs.py); named for its worker.
         self.transitions = TransitionLog(node_name(settings))
         self._jobs_path = settings.data_path / "jobs"
-        self.limits = Limits(
-            max_running=settings.limits.max_running,
-            per_user_running=settings.limits.per_user_running,
-            memory_budget_mb=settings.limits.memory_budget_mb,
-            kind_max_running={k.name: k.max_running for k in settings.kinds.values()
-                              if k.max_running is not None},
-        )
+        # The operator's controls (controls_live.py); a claim applies them to the config's.
+        self.live = LiveControls(settings, store)
+        self.limits: Limits = self.live.config
         self.quota = Quota(settings.limits.max_queued, settings.limits.per_user_queued)
         # What a job's end makes (webhooks, notifications): written by the store with it.
         store.delivery_rules = rules_from(settings)
@@ -157,6 +154,7 @@ class JobQueue:
         # a second, which no transaction of a live node sits idle for, even on a loaded
         # machine.
         await self.store.open(stalled_session_s=max(1.0, self.settings.worker.lease_s / 4))
+        await self.live.load()
         if self._track_positions:
             self.positions.load(await self.store.queued_keys())
         self.settings.data_path.mkdir(parents=True, exist_ok=True)
@@ -173,6 +171,7 @@ class JobQueue:
         if self._track_positions:
             self.positions.apply(events)
         self.estimates.on_events(events)
+        self.live.apply(events)
         for event in events:
             if event.type == EventType.COMPLETED:
                 # A new measured peak: the kind's estimate is worked out afresh.
@@ -282,9 +281,10 @@ class JobQueue:
 
     def to_json(self, job: Job) -> dict[str, Any]:
         out = job.to_json(self.position(job))
-        if self.pressure is not None and job.state is State.QUEUED and \
-                not is_waiting(job):
-            out["message"] = f"waiting: {self.pressure}"
+        if job.state is State.QUEUED and not is_waiting(job):
+            held = self.live.held_message(job.kind)
+            if held is not None or self.pressure is not None:
+                out["message"] = held or f"waiting: {self.pressure}"
         return out
 
     async def cancel(self, job_id: str, wait_s: float = 0.0) -> Job:

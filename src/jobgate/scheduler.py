@@ -122,6 +122,12 @@ class Limits:
     # The claiming node's own budget, and what of it its running jobs leave free.
     node_memory_budget_mb: int | None = None
     node_memory_free_mb: int | None = None
+    # Per-user overrides of `per_user_running` (controls.py: config and live).
+    user_running: dict[str, int] = field(default_factory=dict)
+
+    def running_cap(self, owner: str) -> int | None:
+        """How many jobs of `owner` may run at once (None: no cap of its own)."""
+        return self.user_running.get(owner, self.per_user_running)
 
 
 @dataclass
@@ -226,9 +232,8 @@ def free_slots(limits: Limits, running: Running, slots: int) -> int:
 
 def blocked(limits: Limits, running: Running) -> tuple[set[str], set[str]]:
     """Owners and kinds that are at their limit, so no job of theirs can start."""
-    owners = set()
-    if limits.per_user_running is not None:
-        owners = {o for o, n in running.by_owner.items() if n >= limits.per_user_running}
+    owners = {o for o, n in running.by_owner.items()
+              if (cap := limits.running_cap(o)) is not None and n >= cap}
     kinds = {k for k, cap in limits.kind_max_running.items() if running.by_kind[k] >= cap}
     return owners, kinds
 
@@ -254,9 +259,8 @@ def admit(candidates: list[Candidate], limits: Limits, running: Running, slots: 
     for job in candidates:
         if len(chosen) >= room:
             break
-        if limits.per_user_running is not None and (
-            running.by_owner[job.owner] >= limits.per_user_running
-        ):
+        owner_cap = limits.running_cap(job.owner)
+        if owner_cap is not None and running.by_owner[job.owner] >= owner_cap:
             continue
         cap = limits.kind_max_running.get(job.kind)
         if cap is not None and running.by_kind[job.kind] >= cap:

@@ -31,6 +31,7 @@ import psutil
 from jobgate.auth import Principal
 from jobgate.config import Settings
 from jobgate.model import (
+    CONTROL_EVENTS,
     QUEUED_EVENTS,
     SCHEDULE_EVENTS,
     STATE_EVENTS,
@@ -93,7 +94,8 @@ def visible_to(principal: Principal) -> Callable[[Event], bool]:
     """What a user may see: their own jobs' events and their schedules' (an admin:
     everyone's)."""
     if principal.user.admin:
-        return lambda event: event.job_id is not None or event.type in SCHEDULE_EVENTS
+        return lambda event: event.job_id is not None or event.type in SCHEDULE_EVENTS or \
+            event.type in CONTROL_EVENTS
     name = principal.user.name
     return lambda event: event.owner == name
 
@@ -305,7 +307,7 @@ class Hub:
                 stream.push(frame)
                 if stream.job_id is not None and event.type in STATE_EVENTS:
                     stream.job_queued = event.type in QUEUED_EVENTS
-        if event.type in STATE_EVENTS:
+        if event.type in STATE_EVENTS or event.type in CONTROL_EVENTS:
             self._stats_due.set()
 
     # --- replay ----------------------------------------------------------------------------
@@ -439,6 +441,7 @@ def stats_json(queue: JobQueue, settings: Settings, stats: Any,
         "running_rss_mb": round(sum(rss for rss, _ in measured), 1),
         "running_peak_mb": round(sum(peak for _, peak in measured), 1),
     }
+    out.update(queue.live.stats())  # the limits in force, what is paused or drained
     if nodes is not None:
         out["nodes"] = [node_json(n) for n in nodes]
     return out

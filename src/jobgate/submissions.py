@@ -54,7 +54,8 @@ async def new_job(queue: JobQueue, owner: str, kind: str, args: dict[str, Any] |
         kind=kind,
         owner=owner,
         args=args,
-        priority=spec.priority if priority is None else priority,
+        priority=queue.live.default_priority(owner, spec.priority) if priority is None
+        else priority,
         max_attempts=spec.max_attempts,
         created_at=now,
         run_at=max(now, run_at) if run_at is not None else now,
@@ -80,14 +81,14 @@ async def store_job(queue: JobQueue, job: Job, url: str | None) -> tuple[Job, bo
     kept first, so a crash after the submit cannot lose it; a submit that makes no job
     takes it back."""
     if not url:
-        return await queue.store.submit(job, queue.quota)
+        return await queue.store.submit(job, queue.live.quota_for(job.owner))
     problem = await asyncio.to_thread(address_problem, url,
                                       queue.settings.webhooks.allow_private)
     if problem is not None:
         raise ArgumentError("webhook_url", problem)
     await queue.store.add_webhook(job.id, url)
     try:
-        same, created = await queue.store.submit(job, queue.quota)
+        same, created = await queue.store.submit(job, queue.live.quota_for(job.owner))
     except BaseException:
         await queue.store.remove_webhook(job.id)
         raise
@@ -137,6 +138,6 @@ async def submit_batch(queue: JobQueue, owner: str,
             raise ArgumentError(where, exc.reason) from None
     batch = Batch(new_id(now), owner, now, len(items), pipeline)
     stored = await queue.store.submit_batch(batch, [made[i] for i in steps.order],
-                                            queue.quota)
+                                            queue.live.quota_for(owner))
     by_id = {j.id: j for j in stored}
     return batch, [by_id[i] for i in ids]

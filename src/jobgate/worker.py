@@ -42,7 +42,7 @@ from jobgate.arguments import ArgumentError
 from jobgate.deliverer import Deliverer
 from jobgate.executor import RunResult
 from jobgate.firings import ScheduleRunner
-from jobgate.model import FINAL_EVENTS, QUEUED_EVENTS, Event, EventType, Job
+from jobgate.model import CONTROL_EVENTS, FINAL_EVENTS, QUEUED_EVENTS, Event, EventType, Job
 from jobgate.pyproc import PyPool
 from jobgate.queue import JobQueue, is_local
 from jobgate.queue import node_live_s as node_live_s  # imported from here by api and stream
@@ -62,7 +62,9 @@ _RETENTION_S = 300.0
 # The recovery loop looks every third of a lease period (at least every second); coming
 # back later than that by this many lease periods means this node was stopped or suspended.
 _RECOVERY_LATE_LEASES = 0.5
-_WAKE_TYPES = QUEUED_EVENTS | FINAL_EVENTS  # something to claim, or a slot freed
+# Something to claim, a slot freed, or the operator's controls changed (resumed, undrained,
+# a limit raised: the claims read the controls themselves).
+_WAKE_TYPES = QUEUED_EVENTS | FINAL_EVENTS | CONTROL_EVENTS
 
 
 def default_name() -> str:

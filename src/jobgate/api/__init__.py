@@ -5,7 +5,8 @@ Its parts, each a flat module that imports `core` and nothing else of this packa
 queue and health routes), `auth` (login and tickets), `streams` (SSE and WebSocket),
 `uploads` (files in), `batches` (many jobs at once), `bulk` (an action on many jobs),
 `schedules` (the configured schedules), `deliveries` (a job's webhooks and notifications),
-`metrics` (the Prometheus scrape), `users` (users and API tokens).
+`metrics` (the Prometheus scrape), `users` (users and API tokens), `controls` (the
+operator's pause, limits and drains).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from jobgate.api import (
     auth,
     batches,
     bulk,
+    controls,
     core,
     deliveries,
     jobs,
@@ -46,6 +48,7 @@ def create_app(settings: Settings, run_worker: bool = True) -> FastAPI:
     uploads.install(app)
     schedules.install(app)
     deliveries.install(app)
+    controls.install(app)
     metrics.install(app, settings)
     users.install(app)
     add_dashboard(app)

@@ -64,7 +64,8 @@ def install(app: FastAPI) -> None:
             if spec is None:
                 raise ApiError(422, "invalid_argument", f"jobs[{at}].kind: unknown kind "
                                f"{shown(job.kind)}", field=f"jobs[{at}].kind")
-            if job.priority is not None and job.priority > spec.priority and not user.admin:
+            if job.priority is not None and not user.admin and \
+                    job.priority > queue.live.priority_ceiling(user.name, spec.priority):
                 raise ApiError(403, "forbidden", "only an admin may raise a job's priority")
             if job.memory_mb is not None and not user.admin:
                 estimate = (await queue.kind_memory(spec)).estimate_mb

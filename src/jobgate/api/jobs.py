@@ -66,7 +66,8 @@ def install(app: FastAPI, settings: Settings) -> None:
         limit(services.limits.submit_per_user, user.name, f"submits by {user.name}")
         limit(services.limits.submit_per_ip, client_ip(request), "submits from this address")
         spec = services.queue.kind(body.kind)
-        if body.priority is not None and body.priority > spec.priority and not user.admin:
+        if body.priority is not None and not user.admin and \
+                body.priority > services.queue.live.priority_ceiling(user.name, spec.priority):
             raise ApiError(403, "forbidden", "only an admin may raise a job's priority")
         run_at = _parse_run_at(body.run_at)
         if body.memory_mb is not None:

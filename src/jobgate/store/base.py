@@ -13,7 +13,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobgate.batches import Batch
 from jobgate.deliveries import Attempt, Delivery, Rules
@@ -21,6 +21,9 @@ from jobgate.eta import Snapshot
 from jobgate.model import DispatchKey, Event, Job, Output, State
 from jobgate.scheduler import Limits
 from jobgate.schedules import Firing
+
+if TYPE_CHECKING:
+    from jobgate.controls import Change, Controls
 
 
 class StoreError(Exception):
@@ -524,6 +527,18 @@ class Store(ABC):
     @abstractmethod
     async def get_batch(self, batch_id: str) -> Batch | None:
         """A batch with its jobs' counts per state, their running progress and ids."""
+
+    # --- operator controls (controls.py) -------------------------------------------
+    @abstractmethod
+    async def controls(self) -> Controls:
+        """The operator's controls as stored (every claim reads them in its own
+        transaction: `controls.dispatch`)."""
+
+    @abstractmethod
+    async def change_controls(self, change: Change, by: str) -> Controls:
+        """Apply `change` in one transaction, ordered with every claim: the controls
+        after it, written with its event (`change.event`, with `by` and the whole new
+        `controls`); nothing is written when it changes nothing."""
 
     # --- deliveries (webhooks and notifications of jobs' ends) -------------------------
     #: What final states make (set by `JobQueue` from the settings): every backend writes

@@ -31,11 +31,13 @@ from typing import Any
 
 from jobgate import moves
 from jobgate.batches import Batch
+from jobgate.controls import Change, Controls, dispatch
 from jobgate.deliveries import Attempt, Delivery
 from jobgate.eta import Snapshot
 from jobgate.model import FINAL, DispatchKey, Event, EventType, Job, State
 from jobgate.scheduler import Admission, Ask, Candidate, Limits, Running
 from jobgate.schedules import Firing
+from jobgate.store import postgres_controls as controls_sql
 from jobgate.store import postgres_deliveries as outbox
 from jobgate.store import postgres_eta
 from jobgate.store import postgres_schedules as schedules_sql
@@ -149,9 +151,13 @@ class PostgresStore(PgConnection, Store):
             # what the claim dates (start, lease) counts from when it was taken.
             await tx.execute(f"SELECT pg_advisory_xact_lock(%s), {SORT_OFF}", (_CLAIM_LOCK,))
             tx.clock()
-            admission = Admission(limits, Running.of(await tx.rows(
+            # The operator's controls, read after the lock a change takes too.
+            run_limits, run_kinds = dispatch(limits, kinds, await controls_sql.read(tx), worker)
+            if not run_kinds:
+                return []
+            admission = Admission(run_limits, Running.of(await tx.rows(
                 "SELECT owner, kind, count(*), coalesce(sum(memory_mb), 0) FROM jobs "
-                "WHERE state = 'running' GROUP BY owner, kind")), slots, kinds)
+                "WHERE state = 'running' GROUP BY owner, kind")), slots, run_kinds)
             while (ask := admission.ask()) is not None:
                 admission.offer(await _candidates(tx, ask))
             if not admission.admitted:
@@ -681,6 +687,13 @@ class PostgresStore(PgConnection, Store):
     async def get_batch(self, batch_id: str) -> Batch | None:
         return await self._run(lambda tx: read_batch(tx, batch_id), write=False)
 
+
+    # --- operator controls (postgres_controls.py) ---------------------------------------
+    async def controls(self) -> Controls:
+        return await self._run(controls_sql.read, write=False)
+
+    async def change_controls(self, change: Change, by: str) -> Controls:
+        return await self._run(lambda tx: controls_sql.change(tx, change, by, _CLAIM_LOCK))
 
     # --- deliveries -----------------------------------------------------------------
     async def _after_moves(self, tx: Tx, changes: list[moves.Move]) -> None:

@@ -16,11 +16,13 @@ from typing import Any
 
 from jobgate import moves
 from jobgate.batches import Batch
+from jobgate.controls import Change, Controls, dispatch
 from jobgate.deliveries import Attempt, Delivery
 from jobgate.eta import Snapshot
 from jobgate.model import FINAL, DispatchKey, Event, EventType, Job, State
 from jobgate.scheduler import Admission, Ask, Candidate, Limits, Running
 from jobgate.schedules import Firing
+from jobgate.store import sqlite_controls as controls_sql
 from jobgate.store import sqlite_deliveries as outbox
 from jobgate.store import sqlite_eta
 from jobgate.store import sqlite_schedules as schedules_sql
@@ -586,6 +588,13 @@ class SqliteStore(GroupCommit, Store):
     async def get_batch(self, batch_id: str) -> Batch | None:
         return await self._call(lambda tx: read_batch(tx, batch_id), write=False)
 
+    # --- operator controls (sqlite_controls.py) -----------------------------------------
+    async def controls(self) -> Controls:
+        return await self._call(controls_sql.read, write=False)
+
+    async def change_controls(self, change: Change, by: str) -> Controls:
+        return await self._call(lambda tx: controls_sql.change(tx, change, by))
+
     # --- deliveries -----------------------------------------------------------------
     def _after_moves(self, tx: Tx, changes: list[moves.Move]) -> None:
         outbox.enqueue(tx, changes, self.delivery_rules)
@@ -614,7 +623,11 @@ _UPLOAD_COLUMNS = "id, owner, name, size, sha256, created_at"
 
 def _claim(tx: Tx, worker: str, slots: int, limits: Limits, lease_s: float,
            kinds: list[str]) -> list[Job]:
-    """Move up to `slots` ready jobs to running, in dispatch order, within `limits`."""
+    """Move up to `slots` ready jobs to running, in dispatch order, within `limits` and the
+    operator's controls."""
+    limits, kinds = dispatch(limits, kinds, controls_sql.read(tx), worker)
+    if not kinds:
+        return []
     admission = Admission(limits, Running.of(tx.conn.execute(
         "SELECT owner, kind, count(*), coalesce(sum(memory_mb), 0) FROM jobs "
         "WHERE state = 'running' GROUP BY owner, kind")), slots, kinds)

@@ -362,6 +362,11 @@
     part.textContent = `${n} ${n === 1 ? 'node' : 'nodes'} live`;
     part.title = nodes.filter(Boolean).join(', ');
     part.classList.toggle('warn', n === 0);
+    // The operator's pause (GET /api/queue, queue.stats): the whole queue or some kinds.
+    const paused = $('q-paused');
+    const kinds = Array.isArray(q.paused_kinds) ? q.paused_kinds : [];
+    paused.hidden = !q.paused && kinds.length === 0;
+    paused.textContent = q.paused ? 'paused' : `paused: ${kinds.join(', ')}`;
   }
 
   // --- kinds and the submit form ----------------------------------------------------------
