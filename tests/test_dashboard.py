@@ -236,7 +236,7 @@ def test_the_page_and_its_files_are_served_from_the_package(server):
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert "script-src 'self'" in page.headers["content-security-policy"]
-    assert 'src="/ui/app.js"' in page.text
+    assert 'src="ui/app.js"' in page.text
     for name, media in (("app.js", "text/javascript"), ("app.css", "text/css"),
                         ("icon.svg", "image/svg+xml")):
         r = httpx.get(f"{server.url}/ui/{name}")

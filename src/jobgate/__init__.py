@@ -10,7 +10,9 @@ Embed it in an asyncio program::
     job, _ = await queue.submit("alice", "compress", {"input": "film.mkv"})
     worker = Worker(queue)          # run it with `await worker.run()`, end with `stop()`
 
-or mount the HTTP API in an ASGI server with `create_app(settings)`.
+or serve the HTTP API in an ASGI server with `create_app(settings)`, or put it inside your
+own FastAPI or Starlette app with `mount(app, settings, prefix="/jobs")` (its users
+jobgate's owners through a `UserResolver`).
 
 Public means: every name in `__all__`, and nothing else of this top-level package. It is
 what a program embedding jobgate meets: the verbs and their objects (JobQueue, Worker,
@@ -40,6 +42,7 @@ if TYPE_CHECKING:  # what each name is, for type checkers (`X as X`: re-exported
     from jobgate.config import Settings as Settings
     from jobgate.config import load_settings as load_settings
     from jobgate.dependencies import DependencyError as DependencyError
+    from jobgate.embed import mount as mount
     from jobgate.kinds import Kind as Kind
     from jobgate.model import Event as Event
     from jobgate.model import EventType as EventType
@@ -50,6 +53,7 @@ if TYPE_CHECKING:  # what each name is, for type checkers (`X as X`: re-exported
     from jobgate.pychild import NonRetryable as NonRetryable
     from jobgate.queue import JobQueue as JobQueue
     from jobgate.queue import UnknownKind as UnknownKind
+    from jobgate.resolver import UserResolver as UserResolver
     from jobgate.store import store_for_url as store_for_url
     from jobgate.store.base import Conflict as Conflict
     from jobgate.store.base import NotFound as NotFound
@@ -71,6 +75,7 @@ _EXPORTS = {
     "Batch": "jobgate.batches",
     "BatchItem": "jobgate.batches",
     "DependencyError": "jobgate.dependencies",
+    "mount": "jobgate.embed",
     "Kind": "jobgate.kinds",
     "Event": "jobgate.model",
     "EventType": "jobgate.model",
@@ -79,6 +84,7 @@ _EXPORTS = {
     "State": "jobgate.model",
     "JobQueue": "jobgate.queue",
     "UnknownKind": "jobgate.queue",
+    "UserResolver": "jobgate.resolver",
     "store_for_url": "jobgate.store",
     "Conflict": "jobgate.store.base",
     "NotFound": "jobgate.store.base",

@@ -82,6 +82,9 @@ class ServerSettings:
     data_dir: str = "./jobgate-data"  # jobs' folders and their outputs
     input_dir: str = "./jobgate-input"  # where `path` arguments must stay (made at start)
     allowed_origins: list[str] = field(default_factory=list)
+    # Origins of other sites whose pages may call the HTTP API and its SSE streams
+    # (CORS, with credentials): exact origins only, never "*".
+    cors_origins: list[str] = field(default_factory=list)
     # Addresses (or networks) of reverse proxies whose X-Forwarded-For / -Proto is believed:
     # behind one of them a client's address (login and submit limits) is the one it names.
     # The default is a proxy on this machine; [] trusts no header at all.
@@ -502,6 +505,12 @@ def _check(settings: Settings) -> None:
         if origin != "*" and not _ORIGIN.fullmatch(origin):
             raise ConfigError(f"server.allowed_origins: {origin!r} is not an origin like "
                               "'https://jobs.example.org' (scheme, host, optional port; no path)")
+    for origin in settings.server.cors_origins:
+        if not _ORIGIN.fullmatch(origin):
+            raise ConfigError(f"server.cors_origins: {origin!r} is not an origin like "
+                              "'https://app.example.org' (scheme, host, optional port; no "
+                              "path; '*' is refused: browsers send credentials only to a "
+                              "named origin)")
     for proxy in settings.server.trusted_proxies:
         try:
             ipaddress.ip_network(proxy, strict=False)

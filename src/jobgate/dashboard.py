@@ -2,7 +2,9 @@
 
 Nothing is built or fetched from elsewhere: the three files ship inside the package, so
 the page works offline on a home network. The page talks to the same JSON API as every
-other client, with the bearer token it gets by signing in.
+other client, with the bearer token it gets by signing in (or, inside a host app with a
+`user_resolver`, with the host's own session cookie). Every URL in the page is relative to
+it, so it works at `/` and mounted under a prefix (`jobgate.mount`).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from jobgate.config import Settings
 from jobgate.model import IllegalMove
 from jobgate.queue import JobQueue
 from jobgate.ratelimit import RateLimiter, RateLimits, retry_after
+from jobgate.resolver import UserResolver, resolve
 from jobgate.sanitize import checked_text, scrub, shown, stored_text, text_problem
 from jobgate.store import store_for_url
 from jobgate.store.base import Conflict, NotFound, QueueFull, User
@@ -65,9 +66,10 @@ class Services:
     auth: Authenticator
     hub: Hub
     limits: RateLimits
+    resolver: UserResolver | None = None  # the host app's users (`jobgate.embed`)
 
 
-def lifespan(settings: Settings, run_worker: bool
+def lifespan(settings: Settings, run_worker: bool, resolver: UserResolver | None = None
              ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     """The app's lifespan: opens the store and builds its Services at start-up, runs an
     embedded worker unless told not to, and closes them all at shutdown."""
@@ -84,7 +86,8 @@ def lifespan(settings: Settings, run_worker: bool
         worker = Worker(queue) if run_worker else None
         task = asyncio.create_task(worker.run()) if worker else None
         app.state.services = Services(settings, queue, worker, time.time(), auth, hub,
-                                      RateLimits.from_settings(settings.rate_limits))
+                                      RateLimits.from_settings(settings.rate_limits),
+                                      resolver)
         try:
             yield
         finally:
@@ -142,6 +145,13 @@ def _query_problem(query: bytes) -> tuple[str, str] | None:
     return None
 
 
+def _route_path(scope: Any) -> str:
+    """The request's path inside this app: without the prefix it is mounted under."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root + "/") else path
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -155,7 +165,7 @@ class _BodyLimit:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or (scope["method"] == "POST" and
-                                       scope["path"] in self.uncapped):
+                                       _route_path(scope) in self.uncapped):
             await self.app(scope, receive, send)
             return
         too_large = _error(413, "too_large", f"request body over {self.limit // 1024} KB")
@@ -220,12 +230,22 @@ async def _principal(request: Request,
                      _: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)] = None
                      ) -> Principal:
     services = services_of(request)
+    if (hosted := await host_principal(services, request)) is not None:
+        return hosted
     if not services.settings.auth.enabled:
         return Principal(User(services.settings.auth.anonymous_user, admin=True))
     try:
         return await services.auth.bearer(request.headers.get("authorization"))
     except AuthError as exc:
         raise ApiError(401, "unauthorized", str(exc)) from None
+
+
+async def host_principal(services: Services, connection: HTTPConnection) -> Principal | None:
+    """The caller as the host app's `user_resolver` names them (None: no resolver, or it
+    does not know them, and jobgate's own auth decides)."""
+    if services.resolver is None:
+        return None
+    return await resolve(services.resolver, services.queue.store, connection)
 
 
 async def _user(principal: Annotated[Principal, Depends(_principal)]) -> User:

@@ -29,9 +29,17 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Query, Request, WebSocket
 from fastapi.responses import Response, StreamingResponse
+from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketDisconnect
 
-from jobgate.api.core import ApiError, Services, error_response, no_job, services_of
+from jobgate.api.core import (
+    ApiError,
+    Services,
+    error_response,
+    host_principal,
+    no_job,
+    services_of,
+)
 from jobgate.auth import AuthError, Principal
 from jobgate.connection import current_transport
 from jobgate.model import (
@@ -64,9 +72,12 @@ _WRITE_BYTES = 65536  # SSE bytes per write: a client's unsent bytes stay near t
 _CLOCK_SLACK_S = 5.0  # events' times come from several processes' clocks
 
 
-async def stream_principal(services: Services, authorization: str | None,
-                           ticket: str | None) -> Principal:
-    """Who opens a stream: a bearer header, or a single-use ticket (browsers)."""
+async def stream_principal(services: Services, connection: HTTPConnection,
+                           authorization: str | None, ticket: str | None) -> Principal:
+    """Who opens a stream: the host app's user (`user_resolver`: its cookies come with
+    EventSource and WebSocket), a single-use ticket (browsers) or a bearer header."""
+    if ticket is None and (hosted := await host_principal(services, connection)) is not None:
+        return hosted
     if not services.settings.auth.enabled:
         return Principal(User(services.settings.auth.anonymous_user, admin=True))
     try:
@@ -140,7 +151,7 @@ def install(app: FastAPI) -> None:
         and `queue.stats`. `Last-Event-ID` resumes."""
         services = services_of(request)
         after = _resume_point(last_event_id_header, last_event_id)
-        principal = await stream_principal(services, authorization, ticket)
+        principal = await stream_principal(services, request, authorization, ticket)
         hub = services.hub
         stream = _open(services, principal, match=visible_to(principal), stats=True)
         try:
@@ -179,7 +190,7 @@ def install(app: FastAPI) -> None:
         nothing after `Last-Event-ID` answers 204 (which tells EventSource to stop)."""
         services = services_of(request)
         after = _resume_point(last_event_id_header, last_event_id)
-        principal = await stream_principal(services, authorization, ticket)
+        principal = await stream_principal(services, request, authorization, ticket)
         hub = services.hub
         user = principal.user
         stream = _open(services, principal, job_id=job_id,
@@ -235,7 +246,7 @@ def install(app: FastAPI) -> None:
             return
         try:
             ticket = ws.query_params.get("ticket")
-            principal = await stream_principal(services, ws.headers.get("authorization"),
+            principal = await stream_principal(services, ws, ws.headers.get("authorization"),
                                                ticket)
             stream = _open(services, principal, sse=False, match=lambda e: False)
         except ApiError as exc:

@@ -2,7 +2,7 @@
 //
 // The view lives in the URL hash (#/jobs?state=…&owner=…, #/job/ID), so a reload, a shared
 // link or an expired session that sends you back to sign in all return to the same place.
-// Live updates come from the event stream (GET /api/events with a one-time ticket); when
+// Live updates come from the event stream (GET api/events with a one-time ticket); when
 // it is unavailable the page polls, and stops polling once nothing it shows is active.
 'use strict';
 
@@ -130,6 +130,13 @@
     }
   }
 
+  // Every URL of the page is relative to it (`api/…`, `ui/…`, `health`), so the same page
+  // works at `/` and mounted under a prefix (`/jobs/`). A path the server sends (a download
+  // link, `/api/…`) is relative to its app: made relative to the page the same way.
+  function relative(path) {
+    return path.replace(/^\/+/, '');
+  }
+
   async function api(method, path, body) {
     const headers = { Accept: 'application/json' };
     const session = S.session;
@@ -150,7 +157,7 @@
     if (r.status !== 204) {
       try { data = await r.json(); } catch (err) { data = null; }
     }
-    if (r.status === 401 && session && S.session === session && !path.startsWith('/api/auth/token')) {
+    if (r.status === 401 && session && S.session === session && !path.startsWith('api/auth/token')) {
       endSession('Your session expired. Sign in again to go on where you were.');
     }
     if (!r.ok) {
@@ -199,7 +206,7 @@
     const button = $('signin-button');
     button.disabled = true;
     try {
-      const data = await api('POST', '/api/auth/token', { username, password });
+      const data = await api('POST', 'api/auth/token', { username, password });
       S.session = { token: data.token, expires_at: data.expires_at || null, user: data.user || null };
       localStorage.setItem(SESSION_KEY, JSON.stringify(S.session));
       localStorage.setItem(LAST_USER_KEY, username);
@@ -243,7 +250,7 @@
 
   async function enter() {
     try {
-      const me = await api('GET', '/api/me');
+      const me = await api('GET', 'api/me');
       S.session.user = { name: me.name, admin: Boolean(me.admin) };
       if (!S.session.open) localStorage.setItem(SESSION_KEY, JSON.stringify(S.session));
     } catch (err) {
@@ -336,8 +343,8 @@
   async function loadQueue() {
     try {
       const [queue, health] = await Promise.all([
-        api('GET', '/api/queue'),
-        fetch('/health', { cache: 'no-store' }).then((r) => r.json()).catch(() => null),
+        api('GET', 'api/queue'),
+        fetch('health', { cache: 'no-store' }).then((r) => r.json()).catch(() => null),
       ]);
       S.queue = queue;
       S.health = health;
@@ -373,7 +380,7 @@
 
   async function loadKinds() {
     try {
-      const data = await api('GET', '/api/kinds');
+      const data = await api('GET', 'api/kinds');
       S.kinds = data.kinds || [];
     } catch (err) {
       return;
@@ -489,7 +496,7 @@
     const xhr = new XMLHttpRequest();
     const form = new FormData();
     form.append('file', file, file.name);
-    xhr.open('POST', '/api/uploads');
+    xhr.open('POST', 'api/uploads');
     const session = S.session;
     if (session && session.token) xhr.setRequestHeader('Authorization', `Bearer ${session.token}`);
     xhr.setRequestHeader('Accept', 'application/json');
@@ -592,7 +599,7 @@
     button.disabled = true;
     const mark = S.events;
     try {
-      const job = await api('POST', '/api/jobs', body);
+      const job = await api('POST', 'api/jobs', body);
       sessionStorage.setItem('jobgate.kind', kind.name);
       adopt(job, mark);
       change(job.id, 'id', job.id);                  // new to the list reads already sent
@@ -638,7 +645,7 @@
     const mark = S.events;
     let data;
     try {
-      data = await api('GET', `/api/jobs?${listQuery()}`);
+      data = await api('GET', `api/jobs?${listQuery()}`);
       $('list-error').textContent = '';
     } catch (err) {
       if (S.session && err.status !== 0) $('list-error').textContent = err.message;
@@ -668,7 +675,7 @@
     const key = listKey();
     const mark = S.events;
     try {
-      const data = await api('GET', `/api/jobs?${listQuery(S.next)}`);
+      const data = await api('GET', `api/jobs?${listQuery(S.next)}`);
       if (key !== listKey()) return;
       for (const j of data.jobs) {
         adopt(j, mark);
@@ -848,7 +855,7 @@
     if (!d) return;
     const mark = S.events;
     try {
-      const job = await api('GET', `/api/jobs/${enc(d.id)}`);
+      const job = await api('GET', `api/jobs/${enc(d.id)}`);
       if (S.detail !== d) return;
       adopt(job, mark);
       d.missing = false;
@@ -872,7 +879,7 @@
     try {
       for (;;) {
         d.logsAgain = false;
-        const data = await api('GET', `/api/jobs/${enc(d.id)}/logs?after=${d.lastN}&limit=${LOG_PAGE}`);
+        const data = await api('GET', `api/jobs/${enc(d.id)}/logs?after=${d.lastN}&limit=${LOG_PAGE}`);
         if (S.detail !== d) return;
         addLogLines(d, data.lines.map((l) => [l.n, l.line]));
         if (data.lines.length < LOG_PAGE && !d.logsAgain) break;
@@ -1022,7 +1029,7 @@
   async function loadDeliveries(id) {
     let found = [];
     try {
-      found = (await api('GET', `/api/jobs/${enc(id)}/deliveries`)).deliveries || [];
+      found = (await api('GET', `api/jobs/${enc(id)}/deliveries`)).deliveries || [];
     } catch (err) {
       found = [];
     }
@@ -1043,8 +1050,8 @@
   async function download(id, name) {
     $('act-error').textContent = '';
     try {
-      const link = await api('POST', `/api/jobs/${enc(id)}/outputs/${name.split('/').map(enc).join('/')}/link`);
-      const a = el('a', { href: link.url, download: name.split('/').pop() });
+      const link = await api('POST', `api/jobs/${enc(id)}/outputs/${name.split('/').map(enc).join('/')}/link`);
+      const a = el('a', { href: relative(link.url), download: name.split('/').pop() });
       document.body.append(a);
       a.click();
       a.remove();
@@ -1108,7 +1115,7 @@
     if (action === 'cancel') button.textContent = 'Cancelling…';
     try {
       if (action === 'delete') {
-        await api('DELETE', `/api/jobs/${enc(job.id)}`);
+        await api('DELETE', `api/jobs/${enc(job.id)}`);
         S.jobs.delete(job.id);
         S.order = S.order.filter((id) => id !== job.id);
         announce(`Deleted ${job.kind} ${job.id}`);
@@ -1116,7 +1123,7 @@
         return;
       }
       const mark = S.events;
-      const updated = await api('POST', `/api/jobs/${enc(job.id)}/${action}`);
+      const updated = await api('POST', `api/jobs/${enc(job.id)}/${action}`);
       adopt(updated, mark);
       announce(`${updated.kind} is ${updated.state}`);
       renderDetail();
@@ -1159,12 +1166,12 @@
     }
     clearTimeout(S.liveTimer);
     const session = S.session;
-    api('POST', '/api/auth/ticket').then((data) => {
+    api('POST', 'api/auth/ticket').then((data) => {
       if (S.session !== session || S.es) return;
       // After a drop, resume where the last stream stopped: the server replays the gap
       // (or says stream.reset when it no longer has it).
       const resume = S.lastEventId ? `&last_event_id=${enc(S.lastEventId)}` : '';
-      const es = new EventSource(`/api/events?ticket=${enc(data.ticket)}${resume}`);
+      const es = new EventSource(`api/events?ticket=${enc(data.ticket)}${resume}`);
       S.es = es;
       es.onopen = () => {
         S.liveRetryMs = 2000;
@@ -1405,7 +1412,7 @@
     if (!S.session) {
       // A server with [auth] enabled = false needs no sign-in: everybody is its admin.
       try {
-        const r = await fetch('/api/me', { cache: 'no-store' });
+        const r = await fetch('api/me', { cache: 'no-store' });
         if (r.ok) {
           const me = await r.json();
           S.session = { token: null, expires_at: null, user: me, open: true };
