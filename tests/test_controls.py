@@ -248,6 +248,23 @@ def test_limits_show_their_source_and_null_puts_the_configs_back(admin):
     assert back["limits"] == {} and back["kinds"] == {"sleep": 1}
 
 
+def test_a_live_limit_is_what_stats_metrics_and_the_log_say(server, admin):
+    assert admin.put("/api/limits", json={"max_running": 4}).status_code == 200
+    assert admin.get("/api/queue").json()["limits"]["max_running"] == 4
+    scrape = admin.get("/metrics").text
+    assert "jobgate_max_running 4.0" in scrape, scrape
+    log = server.log.read_text()
+    assert "limits changed" in log and "max_running" in log, log[-2000:]
+
+
+def test_a_job_of_a_paused_kind_has_no_estimated_start(admin):
+    admin.post("/api/queue/pause", json={"kind": "sleep"})
+    held = admin.post("/api/jobs", json={"kind": "sleep", "args": {"seconds": 0}}).json()
+    assert (held["message"], held["eta_s"]) == ("kind sleep paused", None)
+    admin.post("/api/queue/resume", json={"kind": "sleep"})
+    assert wait_job(admin, held["id"], "completed", "failed")["state"] == "completed"
+
+
 def test_a_pause_holds_queued_jobs_with_a_message_and_shows_in_the_queue(server, admin):
     paused = admin.post("/api/queue/pause").json()
     assert paused["paused"] is True

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from jobgate import controls as rules
+from jobgate import logs
 from jobgate.controls import ControlError, Controls, LimitsChange, UserLimits
 from jobgate.model import CONTROL_EVENTS, Event
 from jobgate.scheduler import Limits
@@ -148,6 +149,8 @@ class LiveControls:
         return await self._change(rules.drain(node, drained), by)
 
     async def _change(self, change: rules.Change, by: str) -> Controls:
+        before = self.controls.rows()
         after = await self.store.change_controls(change, by)
         self._take(after)
+        logs.log_limits_changed(before, after.rows(), by=by)
         return after

@@ -61,7 +61,7 @@ class Estimates:
         if runs is not None:
             self._history, self._history_at = eta.History(runs), mono
             self._history_ends = ends
-        estimate = eta.estimate(snapshot, self.queue.limits, self._history, time.time())
+        estimate = eta.estimate(snapshot, self.queue.live.limits, self._history, time.time())
         self._last = (mono, moves, estimate)
         return estimate
 
@@ -71,11 +71,14 @@ class Estimates:
         min'). No read when no job of them is queued or running."""
         active = any(j.state in (State.QUEUED, State.RUNNING) for j in jobs)
         estimate = await self.current() if active else eta.Estimate()
+        live = self.queue.live
         for job, out in zip(jobs, shown, strict=True):
             out["eta_s"] = None
-            if job.state is State.QUEUED:  # started since it was read: it starts now
-                out["eta_s"] = 0.0 if job.id in estimate.remaining_s else \
-                    estimate.eta_s.get(job.id)
+            if job.id in estimate.remaining_s:  # started since it was read: it starts now
+                out["eta_s"] = 0.0 if job.state is State.QUEUED else None
+            elif job.state is State.QUEUED and live.held_message(job.kind) is None:
+                # While its kind or the queue is paused nobody knows when it starts.
+                out["eta_s"] = estimate.eta_s.get(job.id)
             out["remaining_s"] = estimate.remaining_s.get(job.id) \
                 if job.state is State.RUNNING else None
             if job.state is State.QUEUED and out.get("message") is None:

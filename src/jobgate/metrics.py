@@ -30,6 +30,7 @@ from jobgate.config import Settings
 from jobgate.deliveries import CHANNELS, DELIVERED, FAILED, PENDING
 from jobgate.model import FINAL, State
 from jobgate.queue import JobQueue
+from jobgate.scheduler import Limits
 from jobgate.store.base import Durations, MetricCounts, Stats
 
 #: The histograms' bucket bounds (seconds): from a quick job to a long transcode.
@@ -47,6 +48,7 @@ class Snapshot:
     live_nodes: int
     node: str  # this server's node name
     stream_clients: int  # open on this server
+    limits: Limits  # in force: the config's, with the live controls over them
 
 
 async def read_snapshot(queue: JobQueue, node: str, stream_clients: int) -> Snapshot:
@@ -54,7 +56,7 @@ async def read_snapshot(queue: JobQueue, node: str, stream_clients: int) -> Snap
     counts = await queue.store.metric_counts(BOUNDS)
     stats = await queue.stats()
     nodes = await queue.nodes(live=True)
-    return Snapshot(counts, stats, len(nodes), node, stream_clients)
+    return Snapshot(counts, stats, len(nodes), node, stream_clients, queue.live.limits)
 
 
 class MetricsCollector(Collector):
@@ -97,13 +99,15 @@ class MetricsCollector(Collector):
         running = sum(n for (state, _), n in jobs.items() if state == State.RUNNING.value)
         yield GaugeMetricFamily("jobgate_running", "Jobs running on all nodes.", value=running)
         yield GaugeMetricFamily("jobgate_max_running", "The most jobs that may run at once "
-                                "([limits] max_running).", value=self.settings.limits.max_running)
+                                "([limits] max_running, or its live value).",
+                                value=snap.limits.max_running)
         yield GaugeMetricFamily("jobgate_memory_reserved_mb", "Memory (MB) the running jobs "
                                 "reserve.", value=snap.stats.memory_reserved_mb)
-        budget = self.settings.limits.memory_budget_mb
+        budget = snap.limits.memory_budget_mb
         if budget is not None:
             yield GaugeMetricFamily("jobgate_memory_budget_mb", "Memory (MB) all running jobs "
-                                    "may reserve ([limits] memory_budget_mb).", value=budget)
+                                    "may reserve ([limits] memory_budget_mb, or its live "
+                                    "value).", value=budget)
         yield GaugeMetricFamily("jobgate_nodes_live", "Worker nodes with a recent heartbeat.",
                                 value=snap.live_nodes)
         clients = GaugeMetricFamily("jobgate_stream_clients", "Event streams (SSE and "

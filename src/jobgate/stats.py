@@ -60,7 +60,7 @@ async def extra_json(queue: JobQueue, stats: Stats) -> dict[str, Any]:
 
 def limits_json(queue: JobQueue) -> dict[str, Any]:
     """The limits the queue enforces now (the one place their source is read)."""
-    limits, quota = queue.limits, queue.quota
+    limits, quota = queue.live.limits, queue.live.quota_for("")
     return {
         "max_running": limits.max_running,
         "max_queued": quota.max_queued,
