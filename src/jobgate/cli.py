@@ -328,8 +328,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         body["memory_mb"] = args.memory_mb
     job = client.call("POST", "/api/jobs", json=body)
     where = f", position {job['position']}" if job.get("position") else ""
-    if where and (job.get("message") or "").startswith("position "):
-        where = f", {job['message']}"  # with its estimated start
+    message = job.get("message") or ""
+    if where and message.startswith("position "):
+        where = f", {message}"  # with its estimated start
+    elif where and message and job["state"] == "queued":
+        where += f" ({message})"  # why it waits: "queue paused", "waiting for 1 job"
     print(printable(f"{job['id']} {job['state']}{where}"))
     if args.watch:
         return watch(client, job["id"], args.cancel_on_exit)

@@ -162,7 +162,8 @@ def _print_limits(controls: dict[str, Any]) -> None:
         value = entry.get("value")
         print(printable(f"{key:{width}}  {'-' if value is None else value:>10}  "
                         f"{entry.get('source', '')}"))
-    print(printable(f"\n{_paused_line(controls)}"))
+    print()
+    print(printable(_paused_line(controls)))
     drained = controls.get("drained") or []
     if drained:
         print(printable(f"drained nodes: {', '.join(drained)}"))
