@@ -191,6 +191,29 @@ class Change:
     apply: Callable[[Controls], Controls]
 
 
+@dataclass(frozen=True)
+class Written:
+    """What a change stores: the rows it changes (name, value), the controls after it
+    (with their new version), and its event's data."""
+
+    rows: list[tuple[str, Any]]
+    stored: Controls
+    event: str
+    data: dict[str, Any]
+
+
+def written(before: Controls, what: Change, by: str) -> Written | None:
+    """What `what` changes in `before` when `by` asks (None: nothing, so no write and no
+    event). Both backends write what this says."""
+    after = what.apply(before)
+    if after.same(before):
+        return None
+    old, new = before.rows(), after.rows()
+    stored = Controls.from_json({**new, "version": before.version + 1})
+    return Written([(name, value) for name, value in new.items() if value != old[name]],
+                   stored, what.event, {**what.data, "by": by, "controls": stored.to_json()})
+
+
 def pause(kind: str | None) -> Change:
     if kind is None:
         return Change(EventType.QUEUE_PAUSED, {"kind": None},

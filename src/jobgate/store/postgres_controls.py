@@ -6,7 +6,7 @@ reads it, so no claim admits anything under controls a committed change replaced
 
 from __future__ import annotations
 
-from jobgate.controls import Change, Controls
+from jobgate.controls import Change, Controls, written
 from jobgate.store.postgres_conn import Tx
 from jobgate.store.rows import from_json, to_json
 
@@ -20,19 +20,15 @@ async def change(tx: Tx, what: Change, by: str, claim_lock: int) -> Controls:
     """Apply `what` and emit its event; nothing (no write, no event) if it changes nothing."""
     await tx.lock(claim_lock)
     before = await read(tx)
-    after = what.apply(before)
-    if after.same(before):
+    plan = written(before, what, by)
+    if plan is None:
         return before
-    version = before.version + 1
-    old = before.rows()
     await tx.cur.executemany(
         "INSERT INTO controls (name, value, version, updated_at, updated_by) "
         "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
         "version = excluded.version, updated_at = excluded.updated_at, "
         "updated_by = excluded.updated_by",
-        [(name, to_json(value), version, tx.now, by)
-         for name, value in after.rows().items() if value != old[name]])
-    stored = Controls.from_json({**after.rows(), "version": version})
-    tx.pending.append((what.event, None, None,
-                       {**what.data, "by": by, "controls": stored.to_json()}))
-    return stored
+        [(name, to_json(value), plan.stored.version, tx.now, by)
+         for name, value in plan.rows])
+    tx.pending.append((plan.event, None, None, plan.data))
+    return plan.stored

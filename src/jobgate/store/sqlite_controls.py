@@ -5,7 +5,7 @@ committed before it."""
 
 from __future__ import annotations
 
-from jobgate.controls import Change, Controls
+from jobgate.controls import Change, Controls, written
 from jobgate.store.rows import from_json, to_json
 from jobgate.store.sqlite_conn import Tx
 
@@ -18,19 +18,15 @@ def read(tx: Tx) -> Controls:
 def change(tx: Tx, what: Change, by: str) -> Controls:
     """Apply `what` and emit its event; nothing (no write, no event) if it changes nothing."""
     before = read(tx)
-    after = what.apply(before)
-    if after.same(before):
+    plan = written(before, what, by)
+    if plan is None:
         return before
-    version = before.version + 1
-    old = before.rows()
     tx.conn.executemany(
         "INSERT INTO controls (name, value, version, updated_at, updated_by) "
         "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
         "version = excluded.version, updated_at = excluded.updated_at, "
         "updated_by = excluded.updated_by",
-        [(name, to_json(value), version, tx.now, by)
-         for name, value in after.rows().items() if value != old[name]])
-    stored = Controls.from_json({**after.rows(), "version": version})
-    tx.pending.append((what.event, None, None,
-                       {**what.data, "by": by, "controls": stored.to_json()}))
-    return stored
+        [(name, to_json(value), plan.stored.version, tx.now, by)
+         for name, value in plan.rows])
+    tx.pending.append((plan.event, None, None, plan.data))
+    return plan.stored
