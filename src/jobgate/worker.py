@@ -471,16 +471,11 @@ class Worker:
 
     async def _renew_loop(self, main: asyncio.AbstractEventLoop) -> None:
         lease_s = self.settings.worker.lease_s
-        round_at = time.monotonic()
         while not self._renewer_stopping:
-            # A third of the lease from the last round's start: a round that waited for a
-            # row (see `Store.renew`) leaves less to sleep.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._renewer_wake.wait(),
-                                       max(0.0, round_at + lease_s / 3 - time.monotonic()))
+                await asyncio.wait_for(self._renewer_wake.wait(), lease_s / 3)
             if self._renewer_stopping:
                 return
-            round_at = time.monotonic()
             try:
                 await self.queue.heartbeat(self.node)
             except Exception:

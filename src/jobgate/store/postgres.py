@@ -180,19 +180,9 @@ class PostgresStore(PgConnection, Store):
             # report, itself held up by a stopped node's transaction) is left for a second
             # transaction that waits for it, so the others are renewed now; and a renewal
             # that waited dates its lease from when it got the rows, not into the past.
-            # That wait ends after a third of the lease, so that the next round renews the
-            # other rows in time (while it waits, no one can take the row it waits for).
-            select = "SELECT id FROM jobs WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
-            if not wait:
-                got = [r[0] for r in await tx.rows(select + " SKIP LOCKED", (ids,))]
-            else:
-                await tx.cur.execute("SELECT set_config('lock_timeout', %s, true)",
-                                     (f"{max(1, int(lease_s * 1000 / 3))}ms",))
-                try:
-                    async with tx.cur.connection.transaction():  # a savepoint
-                        got = [r[0] for r in await tx.rows(select, (ids,))]
-                except pg_errors.LockNotAvailable:
-                    return set(ids), set()  # still held by that write: not lost, not renewed
+            got = [r[0] for r in await tx.rows(
+                "SELECT id FROM jobs WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+                + ("" if wait else " SKIP LOCKED"), (ids,))]
             held = set()
             for job_id, token, state, cancel in await tx.rows(
                 "UPDATE jobs SET lease_expires_at = CASE WHEN jobs.lease_token = l.token "
