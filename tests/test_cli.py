@@ -560,8 +560,8 @@ def _run(folder: Any, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 # What undoes each backend's latest migration: a database as the jobgate before it left it.
-_UNDO_LATEST = {"sqlite": "DROP TABLE schedule_firings; DROP TABLE schedules;",  # sqlite_008
-                "postgres": "DROP TABLE schedule_firings; DROP TABLE schedules"}  # postgres_006
+_UNDO_LATEST = {"sqlite": "DROP TABLE controls;",  # sqlite_010
+                "postgres": "DROP TABLE controls"}  # postgres_008
 
 
 async def _set_version(db_url: str, version: int, undo_latest: bool = False) -> None:

@@ -318,7 +318,7 @@ def test_redact_rewrites_anything_shaped_like_a_credential() -> None:
         "GET /api/events?ticket=T0k3n&last_event_id=5 HTTP/1.1":
             "GET /api/events?ticket=[redacted]&last_event_id=5 HTTP/1.1",
         "/api/x?a=1&signature=abcd": "/api/x?a=1&signature=[redacted]",
-        "postgresql://jobgate:pw123@db/jobs": "postgresql://jobgate:***@db/jobs",
+        "postgresql://jobgate:pw123@db/jobs": "postgresql://jobgate:****@db/jobs",
         "key " + WEBHOOK_SECRET: "key [redacted]",
         "jwt eyJhbGciOi.eyJzdWIiOiJh.sig-Nature_1": "jwt [redacted]",
         "nothing secret: job 01ABC failed (exit code 3)":

@@ -488,7 +488,8 @@ async def test_live_nodes_show_in_the_queue_and_stats_and_a_killed_one_expires(
 
     stats = await asyncio.to_thread(api.cli, "stats")
     assert stats.returncode == 0, stats.stderr
-    table = stats.stdout.split("\n\n")[1].splitlines()
+    table = next(part for part in stats.stdout.split("\n\n")
+                 if part.startswith("live nodes")).splitlines()
     assert table[0] == "live nodes: 2"
     rows = {line.split()[0]: line.split() for line in table[2:]}
     assert rows[busy][2:4] == [str(listed[busy]["slots"]), "1"]

@@ -500,7 +500,7 @@ def test_queue_stats_come_without_an_id_when_the_queue_changes_at_most_every_500
             "memory_reserved_mb", "memory_budget_mb", "throughput_per_min", "avg_duration_s",
             "success_rate", "type", "seq", "ts", "nodes",
             "node_memory_budget_mb", "memory_available_mb", "pressure", "running_rss_mb",
-            "running_peak_mb", "waiting"}
+            "running_peak_mb", "waiting", "paused", "paused_kinds", "drained_nodes"}
     for f in stats:
         assert f.id is None and set(f.data) == keys
         assert len(f.data["nodes"]) == 1 and isinstance(f.data["nodes"][0], str)  # names only

@@ -89,7 +89,7 @@ _SECRET_PATTERNS = [
     (re.compile(r"\bwhsec_[A-Za-z0-9+/=]+"), _REDACTED),
     (re.compile(r"(?i)([?&;](?:ticket|token|access_token|api_key|key|signature|sig|"
                 r"password|secret)=)[^&\s\"']*"), r"\1" + _REDACTED),
-    (re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)[^@\s/]+@"), r"\1***@"),
+    (re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)[^@\s/]+@"), r"\1****@"),
 ]
 
 
