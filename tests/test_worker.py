@@ -265,7 +265,9 @@ async def test_a_delayed_job_does_not_start_early_and_does_start(make_settings, 
     now, _ = await queue.submit("bob", "quick")  # a delayed job holds nobody back
     first = await wait_state(queue, now.id, "completed", "failed")
     assert first.state.value == "completed"
-    assert (await queue.get(delayed.id)).state is State.QUEUED
+    seen = await queue.get(delayed.id)
+    if time.time() < run_at:  # a loaded machine may take longer than the delay to get here
+        assert seen is not None and seen.state is State.QUEUED
     done = await wait_state(queue, delayed.id, "completed", "failed")
     assert done.state.value == "completed"
     assert done.started_at >= run_at
