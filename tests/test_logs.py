@@ -165,7 +165,7 @@ def check_transitions(lines: list[dict[str, Any]], ids: dict[str, str],
             assert all("retrying in" in line["message"] for line in got
                        if line["event"] == "job.retrying")
         if name == "cancel_running":
-            assert got[-1]["duration_s"] >= 0.05
+            assert got[-1]["duration_s"] > 0  # measured from its start, not left out
 
 
 def node_of(proc: subprocess.Popen[bytes]) -> str:
