@@ -353,7 +353,7 @@ class Client:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise _unreachable(self.url, exc) from None
+            raise _unreachable(self.url, exc) from exc
         return _answer(response)
 
     def submit(self, kind: str, args: dict[str, Any] | None = None, *,
@@ -434,7 +434,7 @@ class Client:
                         out.write(chunk)
             part.replace(dest)
         except httpx.TransportError as exc:
-            raise _unreachable(self.url, exc) from None
+            raise _unreachable(self.url, exc) from exc
         finally:
             part.unlink(missing_ok=True)
         return dest
@@ -542,7 +542,7 @@ class AsyncClient:
         try:
             response = await self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise _unreachable(self.url, exc) from None
+            raise _unreachable(self.url, exc) from exc
         return _answer(response)
 
     async def submit(self, kind: str, args: dict[str, Any] | None = None, *,
@@ -626,7 +626,7 @@ class AsyncClient:
                         out.write(chunk)
             part.replace(dest)
         except httpx.TransportError as exc:
-            raise _unreachable(self.url, exc) from None
+            raise _unreachable(self.url, exc) from exc
         finally:
             part.unlink(missing_ok=True)
         return dest
