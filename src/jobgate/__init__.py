@@ -21,7 +21,10 @@ of the modules those names come from (`tests/test_public.py` checks that none is
 out, that each name imports and has a docstring, and that the list for type checkers
 below names the same as `_EXPORTS`). The exceptions of the command line and of the HTTP
 layer (`CliError`, `ApiError`, `AuthError`) are not: a caller meets their answers, not
-them. Modules' other names may change between versions.
+them. The HTTP client (`Client`, `AsyncClient`, `jobgate.sdk`) raises `ClientError`s; its
+`RemoteNotFound`, `RemoteConflict` and `RemoteQueueFull` are also `NotFound`, `Conflict` and
+`QueueFull`, so one `except` serves the embedded queue and the remote one. Modules' other
+names may change between versions.
 
 Names are imported on first use, so the command line starts fast. `_EXPORTS` is the one
 list; `__all__` is made from it, and the imports under TYPE_CHECKING only tell type
@@ -54,6 +57,20 @@ if TYPE_CHECKING:  # what each name is, for type checkers (`X as X`: re-exported
     from jobgate.queue import JobQueue as JobQueue
     from jobgate.queue import UnknownKind as UnknownKind
     from jobgate.resolver import UserResolver as UserResolver
+    from jobgate.sdk import AsyncClient as AsyncClient
+    from jobgate.sdk import Client as Client
+    from jobgate.sdk import ClientError as ClientError
+    from jobgate.sdk import Forbidden as Forbidden
+    from jobgate.sdk import InvalidRequest as InvalidRequest
+    from jobgate.sdk import JobInfo as JobInfo
+    from jobgate.sdk import Page as Page
+    from jobgate.sdk import RateLimited as RateLimited
+    from jobgate.sdk import RemoteConflict as RemoteConflict
+    from jobgate.sdk import RemoteNotFound as RemoteNotFound
+    from jobgate.sdk import RemoteQueueFull as RemoteQueueFull
+    from jobgate.sdk import StreamEvent as StreamEvent
+    from jobgate.sdk import Unauthorized as Unauthorized
+    from jobgate.sdk import Unavailable as Unavailable
     from jobgate.store import store_for_url as store_for_url
     from jobgate.store.base import Conflict as Conflict
     from jobgate.store.base import NotFound as NotFound
@@ -85,6 +102,20 @@ _EXPORTS = {
     "JobQueue": "jobgate.queue",
     "UnknownKind": "jobgate.queue",
     "UserResolver": "jobgate.resolver",
+    "AsyncClient": "jobgate.sdk",
+    "Client": "jobgate.sdk",
+    "ClientError": "jobgate.sdk",
+    "Forbidden": "jobgate.sdk",
+    "InvalidRequest": "jobgate.sdk",
+    "JobInfo": "jobgate.sdk",
+    "Page": "jobgate.sdk",
+    "RateLimited": "jobgate.sdk",
+    "RemoteConflict": "jobgate.sdk",
+    "RemoteNotFound": "jobgate.sdk",
+    "RemoteQueueFull": "jobgate.sdk",
+    "StreamEvent": "jobgate.sdk",
+    "Unauthorized": "jobgate.sdk",
+    "Unavailable": "jobgate.sdk",
     "store_for_url": "jobgate.store",
     "Conflict": "jobgate.store.base",
     "NotFound": "jobgate.store.base",

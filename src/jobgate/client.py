@@ -21,19 +21,22 @@ class CliError(Exception):
 
 
 class Client:
-    """Calls the API at `JOBGATE_URL` as the user of `JOBGATE_TOKEN`."""
+    """Calls the API at `JOBGATE_URL` as the user of `JOBGATE_TOKEN`: the public client
+    (`jobgate.sdk.Client`), its errors made `CliError` lines."""
 
     def __init__(self) -> None:
         import httpx  # only client commands pay for it
+
+        from jobgate.sdk import Client as ApiClient
 
         self.url = os.environ.get("JOBGATE_URL", DEFAULT_URL).rstrip("/")
         token = os.environ.get("JOBGATE_TOKEN")
         if token is not None and not (token.isascii() and token.isprintable()):
             raise CliError("JOBGATE_TOKEN is not a valid token: it has characters a token "
                            "never has (print a new one with `jobgate token NAME`)", 2)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
-            self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+            self.api = ApiClient(self.url, token or None)
+            self.http = self.api.http
             self.http.build_request("GET", "/health")
         except (httpx.InvalidURL, ValueError) as exc:
             raise CliError(f"JOBGATE_URL is not a valid URL ({self.url!r}): {exc}", 2) from None
@@ -41,22 +44,19 @@ class Client:
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         import httpx
 
+        from jobgate.sdk import ClientError
+
         try:
-            response = self.http.request(method, path, **kwargs)
+            return self.api.call(method, path, **kwargs)
         except httpx.InvalidURL as exc:
             raise CliError(f"JOBGATE_URL is not a valid URL ({self.url!r}): {exc}", 2) from None
-        except httpx.HTTPError as exc:
-            raise CliError(f"cannot reach jobgate at {self.url} ({exc.__class__.__name__}): "
+        except (httpx.HTTPError, ClientError) as exc:
+            if isinstance(exc, ClientError) and exc.status:
+                raise CliError(f"{exc.message} (HTTP {exc.status})") from None
+            cause = exc.__cause__ if isinstance(exc, ClientError) else exc
+            raise CliError(f"cannot reach jobgate at {self.url} "
+                           f"({cause.__class__.__name__}): "
                            "is `jobgate serve` running? (JOBGATE_URL)") from None
-        if response.status_code >= 400:
-            try:
-                message = response.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = response.text.strip()[:200] or response.reason_phrase
-            raise CliError(f"{message} (HTTP {response.status_code})")
-        if response.status_code == 204 or not response.content:
-            return None
-        return response.json()
 
     def upload(self, path: Path) -> dict[str, Any]:
         """Upload the file at `path` (POST /api/uploads, streamed from disk, not read into
