@@ -53,6 +53,8 @@ if TYPE_CHECKING:  # what each name is, for type checkers (`X as X`: re-exported
     from jobgate.pychild import NonRetryable as NonRetryable
     from jobgate.queue import JobQueue as JobQueue
     from jobgate.queue import UnknownKind as UnknownKind
+    from jobgate.registry import Arg as Arg
+    from jobgate.registry import KindRegistry as KindRegistry
     from jobgate.resolver import UserResolver as UserResolver
     from jobgate.store import store_for_url as store_for_url
     from jobgate.store.base import Conflict as Conflict
@@ -84,6 +86,8 @@ _EXPORTS = {
     "State": "jobgate.model",
     "JobQueue": "jobgate.queue",
     "UnknownKind": "jobgate.queue",
+    "Arg": "jobgate.registry",
+    "KindRegistry": "jobgate.registry",
     "UserResolver": "jobgate.resolver",
     "store_for_url": "jobgate.store",
     "Conflict": "jobgate.store.base",
