@@ -56,6 +56,8 @@ if TYPE_CHECKING:  # what each name is, for type checkers (`X as X`: re-exported
     from jobgate.pychild import NonRetryable as NonRetryable
     from jobgate.queue import JobQueue as JobQueue
     from jobgate.queue import UnknownKind as UnknownKind
+    from jobgate.registry import Arg as Arg
+    from jobgate.registry import KindRegistry as KindRegistry
     from jobgate.resolver import UserResolver as UserResolver
     from jobgate.sdk import AsyncClient as AsyncClient
     from jobgate.sdk import Client as Client
@@ -101,6 +103,8 @@ _EXPORTS = {
     "State": "jobgate.model",
     "JobQueue": "jobgate.queue",
     "UnknownKind": "jobgate.queue",
+    "Arg": "jobgate.registry",
+    "KindRegistry": "jobgate.registry",
     "UserResolver": "jobgate.resolver",
     "AsyncClient": "jobgate.sdk",
     "Client": "jobgate.sdk",

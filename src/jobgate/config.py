@@ -96,6 +96,9 @@ class ServerSettings:
     # Folders Python kinds' modules are imported from (`function = "mykinds:analyze"`),
     # relative to the config file's folder; unset: that folder itself. `[]` adds none.
     python_path: list[str] | None = None
+    # Modules imported at start whose module-level `jobgate.KindRegistry` declare kinds
+    # in code (`jobgate.registry`), merged with the [kinds] tables.
+    kind_modules: list[str] = field(default_factory=list)
     # The most jobs one `POST /api/batches` may submit (all or none, in one transaction).
     max_batch: int = DEFAULT_MAX_BATCH
 
@@ -345,6 +348,9 @@ def load_settings(
             raise ConfigError("kinds: expected a table of kinds")
         for kind_name, spec in data["kinds"].items():
             settings.kinds[kind_name] = parse_kind(kind_name, spec, ConfigError)
+    if settings.server.kind_modules:
+        from jobgate.registry import load_kind_modules  # it imports kinds declared in code
+        load_kind_modules(settings)
     settings.storage.url = database_url(settings.storage.url)
     _check(settings)
     if "schedules" in data:  # after the kinds, which a schedule's args are checked against
@@ -531,6 +537,11 @@ def _check(settings: Settings) -> None:
     url = settings.storage.url
     if not (url.startswith("sqlite://") or url.startswith(("postgresql://", "postgres://"))):
         raise ConfigError(f"storage.url: must start with sqlite:/// or postgresql://, got {url!r}")
+    check_kinds(settings)
+
+
+def check_kinds(settings: Settings) -> None:
+    """ConfigError for a kind the limits would never let start."""
     for kind in settings.kinds.values():
         for name in ("memory_budget_mb", "node_memory_budget_mb"):
             budget = getattr(settings.limits, name)

@@ -358,10 +358,16 @@ def _parse_arg(key: str, spec: Any, error: Callable[[str], Exception]) -> ArgSpe
     return arg
 
 
+#: Functions of kinds declared in code (`jobgate.registry`), by their `module:function`.
+CODE_FUNCTIONS: dict[str, Callable[..., Any]] = {}
+
+
 def load_function(
     target: str, key: str, error: Callable[[str], Exception]
 ) -> Callable[..., Any]:
-    """Import `package.module:function`."""
+    """Import `package.module:function` (or find it among the kinds declared in code)."""
+    if target in CODE_FUNCTIONS:
+        return CODE_FUNCTIONS[target]
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise error(f"{key}: expected 'package.module:function', got {target!r}")
