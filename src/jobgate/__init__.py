@@ -61,18 +61,18 @@ if TYPE_CHECKING:  # what each name is, for type checkers (`X as X`: re-exported
     from jobgate.resolver import UserResolver as UserResolver
     from jobgate.sdk import AsyncClient as AsyncClient
     from jobgate.sdk import Client as Client
-    from jobgate.sdk import ClientError as ClientError
-    from jobgate.sdk import Forbidden as Forbidden
-    from jobgate.sdk import InvalidRequest as InvalidRequest
-    from jobgate.sdk import JobInfo as JobInfo
-    from jobgate.sdk import Page as Page
-    from jobgate.sdk import RateLimited as RateLimited
-    from jobgate.sdk import RemoteConflict as RemoteConflict
-    from jobgate.sdk import RemoteNotFound as RemoteNotFound
-    from jobgate.sdk import RemoteQueueFull as RemoteQueueFull
-    from jobgate.sdk import StreamEvent as StreamEvent
-    from jobgate.sdk import Unauthorized as Unauthorized
-    from jobgate.sdk import Unavailable as Unavailable
+    from jobgate.sdk_types import ClientError as ClientError
+    from jobgate.sdk_types import Forbidden as Forbidden
+    from jobgate.sdk_types import InvalidRequest as InvalidRequest
+    from jobgate.sdk_types import JobInfo as JobInfo
+    from jobgate.sdk_types import Page as Page
+    from jobgate.sdk_types import RateLimited as RateLimited
+    from jobgate.sdk_types import RemoteConflict as RemoteConflict
+    from jobgate.sdk_types import RemoteNotFound as RemoteNotFound
+    from jobgate.sdk_types import RemoteQueueFull as RemoteQueueFull
+    from jobgate.sdk_types import StreamEvent as StreamEvent
+    from jobgate.sdk_types import Unauthorized as Unauthorized
+    from jobgate.sdk_types import Unavailable as Unavailable
     from jobgate.store import store_for_url as store_for_url
     from jobgate.store.base import Conflict as Conflict
     from jobgate.store.base import NotFound as NotFound
@@ -108,18 +108,18 @@ _EXPORTS = {
     "UserResolver": "jobgate.resolver",
     "AsyncClient": "jobgate.sdk",
     "Client": "jobgate.sdk",
-    "ClientError": "jobgate.sdk",
-    "Forbidden": "jobgate.sdk",
-    "InvalidRequest": "jobgate.sdk",
-    "JobInfo": "jobgate.sdk",
-    "Page": "jobgate.sdk",
-    "RateLimited": "jobgate.sdk",
-    "RemoteConflict": "jobgate.sdk",
-    "RemoteNotFound": "jobgate.sdk",
-    "RemoteQueueFull": "jobgate.sdk",
-    "StreamEvent": "jobgate.sdk",
-    "Unauthorized": "jobgate.sdk",
-    "Unavailable": "jobgate.sdk",
+    "ClientError": "jobgate.sdk_types",
+    "Forbidden": "jobgate.sdk_types",
+    "InvalidRequest": "jobgate.sdk_types",
+    "JobInfo": "jobgate.sdk_types",
+    "Page": "jobgate.sdk_types",
+    "RateLimited": "jobgate.sdk_types",
+    "RemoteConflict": "jobgate.sdk_types",
+    "RemoteNotFound": "jobgate.sdk_types",
+    "RemoteQueueFull": "jobgate.sdk_types",
+    "StreamEvent": "jobgate.sdk_types",
+    "Unauthorized": "jobgate.sdk_types",
+    "Unavailable": "jobgate.sdk_types",
     "store_for_url": "jobgate.store",
     "Conflict": "jobgate.store.base",
     "NotFound": "jobgate.store.base",

@@ -44,7 +44,7 @@ class Client:
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         import httpx
 
-        from jobgate.sdk import ClientError
+        from jobgate.sdk_types import ClientError
 
         try:
             return self.api.call(method, path, **kwargs)
