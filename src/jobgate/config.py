@@ -24,7 +24,7 @@ from typing import Any
 
 from jobgate.controls import config_users
 from jobgate.delivery_config import check_deliveries
-from jobgate.kinds import Kind, parse_kind
+from jobgate.kinds import Kind, check_fits, parse_kind
 from jobgate.logs import LoggingSettings
 from jobgate.logs import check_settings as check_logging
 from jobgate.schedules import Schedule, parse_schedules
@@ -537,16 +537,6 @@ def _check(settings: Settings) -> None:
     url = settings.storage.url
     if not (url.startswith("sqlite://") or url.startswith(("postgresql://", "postgres://"))):
         raise ConfigError(f"storage.url: must start with sqlite:/// or postgresql://, got {url!r}")
-    check_kinds(settings)
+    check_fits(settings.kinds.values(), settings.limits)
 
 
-def check_kinds(settings: Settings) -> None:
-    """ConfigError for a kind the limits would never let start."""
-    for kind in settings.kinds.values():
-        for name in ("memory_budget_mb", "node_memory_budget_mb"):
-            budget = getattr(settings.limits, name)
-            if budget is not None and kind.memory_mb > budget:
-                raise ConfigError(
-                    f"kinds.{kind.name}.memory_mb: {kind.memory_mb} is more than "
-                    f"limits.{name} ({budget}); such a job could never start"
-                )

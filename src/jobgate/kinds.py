@@ -37,7 +37,7 @@ import importlib
 import inspect
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from jobgate import recipes
 from jobgate.arguments import ArgSpec, ArgumentError, check_value
 from jobgate.progress import NAMES as PROGRESS_PARSERS
 from jobgate.progress import ParserFactory, parser_for
-from jobgate.units import parse_duration
+from jobgate.units import ConfigError, parse_duration
 
 ARG_TYPES = ("string", "integer", "number", "boolean", "url", "path")
 #: Placeholders every command kind may use without declaring them.
@@ -421,3 +421,15 @@ def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return "" if value is None else str(value)
+
+
+def check_fits(kinds: Iterable[Kind], limits: object) -> None:
+    """ConfigError for a kind the limits (a `LimitsSettings`) would never let start."""
+    for kind in kinds:
+        for name in ("memory_budget_mb", "node_memory_budget_mb"):
+            budget = getattr(limits, name)
+            if budget is not None and kind.memory_mb > budget:
+                raise ConfigError(
+                    f"kinds.{kind.name}.memory_mb: {kind.memory_mb} is more than "
+                    f"limits.{name} ({budget}); such a job could never start"
+                )

@@ -37,7 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from jobgate.kinds import CODE_FUNCTIONS, Kind, parse_kind
+from jobgate.delivery_config import check_deliveries
+from jobgate.kinds import CODE_FUNCTIONS, Kind, check_fits, parse_kind
 from jobgate.units import ConfigError
 
 if TYPE_CHECKING:
@@ -158,13 +159,10 @@ class KindRegistry:
     def merge_into(self, settings: Settings) -> Settings:
         """Add these kinds to `settings.kinds` (those of its TOML file) and return it; a name
         both declare is a ConfigError naming both places."""
-        from jobgate.config import check_kinds  # config imports this module when it loads
-        from jobgate.delivery_config import check_deliveries
-
         before = dict(settings.kinds)
         self._merge(settings)
         try:
-            check_kinds(settings)
+            check_fits(settings.kinds.values(), settings.limits)
             check_deliveries(settings)
         except ConfigError:
             settings.kinds = before
