@@ -16,6 +16,7 @@ from jobgate.model import State
 from jobgate.store import store_for_url
 from jobgate.store.base import Store
 from storekit import (
+    claim_one,
     state,
     submit,
 )
@@ -154,3 +155,33 @@ async def test_postgres_url_spellings_choose_the_backend(pg_url):
     assert isinstance(store_for_url(pg_url), PostgresStore)
     assert isinstance(store_for_url(pg_url.replace("postgresql://", "postgres://")),
                       PostgresStore)
+
+
+async def test_postgres_renews_the_free_leases_at_once_and_a_held_row_when_it_is_free(
+        pg_url, store):
+    # One job's row is held by another write (its end, waiting for a stopped node): the
+    # other job's lease is renewed now, the held one counts as held for now and is renewed
+    # once the row is free, without a second call.
+    import psycopg
+
+    held_job, free_job = await submit(store), await submit(store)
+    held = await claim_one(store, lease_s=30, worker="w1")
+    free = await claim_one(store, lease_s=30, worker="w1")
+    assert held.id == held_job.id and free.id == free_job.id
+    leases = {held.id: held.lease_token, free.id: free.lease_token}
+    async with await psycopg.AsyncConnection.connect(pg_url) as other:
+        await other.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (held.id,))
+        stop = await asyncio.wait_for(store.renew("w1", leases, 600, wait=False), 5)
+        assert stop == set()
+        by_id = {j.id: j for j in [await store.get(held.id), await store.get(free.id)] if j}
+        assert by_id[free.id].lease_expires_at is not None
+        assert by_id[free.id].lease_expires_at > by_id[held.id].lease_expires_at + 500
+        await other.rollback()
+    for _ in range(100):
+        got = await store.get(held.id)
+        assert got is not None and got.lease_expires_at is not None
+        if got.lease_expires_at > got.started_at + 500:
+            break
+        await asyncio.sleep(0.05)  # the background renewal's commit: no event to wait on
+    else:
+        raise AssertionError("the held row's lease was never renewed once free")

@@ -426,10 +426,12 @@ class JobQueue:
         job's lease: the state the job moved to, or None if the lease had moved on."""
         return await self.store.finish(job_id, token, outcome)
 
-    async def renew(self, worker: str, leases: Mapping[str, int]) -> set[str]:
+    async def renew(self, worker: str, leases: Mapping[str, int], wait: bool = True) -> set[str]:
         """Extend by `[worker] lease_s` the leases `worker` holds ({job id: token}); the ids
-        whose runs must stop: the lease moved on, or a cancel was asked."""
-        return await self.store.renew(worker, dict(leases), self.settings.worker.lease_s)
+        whose runs must stop: the lease moved on, or a cancel was asked. `wait` False: rows
+        another write holds are renewed in the background and count as held meanwhile."""
+        return await self.store.renew(worker, dict(leases), self.settings.worker.lease_s,
+                                      wait)
 
     async def holds(self, job: Job) -> bool:
         """Whether the run of `job` (its lease token) still holds it: running, lease not

@@ -484,7 +484,7 @@ class Worker:
             if not leases:
                 continue
             try:
-                stop = await self.queue.renew(self.name, leases)
+                stop = await self.queue.renew(self.name, leases, wait=False)
             except Exception:
                 log.exception("lease renewal failed; trying again")
                 continue
@@ -545,7 +545,7 @@ class Worker:
         if not leases:
             return
         try:
-            stop = await self.queue.renew(self.name, leases)
+            stop = await self.queue.renew(self.name, leases, wait=False)
         except Exception:
             log.exception("lease renewal failed")
             return

@@ -271,9 +271,12 @@ class Store(ABC):
         order, honouring `limits` across every node."""
 
     @abstractmethod
-    async def renew(self, worker: str, leases: dict[str, int], lease_s: float) -> set[str]:
+    async def renew(self, worker: str, leases: dict[str, int], lease_s: float,
+                    wait: bool = True) -> set[str]:
         """Extend the leases of running jobs {id: token}; returns the ids this worker must
-        stop: lease lost (the token moved on) or cancel requested."""
+        stop: lease lost (the token moved on) or cancel requested. With `wait` False, a
+        row another write holds is renewed in the background once it is free and counts
+        as held meanwhile (a periodic renewal must not stall on one row)."""
 
     @abstractmethod
     async def set_pid(self, job_id: str, token: int, pid: int | None) -> None: ...

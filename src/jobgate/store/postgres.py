@@ -174,7 +174,8 @@ class PostgresStore(PgConnection, Store):
 
         return await self._run(op)
 
-    async def renew(self, worker: str, leases: dict[str, int], lease_s: float) -> set[str]:
+    async def renew(self, worker: str, leases: dict[str, int], lease_s: float,
+                    wait: bool = True) -> set[str]:
         async def renew_rows(tx: Tx, ids: list[str], wait: bool) -> tuple[set[str], set[str]]:
             # The rows first, then the time. A row another write holds (this node's own
             # report, itself held up by a stopped node's transaction) is left for a second
@@ -198,10 +199,15 @@ class PostgresStore(PgConnection, Store):
         if not leases:
             return set()
         held, busy = await self._run(lambda tx: renew_rows(tx, sorted(leases), False))
-        if busy:
+        if busy and wait:
             later, _ = await self._run(lambda tx: renew_rows(tx, sorted(busy), True))
-            held |= later
-        return set(leases) - held
+            return set(leases) - held - later
+        # A busy row's wait can outlast a lease (its holder waits for a stopped node), so
+        # it waits in a task of its own while the next renewals go on. It stays in the
+        # row's lock queue, so the row passes to it, not to a recovery, when released;
+        # what it finds (a cancel, a lost lease) the next renewal reads.
+        self.wait_behind(busy, lambda ids: self._run(lambda tx: renew_rows(tx, ids, True)))
+        return set(leases) - held - busy
 
     async def set_pid(self, job_id: str, token: int, pid: int | None) -> None:
         async def op(tx: Tx) -> None:

@@ -323,6 +323,8 @@ class PgConnection:
         self._wake_channel = f"jobgate_wake_{secrets.token_hex(8)}"
         self._groups = Groups()
         self._options = ""
+        self._waiting_for: set[str] = set()  # rows a background transaction waits for
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- connection, migrations, events ------------------------------------------------
     async def open(self, stalled_session_s: float | None = None) -> None:
@@ -352,7 +354,33 @@ class PgConnection:
         self._listener = asyncio.create_task(self._listen_loop(listen_conn),
                                              name="jobgate-pg-listen")
 
+    def wait_behind(self, ids: set[str], op: Callable[[list[str]], Awaitable[object]]) -> None:
+        """Run `op` on those of `ids` no earlier call still waits for, in a task of its own,
+        so the caller goes on while `op` queues for rows another transaction holds."""
+        new = ids - self._waiting_for
+        if not new:
+            return
+        self._waiting_for |= new
+
+        async def run() -> None:
+            try:
+                await op(sorted(new))
+            except Exception:
+                log.warning("a transaction waiting for rows %s failed", sorted(new),
+                            exc_info=True)
+            finally:
+                self._waiting_for -= new
+
+        task = asyncio.get_running_loop().create_task(run(), name="jobgate-pg-wait-behind")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def close(self) -> None:
+        here = asyncio.get_running_loop()
+        waiting = [t for t in self._background if t.get_loop() is here]
+        for task in waiting:  # the others' loops (a lease thread) cancel their own
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
         if self._listener is not None:
             # psycopg does not give up a wait for notifications on cancellation: the
             # listener is woken on its own channel and stops by itself.

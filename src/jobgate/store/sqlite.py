@@ -117,7 +117,9 @@ class SqliteStore(GroupCommit, Store):
 
         return await self._call(op)
 
-    async def renew(self, worker: str, leases: dict[str, int], lease_s: float) -> set[str]:
+    async def renew(self, worker: str, leases: dict[str, int], lease_s: float,
+                    wait: bool = True) -> set[str]:
+        # One write lock for the whole file: no row is held apart from the others.
         def op(tx: Tx) -> set[str]:
             stop = set(leases)
             tx.conn.executemany(
