@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import jobgate
@@ -13,15 +14,20 @@ jobs = jobgate.KindRegistry()
 
 @jobs.kind(max_running=2, timeout="1m")
 def count_words(ctx: Any, text: Annotated[str, jobgate.Arg(max_length=200)],
-                times: Annotated[int, jobgate.Arg(min=1, max=10, description="repeats")] = 1
-                ) -> dict[str, Any]:
-    """Count the words of a text, in a pool process."""
+                times: Annotated[int, jobgate.Arg(min=1, max=10, description="repeats")] = 1,
+                also: Path | None = None) -> dict[str, Any]:
+    """Count the words of a text (and of a file), in a pool process."""
     ctx.progress(50, "counting")
-    return {"words": len(text.split()) * times, "pid": os.getpid()}
+    words = len(text.split()) + (len(also.read_text().split()) if also else 0)
+    return {"words": words * times, "pid": os.getpid(), "also": type(also).__name__}
 
 
 @jobs.kind("shout", in_process=True)
-def shout(ctx: Any, text: str, style: Literal["upper", "title"] = "upper") -> dict[str, Any]:
+def shout(ctx: Any, text: str, style: Literal["upper", "title"] = "upper",
+          signed: Annotated[Path | None, jobgate.Arg(description="a signature file")] = None
+          ) -> dict[str, Any]:
     """Shout a text, in the worker's own process."""
     ctx.progress(90, "shouting")
-    return {"text": text.upper() if style == "upper" else text.title(), "pid": os.getpid()}
+    text += signed.read_text() if signed else ""
+    return {"text": text.upper() if style == "upper" else text.title(), "pid": os.getpid(),
+            "signed": type(signed).__name__}

@@ -202,3 +202,19 @@ def test_serve_runs_kinds_declared_in_code(start_server: Any, backend: Backend) 
         assert done["result"]["text"] == "Hi There" and done["message"] == "shouting"
         assert done["result"]["pid"] == server.proc.pid  # the server's own process
         print(backend.name, "completed", done["result"], done["message"])
+
+        # A parameter annotated Path gets a pathlib.Path, in a pool process and in process.
+        (server.folder / "input" / "more.txt").write_text(" -- by me")
+        more = str(server.folder / "input" / "more.txt")
+        pooled = http.post("/api/jobs", json={"kind": "count_words",
+                                              "args": {"text": "a b", "also": more}})
+        inline = http.post("/api/jobs", json={"kind": "shout",
+                                              "args": {"text": "hi", "signed": more}})
+        done = wait_job(http, pooled.json()["id"], "completed", "failed")
+        assert (done["result"]["words"], done["result"]["also"]) == (5, "PosixPath"), done
+        done = wait_job(http, inline.json()["id"], "completed", "failed")
+        assert done["result"]["text"] == "HI -- BY ME", done
+        assert done["result"]["signed"] == "PosixPath"
+        plain = http.post("/api/jobs", json={"kind": "shout", "args": {"text": "hi"}})
+        done = wait_job(http, plain.json()["id"], "completed", "failed")
+        assert (done["result"]["text"], done["result"]["signed"]) == ("HI", "NoneType"), done

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -165,6 +166,42 @@ def test_the_hosts_routes_and_lifespan_still_work(host):
         assert "Hello, bob" in bob.get("/").text
     assert 'action="/login"' in httpx.get(f"{host.url}/").text
     assert httpx.get(f"{host.url}/hello").json() == {"hello": None, "started": True}
+
+
+def test_the_kinds_the_app_declares_in_code_run_beside_its_toml_kind(host):
+    with host.session("bob") as bob:
+        kinds = {k["name"]: k for k in bob.get("/jobs/api/kinds").json()["kinds"]}
+        assert {"count", "checksum", "primes"} <= set(kinds)
+        assert kinds["checksum"]["args"]["algorithm"]["choices"] == ["sha256", "sha1", "md5"]
+        assert kinds["primes"]["args"]["below"]["max"] == 100_000_000
+
+        data = os.urandom(3 * 1024 * 1024 + 5)
+        up = bob.post("/jobs/api/uploads", files={"file": ("film.bin", data)}).json()
+        summed = bob.post("/jobs/api/jobs", json={
+            "kind": "checksum", "args": {"file": up["ref"], "algorithm": "sha1"}}).json()
+        counted = bob.post("/jobs/api/jobs", json={
+            "kind": "primes", "args": {"below": 2_000_000}}).json()
+        for job in (summed, counted):
+            events = job_events(bob, job["id"])
+            assert events[-1]["type"] == "job.completed", [
+                e for e in events]
+            assert any(e["type"] == "job.progress" for e in events)
+        digest = hashlib.sha1(data).hexdigest()
+        summed = bob.get(f"/jobs/api/jobs/{summed['id']}").json()
+        assert summed["result"] == {"algorithm": "sha1", "digest": digest, "bytes": len(data)}
+        assert [o["name"] for o in summed["outputs"]] == ["sha1sum.txt"]
+        r = bob.get(f"/jobs/api/jobs/{summed['id']}/outputs/sha1sum.txt")
+        assert r.status_code == 200 and r.text.startswith(f"{digest}  "), r.text
+        counted = bob.get(f"/jobs/api/jobs/{counted['id']}").json()
+        assert counted["result"] == {"below": 2_000_000, "primes": 148_933}
+
+        # The signature's bounds and choices are the API's.
+        for args in ({"below": 1}, {"below": "many"}, {"below": 100_000_001}):
+            refused = bob.post("/jobs/api/jobs", json={"kind": "primes", "args": args})
+            assert refused.status_code == 422 and "below" in refused.text, refused.text
+        refused = bob.post("/jobs/api/jobs", json={
+            "kind": "checksum", "args": {"file": up["ref"], "algorithm": "crc32"}})
+        assert refused.status_code == 422 and "algorithm" in refused.text, refused.text
 
 
 def test_everything_of_jobgate_is_under_the_prefix(host):

@@ -22,6 +22,7 @@ import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import tasks
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.requests import HTTPConnection
@@ -75,7 +76,8 @@ async def home(request: Request) -> str:
 </form>"""
     return f"""<!doctype html><title>Example app</title>
 <h1>Hello, {html.escape(user[0])}</h1>
-<p><a id="jobs" href="/jobs/">Your jobs</a> · <a href="/jobs/docs">jobgate's API</a></p>
+<p><a id="jobs" href="/jobs/">Your jobs</a> (count, checksum, primes)
+ · <a href="/jobs/docs">jobgate's API</a></p>
 <form method="post" action="/logout"><button>Sign out</button></form>"""
 
 
@@ -107,5 +109,7 @@ async def hello(request: Request) -> dict[str, object]:
             "started": getattr(request.app.state, "started", False)}
 
 
-settings = jobgate.load_settings(os.environ.get("JOBGATE_CONFIG") or HERE / "jobgate.toml")
+# The kinds of jobgate.toml, and the two this app declares in code (tasks.py).
+settings = tasks.jobs.merge_into(
+    jobgate.load_settings(os.environ.get("JOBGATE_CONFIG") or HERE / "jobgate.toml"))
 jobgate.mount(app, settings, prefix="/jobs", user_resolver=current_user)

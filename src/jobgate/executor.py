@@ -33,6 +33,7 @@ from jobgate.model import Job, Output, content_type
 from jobgate.progress import FfmpegProgress, is_progress_block_line
 from jobgate.pychild import JobContext as JobContext  # `jobgate.JobContext`
 from jobgate.pychild import NonRetryable as NonRetryable  # where job code finds it
+from jobgate.pychild import function_args
 from jobgate.threads import JobThreads
 
 if TYPE_CHECKING:
@@ -557,10 +558,11 @@ async def _run_python(job: Job, kind: Kind, folder: Path, progress: ProgressFn, 
     loop = asyncio.get_running_loop()
     func = _function(kind)
     ctx = LocalContext(job, folder, progress, log, cancel, loop)
+    args = function_args(func, job.args)
     if inspect.iscoroutinefunction(func):
-        task: asyncio.Future[Any] = asyncio.ensure_future(func(ctx, **job.args))
+        task: asyncio.Future[Any] = asyncio.ensure_future(func(ctx, **args))
     else:
-        task = threads.submit(func, ctx, **job.args)
+        task = threads.submit(func, ctx, **args)
     # One future woken by whichever comes first: the end, a cancel, the timeout.
     woken: asyncio.Future[None] = loop.create_future()
 

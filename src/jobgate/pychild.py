@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import faulthandler
 import fcntl
+import functools
 import importlib
 import inspect
 import json
@@ -33,6 +34,8 @@ import sys
 import termios
 import threading
 import time
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -194,10 +197,11 @@ class _Child:
         done: dict[str, Any]
         try:
             func = self.function(job["function"], job["key"])
+            args = function_args(func, job["args"])
             if inspect.iscoroutinefunction(func):
-                value = _run_async(self, func, ctx, job["args"])
+                value = _run_async(self, func, ctx, args)
             else:
-                value = func(ctx, **job["args"])
+                value = func(ctx, **args)
         except NonRetryable as exc:
             done = {"ok": False, "error": str(exc) or "failed", "retryable": False}
         except Exception as exc:
@@ -238,6 +242,27 @@ def _run_async(child: _Child, func: Callable[..., Any], ctx: ChildContext,
         return asyncio.run(main())
     finally:
         child.loop = child.task = None
+
+
+def function_args(func: Callable[..., Any], args: dict[str, Any]) -> dict[str, Any]:
+    """`args` as `func` takes them: a path argument (a string in the job's JSON) becomes a
+    `pathlib.Path` where the parameter is annotated `Path` or `Path | None`."""
+    wanted = _path_parameters(func)
+    if not wanted:
+        return args
+    return {name: Path(value) if name in wanted and isinstance(value, str) else value
+            for name, value in args.items()}
+
+
+@functools.lru_cache(maxsize=256)
+def _path_parameters(func: Callable[..., Any]) -> frozenset[str]:
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:  # an annotation that does not resolve here: take the args as they are
+        return frozenset()
+    return frozenset(name for name, hint in hints.items() if hint is Path or (
+        typing.get_origin(hint) in (typing.Union, types.UnionType)
+        and Path in typing.get_args(hint)))
 
 
 def _jsonable(value: Any) -> Any:

@@ -13,9 +13,10 @@ Each declaration becomes the very `Kind` a `[kinds.NAME]` table would: the decor
 the equivalent table (`function = "module:function"`, the arguments from the signature) and
 hands it to `kinds.parse_kind`, so every rule of a kind is checked in one place. The first
 parameter is the job's context; each other one is an argument: `int`, `float`, `bool`,
-`str`, `pathlib.Path` (a `path` argument), `Literal[...]` (its choices), `X | None`, each
-optionally `Annotated[X, Arg(...)]` for its bounds, pattern and description; a default of
-the signature is the argument's default. Anything else is refused where it is declared.
+`str`, `pathlib.Path` (a `path` argument, handed over as a Path), `Literal[...]` (its
+choices), `X | None`, each optionally `Annotated[X, Arg(...)]` for its bounds, pattern and
+description; a default of the signature is the argument's default. Anything else is
+refused where it is declared.
 
 A pool process imports the function by its `module:function` path, so a kind that does not
 run `in_process` must be a module-level function of an importable module (not a lambda,
