@@ -7,7 +7,12 @@ the run times of each kind's recent runs ride along with it only when a run ende
 they were last read (or `HISTORY_TTL_S` passed): jobgate's jobs are long, so most estimates
 skip them. An estimate just made is reused for
 `REUSE_S` while no job entered, started or ended since (listing a page of 1,000 jobs costs
-one read; a dashboard polling it, one read a second at most).
+one read; a dashboard polling it, one read a second at most). Making estimates may take a
+tenth of the process's time (`SHARE`, saved up to `CREDIT_MAX_S`): a person's submits each
+get a fresh one, while a script submitting 5,000 files one by one, once the credit is
+spent, gets the estimate in hand again until it is `REUSE_S` old (each submit re-reading and
+replaying 2,000 queued jobs made such a burst quadratic). A job newer than the estimate in
+hand has no `eta_s` then, and its message says only its position.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ if TYPE_CHECKING:
 QUEUED_LIMIT = 2000  # queued jobs simulated at most (in dispatch order)
 HISTORY_TTL_S = 5.0
 REUSE_S = 1.0
+SHARE = 0.1
+CREDIT_MAX_S = 0.5
 _RUN_ENDS = frozenset({EventType.COMPLETED, EventType.FAILED})
 
 
@@ -40,6 +47,8 @@ class Estimates:
         self._moves = 0  # jobs that entered, started or ended, as this process saw them
         self._ends = 0  # runs that ended (completed, failed), as this process saw them
         self._history_ends = -1  # `_ends` when the run times were last read
+        self._credit_s = CREDIT_MAX_S  # time that estimates may still take now
+        self._credit_at = time.monotonic()
 
     def on_events(self, events: list[Event]) -> None:
         """Follow committed events: a move makes the estimate in hand stale."""
@@ -51,8 +60,10 @@ class Estimates:
     async def current(self) -> eta.Estimate:
         """The estimate as of now (one store read, or none when the last is still good)."""
         mono = time.monotonic()
-        if self._last is not None and mono - self._last[0] < REUSE_S and \
-                self._last[1] == self._moves:
+        self._credit_s = min(CREDIT_MAX_S, self._credit_s + SHARE * (mono - self._credit_at))
+        self._credit_at = mono
+        if self._last is not None and mono - self._last[0] < REUSE_S and (
+                self._last[1] == self._moves or self._credit_s <= 0):
             return self._last[2]
         moves, ends = self._moves, self._ends
         fresh = ends != self._history_ends or mono - self._history_at >= HISTORY_TTL_S
@@ -63,6 +74,7 @@ class Estimates:
             self._history_ends = ends
         estimate = eta.estimate(snapshot, self.queue.live.limits, self._history, time.time())
         self._last = (mono, moves, estimate)
+        self._credit_s -= time.monotonic() - mono
         return estimate
 
     async def annotate(self, jobs: Sequence[Job], shown: Sequence[dict[str, Any]]) -> None:
