@@ -48,6 +48,15 @@ def shown_target(queue: JobQueue, delivery: Delivery) -> str:
     return webhooks.shown_url(url) if delivery.channel == WEBHOOK else notify.shown_url(url)
 
 
+def idle_s(next_due: float, now: float) -> float:
+    """How long an outbox found with nothing due is left alone (unless a job ends): until
+    the retry this node set comes due (`next_due`, wall clock), at most _POLL_S, which is
+    how soon other nodes' retries are seen. A retry due in the past was due at the claim
+    that just found nothing: it is no reason to look again at once."""
+    due_in_s = next_due - now
+    return min(_POLL_S, due_in_s) if due_in_s > 0 else _POLL_S
+
+
 class Deliverer:
     """Sends the deliveries of one queue's store, as worker node `worker`."""
 
@@ -83,11 +92,9 @@ class Deliverer:
                         await asyncio.gather(*(self._deliver(client, d) for d in batch))
                         continue
                     self._wake.clear()
-                    # Until a job ends, or the retry this node set comes due; other
-                    # nodes' retries are seen within _POLL_S.
-                    wait_s = min(_POLL_S, max(0.0, self._next_due - time.time()))
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), wait_s)
+                        await asyncio.wait_for(self._wake.wait(),
+                                               idle_s(self._next_due, time.time()))
                         await asyncio.sleep(_GATHER_S)
         finally:
             unsubscribe()

@@ -205,6 +205,13 @@ class Job:
     pid: int | None = None  # process group of a running command, to reap orphans
     idempotency_key: str | None = None
 
+    def but(self, **changes: Any) -> Job:
+        """A copy with `changes` (field names, unchecked): `dataclasses.replace` runs
+        `__init__` over every field, and a worker copies each job it runs several times."""
+        copy = Job.__new__(Job)
+        copy.__dict__.update(self.__dict__, **changes)
+        return copy
+
     @property
     def dispatch_key(self) -> DispatchKey:
         """Sort key of the dispatch order: priority first, then fair turn, then age."""

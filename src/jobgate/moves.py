@@ -11,7 +11,6 @@ a move into the queue takes it as an argument.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -51,9 +50,7 @@ def _move(job: Job, dst: State, **fields: Any) -> Move:
     """The move of `job` to `dst` with `fields`, checked against the transition table."""
     check_move(job.id, job.state, dst)
     fields["state"] = dst
-    after = copy.copy(job)
-    for name, value in fields.items():
-        setattr(after, name, value)
+    after = job.but(**fields)
     return Move(after, fields, event_type(job.state, dst), event_data(after))
 
 

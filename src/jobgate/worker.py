@@ -362,7 +362,7 @@ class Worker:
             return
         try:
             # The stored args name paths as given: the run gets the real ones, checked now.
-            ran = dataclasses.replace(job, args=self.queue.run_args(job, kind))
+            ran = job.but(args=self.queue.run_args(job, kind))
             result = await executor.run(
                 ran, kind, self.queue.job_dir(job.id), progress, log_line, run.cancel,
                 self.settings.worker.cancel_grace_s, self._threads, on_pid, memory,

@@ -6,7 +6,7 @@ migration files. No SQL statements here; those stay beside each backend."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -76,13 +76,15 @@ def outputs_value(outputs: Sequence[Output]) -> str:
 
 def column_value(name: str, value: Any) -> Any:
     """How the jobs table stores `value` of column `name` on every backend."""
-    if name == "outputs":
-        return outputs_value(value)
-    if name in JSON_COLUMNS:
-        return json_or_null(value)
-    if isinstance(value, State):
-        return value.value
-    return value
+    encode = _ENCODERS.get(name)
+    if encode is not None:
+        return encode(value)
+    # `State` is a str Enum, which psycopg would store by its name.
+    return value.value if value.__class__ is State else value
+
+
+_ENCODERS: dict[str, Callable[[Any], Any]] = {
+    **{name: json_or_null for name in JSON_COLUMNS}, "outputs": outputs_value}
 
 
 #: What ending a run reads of its job (`run_from_row`): the fence (state, lease token)

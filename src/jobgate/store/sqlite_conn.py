@@ -42,6 +42,7 @@ from jobgate.store.rows import (
 T = TypeVar("T")
 ItemT = TypeVar("ItemT")
 _BATCH_MAX = 512  # operations per transaction
+_IN_CHUNK = 500  # ids in one `IN (...)`: SQLite allows 32,766 parameters
 _IDLE_CHECK_S = 0.05  # how often an idle connection looks for other processes' events
 _BUSY_CHECK_S = 0.002  # ... and how often while they wrote within the last _BUSY_SPELL_S
 _BUSY_SPELL_S = 1.0
@@ -108,14 +109,25 @@ class Tx:
         self.emit(move.event, move.job, move.data)
 
     def write(self, moves: list[Move]) -> None:
-        """Write the columns of moves: one `executemany` per set of columns."""
-        by_columns: dict[tuple[str, ...], list[list[Any]]] = {}
+        """Write the columns of moves: jobs that get the same values (a wave of claims, of
+        ends) in one `UPDATE ... WHERE id IN`, the others one `executemany` per set of
+        columns. SQLite runs an `executemany` row by row: a statement per job was most of
+        what a worker spends per job."""
+        by_columns: dict[tuple[str, ...], dict[tuple[Any, ...], list[str]]] = {}
         for move in moves:
-            by_columns.setdefault(tuple(move.fields), []).append(
-                [*(column_value(n, v) for n, v in move.fields.items()), move.job.id])
-        for columns, rows in by_columns.items():
-            self.conn.executemany(
-                f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?", rows)
+            values = tuple([column_value(n, v) for n, v in move.fields.items()])
+            by_columns.setdefault(tuple(move.fields), {}).setdefault(values, []).append(
+                move.job.id)
+        for columns, by_values in by_columns.items():
+            sets = ", ".join(f"{c} = ?" for c in columns)
+            one_each = [[*values, ids[0]] for values, ids in by_values.items() if len(ids) == 1]
+            if one_each:
+                self.conn.executemany(f"UPDATE jobs SET {sets} WHERE id = ?", one_each)
+            for values, ids in by_values.items():
+                for start in range(0, len(ids) if len(ids) > 1 else 0, _IN_CHUNK):
+                    chunk = ids[start:start + _IN_CHUNK]
+                    self.conn.execute(f"UPDATE jobs SET {sets} WHERE id IN "
+                                      f"({placeholders(chunk)})", [*values, *chunk])
 
 
 @dataclass(frozen=True, slots=True)
