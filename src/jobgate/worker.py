@@ -476,21 +476,21 @@ class Worker:
                 await asyncio.wait_for(self._renewer_wake.wait(), lease_s / 3)
             if self._renewer_stopping:
                 return
+            # The leases first: a slow heartbeat must not make them late.
+            leases = {r.job.id: r.job.lease_token for r in list(self._runs.values())}
+            try:
+                stop = await self.queue.renew(self.name, leases, wait=False) if leases \
+                    else set()
+            except Exception:
+                log.exception("lease renewal failed; trying again")
+                stop = set()
+            if stop:
+                main.call_soon_threadsafe(self._stop_runs,
+                                          {job_id: leases[job_id] for job_id in stop})
             try:
                 await self.queue.heartbeat(self.node)
             except Exception:
                 log.exception("heartbeat failed; trying again")
-            leases = {r.job.id: r.job.lease_token for r in list(self._runs.values())}
-            if not leases:
-                continue
-            try:
-                stop = await self.queue.renew(self.name, leases, wait=False)
-            except Exception:
-                log.exception("lease renewal failed; trying again")
-                continue
-            if stop:
-                main.call_soon_threadsafe(self._stop_runs,
-                                          {job_id: leases[job_id] for job_id in stop})
 
     def _stop_runs(self, runs: dict[str, int]) -> None:
         """Stop the runs holding these leases (job id: token); a newer run of the same

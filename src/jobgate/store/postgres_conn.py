@@ -20,6 +20,7 @@ try:
     from psycopg import errors as pg_errors
     from psycopg.abc import Buffer
     from psycopg.adapt import AdaptersMap
+    from psycopg.pq import TransactionStatus
     from psycopg.types.string import StrBinaryDumper, StrDumper, StrDumperUnknown
     from psycopg_pool import AsyncConnectionPool
 except ImportError as exc:  # pragma: no cover - depends on the installation
@@ -325,6 +326,11 @@ class PgConnection:
         self._options = ""
         self._waiting_for: set[str] = set()  # rows a background transaction waits for
         self._background: set[asyncio.Task[None]] = set()
+        # A connection kept for each other event loop that uses the store (a worker's lease
+        # thread): opening one per call cost a server process start each renewal, which
+        # under load outlasted a lease of 1 s. One each: a call made while it is in use
+        # (a renewal waiting behind a held row) opens a connection of its own.
+        self._spare: dict[asyncio.AbstractEventLoop, psycopg.AsyncConnection[Any]] = {}
 
     # --- connection, migrations, events ------------------------------------------------
     async def open(self, stalled_session_s: float | None = None) -> None:
@@ -401,6 +407,10 @@ class PgConnection:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+        spare, self._spare = self._spare, {}
+        for conn in spare.values():
+            with contextlib.suppress(Exception):
+                await conn.close()
 
     def listen(self, callback: EventListener) -> None:
         self._listeners.append(callback)
@@ -490,15 +500,28 @@ class PgConnection:
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A pooled connection; on another event loop (a worker's lease thread), a
-        connection of its own for this one call, since the pool belongs to its loop."""
+        """A pooled connection; on another event loop (a worker's lease thread), that
+        loop's own (`_spare`), since the pool belongs to the store's loop."""
         pool = self._usable()
-        if asyncio.get_running_loop() is self._loop:
+        here = asyncio.get_running_loop()
+        if here is self._loop:
             async with pool.connection() as conn:
                 yield conn
             return
-        async with await _connect(self.url, self._options) as conn:
+        conn = self._spare.pop(here, None)
+        if conn is None or conn.closed or conn.broken:
+            conn = await _connect(self.url, self._options)
+        try:
             yield conn
+        finally:
+            idle = not conn.closed and not conn.broken and \
+                conn.info.transaction_status is TransactionStatus.IDLE
+            if idle and not self._closing and here not in self._spare:
+                self._spare[here] = conn
+            else:
+                await conn.close()
+            for loop in [loop for loop in self._spare if loop.is_closed()]:
+                await self._spare.pop(loop).close()
 
     async def _run(self, fn: Callable[[Tx], Awaitable[T]], write: bool = True) -> T:
         """Run `fn` in one transaction (again if it was a deadlock's victim, or its
