@@ -11,7 +11,7 @@ from typing import Any
 from conftest import wait_for
 from jobgate.model import State
 from jobgate.store import store_for_url
-from jobgate.store.base import Outcome, Store
+from jobgate.store.base import LogSize, Outcome, Store
 from storekit import (
     NO_QUOTA,
     claim,
@@ -36,18 +36,41 @@ async def test_logs_are_kept_in_order_and_read_after_a_line(store):
         (job.id, ["one", "two"]), (job.id, ["three"])]
 
 
-async def test_logs_past_the_cap_are_counted_not_kept(store):
+async def test_a_log_past_its_cap_keeps_its_head_and_tail_and_says_what_it_dropped(store):
     job = await running(store)
-    await store.append_logs(job.id, [f"line {i}" for i in range(1, 5)], cap=3)
-    await store.append_logs(job.id, ["line 5", "line 6"], cap=3)
+    assert await store.append_logs(job.id, [f"line {i}" for i in range(1, 5)], cap=6) == 1
+    assert await store.log_size(job.id) == LogSize(4, None)
+    assert await store.append_logs(job.id, [f"line {i}" for i in range(5, 9)], cap=6) == 5
+    assert await store.append_logs(job.id, ["line 9", "line 10"], cap=6) == 9
     lines = await store.logs(job.id)
-    assert lines[:3] == [(1, "line 1"), (2, "line 2"), (3, "line 3")]
-    assert len(lines) == 4
-    n, note = lines[3]
-    assert n == 4 and "3 more lines" in note
-    logged = [line for e in await store.events_after(0) if e.type == "job.log"
-              for line in e.data["lines"]]
-    assert logged == ["line 1", "line 2", "line 3"]
+    note = "[jobgate] 4 more lines not kept (lines 4-7; worker.log_max_lines keeps the " \
+        "first and the last lines)"
+    assert lines == [(1, "line 1"), (2, "line 2"), (3, "line 3"), (4, note),
+                     (8, "line 8"), (9, "line 9"), (10, "line 10")]
+    assert await store.log_size(job.id) == LogSize(10, (4, 7))
+    # Read on from any line, in pages: the gap line stands where the gap is.
+    assert await store.logs(job.id, after=3, limit=2) == [(4, note), (8, "line 8")]
+    assert await store.logs(job.id, after=4) == [(8, "line 8"), (9, "line 9"), (10, "line 10")]
+    # Live clients got each line that was in the tail when it came (line 5 never was).
+    logged = [(e.data["first"], e.data["lines"]) for e in await store.events_after(0)
+              if e.type == "job.log"]
+    assert logged == [(1, [f"line {i}" for i in range(1, 5)]),
+                      (6, ["line 6", "line 7", "line 8"]), (9, ["line 9", "line 10"])]
+
+
+async def test_a_line_redrawn_in_place_has_a_replace_event(store):
+    job = await running(store)
+    await store.append_logs(job.id, ["start", "  5%"], cap=100)
+    await store.replace_logs(job.id, {2: " 50%"})
+    await store.replace_logs(job.id, {2: "100%", 9: "not a line"})
+    assert await store.logs(job.id) == [(1, "start"), (2, "100%")]
+    assert await store.log_size(job.id) == LogSize(2, None)  # a redraw is no new line
+    logged = [e.data for e in await store.events_after(0) if e.type == "job.log"]
+    assert logged == [{"first": 1, "lines": ["start", "  5%"]},
+                      {"first": 2, "lines": [" 50%"], "replace": True},
+                      {"first": 2, "lines": ["100%"], "replace": True}]
+    await store.replace_logs("nope", {1: "x"})
+    assert await store.log_size("nope") is None
 
 
 async def test_logs_of_an_unknown_job_are_empty(store):

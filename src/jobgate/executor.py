@@ -24,11 +24,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 
 from jobgate.kinds import RESULT_FILE, Kind, load_function, render_argv
+from jobgate.logtext import plain, split_ends
 from jobgate.model import Job, Output, content_type
 from jobgate.progress import FfmpegProgress, is_progress_block_line
 from jobgate.pychild import JobContext as JobContext  # `jobgate.JobContext`
@@ -40,7 +41,18 @@ if TYPE_CHECKING:
     from jobgate.pyproc import PyPool
 
 ProgressFn = Callable[[float | None, str | None], None]
-LogFn = Callable[[str], None]
+
+
+class LogFn(Protocol):
+    """Where a run's log goes: `log(text)` is text logged whole (it may hold several lines);
+    `log(segment, stream, redraw)` one segment of output `stream` ("out", "err"), ended by a
+    `\\r` (`redraw`: its line is drawn again next, one log line updated in place) or by a
+    line's end (`runlog.RunLog.add`)."""
+
+    def __call__(self, line: str, stream: str | None = None, redraw: bool = False, /
+                 ) -> None: ...
+
+
 MemoryFn = Callable[[float, float], None]  # (current, peak) RSS of the job's tree, in MB
 
 _STDERR_TAIL_LINES = 20
@@ -224,7 +236,11 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
     quiet_blocks = isinstance(parser, FfmpegProgress)
     last_json: list[Any] = []  # `result = "json-last-line"`: the last one seen
 
-    def on_line(line: str, is_err: bool) -> None:
+    shown: dict[bool, str] = {False: "", True: ""}  # what each stream's line shows so far
+
+    def on_line(line: str, is_err: bool, redraw: bool) -> None:
+        # Every segment, each redraw of a progress bar included, is read for progress and
+        # the retry patterns; the log and the error's tail get a redrawn line once.
         if parser is not None and (report := parser.feed(line)) is not None:
             if report.warning:
                 log(f"[jobgate] {report.warning}")
@@ -232,11 +248,17 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
                 progress(report.percent, report.message)
         if quiet_blocks and is_progress_block_line(line):
             return
-        log(line)
-        (tail if is_err else out_tail).append(line)
+        log(line, "err" if is_err else "out", redraw)
         for pattern in patterns:
             if pattern not in matched and pattern.search(line):
                 matched[pattern] = line  # the first line each pattern found is enough
+        text = line if plain(line) else ""  # as printed: the error quotes it as it is
+        if redraw:
+            shown[is_err] = text or shown[is_err]
+            return
+        if text := text or shown[is_err]:
+            (tail if is_err else out_tail).append(text)
+        shown[is_err] = ""
 
     def on_whole_stdout(raw: bytes) -> None:
         if raw.lstrip()[:1] in (b"{", b"["):
@@ -246,9 +268,9 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
 
     assert proc.stdout is not None and proc.stderr is not None
     readers = asyncio.gather(
-        _read_lines(proc.stdout, lambda s: on_line(s, False),
+        _read_lines(proc.stdout, lambda s, r: on_line(s, False, r),
                     on_whole_stdout if kind.result == "json-last-line" else None),
-        _read_lines(proc.stderr, lambda s: on_line(s, True)))
+        _read_lines(proc.stderr, lambda s, r: on_line(s, True, r)))
     sampler = asyncio.create_task(peak.sample_until(proc))
     waiter = protocol.exited
     stopper: asyncio.Future[Any] = asyncio.ensure_future(cancel.wait())
@@ -342,37 +364,38 @@ def _completed(kind: Kind, folder: Path, last_json: list[Any],
                      error=f'no result: {reason} (the kind has result = "json-file")')
 
 
-async def _read_lines(stream: asyncio.StreamReader, on_line: Callable[[str], None],
+async def _read_lines(stream: asyncio.StreamReader, on_line: Callable[[str, bool], None],
                      on_whole: Callable[[bytes], None] | None = None) -> None:
-    """Split output on \\n and \\r (progress bars redraw with \\r); very long lines are cut
-    for `on_line`. `on_whole`, if given, gets each line whole (up to `_MAX_RESULT_BYTES`;
-    a longer one not at all): a result printed as one line of JSON can be long."""
+    """Split output where a line ends (\\n) and where a progress bar redraws it (\\r):
+    `on_line` gets each segment with whether a \\r ended it; very long lines are cut for it.
+    `on_whole`, if given, gets each segment whole (up to `_MAX_RESULT_BYTES`; a longer one
+    not at all): a result printed as one line of JSON can be long."""
     keep = _MAX_RESULT_BYTES if on_whole is not None else _MAX_LINE
     pending = b""
     shown = False  # the start of `pending` already went to on_line, cut
     dropped = False  # `pending` is the rest of a line too long to keep whole
 
-    def end_line(raw: bytes) -> None:
-        if raw and not shown:
-            on_line(raw[:_MAX_LINE].decode("utf-8", "replace"))
+    def end_line(raw: bytes, redraw: bool) -> None:
+        if not shown and (raw or not redraw):
+            on_line(raw[:_MAX_LINE].decode("utf-8", "replace"), redraw)
         if raw and on_whole is not None and not dropped:
             on_whole(raw)
 
     while chunk := await stream.read(_READ_CHUNK):
-        pending += chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        *lines, pending = pending.split(b"\n")
-        for raw in lines:
-            end_line(raw)
+        pending += chunk.replace(b"\r\n", b"\n")
+        ended, pending = split_ends(pending)
+        for raw, redraw in ended:
+            end_line(raw, redraw)
             shown = dropped = False
         if len(pending) > _MAX_LINE and not shown:
-            on_line(pending[:_MAX_LINE].decode("utf-8", "replace"))
+            on_line(pending[:_MAX_LINE].decode("utf-8", "replace"), False)
             shown = True
         if len(pending) > keep:
             if on_whole is None:  # as before: the rest of a long line reads as new lines
                 pending, shown = b"", False
             else:
                 pending, dropped = b"", True
-    end_line(pending)
+    end_line(pending, False)
 
 
 _JOB_ENV = "JOBGATE_JOB_ID"
