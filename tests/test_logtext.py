@@ -7,6 +7,7 @@ most every half second (`runlog.RunLog`)."""
 from __future__ import annotations
 
 from jobgate import moves
+from jobgate.cli import _print_event_lines
 from jobgate.logtext import clean_line, log_lines, plain, redrawn, split_ends
 from jobgate.runlog import REDRAW_WRITE_S, RunLog
 from jobgate.terminal import log_line_shown
@@ -205,3 +206,18 @@ def test_empty_segments_and_escape_only_redraws_add_nothing():
     log.add("", "out", False)
     log.add("", None)  # text logged whole is a line even when empty
     assert log.take() == ([""], 0)
+
+
+# --- jobgate logs --follow -------------------------------------------------------------------
+
+def test_follow_draws_a_redraw_over_its_line_on_a_terminal_and_prints_it_to_a_file(capsys):
+    assert _print_event_lines({"first": 1, "lines": ["a", "\x1b[32m 5%\x1b[0m"]}, 0, True) == 2
+    assert _print_event_lines({"first": 2, "lines": ["\x1b[32m50%\x1b[0m"], "replace": True},
+                              2, True) == 2
+    assert _print_event_lines({"first": 9, "lines": ["nine"]}, 2, True) == 9
+    assert capsys.readouterr().out == (
+        "a\n\x1b[32m 5%\x1b[0m\x1b[0m\n\x1b[1F\x1b[2K\x1b[32m50%\x1b[0m\x1b[0m\n"
+        "[jobgate] 6 more lines not kept\nnine\n")
+    assert _print_event_lines({"first": 2, "lines": ["\x1b[32m100%\x1b[0m"],
+                               "replace": True}, 9, False) == 9
+    assert capsys.readouterr().out == "100%\n"

@@ -404,14 +404,17 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def _print_event_lines(data: Any, last: int, colour: bool) -> int:
     """Print the lines of a `job.log` event after line `last`; returns the last line
-    number. A redraw (`replace`) of the line just printed is drawn over it on a terminal;
-    lines the event skips (not kept) are said in one line."""
+    number. A redraw (`replace`: a progress bar moved) of a line printed is drawn over it
+    on a terminal when it is the last line printed, else printed again as a line (a file
+    or a pipe gets the bar's states as they came, its last one too); lines the event skips
+    (not kept) are said in one line."""
     first = data.get("first", 1)
     lines = data.get("lines", [])
     if data.get("replace"):
-        if colour and first == last and lines:
-            # Up to the line printed last, erased, drawn again.
-            print("\x1b[1F\x1b[2K" + log_line_shown(lines[-1], colour), flush=True)
+        if lines and first <= last:
+            # On a terminal: up to the line printed last, erased, drawn again.
+            redraw = "\x1b[1F\x1b[2K" if colour and first == last else ""
+            print(redraw + log_line_shown(lines[-1], colour), flush=True)
         return last
     if last and first > last + 1:
         print(f"[jobgate] {first - last - 1} more lines not kept", flush=True)
