@@ -4,11 +4,16 @@ heard by every node. Runs on every backend."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import sqlite3
 import time
 from typing import Any
 
+import psycopg
+
 from conftest import wait_for
+from jobgate import moves
 from jobgate.model import State
 from jobgate.store import store_for_url
 from jobgate.store.base import LogSize, Outcome, Store
@@ -197,3 +202,32 @@ async def test_prune_events_drops_only_old_events(store):
     newer = await submit(store)
     assert await store.prune_events(cut) == 1
     assert [e.job_id for e in await store.events_after(0)] == [newer.id]
+
+
+async def test_a_log_capped_before_the_upgrade_says_its_end_was_dropped(db_url):
+    """A log capped by an older jobgate kept its first lines only: the migration gives it
+    the gap it has, from past its last kept line to its last counted one."""
+    store = store_for_url(db_url)
+    await store.open()
+    job = await running(store)
+    await store.append_logs(job.id, [f"line {i}" for i in range(1, 5)], cap=100)
+    await store.close()
+    # The database as the older jobgate left it: 4 lines kept of 9 counted, no gap columns.
+    old = ["UPDATE jobs SET log_count = 9", "ALTER TABLE jobs DROP COLUMN log_dropped_first",
+           "ALTER TABLE jobs DROP COLUMN log_dropped_last"]
+    if db_url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(db_url.removeprefix("sqlite:///"))) as conn:
+            for sql in [*old, "PRAGMA user_version = 10"]:
+                conn.execute(sql)
+            conn.commit()
+    else:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            for sql in [*old, "DELETE FROM jobgate_schema WHERE version = 9"]:
+                conn.execute(sql)
+    store = store_for_url(db_url)
+    await store.open()
+    try:
+        assert await store.log_size(job.id) == LogSize(9, (5, 9))
+        assert (await store.logs(job.id))[-1] == (5, moves.gap_line((5, 9)))
+    finally:
+        await store.close()
