@@ -240,8 +240,9 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
 
     def on_line(line: str, is_err: bool, redraw: bool) -> None:
         # Every segment, each redraw of a progress bar included, is read for progress and
-        # the retry patterns; the log and the error's tail get a redrawn line once.
-        if parser is not None and (report := parser.feed(line)) is not None:
+        # the retry patterns; the log and the error's tail get a redrawn line once. An
+        # empty one only ends the line a bar redrew (as the parsers have always seen it).
+        if line and parser is not None and (report := parser.feed(line)) is not None:
             if report.warning:
                 log(f"[jobgate] {report.warning}")
             if report.percent is not None or report.message is not None:
@@ -249,7 +250,7 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
         if quiet_blocks and is_progress_block_line(line):
             return
         log(line, "err" if is_err else "out", redraw)
-        for pattern in patterns:
+        for pattern in patterns if line else ():
             if pattern not in matched and pattern.search(line):
                 matched[pattern] = line  # the first line each pattern found is enough
         text = line if plain(line) else ""  # as printed: the error quotes it as it is
