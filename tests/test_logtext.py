@@ -221,3 +221,12 @@ def test_follow_draws_a_redraw_over_its_line_on_a_terminal_and_prints_it_to_a_fi
     assert _print_event_lines({"first": 2, "lines": ["\x1b[32m100%\x1b[0m"],
                                "replace": True}, 9, False) == 9
     assert capsys.readouterr().out == "100%\n"
+
+
+def test_a_line_read_in_pieces_shows_as_far_as_it_came_then_whole():
+    log = RunLog()
+    log.add("hello wor", "out", True)  # what was read of it so far (the executor's partial)
+    lines, start = log.take()
+    log.added(start, len(lines), 7)
+    log.add("hello world", "out", False)
+    assert lines == ["hello wor"] and log.take_redraws(0.0) == {7: "hello world"}
