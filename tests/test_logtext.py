@@ -96,6 +96,7 @@ def test_a_page_across_the_gap_has_the_gap_line_in_its_place():
     assert moves.with_gap_line(ROWS[5:], 6, 100, (6, 20)) == ROWS[5:]
     assert moves.with_gap_line(ROWS, 0, 100, None) == ROWS
     assert moves.dropped_count((6, 20)) == 15 and moves.dropped_count(None) == 0
+    assert moves.is_gap_line(GAP) and not moves.is_gap_line("line 6")
 
 
 # --- escapes ---------------------------------------------------------------------------------

@@ -331,6 +331,12 @@ def gap_line(dropped: tuple[int, int]) -> str:
             "worker.log_max_lines keeps the first and the last lines)")
 
 
+def is_gap_line(line: str) -> bool:
+    """Whether `line`, read where a gap starts, is its gap line (not a line the job printed
+    there before the gap reached it: a page read as the log passed its cap)."""
+    return line.startswith("[jobgate] ") and "more lines not kept (lines " in line
+
+
 def with_gap_line(rows: list[tuple[int, str]], after: int, limit: int,
                   dropped: tuple[int, int] | None) -> list[tuple[int, str]]:
     """A page of stored lines (`rows`: (n, line) with n > `after`, at most `limit`, in

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobgate import moves
 from jobgate.api.batches import BatchJob
 from jobgate.api.core import (
     ApiError,
@@ -166,7 +167,8 @@ def install(app: FastAPI, settings: Settings) -> None:
         lines = await store.logs(job_id, after, limit)
         size = await store.log_size(job_id) or LogSize(0)
         gap = size.dropped[0] if size.dropped else None
-        return {"lines": [{"n": n, "line": stored_text(line), "gap": True} if n == gap else
+        return {"lines": [{"n": n, "line": stored_text(line), "gap": True}
+                          if n == gap and moves.is_gap_line(line) else
                           {"n": n, "line": stored_text(line)} for n, line in lines],
                 "next": lines[-1][0] if lines else after, "state": job.state.value,
                 "total": size.total,
