@@ -89,6 +89,20 @@ _PROGRESS = argv("sh", "-c",
                  "{flag}")
 _STREAMS = argv("sh", "-c", r'printf "out1\nout2\rout3\r\n"; printf "err1\nerr2\r" >&2; '
                 r'printf "out4\r\nout5"')
+# A bar drawn 21 times on stderr between two lines on stdout; after its first draw it
+# waits for the flag file (the test sees that line written first).
+_BAR = argv(PY, "-c", r"""
+import os, sys, time
+print("before", flush=True)
+for p in range(0, 101, 5):
+    sys.stderr.write("\r\x1b[K\x1b[32m[download] %3d%%\x1b[0m" % p)
+    sys.stderr.flush()
+    while p == 0 and not os.path.exists(sys.argv[1]):
+        time.sleep(0.01)
+sys.stderr.write("\n")
+sys.stderr.flush()
+print("after", flush=True)
+""", "{flag}")
 _CHATTY = argv("sh", "-c", 'for i in $(seq 1 12); do echo "line $i"; done')
 _BAD_EXIT = argv("sh", "-c",
                  'echo "to stdout"; for i in $(seq 1 30); do echo "err $i" >&2; done; exit 3')
@@ -120,6 +134,11 @@ argv = {_STREAMS}
 
 [kinds.chatty]
 argv = {_CHATTY}
+
+[kinds.bar]
+argv = {_BAR}
+[kinds.bar.args]
+flag = {{ type = "string" }}
 
 [kinds.bad_exit]
 argv = {_BAD_EXIT}
@@ -275,24 +294,52 @@ async def test_stdout_and_stderr_lines_become_the_log_in_order(make_settings, op
     done = await wait_state(queue, job.id, "completed", "failed")
     assert done.state.value == "completed", done.error
     lines = await log_lines(queue, job.id)
-    # \r and \r\n end lines like \n (progress bars redraw with \r); empty pieces are dropped.
+    # \r\n ends a line like \n; a \r redraws the line it ends (a progress bar), so the
+    # text after it is that line's new text; a line left open at the end is a line too.
     assert [line for line in lines if line.startswith("out")] == [
-        "out1", "out2", "out3", "out4", "out5"]
+        "out1", "out3", "out4", "out5"]
     assert [line for line in lines if line.startswith("err")] == ["err1", "err2"]
-    assert len(lines) == 7
+    assert len(lines) == 6
 
 
-async def test_log_cap_keeps_the_first_lines_and_reports_the_rest(make_settings, open_queue):
+async def test_log_cap_keeps_the_first_and_last_lines_and_reports_the_rest(
+        make_settings, open_queue):
     queue = await open_with(make_settings, open_queue, "[worker]\nlog_max_lines = 5\n")
     job, _ = await queue.submit("bob", "chatty")
     done = await wait_state(queue, job.id, "completed", "failed")
     assert done.state.value == "completed", done.error
     logs = await queue.store.logs(job.id)
-    assert logs[:5] == [(n, f"line {n}") for n in range(1, 6)]
-    assert len(logs) == 6
-    n, note = logs[5]
-    assert n == 6
-    assert "7 more lines not kept" in note and "log_max_lines" in note
+    # 12 lines, a cap of 5: lines 1-2 and the last 3 (10-12), the gap line where 3-9 were.
+    assert [n for n, _ in logs] == [1, 2, 3, 10, 11, 12]
+    assert [line for n, line in logs if n != 3] == [f"line {n}" for n in (1, 2, 10, 11, 12)]
+    note = logs[2][1]
+    assert "7 more lines not kept (lines 3-9" in note and "log_max_lines" in note
+
+
+async def test_a_progress_bar_redrawn_with_cr_is_one_line_updated_in_place(
+        make_settings, open_queue, tmp_path):
+    queue = await open_with(make_settings, open_queue, "[worker]\nlog_max_lines = 5\n")
+    events = Recorder(queue)
+    flag = tmp_path / "go-on"
+    job, _ = await queue.submit("bob", "bar", {"flag": str(flag)})
+    await wait_for(lambda: any(2 in range(e.data["first"], e.data["first"] + len(e.data["lines"]))
+                               for e in events.events(job.id, "job.log")),
+                   timeout_s=30, what="the bar's line to be written")
+    flag.touch()
+    done = await wait_state(queue, job.id, "completed", "failed")
+    assert done.state.value == "completed", done.error
+    # 21 redraws on stderr, colours and erase-line among them: one line, its last text,
+    # which does not fill a cap of 5 lines.
+    assert await queue.store.logs(job.id) == [
+        (1, "before"), (2, "\x1b[32m[download] 100%\x1b[0m"), (3, "after")]
+    logged = [e.data for e in events.events(job.id, "job.log")]
+    redraws = [d for d in logged if d.get("replace")]
+    assert redraws, logged  # the bar was sent again as it moved, as line 2 each time
+    assert {(d["first"], len(d["lines"])) for d in redraws} == {(2, 1)}
+    assert redraws[-1]["lines"] == ["\x1b[32m[download] 100%\x1b[0m"]
+    added = [n for d in logged if not d.get("replace")
+             for n in range(d["first"], d["first"] + len(d["lines"]))]
+    assert added == [1, 2, 3]
 
 
 async def test_exit_zero_completes(make_settings, open_queue):

@@ -213,13 +213,9 @@ def test_events_that_move_nothing():
     assert moves.progress_data(5.0, "m") == {"progress": 5.0, "message": "m"}
     assert moves.progress_data(5.0, None, 2.0) == {"progress": 5.0, "message": None,
                                                    "rss_mb": 2.0}
-    assert moves.kept_lines(["a", "b", "c"], 1, 3) == ["a", "b"]
-    assert moves.kept_lines(["a"], 5, 3) == []
     assert moves.log_data(2, ["a"]) == {"first": 2, "lines": ["a"]}
-    assert moves.not_kept_line(10, 4, 0) == \
-        (5, "[jobgate] 6 more lines not kept (worker.log_max_lines)")
-    assert moves.not_kept_line(4, 4, 0) is None and moves.not_kept_line(10, 4, 5) is None
-    assert moves.not_kept_line(None, 0, 0) is None
+    assert moves.log_data(2, ["a"], replace=True) == {"first": 2, "lines": ["a"],
+                                                      "replace": True}
 
 
 # --- admission and fair turns, as the backends drive them ---------------------------------

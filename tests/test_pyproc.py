@@ -84,6 +84,16 @@ def reports(ctx: Any, tag: str = "x") -> dict[str, Any]:
             "pid": os.getpid(), "cancelled": ctx.cancelled}
 
 
+def draws_a_bar(ctx: Any) -> None:
+    """A tqdm-like bar printed to stderr (redrawn with \\r), and one logged whole."""
+    for i in range(0, 11):
+        sys.stderr.write(f"\r{i * 10:3d}%|{'#' * i:<10}|")
+        sys.stderr.flush()
+    sys.stderr.write("\n")
+    sys.stderr.flush()
+    ctx.log("logged 1%\rlogged 2%\rlogged 3%")
+
+
 def unjsonable(ctx: Any) -> Any:
     return {1, 2}
 
@@ -141,6 +151,9 @@ function = "{_MODULE}:unjsonable"
 
 [kinds.async_reports]
 function = "{_MODULE}:async_reports"
+
+[kinds.bar]
+function = "{_MODULE}:draws_a_bar"
 
 [kinds.whoami]
 function = "{_MODULE}:whoami"
@@ -283,6 +296,16 @@ async def test_progress_logs_output_files_and_result_cross_the_boundary(
     assert (queue.job_dir(job.id) / "out.txt").read_text() == "made by t1"
     odd, _ = await queue.submit("bob", "unjsonable")
     assert (await wait_state(queue, odd.id, "completed", "failed")).result == "{1, 2}"
+
+
+async def test_a_bar_a_pool_job_prints_or_logs_is_one_line_with_its_last_text(
+        make_settings, open_queue):
+    queue, _ = await open_with(make_settings, open_queue)
+    job, _ = await queue.submit("carol", "bar")
+    done = await wait_state(queue, job.id, "completed", "failed")
+    assert done.state.value == "completed", done.error
+    # (Printed output and ctx.log come on two channels: in either order.)
+    assert sorted(await log_lines(queue, job.id)) == ["100%|##########|", "logged 3%"]
 
 
 async def test_an_async_function_runs_in_a_pool_process(make_settings, open_queue):

@@ -4,14 +4,19 @@ heard by every node. Runs on every backend."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import sqlite3
 import time
 from typing import Any
 
+import psycopg
+
 from conftest import wait_for
+from jobgate import moves
 from jobgate.model import State
 from jobgate.store import store_for_url
-from jobgate.store.base import Outcome, Store
+from jobgate.store.base import LogSize, Outcome, Store
 from storekit import (
     NO_QUOTA,
     claim,
@@ -36,18 +41,41 @@ async def test_logs_are_kept_in_order_and_read_after_a_line(store):
         (job.id, ["one", "two"]), (job.id, ["three"])]
 
 
-async def test_logs_past_the_cap_are_counted_not_kept(store):
+async def test_a_log_past_its_cap_keeps_its_head_and_tail_and_says_what_it_dropped(store):
     job = await running(store)
-    await store.append_logs(job.id, [f"line {i}" for i in range(1, 5)], cap=3)
-    await store.append_logs(job.id, ["line 5", "line 6"], cap=3)
+    assert await store.append_logs(job.id, [f"line {i}" for i in range(1, 5)], cap=6) == 1
+    assert await store.log_size(job.id) == LogSize(4, None)
+    assert await store.append_logs(job.id, [f"line {i}" for i in range(5, 9)], cap=6) == 5
+    assert await store.append_logs(job.id, ["line 9", "line 10"], cap=6) == 9
     lines = await store.logs(job.id)
-    assert lines[:3] == [(1, "line 1"), (2, "line 2"), (3, "line 3")]
-    assert len(lines) == 4
-    n, note = lines[3]
-    assert n == 4 and "3 more lines" in note
-    logged = [line for e in await store.events_after(0) if e.type == "job.log"
-              for line in e.data["lines"]]
-    assert logged == ["line 1", "line 2", "line 3"]
+    note = "[jobgate] 4 more lines not kept (lines 4-7; worker.log_max_lines keeps the " \
+        "first and the last lines)"
+    assert lines == [(1, "line 1"), (2, "line 2"), (3, "line 3"), (4, note),
+                     (8, "line 8"), (9, "line 9"), (10, "line 10")]
+    assert await store.log_size(job.id) == LogSize(10, (4, 7))
+    # Read on from any line, in pages: the gap line stands where the gap is.
+    assert await store.logs(job.id, after=3, limit=2) == [(4, note), (8, "line 8")]
+    assert await store.logs(job.id, after=4) == [(8, "line 8"), (9, "line 9"), (10, "line 10")]
+    # Live clients got each line that was in the tail when it came (line 5 never was).
+    logged = [(e.data["first"], e.data["lines"]) for e in await store.events_after(0)
+              if e.type == "job.log"]
+    assert logged == [(1, [f"line {i}" for i in range(1, 5)]),
+                      (6, ["line 6", "line 7", "line 8"]), (9, ["line 9", "line 10"])]
+
+
+async def test_a_line_redrawn_in_place_has_a_replace_event(store):
+    job = await running(store)
+    await store.append_logs(job.id, ["start", "  5%"], cap=100)
+    await store.replace_logs(job.id, {2: " 50%"})
+    await store.replace_logs(job.id, {2: "100%", 9: "not a line"})
+    assert await store.logs(job.id) == [(1, "start"), (2, "100%")]
+    assert await store.log_size(job.id) == LogSize(2, None)  # a redraw is no new line
+    logged = [e.data for e in await store.events_after(0) if e.type == "job.log"]
+    assert logged == [{"first": 1, "lines": ["start", "  5%"]},
+                      {"first": 2, "lines": [" 50%"], "replace": True},
+                      {"first": 2, "lines": ["100%"], "replace": True}]
+    await store.replace_logs("nope", {1: "x"})
+    assert await store.log_size("nope") is None
 
 
 async def test_logs_of_an_unknown_job_are_empty(store):
@@ -174,3 +202,32 @@ async def test_prune_events_drops_only_old_events(store):
     newer = await submit(store)
     assert await store.prune_events(cut) == 1
     assert [e.job_id for e in await store.events_after(0)] == [newer.id]
+
+
+async def test_a_log_capped_before_the_upgrade_says_its_end_was_dropped(db_url):
+    """A log capped by an older jobgate kept its first lines only: the migration gives it
+    the gap it has, from past its last kept line to its last counted one."""
+    store = store_for_url(db_url)
+    await store.open()
+    job = await running(store)
+    await store.append_logs(job.id, [f"line {i}" for i in range(1, 5)], cap=100)
+    await store.close()
+    # The database as the older jobgate left it: 4 lines kept of 9 counted, no gap columns.
+    old = ["UPDATE jobs SET log_count = 9", "ALTER TABLE jobs DROP COLUMN log_dropped_first",
+           "ALTER TABLE jobs DROP COLUMN log_dropped_last"]
+    if db_url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(db_url.removeprefix("sqlite:///"))) as conn:
+            for sql in [*old, "PRAGMA user_version = 10"]:
+                conn.execute(sql)
+            conn.commit()
+    else:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            for sql in [*old, "DELETE FROM jobgate_schema WHERE version = 9"]:
+                conn.execute(sql)
+    store = store_for_url(db_url)
+    await store.open()
+    try:
+        assert await store.log_size(job.id) == LogSize(9, (5, 9))
+        assert (await store.logs(job.id))[-1] == (5, moves.gap_line((5, 9)))
+    finally:
+        await store.close()

@@ -37,7 +37,7 @@ async def test_a_command_that_ended_by_itself_as_its_stop_came_completed(tmp_pat
         stop.set()
 
     result = await executor.run(job, _kind("quick", ["true"]), tmp_path / "job",
-                                lambda *_: None, lambda _: None, stop, 1.0, JobThreads(1),
+                                lambda *_: None, lambda *_: None, stop, 1.0, JobThreads(1),
                                 on_pid)
     # Handed back as cancelled, its work would run a second time.
     assert (result.ok, result.cancelled, result.exit_code) == (True, False, 0)
@@ -51,7 +51,7 @@ async def test_a_command_stopped_before_it_ended_is_cancelled(tmp_path: Path):
         stop.set()
 
     result = await executor.run(job, _kind("long", ["sleep", "30"]), tmp_path / "job",
-                                lambda *_: None, lambda _: None, stop, 1.0, JobThreads(1),
+                                lambda *_: None, lambda *_: None, stop, 1.0, JobThreads(1),
                                 on_pid)
     assert (result.ok, result.cancelled) == (False, True)
 

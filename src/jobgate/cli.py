@@ -27,7 +27,7 @@ from jobgate.client import Client, CliError
 from jobgate.config import ConfigError, Settings, database_url, load_settings, parse_duration
 from jobgate.follow import EventReader, watch
 from jobgate.model import EventType, State
-from jobgate.terminal import printable
+from jobgate.terminal import log_line_shown, printable
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -374,8 +374,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     client = Client()
     job_id = _job_id(args.id)
+    colour = sys.stdout.isatty()  # colours for a terminal; a file or a pipe gets plain text
     if not args.follow:
-        _print_logs(client, job_id, 0)
+        _print_logs(client, job_id, 0, colour)
         return 0
     # Listen first, then read what is already there: no line falls in between, and the
     # line numbers of `job.log` events skip what the reads printed.
@@ -383,33 +384,53 @@ def cmd_logs(args: argparse.Namespace) -> int:
     reader.start()
     while not reader.connected.wait(0.05) and reader.events.empty():
         pass
-    last = _print_logs(client, job_id, 0)
+    last = _print_logs(client, job_id, 0, colour)
     try:
         while True:
             kind, data = reader.events.get()
             if kind == "event" and data.get("type") == EventType.LOG:
-                for n, line in enumerate(data.get("lines", []), start=data.get("first", 1)):
-                    if n > last:
-                        print(printable(line), flush=True)
-                        last = n
+                last = _print_event_lines(data, last, colour)
             elif kind == "reset":
-                last = _print_logs(client, job_id, last)
+                last = _print_logs(client, job_id, last, colour)
             elif kind == "end":
                 break
             elif kind == "error":
                 raise CliError(str(data))
     finally:
         reader.stop()
-    _print_logs(client, job_id, last)  # what no event carries (lines past the log cap)
+    _print_logs(client, job_id, last, colour)  # what no event carried
     return 0
 
 
-def _print_logs(client: Client, job_id: str, after: int) -> int:
+def _print_event_lines(data: Any, last: int, colour: bool) -> int:
+    """Print the lines of a `job.log` event after line `last`; returns the last line
+    number. A redraw (`replace`: a progress bar moved) of a line printed is drawn over it
+    on a terminal when it is the last line printed, else printed again as a line (a file
+    or a pipe gets the bar's states as they came, its last one too); lines the event skips
+    (not kept) are said in one line."""
+    first = data.get("first", 1)
+    lines = data.get("lines", [])
+    if data.get("replace"):
+        if lines and first <= last:
+            # On a terminal: up to the line printed last, erased, drawn again.
+            redraw = "\x1b[1F\x1b[2K" if colour and first == last else ""
+            print(redraw + log_line_shown(lines[-1], colour), flush=True)
+        return last
+    if last and first > last + 1:
+        print(f"[jobgate] {first - last - 1} more lines not kept", flush=True)
+    for n, line in enumerate(lines, start=first):
+        if n > last:
+            print(log_line_shown(line, colour), flush=True)
+            last = n
+    return last
+
+
+def _print_logs(client: Client, job_id: str, after: int, colour: bool = False) -> int:
     """Print the job's log lines after line `after`; returns the last line number."""
     while True:
         page = client.call("GET", f"/api/jobs/{job_id}/logs", params={"after": after})
         for line in page["lines"]:
-            print(printable(line["line"]), flush=True)
+            print(log_line_shown(line["line"], colour), flush=True)
         if not page["lines"]:
             return after
         after = page["next"]

@@ -193,7 +193,7 @@ class WorkerSettings:
     slots: int | None = None  # jobs this node runs at once; default: limits.max_running
     lease_s: float = DEFAULT_LEASE_S
     cancel_grace_s: float = 5.0  # SIGTERM, then SIGKILL after this
-    log_max_lines: int = 10_000  # per job; later lines are counted, not kept
+    log_max_lines: int = 10_000  # per job; past it the head and tail are kept (moves.kept_log)
     poll_s: float = 2.0  # longest sleep between looks at the database
 
 

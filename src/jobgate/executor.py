@@ -24,11 +24,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 
 from jobgate.kinds import RESULT_FILE, Kind, load_function, render_argv
+from jobgate.logtext import plain, split_ends
 from jobgate.model import Job, Output, content_type
 from jobgate.progress import FfmpegProgress, is_progress_block_line
 from jobgate.pychild import JobContext as JobContext  # `jobgate.JobContext`
@@ -40,7 +41,18 @@ if TYPE_CHECKING:
     from jobgate.pyproc import PyPool
 
 ProgressFn = Callable[[float | None, str | None], None]
-LogFn = Callable[[str], None]
+
+
+class LogFn(Protocol):
+    """Where a run's log goes: `log(text)` is text logged whole (it may hold several lines);
+    `log(segment, stream, redraw)` one segment of output `stream` ("out", "err"), ended by a
+    `\\r` (`redraw`: its line is drawn again next, one log line updated in place) or by a
+    line's end (`runlog.RunLog.add`)."""
+
+    def __call__(self, line: str, stream: str | None = None, redraw: bool = False, /
+                 ) -> None: ...
+
+
 MemoryFn = Callable[[float, float], None]  # (current, peak) RSS of the job's tree, in MB
 
 _STDERR_TAIL_LINES = 20
@@ -224,19 +236,30 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
     quiet_blocks = isinstance(parser, FfmpegProgress)
     last_json: list[Any] = []  # `result = "json-last-line"`: the last one seen
 
-    def on_line(line: str, is_err: bool) -> None:
-        if parser is not None and (report := parser.feed(line)) is not None:
+    shown: dict[bool, str] = {False: "", True: ""}  # what each stream's line shows so far
+
+    def on_line(line: str, is_err: bool, redraw: bool) -> None:
+        # Every segment, each redraw of a progress bar included, is read for progress and
+        # the retry patterns; the log and the error's tail get a redrawn line once. An
+        # empty one only ends the line a bar redrew (as the parsers have always seen it).
+        if line and parser is not None and (report := parser.feed(line)) is not None:
             if report.warning:
                 log(f"[jobgate] {report.warning}")
             if report.percent is not None or report.message is not None:
                 progress(report.percent, report.message)
         if quiet_blocks and is_progress_block_line(line):
             return
-        log(line)
-        (tail if is_err else out_tail).append(line)
-        for pattern in patterns:
+        log(line, "err" if is_err else "out", redraw)
+        for pattern in patterns if line else ():
             if pattern not in matched and pattern.search(line):
                 matched[pattern] = line  # the first line each pattern found is enough
+        text = line if plain(line) else ""  # as printed: the error quotes it as it is
+        if redraw:
+            shown[is_err] = text or shown[is_err]
+            return
+        if text := text or shown[is_err]:
+            (tail if is_err else out_tail).append(text)
+        shown[is_err] = ""
 
     def on_whole_stdout(raw: bytes) -> None:
         if raw.lstrip()[:1] in (b"{", b"["):
@@ -244,11 +267,19 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
                 value = json.loads(raw)
                 last_json[:] = [value]
 
+    def on_partial(text: str, is_err: bool) -> None:
+        # The line as drawn so far. Not with ffmpeg's -progress blocks, which are left out
+        # of the log (a piece of one would stay); ffmpeg ends each redraw with its \r.
+        if not quiet_blocks:
+            log(text, "err" if is_err else "out", True)
+
     assert proc.stdout is not None and proc.stderr is not None
     readers = asyncio.gather(
-        _read_lines(proc.stdout, lambda s: on_line(s, False),
-                    on_whole_stdout if kind.result == "json-last-line" else None),
-        _read_lines(proc.stderr, lambda s: on_line(s, True)))
+        _read_lines(proc.stdout, lambda s, r: on_line(s, False, r),
+                    on_whole_stdout if kind.result == "json-last-line" else None,
+                    lambda s: on_partial(s, False)),
+        _read_lines(proc.stderr, lambda s, r: on_line(s, True, r),
+                    on_partial=lambda s: on_partial(s, True)))
     sampler = asyncio.create_task(peak.sample_until(proc))
     waiter = protocol.exited
     stopper: asyncio.Future[Any] = asyncio.ensure_future(cancel.wait())
@@ -342,37 +373,43 @@ def _completed(kind: Kind, folder: Path, last_json: list[Any],
                      error=f'no result: {reason} (the kind has result = "json-file")')
 
 
-async def _read_lines(stream: asyncio.StreamReader, on_line: Callable[[str], None],
-                     on_whole: Callable[[bytes], None] | None = None) -> None:
-    """Split output on \\n and \\r (progress bars redraw with \\r); very long lines are cut
-    for `on_line`. `on_whole`, if given, gets each line whole (up to `_MAX_RESULT_BYTES`;
-    a longer one not at all): a result printed as one line of JSON can be long."""
+async def _read_lines(stream: asyncio.StreamReader, on_line: Callable[[str, bool], None],
+                     on_whole: Callable[[bytes], None] | None = None,
+                     on_partial: Callable[[str], None] | None = None) -> None:
+    """Split output where a line ends (\\n) and where a progress bar redraws it (\\r):
+    `on_line` gets each segment with whether a \\r ended it; very long lines are cut for it.
+    `on_whole`, if given, gets each segment whole (up to `_MAX_RESULT_BYTES`; a longer one
+    not at all): a result printed as one line of JSON can be long. `on_partial`, if given,
+    gets what was read of a segment not ended yet: a bar draws `\\r` first, then its text,
+    which must show before the next draw ends it."""
     keep = _MAX_RESULT_BYTES if on_whole is not None else _MAX_LINE
     pending = b""
     shown = False  # the start of `pending` already went to on_line, cut
     dropped = False  # `pending` is the rest of a line too long to keep whole
 
-    def end_line(raw: bytes) -> None:
-        if raw and not shown:
-            on_line(raw[:_MAX_LINE].decode("utf-8", "replace"))
+    def end_line(raw: bytes, redraw: bool) -> None:
+        if not shown and (raw or not redraw):
+            on_line(raw[:_MAX_LINE].decode("utf-8", "replace"), redraw)
         if raw and on_whole is not None and not dropped:
             on_whole(raw)
 
     while chunk := await stream.read(_READ_CHUNK):
-        pending += chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        *lines, pending = pending.split(b"\n")
-        for raw in lines:
-            end_line(raw)
+        pending += chunk.replace(b"\r\n", b"\n")
+        ended, pending = split_ends(pending)
+        for raw, redraw in ended:
+            end_line(raw, redraw)
             shown = dropped = False
         if len(pending) > _MAX_LINE and not shown:
-            on_line(pending[:_MAX_LINE].decode("utf-8", "replace"))
+            on_line(pending[:_MAX_LINE].decode("utf-8", "replace"), False)
             shown = True
+        elif pending and not shown and on_partial is not None:
+            on_partial(pending.decode("utf-8", "replace"))
         if len(pending) > keep:
             if on_whole is None:  # as before: the rest of a long line reads as new lines
                 pending, shown = b"", False
             else:
                 pending, dropped = b"", True
-    end_line(pending)
+    end_line(pending, False)
 
 
 _JOB_ENV = "JOBGATE_JOB_ID"

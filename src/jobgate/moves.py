@@ -266,22 +266,87 @@ def progress_data(percent: float | None, message: str | None,
     return data
 
 
-def kept_lines(lines: list[str], count: int, cap: int) -> list[str]:
-    """The log lines kept of `lines` added after `count` lines: past `cap` lines per job,
-    lines are counted but not kept."""
-    return lines[: max(0, cap - count)]
+# --- a job's log ---------------------------------------------------------------------------
+# A log of more than `[worker] log_max_lines` (`cap`) lines keeps its head (the first
+# cap // 2 lines) and a rolling tail (the last cap - cap // 2), where a program prints
+# its errors: the lines between are counted, not kept. Lines keep their numbers (1..N as
+# produced), so what was dropped is one gap of numbers, `dropped` (first, last), which the
+# job's row holds. The backend runs what `kept_log` says: one insert of the kept lines,
+# one delete of a range of stored numbers, one update of the count and the gap.
+class KeptLog(NamedTuple):
+    """What a batch of log lines does to a job's log (`kept_log`)."""
+
+    runs: list[tuple[int, list[str]]]  # lines to insert: (first number, lines), in order
+    delete: tuple[int, int] | None  # stored lines to delete: numbers first..last
+    dropped: tuple[int, int] | None  # the gap after the batch: numbers first..last
 
 
-def log_data(first: int, lines: list[str]) -> dict[str, Any]:
-    """What a `job.log` event carries: the kept lines, numbered from `first`."""
-    return {"first": first, "lines": lines}
+def kept_log(lines: list[str], count: int, cap: int,
+             dropped: tuple[int, int] | None = None) -> KeptLog:
+    """What adding `lines` to a log of `count` lines (numbered 1..count) with the gap
+    `dropped` keeps of it under `cap` (see above): a gap once opened keeps its first line
+    (a cap changed since moves only its end)."""
+    total = count + len(lines)
+    if total <= cap and dropped is None:
+        return KeptLog([(count + 1, lines)] if lines else [], None, None)
+    tail = cap - cap // 2
+    first = dropped[0] if dropped is not None else cap // 2 + 1
+    last = max(total - tail, dropped[1] if dropped is not None else first - 1)
+    if last < first:  # not over the cap yet
+        return KeptLog([(count + 1, lines)] if lines else [], None, None)
+    runs: list[tuple[int, list[str]]] = []
+    head = lines[: max(0, first - 1 - count)]  # those still in the head
+    if head:
+        runs.append((count + 1, head))
+    rest = lines[max(0, last - count):]  # those after the gap
+    if rest:
+        runs.append((total - len(rest) + 1, rest))
+    # Stored lines that fall in the gap now: from the first not yet dropped, to the end
+    # of the gap or of what was stored.
+    start = dropped[1] + 1 if dropped is not None else first
+    end = min(last, count)
+    return KeptLog(runs, (start, end) if start <= end else None, (first, last))
 
 
-def not_kept_line(total: int | None, kept: int, after: int) -> tuple[int, str] | None:
-    """The line `Store.logs` ends with when lines were counted but not kept."""
-    if total and total > kept and after <= kept:
-        return kept + 1, f"[jobgate] {total - kept} more lines not kept (worker.log_max_lines)"
-    return None
+def log_data(first: int, lines: list[str], replace: bool = False) -> dict[str, Any]:
+    """What a `job.log` event carries: the kept lines, numbered from `first`; with
+    `replace`, the new text of lines already sent (a progress bar redrawn in place)."""
+    return {"first": first, "lines": lines, "replace": True} if replace else \
+        {"first": first, "lines": lines}
+
+
+def dropped_count(dropped: tuple[int, int] | None) -> int:
+    """How many lines the gap `dropped` holds."""
+    return 0 if dropped is None else dropped[1] - dropped[0] + 1
+
+
+def gap_line(dropped: tuple[int, int]) -> str:
+    """The line that stands in the gap of a log read in order (`Store.logs`, the text
+    download), numbered as the gap's first line."""
+    first, last = dropped
+    return (f"[jobgate] {dropped_count(dropped)} more lines not kept (lines {first}-{last}; "
+            "worker.log_max_lines keeps the first and the last lines)")
+
+
+def is_gap_line(line: str) -> bool:
+    """Whether `line`, read where a gap starts, is its gap line (not a line the job printed
+    there before the gap reached it: a page read as the log passed its cap)."""
+    return line.startswith("[jobgate] ") and "more lines not kept (lines " in line
+
+
+def with_gap_line(rows: list[tuple[int, str]], after: int, limit: int,
+                  dropped: tuple[int, int] | None) -> list[tuple[int, str]]:
+    """A page of stored lines (`rows`: (n, line) with n > `after`, at most `limit`, in
+    order) with the gap line in its place when the page reaches the gap: after the last
+    line before it, numbered as its first line (so a reader going on after it reads the
+    tail next). At most `limit` lines."""
+    if dropped is None or after >= dropped[0]:
+        return rows
+    before = [row for row in rows if row[0] < dropped[0]]
+    if len(before) == len(rows) and len(rows) >= limit:
+        return rows  # the page ends before the gap
+    page = [*before, (dropped[0], gap_line(dropped)), *rows[len(before):]]
+    return page[:limit]
 
 
 # --- dependencies ----------------------------------------------------------------------------

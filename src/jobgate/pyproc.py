@@ -35,6 +35,7 @@ from typing import Any
 from jobgate import executor
 from jobgate.executor import RunResult
 from jobgate.kinds import Kind
+from jobgate.logtext import split_ends
 from jobgate.model import Job
 from jobgate.pychild import HEADER, MAX_FRAME, encode
 
@@ -83,8 +84,8 @@ class _Proc:
 
     def end_job(self) -> None:
         """What the job printed without a final newline is its log's last line."""
-        if self.pending and self.current is not None:
-            self.current.log(self.pending[:_MAX_LINE].decode("utf-8", "replace"))
+        if self.current is not None:  # and a progress bar's line ends with it
+            self.current.log(self.pending[:_MAX_LINE].decode("utf-8", "replace"), "out", False)
         self.pending = b""
         self.current = None
 
@@ -125,24 +126,26 @@ class _Proc:
             current.done.set_result(message)
 
     async def _read_output(self, stream: asyncio.StreamReader) -> None:
-        """The job's stdout and stderr, line by line (split on \\n and \\r, as a command's)."""
+        """The job's stdout and stderr, split as a command's (`executor._read_lines`): on
+        \\n, and on \\r, a progress bar's redraw of its line."""
         while chunk := await stream.read(_READ_CHUNK):
-            self.pending += chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            *lines, self.pending = self.pending.split(b"\n")
+            self.pending += chunk.replace(b"\r\n", b"\n")
+            ended, self.pending = split_ends(self.pending)
             if len(self.pending) > _MAX_LINE:
-                lines.append(self.pending)
+                ended.append((self.pending, False))
                 self.pending = b""
-            for raw in lines:
-                if raw:
-                    self._line(raw[:_MAX_LINE].decode("utf-8", "replace"))
+            for raw, redraw in ended:
+                self._line(raw[:_MAX_LINE].decode("utf-8", "replace"), redraw)
+            if self.pending and self.current is not None:  # a bar's text, before its next \r
+                self.current.log(self.pending.decode("utf-8", "replace"), "out", True)
         if self.pending:
-            self._line(self.pending[:_MAX_LINE].decode("utf-8", "replace"))
+            self._line(self.pending[:_MAX_LINE].decode("utf-8", "replace"), False)
             self.pending = b""
 
-    def _line(self, line: str) -> None:
+    def _line(self, line: str, redraw: bool) -> None:
         if self.current is not None:
-            self.current.log(line)
-        else:  # between jobs: an import's warning, say
+            self.current.log(line, "out", redraw)
+        elif line:  # between jobs: an import's warning, say
             log.info("pool process %d: %s", self.pid, line)
 
 

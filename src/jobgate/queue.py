@@ -446,11 +446,21 @@ class JobQueue:
         resident memory `rss_mb` when given)."""
         await self.store.progress(job.id, job.lease_token, percent, message, rss_mb)
 
-    async def report_logs(self, job_id: str, lines: list[str]) -> None:
+    async def report_logs(self, job_id: str, lines: list[str]) -> int | None:
         """Add log lines to a job's log, in `job.log` events of at most 32 KB each; past
-        `[worker] log_max_lines` lines are counted, not kept."""
+        `[worker] log_max_lines` lines, the first and the last are kept (`moves.kept_log`).
+        Returns the number of the first line added (None: no such job)."""
+        first: int | None = None
         for batch in log_batches(lines, _LOG_EVENT_BYTES):
-            await self.store.append_logs(job_id, batch, self.settings.worker.log_max_lines)
+            added = await self.store.append_logs(job_id, batch,
+                                                 self.settings.worker.log_max_lines)
+            first = added if first is None else first
+        return first
+
+    async def report_redraws(self, job_id: str, lines: Mapping[int, str]) -> None:
+        """New text for log lines already added ({n: line}: progress bars redrawn in
+        place), each in a `job.log` event with `replace`."""
+        await self.store.replace_logs(job_id, lines)
 
     async def report_pid(self, job_id: str, token: int, pid: int) -> None:
         """Record the process (group) of a run, to reap it if its worker is lost."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 
+from jobgate.logtext import SGR, plain
+
 # C0 controls but tab and newline, DEL, C1 controls (U+0080-U+009F, CSI U+009B among
 # them), and the invisible marks that change the direction or order of what follows.
 _UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
@@ -31,3 +33,19 @@ def printable(value: object, newlines: bool = False) -> str:
     docstring); with `newlines`, line breaks are kept."""
     text = value if isinstance(value, str) else str(value)
     return (_UNSAFE_KEEP_NEWLINES if newlines else _UNSAFE).sub(_escape, text)
+
+
+def log_line_shown(line: str, colour: bool) -> str:
+    """A log line as `jobgate logs` prints it: with `colour` (a terminal), its SGR colour
+    sequences obeyed and reset at its end, everything else as `printable` shows it; else
+    plain text, colours taken out."""
+    if not colour:
+        return printable(plain(line))
+    parts = SGR.split(line)
+    codes = SGR.findall(line)
+    if not codes:
+        return printable(line)
+    shown = [printable(parts[0])]
+    for code, part in zip(codes, parts[1:], strict=True):
+        shown += [code, printable(part)]
+    return "".join(shown) + "\x1b[0m"

@@ -46,6 +46,7 @@ from jobgate.model import CONTROL_EVENTS, FINAL_EVENTS, QUEUED_EVENTS, Event, Ev
 from jobgate.pyproc import PyPool
 from jobgate.queue import JobQueue, is_local
 from jobgate.queue import node_live_s as node_live_s  # imported from here by api and stream
+from jobgate.runlog import RunLog
 from jobgate.sanitize import stored_percent, stored_text
 from jobgate.scheduler import Limits
 from jobgate.store.base import Node, Outcome
@@ -78,7 +79,7 @@ class _Run:
     lost: bool = False  # the lease went to someone else: report nothing more
     claimed_at: float = field(default_factory=time.monotonic)  # when the claim came back
     ending: bool = False  # its process is done; only its end is left to write
-    logs: list[str] = field(default_factory=list)
+    log: RunLog = field(default_factory=RunLog)  # its log lines not yet written
     progress: tuple[float | None, str | None] | None = None
     report_due: float = 0.0  # monotonic time before which nothing more is written
     rss_mb: float | None = None  # the process tree's resident memory, last sampled
@@ -338,8 +339,8 @@ class Worker:
                             None if message is None else stored_text(str(message)))
             self._unreported.set()
 
-        def log_line(line: str) -> None:
-            run.logs.append(stored_text(str(line)))
+        def log_line(line: str, stream: str | None = None, redraw: bool = False) -> None:
+            run.log.add(stored_text(str(line)), stream, redraw)
             self._unreported.set()
 
         async def on_pid(pid: int) -> None:
@@ -374,7 +375,7 @@ class Worker:
             result = RunResult(ok=False, error=f"internal error: {exc}", retryable=False)
         try:
             if not run.lost:
-                await self._report(run)
+                await self._report(run, ended=True)
                 outcome = await self.queue.end_outcome(job, result, self._stop.is_set())
                 run.ending = True  # the slot is free
                 await self._write_end(run, outcome)
@@ -423,12 +424,17 @@ class Worker:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # --- reporting ----------------------------------------------------------------------
-    async def _report(self, run: _Run) -> None:
+    async def _report(self, run: _Run, ended: bool = False) -> None:
         job = run.job
         async with run.reporting:
-            if run.logs:
-                lines, run.logs[:] = list(run.logs), []
-                await self.queue.report_logs(job.id, lines)
+            lines, start = run.log.take()
+            if lines:
+                run.log.added(start, len(lines), await self.queue.report_logs(job.id, lines))
+            redraws = run.log.take_redraws(time.monotonic(), force=ended)
+            if redraws:
+                await self.queue.report_redraws(job.id, redraws)
+            if run.log.waiting():  # redraws held back a moment: the loop comes back to them
+                self._unreported.set()
             if run.progress is not None or run.rss_due:
                 (percent, message), run.progress = run.progress or (None, None), None
                 run.rss_due, run.progress_at = False, time.monotonic()
@@ -443,7 +449,7 @@ class Worker:
             self._unreported.clear()
             now = time.monotonic()
             pending = [r for r in self._runs.values()
-                       if (r.logs or r.progress or r.rss_due) and not r.lost]
+                       if (r.log.waiting() or r.progress or r.rss_due) and not r.lost]
             due = [r for r in pending if r.report_due <= now]
             for run in due:
                 run.report_due = now + _REPORT_S

@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Header, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobgate import moves
 from jobgate.api.batches import BatchJob
 from jobgate.api.core import (
     ApiError,
@@ -29,11 +31,12 @@ from jobgate.api.core import (
 )
 from jobgate.config import Settings
 from jobgate.links import LINK_TTL_S, link_key, link_path, valid
+from jobgate.logtext import plain
 from jobgate.model import FINAL, Job, State, content_type, iso, parse_iso
 from jobgate.queue import node_live_s
 from jobgate.sanitize import INT64_MAX, shown, stored_text, text_problem
 from jobgate.stats import extra_json
-from jobgate.store.base import User
+from jobgate.store.base import LogSize, Store, User
 from jobgate.stream import stats_json
 
 
@@ -142,15 +145,35 @@ def install(app: FastAPI, settings: Settings) -> None:
         await services_of(request).queue.delete(job_id)
         return Response(status_code=204)
 
-    @app.get("/api/jobs/{job_id}/logs", tags=["jobs"])
+    @app.get("/api/jobs/{job_id}/logs", tags=["jobs"], response_model=None)
     async def logs(job_id: str, request: Request, user: CurrentUser,
                    after: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
-                   limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> dict[str, Any]:
-        """Log lines numbered from 1; pass the last `n` you have as `after`."""
+                   limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+                   format: Literal["json", "text"] = "json") -> dict[str, Any] | Response:
+        """Log lines numbered from 1 as the job printed them; pass the last `n` you have as
+        `after`. A log past `[worker] log_max_lines` keeps its first and its last lines:
+        `total` counts every line printed, `dropped` is `{"first", "last"}`, the numbers of
+        those not kept (null: none), and one line with `"gap": true`, numbered as the first
+        dropped, stands in their place. A progress bar's `\\r` redraws are one line.
+
+        `?format=text`: the whole kept log as a download (text/plain, `<job id>.log`),
+        colour codes taken out, the gap as one line; `after` and `limit` do not apply."""
         job = await _own_job(request, job_id, user)
-        lines = await services_of(request).queue.store.logs(job_id, after, limit)
-        return {"lines": [{"n": n, "line": stored_text(line)} for n, line in lines],
-                "next": lines[-1][0] if lines else after, "state": job.state.value}
+        store = services_of(request).queue.store
+        if format == "text":
+            return StreamingResponse(
+                _log_text(store, job_id), media_type="text/plain; charset=utf-8",
+                headers={"Content-Disposition": f'attachment; filename="{job_id}.log"'})
+        lines = await store.logs(job_id, after, limit)
+        size = await store.log_size(job_id) or LogSize(0)
+        gap = size.dropped[0] if size.dropped else None
+        return {"lines": [{"n": n, "line": stored_text(line), "gap": True}
+                          if n == gap and moves.is_gap_line(line) else
+                          {"n": n, "line": stored_text(line)} for n, line in lines],
+                "next": lines[-1][0] if lines else after, "state": job.state.value,
+                "total": size.total,
+                "dropped": {"first": size.dropped[0], "last": size.dropped[1]}
+                if size.dropped else None}
 
     @app.get("/api/jobs/{job_id}/outputs/{name:path}", tags=["jobs"])
     async def output(job_id: str, name: str, request: Request, user: CurrentUser) -> Response:
@@ -285,3 +308,15 @@ def _parse_run_at(value: str | float | None) -> float | None:
                        "run_at: expected an ISO-8601 time (or epoch seconds) before year 10000",
                        field="run_at")
     return ts
+
+
+_LOG_PAGE = 1000  # lines read from the store at a time for a text download
+
+
+async def _log_text(store: Store, job_id: str) -> AsyncIterator[bytes]:
+    """A job's whole kept log as text, one page of the store at a time (the gap line in
+    its place, colour codes out): never all of it in memory."""
+    after = 0
+    while page := await store.logs(job_id, after, _LOG_PAGE):
+        yield "".join(f"{plain(stored_text(line))}\n" for _, line in page).encode()
+        after = page[-1][0]

@@ -51,6 +51,15 @@ class Quota:
 
 
 @dataclass(frozen=True)
+class LogSize:
+    """How much a job's log holds: `total` lines counted (numbered 1..total as produced),
+    `dropped` the numbers (first, last) of those not kept (None: all kept)."""
+
+    total: int
+    dropped: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How a running job ended, reported by its worker and persisted by `finish`."""
 
@@ -305,12 +314,25 @@ class Store(ABC):
         job's current resident memory, when given (it is not stored)."""
 
     @abstractmethod
-    async def append_logs(self, job_id: str, lines: list[str], cap: int) -> None:
-        """Add log lines; past `cap` lines per job, lines are counted but not kept."""
+    async def append_logs(self, job_id: str, lines: list[str], cap: int) -> int | None:
+        """Add log lines, numbered on from the job's last; past `cap` lines per job, the
+        first and the last lines are kept and those between counted (`moves.kept_log`).
+        Returns the number of the first line added (None: no such job)."""
+
+    @abstractmethod
+    async def replace_logs(self, job_id: str, lines: Mapping[int, str]) -> None:
+        """Give lines already added a new text ({n: line}: a progress bar redrawn in
+        place); each that is still kept has a `job.log` event with `replace`."""
 
     @abstractmethod
     async def logs(self, job_id: str, after: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
-        """(n, line) with n > after; a final line tells how many were not kept."""
+        """(n, line) with n > after, at most `limit`; where lines were dropped, the gap
+        line (`moves.gap_line`) stands numbered as the first of them."""
+
+    @abstractmethod
+    async def log_size(self, job_id: str) -> LogSize | None:
+        """How many lines a job's log counted, and the gap of those dropped (None: no
+        such job)."""
 
     @abstractmethod
     async def cancel(self, job_id: str) -> Job:

@@ -40,11 +40,13 @@ from jobgate.schedules import Firing
 from jobgate.store import postgres_controls as controls_sql
 from jobgate.store import postgres_deliveries as outbox
 from jobgate.store import postgres_eta
+from jobgate.store import postgres_logs as logs_sql
 from jobgate.store import postgres_schedules as schedules_sql
 from jobgate.store import postgres_stats as stats_sql
 from jobgate.store import postgres_users as users_sql
 from jobgate.store.base import (
     Conflict,
+    LogSize,
     MetricCounts,
     Node,
     Outcome,
@@ -243,41 +245,17 @@ class PostgresStore(PgConnection, Store):
 
         await self._run(op)
 
-    async def append_logs(self, job_id: str, lines: list[str], cap: int) -> None:
-        async def op(tx: Tx) -> None:
-            row = await tx.row("SELECT log_count, owner FROM jobs WHERE id = %s FOR UPDATE",
-                               (job_id,))
-            if row is None:
-                return
-            count, owner = row
-            keep = moves.kept_lines(lines, count, cap)
-            if keep:
-                await tx.cur.executemany(
-                    "INSERT INTO logs (job_id, n, line) VALUES (%s, %s, %s)",
-                    [(job_id, count + i + 1, line) for i, line in enumerate(keep)])
-            await tx.cur.execute("UPDATE jobs SET log_count = log_count + %s WHERE id = %s",
-                                 (len(lines), job_id))
-            if keep:
-                tx.emit(EventType.LOG, Job(job_id, "", owner, {}), moves.log_data(count + 1, keep))
+    async def append_logs(self, job_id: str, lines: list[str], cap: int) -> int | None:
+        return await self._run(lambda tx: logs_sql.append(tx, job_id, lines, cap))
 
-        await self._run(op)
+    async def replace_logs(self, job_id: str, lines: Mapping[int, str]) -> None:
+        await self._run(lambda tx: logs_sql.replace(tx, job_id, lines))
 
     async def logs(self, job_id: str, after: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
-        async def op(tx: Tx) -> list[tuple[int, str]]:
-            rows = await tx.rows(
-                "SELECT n, line FROM logs WHERE job_id = %s AND n > %s ORDER BY n LIMIT %s",
-                (job_id, after, limit))
-            out = [(int(n), str(line)) for n, line in rows]
-            if len(out) < limit:
-                total = await tx.value("SELECT log_count FROM jobs WHERE id = %s", (job_id,))
-                kept = await tx.value("SELECT coalesce(max(n), 0) FROM logs WHERE job_id = %s",
-                                      (job_id,))
-                marker = moves.not_kept_line(total, kept, after)
-                if marker is not None:
-                    out.append(marker)
-            return out
+        return await self._run(lambda tx: logs_sql.read(tx, job_id, after, limit), write=False)
 
-        return await self._run(op, write=False)
+    async def log_size(self, job_id: str) -> LogSize | None:
+        return await self._run(lambda tx: logs_sql.size_of(tx, job_id), write=False)
 
     async def cancel(self, job_id: str) -> Job:
         async def op(tx: Tx) -> Job:

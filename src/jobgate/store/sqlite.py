@@ -25,11 +25,13 @@ from jobgate.schedules import Firing
 from jobgate.store import sqlite_controls as controls_sql
 from jobgate.store import sqlite_deliveries as outbox
 from jobgate.store import sqlite_eta
+from jobgate.store import sqlite_logs as logs_sql
 from jobgate.store import sqlite_schedules as schedules_sql
 from jobgate.store import sqlite_stats as stats_sql
 from jobgate.store import sqlite_users as users_sql
 from jobgate.store.base import (
     Conflict,
+    LogSize,
     MetricCounts,
     Node,
     Outcome,
@@ -166,41 +168,18 @@ class SqliteStore(GroupCommit, Store):
 
         await self._call(op)
 
-    async def append_logs(self, job_id: str, lines: list[str], cap: int) -> None:
-        def op(tx: Tx) -> None:
-            row = tx.conn.execute("SELECT log_count, owner FROM jobs WHERE id = ?",
-                                  (job_id,)).fetchone()
-            if row is None:
-                return
-            count, owner = row
-            keep = moves.kept_lines(lines, count, cap)
-            tx.conn.executemany("INSERT INTO logs (job_id, n, line) VALUES (?, ?, ?)",
-                                [(job_id, count + i + 1, line) for i, line in enumerate(keep)])
-            tx.conn.execute("UPDATE jobs SET log_count = log_count + ? WHERE id = ?",
-                            (len(lines), job_id))
-            if keep:
-                tx.emit(EventType.LOG, Job(job_id, "", owner, {}), moves.log_data(count + 1, keep))
+    async def append_logs(self, job_id: str, lines: list[str], cap: int) -> int | None:
+        return await self._call(lambda tx: logs_sql.append(tx, job_id, lines, cap))
 
-        await self._call(op)
+    async def replace_logs(self, job_id: str, lines: Mapping[int, str]) -> None:
+        await self._call(lambda tx: logs_sql.replace(tx, job_id, lines))
 
     async def logs(self, job_id: str, after: int = 0, limit: int = 1000) -> list[tuple[int, str]]:
-        def op(tx: Tx) -> list[tuple[int, str]]:
-            rows = tx.conn.execute(
-                "SELECT n, line FROM logs WHERE job_id = ? AND n > ? ORDER BY n LIMIT ?",
-                (job_id, after, limit),
-            ).fetchall()
-            out = [(int(n), str(line)) for n, line in rows]
-            if len(out) < limit:
-                total = tx.conn.execute("SELECT log_count FROM jobs WHERE id = ?",
-                                        (job_id,)).fetchone()
-                kept = tx.conn.execute("SELECT coalesce(max(n), 0) FROM logs WHERE job_id = ?",
-                                       (job_id,)).fetchone()[0]
-                marker = moves.not_kept_line(total[0] if total else None, kept, after)
-                if marker is not None:
-                    out.append(marker)
-            return out
+        return await self._call(lambda tx: logs_sql.read(tx, job_id, after, limit),
+                                write=False)
 
-        return await self._call(op, write=False)
+    async def log_size(self, job_id: str) -> LogSize | None:
+        return await self._call(lambda tx: logs_sql.size_of(tx, job_id), write=False)
 
     async def cancel(self, job_id: str) -> Job:
         def op(tx: Tx) -> Job:
