@@ -41,6 +41,10 @@
     refreshDetail: false,
     lastEventId: null,    // of the last stored event the stream delivered, to resume from
     tickTimer: 0,
+    probeTimer: 0,        // while the server cannot be reached: the next look at it
+    probeAt: 0,
+    probeMs: 2000,
+    offlineSince: 0,
     expiryTimer: 0,
     detail: null,         // {id, lastN, follow, pending: [], missing, loadingLogs}
     events: 0,            // job events applied so far, to date the replies of reads
@@ -224,6 +228,9 @@
   function endSession(note) {
     stopLive();
     stopPolling();
+    clearTimeout(S.probeTimer);
+    S.probeTimer = 0;
+    $('offline').hidden = true;
     clearTimeout(S.expiryTimer);
     clearTimeout(S.refreshTimer);
     S.refreshTimer = 0;
@@ -347,6 +354,7 @@
         fetch('health', { cache: 'no-store' }).then((r) => r.json()).catch(() => null),
       ]);
       S.queue = queue;
+      S.queueReadAt = Date.now();
       S.health = health;
       renderQueue();
     } catch (err) { /* shown by the connection state, or the session ended */ }
@@ -374,6 +382,29 @@
     const kinds = Array.isArray(q.paused_kinds) ? q.paused_kinds : [];
     paused.hidden = !q.paused && kinds.length === 0;
     paused.textContent = q.paused ? 'paused' : `paused: ${kinds.join(', ')}`;
+    renderStats();
+  }
+
+  // The stat strip: the last hour's outcomes (GET api/queue's throughput, read at most a
+  // minute ago) and the live rates of every queue.stats.
+  function renderStats() {
+    const q = S.queue;
+    const items = [];
+    const hour = q.throughput && q.throughput['60m'];
+    const rate = typeof q.success_rate === 'number' ? q.success_rate : null;
+    if (hour) {
+      const done = hour.completed;
+      items.push(['Done, last hour', String(done)]);
+      // success_rate is completed / finished over the same hour: the rest did not complete.
+      if (rate !== null && rate > 0) items.push(['Not completed, last hour', String(Math.round(done / rate - done))]);
+    }
+    if (typeof q.throughput_per_min === 'number') items.push(['Jobs per minute', String(q.throughput_per_min)]);
+    items.push(['Average run time', typeof q.avg_duration_s === 'number' ? fmtDuration(q.avg_duration_s) : '—']);
+    items.push(['Success rate, last hour', rate === null ? '—' : `${Math.round(rate * 100)}%`]);
+    const totals = q.totals && q.totals.since_start;
+    if (totals) items.push(['Since the server started', `${totals.completed} done, ${totals.failed} failed`]);
+    $('stat-strip').replaceChildren(...items.map(([k, v]) => el('li', null,
+      el('span', { class: 'stat-name', text: k }), el('span', { class: 'stat-value', text: v }))));
   }
 
   // --- kinds and the submit form ----------------------------------------------------------
@@ -710,7 +741,10 @@
       if (!job) continue;
       let li = rows.get(id);
       if (li) rows.delete(id);
-      else li = el('li', { class: 'job' }, el('a', { class: 'job-link', href: `#/job/${enc(id)}` }));
+      else {
+        li = el('li', { class: 'job' }, el('a', { class: 'job-link', href: `#/job/${enc(id)}` }),
+          el('span', { class: 'row-actions' }));
+      }
       li.dataset.id = id;
       fillRow(li, job);
       const ref = prev ? prev.nextSibling : ul.firstChild;
@@ -720,6 +754,7 @@
     for (const li of rows.values()) li.remove();
     $('jobs-empty').hidden = S.order.length > 0;
     $('more').hidden = !S.next;
+    renderBulk();
   }
 
   function stateBadge(state) {
@@ -791,10 +826,132 @@
     return Object.entries(job.args || {}).map(([k, v]) => `${k}=${fmtValue(v)}`).join(' ');
   }
 
+  // The buttons beside a row (outside its link): what one would do with it next.
+  function rowActions(job) {
+    const name = `${job.kind} ${argsText(job)}`.trim();
+    const buttons = [];
+    if (ACTIVE.has(job.state)) {
+      buttons.push(el('button', { type: 'button', class: 'secondary small', 'data-act': 'cancel',
+        'aria-label': `Cancel ${name}`, text: 'Cancel', onclick: (ev) => rowAct(job.id, 'cancel', ev.currentTarget) }));
+    }
+    if (job.state === 'failed' || job.state === 'cancelled') {
+      buttons.push(el('button', { type: 'button', class: 'secondary small', 'data-act': 'retry',
+        'aria-label': `Retry ${name}`, text: 'Retry', onclick: (ev) => rowAct(job.id, 'retry', ev.currentTarget) }));
+    }
+    const outputs = (job.outputs || []).map(outputEntry);
+    if (FINAL.has(job.state) && outputs.length === 1) {
+      const o = outputs[0];
+      const size = o.size === null || o.size === undefined ? '' : ` (${fmtBytes(o.size)})`;
+      buttons.push(el('button', { type: 'button', class: 'secondary small', 'data-act': 'download',
+        'aria-label': `Download ${o.name}${size}`, title: `${o.name}${size}`, text: 'Download',
+        onclick: () => download(job.id, o.name, $('list-error')) }));
+    }
+    return buttons;
+  }
+
+  async function rowAct(id, action, button) {
+    const job = S.jobs.get(id);
+    if (!job) return;
+    $('list-error').textContent = '';
+    if (action === 'cancel') {
+      const ok = await confirmDialog(`Cancel ${job.kind}?`, job.state === 'running'
+        ? 'Its process is stopped now, and what it has done so far is lost.'
+        : 'It leaves the queue and will not run.', 'Cancel job');
+      if (!ok) return;
+    }
+    button.disabled = true;
+    const mark = S.events;
+    try {
+      const updated = await api('POST', `api/jobs/${enc(id)}/${action}`);
+      adopt(updated, mark);
+      announce(`${updated.kind} is ${updated.state}`);
+      renderList();
+      scheduleRefresh(false);
+      ensurePolling(true);
+    } catch (err) {
+      if (S.session) $('list-error').textContent = `cannot ${action} ${job.kind}: ${err.message}`;
+      if (err.status === 409 || err.status === 404) loadList();
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  // --- bulk actions over the current filter (POST api/jobs/bulk), asked once with the count --
+
+  // What each bulk button does in this view: [body filter, label, or null when it is hidden].
+  function bulkPlan() {
+    const p = S.route.params;
+    const state = p.get('state') || '';
+    const owner = isAdmin() ? (p.get('owner') || '') : '';
+    const whose = isAdmin() ? (owner ? `${owner}'s ` : "everyone's ") : 'my ';
+    const base = owner ? { owner } : {};
+    const plan = {};
+    const cancelState = state === '' ? 'queued' : (ACTIVE.has(state) ? state : null);
+    plan.cancel = cancelState
+      ? [{ ...base, state: cancelState }, `Cancel ${whose}${cancelState} jobs`] : null;
+    const retryState = state === '' ? 'failed' : (state === 'failed' || state === 'cancelled' ? state : null);
+    plan.retry = retryState ? [{ ...base, state: retryState }, `Retry all ${retryState}`] : null;
+    const deleteState = state === '' ? null : (FINAL.has(state) ? state : undefined);
+    plan.delete = deleteState === undefined ? null
+      : [{ ...base, ...(deleteState ? { state: deleteState } : { state: [...FINAL] }) },
+        deleteState ? `Delete ${deleteState}` : 'Delete finished'];
+    return plan;
+  }
+
+  function renderBulk() {
+    const plan = bulkPlan();
+    for (const action of ['cancel', 'retry', 'delete']) {
+      const button = $(`bulk-${action}`);
+      button.hidden = !plan[action];
+      if (plan[action]) button.textContent = plan[action][1];
+    }
+  }
+
+  const BULK_DONE = { cancel: 'Cancelled', retry: 'Queued again', delete: 'Deleted' };
+
+  async function bulk(action) {
+    const planned = bulkPlan()[action];
+    if (!planned) return;
+    const [filter, label] = planned;
+    const note = $('bulk-note');
+    note.textContent = '';
+    $('list-error').textContent = '';
+    const button = $(`bulk-${action}`);
+    button.disabled = true;
+    try {
+      const counted = await api('POST', 'api/jobs/bulk', { action, filter, dry_run: true });
+      if (!counted.matched) {
+        note.textContent = `${label}: no job to take.`;
+        return;
+      }
+      const n = counted.matched;
+      const jobs = `${n}${counted.more ? '+' : ''} job${n === 1 ? '' : 's'}`;
+      const ok = await confirmDialog(`${label}?`, {
+        cancel: `This cancels ${jobs}: queued ones will not run, running ones are stopped now.`,
+        retry: `This queues ${jobs} again.`,
+        delete: `This deletes ${jobs} with their logs and output files. It cannot be undone.`,
+      }[action], `${label} (${jobs})`);
+      if (!ok) return;
+      const done = await api('POST', 'api/jobs/bulk', { action, filter });
+      const skipped = Object.values(done.skipped || {}).reduce((a, b) => a + b, 0);
+      note.textContent = `${BULK_DONE[action]} ${done.done} job${done.done === 1 ? '' : 's'}` +
+        (skipped ? ` (${skipped} had moved on meanwhile)` : '') +
+        (done.more ? '; more are left: run it again.' : '.');
+      announce(note.textContent);
+      await refreshAll();
+      ensurePolling(true);
+    } catch (err) {
+      if (S.session) $('list-error').textContent = `${label}: ${err.message}`;
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   function fillRow(li, job) {
     const sig = JSON.stringify(job);
     if (li.sig === sig) return;                      // unchanged: keep the DOM as it is
     li.sig = sig;
+    li.lastElementChild.replaceChildren(...rowActions(job));
     li.dataset.state = job.state;
     const a = li.firstElementChild;
     const meta = [attemptText(job)].filter(Boolean);
@@ -817,6 +974,13 @@
   }
 
   function tick() {
+    renderOffline();
+    if (S.transport === 'offline') return;           // what it would count is not known
+    // The hour's numbers come with GET api/queue only (queue.stats has the rates).
+    if (S.queueReadAt && Date.now() - S.queueReadAt > 60000 && !document.hidden) {
+      S.queueReadAt = Date.now();
+      loadQueue();
+    }
     for (const li of document.querySelectorAll('#job-list li.job')) {
       const job = S.jobs.get(li.dataset.id);
       if (job && ACTIVE.has(job.state)) {
@@ -1047,8 +1211,9 @@
 
   // A signed link the browser fetches itself: it streams the file to disk (a fetch with
   // the bearer token would hold all of a multi-GB output in memory first).
-  async function download(id, name) {
-    $('act-error').textContent = '';
+  async function download(id, name, errorBox) {
+    const box = errorBox || $('act-error');
+    box.textContent = '';
     try {
       const link = await api('POST', `api/jobs/${enc(id)}/outputs/${name.split('/').map(enc).join('/')}/link`);
       const a = el('a', { href: relative(link.url), download: name.split('/').pop() });
@@ -1056,7 +1221,7 @@
       a.click();
       a.remove();
     } catch (err) {
-      if (err.status !== 401) $('act-error').textContent = `cannot download ${name}: ${err.message}`;
+      if (err.status !== 401) box.textContent = `cannot download ${name}: ${err.message}`;
     }
   }
 
@@ -1142,6 +1307,7 @@
   // --- live updates: the event stream, or polling -------------------------------------------
 
   function setTransport(t) {
+    const was = S.transport;
     S.transport = t;
     const c = $('conn');
     c.dataset.transport = t;
@@ -1156,6 +1322,75 @@
       offline: 'The server cannot be reached',
       connecting: '',
     }[t] || '';
+    if (t === 'offline' && was !== 'offline') goneOffline();
+    else if (t !== 'offline' && was === 'offline') backOnline();
+  }
+
+  // --- the server out of reach: say so, stop the clocks, look again now and then -------------
+
+  async function reachable() {
+    try {
+      await fetch('health', { cache: 'no-store' });
+      return true;                                   // any answer, even 503: it is there
+    } catch (err) {
+      return false;
+    }
+  }
+
+  function goneOffline() {
+    S.offlineSince = Date.now();
+    S.probeMs = 2000;
+    stopPolling();
+    document.body.classList.add('offline');
+    $('offline').hidden = false;
+    scheduleProbe();
+  }
+
+  function scheduleProbe() {
+    clearTimeout(S.probeTimer);
+    S.probeAt = Date.now() + S.probeMs;
+    S.probeTimer = setTimeout(probe, S.probeMs);
+    S.probeMs = Math.min(S.probeMs * 2, 30000);
+    renderOffline();
+  }
+
+  async function probe() {
+    clearTimeout(S.probeTimer);
+    S.probeTimer = 0;
+    $('offline-text').textContent = offlineText('checking now…');
+    const ok = await reachable();
+    if (!S.session || S.transport !== 'offline') return;
+    if (ok) setTransport(S.es ? 'live' : 'polling');
+    else scheduleProbe();
+  }
+
+  function backOnline() {
+    clearTimeout(S.probeTimer);
+    S.probeTimer = 0;
+    document.body.classList.remove('offline');
+    $('offline').hidden = true;
+    announce('The server can be reached again.');
+    if (!S.session) return;
+    if (S.liveSupported && !S.es) {
+      clearTimeout(S.liveTimer);
+      S.liveTimer = 0;
+      S.liveRetryMs = 2000;
+      startLive();
+    }
+    refreshAll().then(() => ensurePolling());
+    tick();
+  }
+
+  function offlineText(next) {
+    const since = new Date(S.offlineSince).toLocaleTimeString();
+    return `The server cannot be reached (since ${since}): what this page shows may be out `
+      + `of date, and its clocks are stopped. ${next}`;
+  }
+
+  function renderOffline() {
+    if (S.transport !== 'offline' || !S.probeTimer) return;
+    const left = Math.max(0, Math.ceil((S.probeAt - Date.now()) / 1000));
+    $('offline-text').textContent = offlineText(`Trying again in ${left} s.`);
   }
 
   function startLive() {
@@ -1171,7 +1406,8 @@
       // After a drop, resume where the last stream stopped: the server replays the gap
       // (or says stream.reset when it no longer has it).
       const resume = S.lastEventId ? `&last_event_id=${enc(S.lastEventId)}` : '';
-      const es = new EventSource(`api/events?ticket=${enc(data.ticket)}${resume}`);
+      // `positions`: each queue.stats carries the places of this user's queued jobs.
+      const es = new EventSource(`api/events?positions=true&ticket=${enc(data.ticket)}${resume}`);
       S.es = es;
       es.onopen = () => {
         S.liveRetryMs = 2000;
@@ -1191,12 +1427,20 @@
         if (S.es !== es) return;
         S.es = null;
         if (!S.session) return;
-        setTransport('polling');
-        ensurePolling();                             // polls only while something is active
-        scheduleLive();                              // a ticket is single use: get a new one
+        reachable().then((ok) => {
+          if (S.session !== session || S.es) return;
+          if (!ok) {
+            setTransport('offline');                 // the banner's look brings it back
+            return;
+          }
+          setTransport('polling');
+          ensurePolling();                           // polls only while something is active
+          scheduleLive();                            // a ticket is single use: get a new one
+        });
       };
     }).catch((err) => {
       if (S.session !== session) return;
+      if (err.status === 0) return;                  // out of reach: backOnline starts it
       if (err.status === 404 || err.status === 405 || err.status === 501) S.liveSupported = false;
       else scheduleLive();
       ensurePolling();
@@ -1233,8 +1477,10 @@
       return;
     }
     if (ev.type === 'queue.stats') {
-      S.queue = { ...(S.queue || {}), ...ev };
+      const { positions, ...stats } = ev;
+      S.queue = { ...(S.queue || {}), ...stats };
       renderQueue();
+      if (positions && typeof positions === 'object') applyPositions(positions);
       return;
     }
     if (!ev.job_id) return;
@@ -1267,6 +1513,18 @@
       const d = S.detail;
       const shown = d && S.jobs.get(d.id);
       scheduleRefresh(Boolean(d && (d.id === ev.job_id || (shown && shown.state === 'queued'))));
+    }
+  }
+
+  // The places of this user's queued jobs, pushed whenever anyone's job starts or ends:
+  // kept like an event's change, so a list read that left before does not undo them.
+  function applyPositions(positions) {
+    for (const [id, place] of Object.entries(positions)) {
+      const job = S.jobs.get(id);
+      if (!job || job.state !== 'queued' || job.position === place) continue;
+      change(id, 'position', place);
+      job.position = place;
+      renderJob(id);
     }
   }
 
@@ -1312,6 +1570,10 @@
   // once at least (after the user acted, or came back to the tab).
   function ensurePolling(now) {
     if (!S.session || S.es || S.pollTimer || S.pollBusy) return;
+    if (S.transport === 'offline') {
+      if (now && S.probeTimer) probe();              // the user is back: look now
+      return;
+    }
     if (now) {
       poll();
     } else if (anythingActive()) {
@@ -1332,9 +1594,9 @@
     } finally {
       S.pollBusy = false;
     }
-    if (!S.session || S.es) return;
+    if (!S.session || S.es || S.transport === 'offline') return;  // probe() takes over
     if (document.hidden) return;                     // resumes on visibilitychange
-    if (anythingActive() || S.transport === 'offline') {
+    if (anythingActive()) {
       S.pollTimer = setTimeout(poll, POLL_MS);
     } else {
       setTransport('idle');
@@ -1364,6 +1626,10 @@
     $('act-cancel').addEventListener('click', () => act('cancel'));
     $('act-retry').addEventListener('click', () => act('retry'));
     $('act-delete').addEventListener('click', () => act('delete'));
+    for (const action of ['cancel', 'retry', 'delete']) {
+      $(`bulk-${action}`).addEventListener('click', () => bulk(action));
+    }
+    $('offline-retry').addEventListener('click', () => { if (S.transport === 'offline') probe(); });
     $('log-follow').addEventListener('click', () => setFollow(!(S.detail && S.detail.follow)));
     $('confirm').addEventListener('close', () => {
       const resolve = confirmResolve;
@@ -1410,12 +1676,14 @@
     wire();
     S.session = loadSession();
     if (!S.session) {
-      // A server with [auth] enabled = false needs no sign-in: everybody is its admin.
+      // A server with [auth] enabled = false needs no sign-in (everybody is its admin),
+      // nor does a host app's own session: ui/session says so with a 200 either way, so a
+      // signed-out visit leaves no failed request in the console.
       try {
-        const r = await fetch('api/me', { cache: 'no-store' });
-        if (r.ok) {
-          const me = await r.json();
-          S.session = { token: null, expires_at: null, user: me, open: true };
+        const r = await fetch('ui/session', { cache: 'no-store' });
+        const data = r.ok ? await r.json() : null;
+        if (data && data.signed_in && data.user) {
+          S.session = { token: null, expires_at: null, user: data.user, open: true };
         }
       } catch (err) { /* shown when signing in */ }
     }
