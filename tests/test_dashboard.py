@@ -698,7 +698,7 @@ def test_an_expired_session_goes_back_to_sign_in_and_then_to_the_same_view(pages
     expect(page.locator("#signin-error")).to_have_text("")
     expect(page.locator("#job-body")).to_be_visible()
     expect(page.locator("#job-state")).to_have_attribute("data-state", "completed")
-    expect(page.locator("#job-title")).to_contain_text(job["id"])
+    expect(page.locator("#job-id")).to_have_text(job["id"])
 
     # A stored token that expired meanwhile (the page is opened again the next day).
     page.evaluate("(t) => { const s = JSON.parse(localStorage.getItem('jobgate.session'));"

@@ -10,8 +10,7 @@
   const POLL_MS = 1500;
   const SESSION_KEY = 'jobgate.session';
   const LAST_USER_KEY = 'jobgate.user';
-  const LOG_KEEP = 5000;          // lines kept in the log view
-  const LOG_PAGE = 1000;
+  const LOG_PAGE = 1000;          // lines per read of a log (all of them are shown)
   const FINAL = new Set(['completed', 'failed', 'cancelled']);
   const ACTIVE = new Set(['queued', 'running']);
   const ICONS = { queued: '◷', running: '▶', completed: '✓', failed: '✕', cancelled: '⊘' };
@@ -46,7 +45,7 @@
     probeMs: 2000,
     offlineSince: 0,
     expiryTimer: 0,
-    detail: null,         // {id, lastN, follow, pending: [], missing, loadingLogs}
+    detail: null,         // {id, lastN, follow, pending: [[n, line]], lineEls, missing, loadingLogs}
     events: 0,            // job events applied so far, to date the replies of reads
     changed: new Map(),   // job id -> Map of field -> [S.events when set, value]
   };
@@ -106,6 +105,17 @@
   function fmtMB(mb) {
     if (mb === null || mb === undefined) return '?';
     return mb >= 1024 ? `${(mb / 1024).toFixed(1)} GB` : `${Math.round(mb)} MB`;
+  }
+
+  // "3 min ago", "in 20 s": for what a person reads at a glance (the exact time in a title).
+  function fmtAgo(iso) {
+    const t = ts(iso);
+    if (Number.isNaN(t)) return '—';
+    const s = (Date.now() - t) / 1000;
+    if (Math.abs(s) < 5) return 'just now';
+    const text = s < 0 ? fmtDuration(-s) : fmtDuration(s);
+    const short = text.replace(/ \d+ s$| \d+ min$| \d+ h$/, '').replace(/\.\d s$/, ' s');
+    return s < 0 ? `in ${short}` : `${short} ago`;
   }
 
   function fmtTime(iso) {
@@ -618,6 +628,7 @@
     const kind = currentKind();
     if (!kind) return;
     clearFieldErrors();
+    $('submit-note').hidden = true;
     const args = {};
     for (const input of document.querySelectorAll('#kind-fields [data-arg]')) {
       const value = argValue(input);
@@ -645,8 +656,16 @@
         row.classList.add('fresh');
         setTimeout(() => row.classList.remove('fresh'), 2500);
       }
-      announce(`Submitted ${job.kind}: ${job.state}` +
-        (job.position ? `, number ${job.position} in the queue` : ''));
+      const said = `Submitted ${jobTitle(job)}: ${job.state}` +
+        (job.position ? `, #${job.position} in the queue` : '');
+      announce(said);
+      const note = $('submit-note');
+      note.replaceChildren(`${said}. `, el('a', { href: `#/job/${enc(job.id)}`, text: 'Open it' }));
+      note.hidden = false;
+      clearTimeout(S.noteTimer);
+      S.noteTimer = setTimeout(() => { note.hidden = true; }, 8000);
+      // On a phone the list is below the form: bring the new row into view.
+      if (row && window.matchMedia('(max-width: 700px)').matches) row.scrollIntoView({ block: 'center' });
       loadQueue();
       ensurePolling(true);
     } catch (err) {
@@ -752,7 +771,14 @@
       prev = li;
     }
     for (const li of rows.values()) li.remove();
-    $('jobs-empty').hidden = S.order.length > 0;
+    const empty = $('jobs-empty');
+    empty.hidden = S.order.length > 0;
+    const p = S.route.params;
+    const state = p.get('state');
+    const owner = isAdmin() ? p.get('owner') : '';
+    empty.textContent = state || owner
+      ? `No ${state || ''} jobs${owner ? ` of ${owner}` : ''} match this filter.`.replace('  ', ' ')
+      : 'No jobs here yet. Submit one with the form.';
     $('more').hidden = !S.next;
     renderBulk();
   }
@@ -778,8 +804,8 @@
         cell.append(el('span', { class: 'pos', title: 'Place in the queue', text: `#${job.position} in queue` }));
       }
       const start = ts(job.run_at);
-      if (start > Date.now() + 1000) {
-        cell.append(el('span', { class: 'msg', text: `starts ${new Date(start).toLocaleTimeString()}` }));
+      if (start > Date.now()) {
+        cell.append(el('span', { class: 'msg countdown', title: fmtTime(job.run_at), text: startText(job) }));
       } else if (job.message) {
         // The queue's message repeats the place shown beside it: only its estimate stays.
         const text = job.message.replace(/^position \d+(, )?/, '');
@@ -810,6 +836,26 @@
     return ['took', fmtDuration((end - start) / 1000)];
   }
 
+  // When it was submitted, or when it ended: relative, kept current by tick().
+  function whenText(job) {
+    return FINAL.has(job.state) && job.finished_at ? `finished ${fmtAgo(job.finished_at)}`
+      : `submitted ${fmtAgo(job.created_at)}`;
+  }
+
+  function whenBits(job) {
+    const iso = FINAL.has(job.state) && job.finished_at ? job.finished_at : job.created_at;
+    return el('span', { class: 'when', title: fmtTime(iso), text: whenText(job) });
+  }
+
+  // A delayed job's start (a retry's backoff): counted down, never a frozen "in 2.1 s".
+  function startText(job) {
+    const start = ts(job.run_at);
+    if (!(start > Date.now())) return job.attempt > 0 ? 'retrying now' : 'starting when a slot is free';
+    const left = fmtDuration((start - Date.now()) / 1000).replace(/\.\d s$/, ' s');
+    if (job.attempt > 0 && job.max_attempts > 1) return `attempt ${job.attempt} failed; retrying in ${left}`;
+    return `starts in ${left}`;
+  }
+
   function timeText(job) {
     const [label, text] = timing(job);
     return text === 'never ran' || text === 'not yet due' ? text : `${label} ${text}`;
@@ -820,6 +866,21 @@
       return `attempt ${Math.max(job.attempt, 1)} of ${job.max_attempts}`;
     }
     return '';
+  }
+
+  // The argument that says which job this is: the first required one, else the first.
+  function mainArg(job) {
+    const kind = S.kinds.find((k) => k.name === job.kind);
+    const args = job.args || {};
+    const names = Object.keys(args);
+    const required = kind ? Object.entries(kind.args || {}).filter(([, a]) => a.required).map(([n]) => n) : [];
+    const name = required.find((n) => n in args) || names[0];
+    return name === undefined ? '' : fmtValue(args[name]);
+  }
+
+  function jobTitle(job) {
+    const arg = mainArg(job);
+    return arg ? `${job.kind} ${arg.length > 80 ? `${arg.slice(0, 79)}…` : arg}` : job.kind;
   }
 
   function argsText(job) {
@@ -964,7 +1025,8 @@
       statusCell(job),
       el('span', { class: 'cell-meta' },
         el('span', { class: 'elapsed', text: timeText(job) }),
-        meta.length ? el('span', { class: 'attempt', text: meta.join(' · ') }) : null),
+        meta.length ? el('span', { class: 'attempt', text: meta.join(' · ') }) : null,
+        whenBits(job)),
     );
     a.setAttribute('aria-label',
       `${job.kind} ${argsText(job)}, ${job.state}` +
@@ -983,11 +1045,18 @@
     }
     for (const li of document.querySelectorAll('#job-list li.job')) {
       const job = S.jobs.get(li.dataset.id);
-      if (job && ACTIVE.has(job.state)) {
+      if (!job) continue;
+      if (ACTIVE.has(job.state)) {
         const span = li.querySelector('.elapsed');
         if (span) span.textContent = timeText(job);
       }
+      const when = li.querySelector('.when');
+      if (when) when.textContent = whenText(job);
+      const countdown = li.querySelector('.countdown');
+      if (countdown) countdown.textContent = startText(job);
     }
+    const countdown = document.querySelector('#job-status .countdown');
+    if (countdown && S.detail && S.jobs.get(S.detail.id)) countdown.textContent = startText(S.jobs.get(S.detail.id));
     if (S.detail) {
       const job = S.jobs.get(S.detail.id);
       const dd = $('fact-time');
@@ -1001,7 +1070,7 @@
     if (!S.detail || S.detail.id !== id) {
       S.detail = {
         id, lastN: 0, follow: true, pending: [], missing: false, loadingLogs: false,
-        logsAgain: false,
+        logsAgain: false, logsLoaded: false, lineEls: new Map(), total: null, textRoute: false,
       };
       $('job-log').replaceChildren();
       $('job-deliveries-box').hidden = true;
@@ -1040,42 +1109,150 @@
       return;
     }
     d.loadingLogs = true;
+    renderLogState();
     try {
       for (;;) {
         d.logsAgain = false;
         const data = await api('GET', `api/jobs/${enc(d.id)}/logs?after=${d.lastN}&limit=${LOG_PAGE}`);
         if (S.detail !== d) return;
+        // Servers that keep a capped log's head and tail say what they dropped and how
+        // many lines there are, and serve the log as text: absent, it is all there is.
+        if (typeof data.total === 'number') d.total = data.total;
+        if ('dropped' in data || 'total' in data) d.textRoute = true;
+        if (data.dropped) d.dropped = data.dropped;
         addLogLines(d, data.lines.map((l) => [l.n, l.line]));
         if (data.lines.length < LOG_PAGE && !d.logsAgain) break;
       }
+      d.logsLoaded = true;
     } catch (err) {
       /* the next poll or event tries again */
     } finally {
       d.loadingLogs = false;
+      renderLogState();
     }
   }
 
   function addLogLines(d, lines) {
     const fresh = lines.filter(([n]) => n > d.lastN);
     if (!fresh.length) return;
+    if (d.follow) writeLog(d, fresh);
+    else d.pending.push(...fresh);
     d.lastN = fresh[fresh.length - 1][0];
-    if (d.follow) writeLog(fresh.map(([, line]) => line));
-    else d.pending.push(...fresh.map(([, line]) => line));
     renderLogState();
   }
 
-  function writeLog(lines) {
-    const pre = $('job-log');
-    pre.append(document.createTextNode(lines.map((l) => `${l}\n`).join('')));
-    if (pre.childNodes.length > 200) pre.normalize();
-    const text = pre.textContent;
-    const count = text.split('\n').length - 1;
-    if (count > LOG_KEEP) {
-      let cut = 0;
-      for (let i = 0; i < count - LOG_KEEP; i++) cut = text.indexOf('\n', cut) + 1;
-      pre.textContent = text.slice(cut);
+  // A `replace` event: line `n` again, as a progress bar redraws it (`\r`): updated where
+  // it is, not added.
+  function replaceLogLine(d, n, line) {
+    const held = d.pending.find(([m]) => m === n);
+    if (held) held[1] = line;
+    const e = d.lineEls.get(n);
+    if (e) fillLine(e, line);
+  }
+
+  // ANSI SGR colours (ESC[…m: 0 reset, 1 bold, 22 normal, 30–37 and 90–97 colours, 39
+  // default, 40–47 and 100–107 backgrounds, 49) become spans with classes; every other
+  // escape or control sequence is dropped. Text goes in by textContent only.
+  const ANSI = /\x1b\[([0-9;:?]*)([@-~])|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|[\x00-\x08\x0b-\x1f\x7f]/g;
+
+  function ansiSpans(text) {
+    const out = [];
+    let fg = null;
+    let bg = null;
+    let bold = false;
+    let last = 0;
+    const push = (piece) => {
+      if (!piece) return;
+      if (fg === null && bg === null && !bold) {
+        out.push(piece);
+        return;
+      }
+      const cls = [fg !== null ? `ansi-fg-${fg}` : '', bg !== null ? `ansi-bg-${bg}` : '', bold ? 'ansi-bold' : '']
+        .filter(Boolean).join(' ');
+      out.push(el('span', { class: cls, text: piece }));
+    };
+    ANSI.lastIndex = 0;
+    for (let m = ANSI.exec(text); m; m = ANSI.exec(text)) {
+      push(text.slice(last, m.index));
+      last = ANSI.lastIndex;
+      if (m[2] !== 'm') continue;
+      const codes = m[1] === '' ? [0] : m[1].split(/[;:]/).map(Number);
+      for (let i = 0; i < codes.length; i++) {
+        const c = codes[i];
+        if (c === 0) { fg = null; bg = null; bold = false; }
+        else if (c === 1) bold = true;
+        else if (c === 22) bold = false;
+        else if (c >= 30 && c <= 37) fg = c - 30;
+        else if (c >= 90 && c <= 97) fg = c - 90 + 8;
+        else if (c === 39) fg = null;
+        else if (c >= 40 && c <= 47) bg = c - 40;
+        else if (c >= 100 && c <= 107) bg = c - 100 + 8;
+        else if (c === 49) bg = null;
+        else if (c === 38 || c === 48) i += codes[i + 1] === 5 ? 2 : 4;  // 256 / RGB: skipped
+      }
     }
+    push(text.slice(last));
+    return out;
+  }
+
+  function fillLine(e, text) {
+    e.replaceChildren(...ansiSpans(text), '\n');
+  }
+
+  function writeLog(d, entries) {
+    const pre = $('job-log');
+    const bits = document.createDocumentFragment();
+    let prev = d.shownN || 0;                       // the last line written
+    for (const [n, line] of entries) {
+      if (n > prev + 1) bits.append(gapEl(d, prev + 1, n - 1));
+      const e = el('span', { class: 'ln' });
+      e.dataset.n = n;
+      fillLine(e, line);
+      d.lineEls.set(n, e);
+      bits.append(e);
+      prev = n;
+    }
+    d.shownN = prev;
+    pre.append(bits);
     pre.scrollTop = pre.scrollHeight;
+  }
+
+  // Lines the server did not keep (a capped log keeps its head and tail): said where they
+  // were, with the way to what there is.
+  function gapEl(d, first, last) {
+    const range = first === last ? `line ${first.toLocaleString()}` : `lines ${first.toLocaleString()}–${last.toLocaleString()}`;
+    return el('span', { class: 'log-gap' }, `… ${range} not kept — `,
+      el('a', { href: '#', onclick: (ev) => { ev.preventDefault(); downloadLog(); }, text: 'download the log' }), '\n');
+  }
+
+  // The whole kept log as a text file: the server's text route where it has one, else
+  // the lines this page has read (all of them: it keeps every line it was sent).
+  async function downloadLog() {
+    const d = S.detail;
+    if (!d) return;
+    const job = S.jobs.get(d.id);
+    const name = `${(job ? job.kind : 'job')}-${d.id}.log`;
+    let text = null;
+    if (d.textRoute) {
+      try {
+        const r = await fetch(`api/jobs/${enc(d.id)}/logs?format=text`, {
+          headers: S.session && S.session.token ? { Authorization: `Bearer ${S.session.token}` } : {},
+          cache: 'no-store',
+        });
+        if (r.ok && (r.headers.get('content-type') || '').startsWith('text/plain')) text = await r.text();
+      } catch (err) { text = null; }
+    }
+    if (text === null) {
+      const lines = [...d.lineEls.values()].map((e) => e.textContent).join('');
+      const held = d.pending.map(([, line]) => `${line}\n`).join('');
+      text = lines + held;
+    }
+    const url = URL.createObjectURL(new Blob([text], { type: 'text/plain' }));
+    const a = el('a', { href: url, download: name });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
   }
 
   function setFollow(on) {
@@ -1086,8 +1263,9 @@
     if (!d) return;
     d.follow = on;
     if (on && d.pending.length) {
-      writeLog(d.pending);
+      const held = d.pending;
       d.pending = [];
+      writeLog(d, held);
     }
     renderLogState();
   }
@@ -1100,12 +1278,16 @@
     if (!d.follow) {
       text = d.pending.length ? `Paused: ${d.pending.length} new lines held back.` : 'Paused.';
       $('log-follow').textContent = d.pending.length ? `Follow (${d.pending.length} new)` : 'Follow';
+    } else if (d.loadingLogs || !d.logsLoaded) {
+      // Never "End of the log." while pages are still coming.
+      text = d.total ? `Loading… (${d.lastN.toLocaleString()} of ${d.total.toLocaleString()} lines)` : 'Loading…';
     } else if (job && ACTIVE.has(job.state)) {
       text = 'Following the log.';
     } else {
-      text = $('job-log').textContent ? 'End of the log.' : 'No log lines.';
+      text = d.lineEls.size ? `End of the log (${d.lineEls.size.toLocaleString()} lines).` : 'No log lines.';
     }
     $('log-state').textContent = text;
+    $('log-download').hidden = !d.lineEls.size && !d.pending.length;
   }
 
   function fact(name, value, id) {
@@ -1124,8 +1306,9 @@
       return;
     }
     if (!job) return;
-    document.title = `${job.kind} ${job.state} · jobgate`;
-    $('job-title').textContent = `${job.kind} · ${job.id}`;
+    document.title = `${jobTitle(job)} · ${job.state} · jobgate`;
+    $('job-title').textContent = jobTitle(job);
+    $('job-id').textContent = job.id;
     $('job-state').replaceChildren(stateBadge(job.state));
     $('job-state').dataset.state = job.state;
 
@@ -1133,7 +1316,11 @@
     status.replaceChildren();
     if (job.state === 'queued' && job.position) {
       status.append(el('span', { class: 'pos', text: `#${job.position} in queue` }));
-      if (job.message) status.append(el('span', { class: 'msg', text: job.message }));
+      // Its message repeats the place (as it was when sent): only the rest stays.
+      const rest = (job.message || '').replace(/^position \d+(, )?/, '');
+      if (rest) status.append(el('span', { class: 'msg', text: rest }));
+    } else if (job.state === 'queued' && ts(job.run_at) > Date.now()) {
+      status.append(el('span', { class: 'msg countdown', title: fmtTime(job.run_at), text: startText(job) }));
     } else if (job.state === 'running' || job.state === 'completed') {
       status.append(...progressBits(job.state === 'completed' && job.progress === null
         ? { ...job, progress: 100 } : job));
@@ -1149,12 +1336,14 @@
       ...fact('Owner', job.owner),
       ...fact({ waiting: 'Waiting', running: 'Running for', took: 'Duration' }[timing(job)[0]],
         timing(job)[1], 'fact-time'),
-      ...fact('Attempt', `${Math.max(job.attempt, job.state === 'queued' ? job.attempt : 1)} of ${job.max_attempts}`),
+      // A job that never ran has had no attempt: not "Attempt 0 of 1".
+      ...(job.attempt > 0 ? fact('Attempt', `${job.attempt} of ${job.max_attempts}`)
+        : job.max_attempts > 1 ? fact('Attempts', `none yet, up to ${job.max_attempts}`) : []),
       ...fact('Priority', String(job.priority)),
-      ...fact('Submitted', fmtTime(job.created_at)),
+      ...fact('Submitted', `${fmtAgo(job.created_at)} (${fmtTime(job.created_at)})`),
     ];
-    if (job.started_at) facts.push(...fact('Started', fmtTime(job.started_at)));
-    if (job.finished_at) facts.push(...fact('Finished', fmtTime(job.finished_at)));
+    if (job.started_at) facts.push(...fact('Started', `${fmtAgo(job.started_at)} (${fmtTime(job.started_at)})`));
+    if (job.finished_at) facts.push(...fact('Finished', `${fmtAgo(job.finished_at)} (${fmtTime(job.finished_at)})`));
     if (job.worker) facts.push(...fact('Worker', job.worker));
     if (job.memory_mb) facts.push(...fact('Memory reserved', fmtMB(job.memory_mb)));
     if (job.peak_memory_mb !== null && job.peak_memory_mb !== undefined) {
@@ -1492,7 +1681,13 @@
     if (ev.type === 'job.log') {
       const d = S.detail;
       if (d && d.id === ev.job_id && Array.isArray(ev.lines)) {
-        if (ev.first === d.lastN + 1) addLogLines(d, ev.lines.map((line, i) => [ev.first + i, line]));
+        const entries = ev.lines.map((line, i) => [ev.first + i, line]);
+        if (ev.replace && ev.first <= d.lastN) {
+          for (const [n, line] of entries) {
+            if (n <= d.lastN) replaceLogLine(d, n, line);
+          }
+          addLogLines(d, entries);                   // any lines after it are new ones
+        } else if (ev.first === d.lastN + 1) addLogLines(d, entries);
         else if (ev.first > d.lastN + 1) loadLogs();
       }
       return;
@@ -1629,7 +1824,20 @@
     for (const action of ['cancel', 'retry', 'delete']) {
       $(`bulk-${action}`).addEventListener('click', () => bulk(action));
     }
+    $('copy-id').addEventListener('click', async () => {
+      const id = $('job-id').textContent;
+      try {
+        await navigator.clipboard.writeText(id);
+        announce('Copied the job id');
+        $('copy-id').textContent = 'Copied';
+      } catch (err) {
+        getSelection().selectAllChildren($('job-id'));  // no clipboard here: select it
+        $('copy-id').textContent = 'Selected: press Ctrl+C';
+      }
+      setTimeout(() => { $('copy-id').textContent = 'Copy id'; }, 2000);
+    });
     $('offline-retry').addEventListener('click', () => { if (S.transport === 'offline') probe(); });
+    $('log-download').addEventListener('click', downloadLog);
     $('log-follow').addEventListener('click', () => setFollow(!(S.detail && S.detail.follow)));
     $('confirm').addEventListener('close', () => {
       const resolve = confirmResolve;
