@@ -132,3 +132,15 @@ def test_placeholders_are_readable_in_both_schemes(pages, scheme):
     sign_in(page, "carol")
     ratio = page.evaluate(PLACEHOLDER_JS)
     assert ratio >= 4.5, f"placeholder contrast {ratio:.2f}:1 ({scheme})"
+
+
+def test_on_a_wide_screen_the_header_lines_up_with_the_content(pages):
+    page = pages.new(viewport={"width": 1700, "height": 900})
+    sign_in(page, "carol")
+    brand = page.locator(".top .brand").bounding_box()
+    form = page.locator("#submit-box").bounding_box()
+    signout = page.locator("#signout").bounding_box()
+    jobs = page.locator(".jobs").bounding_box()
+    assert brand and form and signout and jobs
+    assert abs(brand["x"] - form["x"]) <= 2, (brand, form)
+    assert abs((signout["x"] + signout["width"]) - (jobs["x"] + jobs["width"])) <= 2

@@ -7,6 +7,7 @@ This module's server runs one job at a time, so every other job waits with a pla
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -142,3 +143,31 @@ def test_while_the_server_is_down_the_page_says_so_and_its_clocks_stop(browser, 
         assert not opened.outside, opened.outside
     finally:
         opened.close()
+
+
+def first_stats(server: Server, user: str, query: str = "") -> dict[str, Any]:
+    """The first queue.stats frame of `GET /api/events` for `user`."""
+    with server.client(user) as http, http.stream("GET", f"/api/events{query}") as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                data: dict[str, Any] = json.loads(line.removeprefix("data: "))
+                if data["type"] == "queue.stats":
+                    return data
+    raise AssertionError("the stream ended before its queue.stats")
+
+
+def test_the_stream_carries_a_users_places_only_when_asked(server):
+    blocker = api_submit(server, "alice", "sleep", seconds=120)
+    wait_api(server, "alice", blocker["id"], "running")
+    mine = [api_submit(server, "bob", "sleep", seconds=120) for _ in range(2)]
+    theirs = api_submit(server, "carol", "sleep", seconds=120)
+    try:
+        assert "positions" not in first_stats(server, "bob")   # other clients: as before
+        places = first_stats(server, "bob", "?positions=true")["positions"]
+        assert places == {j["id"]: api_job(server, "bob", j["id"])["position"] for j in mine}
+        everyone = first_stats(server, "alice", "?positions=true")["positions"]
+        assert {mine[0]["id"], mine[1]["id"], theirs["id"]} <= set(everyone)  # an admin's
+    finally:
+        for job in [blocker, *mine, theirs]:
+            api_cancel(server, "alice", job["id"])
