@@ -144,3 +144,21 @@ def test_on_a_wide_screen_the_header_lines_up_with_the_content(pages):
     assert brand and form and signout and jobs
     assert abs(brand["x"] - form["x"]) <= 2, (brand, form)
     assert abs((signout["x"] + signout["width"]) - (jobs["x"] + jobs["width"])) <= 2
+
+
+def test_a_job_that_ends_while_the_tab_is_hidden_shows_in_its_title(pages, server):
+    page = pages.new()
+    sign_in(page, "bob")
+    expect(page.locator("#conn")).to_have_attribute("data-transport", "live")
+    page.evaluate("""() => {
+        window.hide = (on) => {
+            Object.defineProperty(document, 'hidden', {configurable: true, get: () => on});
+            document.dispatchEvent(new Event('visibilitychange'));
+        };
+        window.hide(true);
+    }""")
+    job = wait_api(server, "bob", api_submit(server, "bob", "noop")["id"], "completed")
+    expect(page).to_have_title("(1 ended) jobgate")
+    expect(row(page, job["id"])).to_have_attribute("data-state", "completed")
+    page.evaluate("window.hide(false)")
+    expect(page).to_have_title("jobgate")

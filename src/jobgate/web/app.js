@@ -14,6 +14,7 @@
   const FINAL = new Set(['completed', 'failed', 'cancelled']);
   const ACTIVE = new Set(['queued', 'running']);
   const ICONS = { queued: '◷', running: '▶', completed: '✓', failed: '✕', cancelled: '⊘' };
+  const FINAL_EVENTS = new Set(['job.completed', 'job.failed', 'job.cancelled']);
   const EVENT_META = new Set(['type', 'seq', 'ts', 'job_id', 'vt', 'first', 'lines']);
 
   const $ = (id) => document.getElementById(id);
@@ -127,6 +128,32 @@
     return typeof v === 'string' ? v : JSON.stringify(v);
   }
 
+  // The tab's title, with "(2 ended) " before it while jobs of yours ended unseen (the
+  // tab hidden): the tab strip says so without the page being looked at.
+  let baseTitle = document.title;
+  let unseenEnds = 0;
+
+  function setTitle(text) {
+    baseTitle = text;
+    document.title = unseenEnds ? `(${unseenEnds} ended) ${text}` : text;
+  }
+
+  function noteEnd(ev) {
+    const me = S.session && S.session.user && S.session.user.name;
+    if (!document.hidden || !FINAL_EVENTS.has(ev.type) || !me) return;
+    const job = S.jobs.get(ev.job_id);
+    // A user's stream has only their own jobs; an admin's has everyone's.
+    if (isAdmin() && (ev.owner || (job && job.owner)) !== me) return;
+    unseenEnds += 1;
+    setTitle(baseTitle);
+  }
+
+  function seenEnds() {
+    if (!unseenEnds) return;
+    unseenEnds = 0;
+    setTitle(baseTitle);
+  }
+
   function announce(text) {
     const box = $('announce');
     box.textContent = '';
@@ -202,7 +229,7 @@
     const last = localStorage.getItem(LAST_USER_KEY) || '';
     const user = $('username');
     if (!user.value) user.value = last;
-    document.title = 'Sign in · jobgate';
+    setTitle('Sign in · jobgate');
     (user.value ? $('password') : user).focus();
   }
 
@@ -326,7 +353,7 @@
       S.detail = null;
       $('view-job').hidden = true;
       $('view-list').hidden = false;
-      document.title = 'jobgate';
+      setTitle('jobgate');
       $('f-state').value = S.route.params.get('state') || '';
       $('f-owner').value = S.route.params.get('owner') || '';
       const key = listKey();
@@ -1302,11 +1329,11 @@
     $('job-body').hidden = d.missing || !job;
     if (d.missing) {
       $('job-missing').textContent = `There is no job ${d.id}, or it is not yours to see.`;
-      document.title = 'No such job · jobgate';
+      setTitle('No such job · jobgate');
       return;
     }
     if (!job) return;
-    document.title = `${jobTitle(job)} · ${job.state} · jobgate`;
+    setTitle(`${jobTitle(job)} · ${job.state} · jobgate`);
     $('job-title').textContent = jobTitle(job);
     $('job-id').textContent = job.id;
     $('job-state').replaceChildren(stateBadge(job.state));
@@ -1692,6 +1719,7 @@
       }
       return;
     }
+    noteEnd(ev);
     const mark = S.events;
     for (const [k, v] of Object.entries(ev)) {
       if (EVENT_META.has(k)) continue;
@@ -1851,6 +1879,7 @@
     });
     window.addEventListener('hashchange', () => { route(); });
     document.addEventListener('visibilitychange', () => {
+      if (!document.hidden) seenEnds();
       if (document.hidden || !S.session) return;
       retryLiveNow();
       ensurePolling(true);
