@@ -434,7 +434,12 @@ class Hub:
             self.stats_frame = frame
             for stream in list(self.streams):
                 if stream.stats:
-                    stream.push(self.stats_for(frame, stream))
+                    try:
+                        own = self.stats_for(frame, stream)
+                    except Exception:  # one stream's places must not stop everyone's stats
+                        log.exception("the places of a stream's queued jobs failed")
+                        own = frame
+                    stream.push(own)
                 elif stream.job_id is not None and stream.job_queued:
                     stream.push(self.position_frame(frame, stream.job_id))
             await asyncio.sleep(STATS_INTERVAL_S)

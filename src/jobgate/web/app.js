@@ -385,12 +385,14 @@
   // --- queue header --------------------------------------------------------------------------
 
   async function loadQueue() {
+    const mark = S.statsFrames || 0;
     try {
       const [queue, health] = await Promise.all([
         api('GET', 'api/queue'),
         fetch('health', { cache: 'no-store' }).then((r) => r.json()).catch(() => null),
       ]);
-      S.queue = queue;
+      // A queue.stats that came after this read left is newer than its reply: it stays.
+      S.queue = (S.statsFrames || 0) > mark ? { ...queue, ...S.lastStats } : queue;
       S.queueReadAt = Date.now();
       S.health = health;
       renderQueue();
@@ -1694,6 +1696,8 @@
     }
     if (ev.type === 'queue.stats') {
       const { positions, ...stats } = ev;
+      S.statsFrames = (S.statsFrames || 0) + 1;
+      S.lastStats = stats;
       S.queue = { ...(S.queue || {}), ...stats };
       renderQueue();
       if (positions && typeof positions === 'object') applyPositions(positions);
