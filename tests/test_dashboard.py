@@ -96,14 +96,30 @@ def browser(server: Server) -> Iterator[Browser]:
 
 
 class Pages:
-    """Opens pages in fresh browser contexts; fails the test on any script error in them
-    and on any request that leaves the server (the page must work offline)."""
+    """Opens pages in fresh browser contexts; fails the test on any script error in them,
+    on any error in their consoles (a failed request is one: a 4xx or 5xx, or a refused
+    connection) but those the test expects (`expect_console`), and on any request that
+    leaves the server (the page must work offline)."""
 
     def __init__(self, browser: Browser, server: Server) -> None:
         self.browser, self.server = browser, server
         self.contexts: list[BrowserContext] = []
         self.errors: list[str] = []
         self.outside: list[str] = []
+        self.console: list[str] = []
+        self.expected: list[re.Pattern[str]] = []
+
+    def expect_console(self, pattern: str) -> None:
+        """An error the test makes on purpose (a rejected form, an expired token)."""
+        self.expected.append(re.compile(pattern))
+
+    def unexpected_console(self) -> list[str]:
+        return [m for m in self.console if not any(p.search(m) for p in self.expected)]
+
+    def _on_console(self, message: Any) -> None:
+        if message.type == "error":
+            where = message.location.get("url", "") if message.location else ""
+            self.console.append(f"{message.text} ({where})")
 
     def new(self, viewport: dict[str, int] | None = None, **options: Any) -> Page:
         context = self.browser.new_context(viewport=viewport or DESKTOP,  # type: ignore[arg-type]
@@ -112,6 +128,7 @@ class Pages:
         self.contexts.append(context)
         page = context.new_page()
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        page.on("console", self._on_console)
         page.on("request", self._check_request)
         return page
 
@@ -133,6 +150,7 @@ def pages(browser: Browser, server: Server) -> Iterator[Pages]:
     finally:
         made.close()
     assert not made.errors, f"script errors in the page: {made.errors}"
+    assert not made.unexpected_console(), f"console errors: {made.unexpected_console()}"
     assert not made.outside, f"the page reached outside the server: {made.outside}"
 
 
@@ -261,6 +279,7 @@ def test_nothing_is_fetched_from_elsewhere():
 # --- signing in and out ---------------------------------------------------------------------
 
 def test_sign_in_with_a_wrong_password_then_the_right_one_and_sign_out(pages):
+    pages.expect_console(r"status of 401 .*/api/auth/token\)$")  # the wrong password
     page = pages.new()
     page.goto("/")
     expect(page.locator("#signin-form")).to_be_visible()
@@ -290,6 +309,7 @@ def test_sign_in_with_a_wrong_password_then_the_right_one_and_sign_out(pages):
 
 
 def test_an_admin_gets_priority_and_an_owner_filter(pages):
+    pages.expect_console(r"status of 422 .*/api/jobs\)$")  # the priority "high"
     page = pages.new()
     sign_in(page, "alice")
     expect(page.locator("#who-name")).to_have_text("alice (admin)")
@@ -355,7 +375,7 @@ def test_a_server_without_auth_needs_no_sign_in(browser, start_server):
         job = submit_form(page, "noop").json()
         expect(row(page, job["id"])).to_have_attribute("data-state", "completed")
         expect(page.locator("#conn")).to_have_attribute("data-transport", "live")
-        assert not opened.errors and not opened.outside
+        assert not opened.errors and not opened.unexpected_console() and not opened.outside
     finally:
         opened.close()
 
@@ -393,6 +413,7 @@ def test_the_form_follows_the_kinds_schema(pages):
 
 
 def test_server_validation_messages_show_at_the_field(pages, server):
+    pages.expect_console(r"status of 422 .*/api/jobs\)$")  # each form turned down
     page = pages.new()
     sign_in(page, "carol")
     before = page.locator("#job-list li").count()
@@ -610,6 +631,7 @@ def test_the_log_follows_and_pauses_outputs_download_and_delete_asks_first(pages
 # --- who sees what ----------------------------------------------------------------------------
 
 def test_another_user_does_not_see_the_job_and_an_admin_does(pages, server):
+    pages.expect_console(r"status of 404 .*/api/jobs/\w+\)$")  # bob's job, to carol
     bob = pages.new()
     sign_in(bob, "bob")
     job = submit_form(bob, "noop").json()
@@ -647,6 +669,7 @@ def expired_token(server: Server, user: str) -> str:
 
 
 def test_an_expired_session_goes_back_to_sign_in_and_then_to_the_same_view(pages, server):
+    pages.expect_console(r"status of 401 .*/api/(jobs/\w+|me)\)$")  # the expired token
     page = pages.new()
     sign_in(page, "bob")
     job = submit_form(page, "noop").json()
@@ -675,7 +698,7 @@ def test_an_expired_session_goes_back_to_sign_in_and_then_to_the_same_view(pages
     expect(page.locator("#signin-error")).to_have_text("")
     expect(page.locator("#job-body")).to_be_visible()
     expect(page.locator("#job-state")).to_have_attribute("data-state", "completed")
-    expect(page.locator("#job-title")).to_contain_text(job["id"])
+    expect(page.locator("#job-id")).to_have_text(job["id"])
 
     # A stored token that expired meanwhile (the page is opened again the next day).
     page.evaluate("(t) => { const s = JSON.parse(localStorage.getItem('jobgate.session'));"
@@ -712,6 +735,7 @@ def list_requests(log: list[str]) -> int:
 
 
 def test_without_the_event_stream_the_page_polls_and_stops_when_nothing_is_active(pages):
+    pages.expect_console(r"net::ERR_FAILED .*/api/events\?")  # the route cut below
     page = pages.new()
     page.route("**/api/events*", lambda route: route.abort())  # the stream is unavailable
     asked: list[str] = []
@@ -1003,7 +1027,7 @@ def test_screenshots_of_the_main_views(browser, start_server, tmp_path):
         expect(phone.locator("#job-list .pos")).to_have_count(2)
         phone.mouse.move(0, 0)
         phone.screenshot(path=target / "dashboard-phone.png")
-        assert not shots.errors and not shots.outside
+        assert not shots.errors and not shots.unexpected_console() and not shots.outside
     finally:
         shots.close()
     for name in ("sign-in", "jobs", "job", "phone"):

@@ -10,10 +10,13 @@ it, so it works at `/` and mounted under a prefix (`jobgate.mount`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse
 from starlette.exceptions import HTTPException
+
+from jobgate.resolver import resolve
 
 WEB_DIR = Path(__file__).parent / "web"
 
@@ -46,6 +49,23 @@ def add_dashboard(app: FastAPI) -> None:
     async def index() -> FileResponse:
         return FileResponse(WEB_DIR / "index.html", media_type="text/html; charset=utf-8",
                             headers=_HEADERS)
+
+    @app.get("/ui/session", include_in_schema=False)
+    async def session(request: Request) -> dict[str, Any]:
+        """Whether this visit is signed in without a token of its own (a host app's
+        session, or a server without auth), answered 200 either way: the page asks on
+        every signed-out visit, and a 401 there would be an error in its console."""
+        services = request.app.state.services  # jobgate.api.core.Services (it imports us)
+        principal = None if services.resolver is None else \
+            await resolve(services.resolver, services.queue.store, request)
+        if principal is not None:
+            user = principal.user
+        elif not services.settings.auth.enabled:
+            return {"signed_in": True, "user": {"name": services.settings.auth.anonymous_user,
+                                                "admin": True}}
+        else:
+            return {"signed_in": False, "user": None}
+        return {"signed_in": True, "user": {"name": user.name, "admin": user.admin}}
 
     @app.api_route("/ui/{name}", methods=["GET", "HEAD"], include_in_schema=False)
     async def asset(name: str) -> FileResponse:

@@ -47,6 +47,9 @@ from jobgate.tasks import cancel_and_wait
 log = logging.getLogger("jobgate.stream")
 
 STATS_INTERVAL_S = 0.5  # queue.stats at most this often
+# Queued jobs whose places a dashboard's stream follows (the newest, past this many: an
+# admin's stream sees everyone's, and a page shows the newest few dozen).
+MAX_TRACKED_POSITIONS = 1000
 _PAGE = 1000  # events per read of the store while replaying
 _SENT_MEMORY = 10_000  # seqs a WebSocket remembers sending, so a replay skips them
 
@@ -104,13 +107,19 @@ class Stream:
     """One client's feed: a filter, a bounded buffer of frames, and why it ended."""
 
     def __init__(self, hub: Hub, principal: Principal, match: Callable[[Event], bool],
-                 stats: bool = False, job_id: str | None = None) -> None:
+                 stats: bool = False, job_id: str | None = None,
+                 positions: bool = False) -> None:
         self.hub = hub
         self.principal = principal
         self.match = match
         self.stats = stats  # wants queue.stats frames
         self.job_id = job_id  # a one-job stream: stats frames carry the job's position
         self.job_queued = False
+        # With `positions`: the queued jobs it sees (ids, oldest first), whose places its
+        # queue.stats frames carry, since any job's start, cancel or end moves them; and
+        # the ids that left the queue before `seed_positions` read the queued ones.
+        self.queued: dict[str, None] | None = {} if positions else None
+        self._left: set[str] | None = set() if positions else None
         self.opened_head = hub.head  # the replay stops here; live frames come after it
         self.closed: str | None = None  # the reason, once the hub let go of this stream
         self._frames: deque[Frame] = deque()
@@ -177,6 +186,31 @@ class Stream:
         frame = self._frames.popleft()
         self._bytes -= frame.size
         return frame
+
+    def follow_queued(self, event: Event) -> None:
+        """Keep `queued` current from one of the stream's own state events."""
+        if self.queued is None or event.job_id is None:
+            return
+        if event.type in QUEUED_EVENTS:
+            self.queued.pop(event.job_id, None)  # re-queued: among the newest again
+            self.queued[event.job_id] = None
+            if len(self.queued) > MAX_TRACKED_POSITIONS:
+                del self.queued[next(iter(self.queued))]
+        else:
+            self.queued.pop(event.job_id, None)
+            if self._left is not None:
+                self._left.add(event.job_id)
+
+    def seeded(self, queued_ids: list[str]) -> None:
+        """The queued jobs read from the store (newest first) after the stream opened:
+        those that left the queue since are not, those queued since stay the newest."""
+        if self.queued is None:
+            return
+        left = self._left or set()
+        before = {i: None for i in reversed(queued_ids[:MAX_TRACKED_POSITIONS])
+                  if i not in left and i not in self.queued}
+        self.queued = {**before, **self.queued}
+        self._left = None  # from now on the events alone keep it
 
     def pending_for(self, job_id: str) -> bool:
         return any(f.event is not None and f.event.job_id == job_id for f in self._frames)
@@ -252,14 +286,14 @@ class Hub:
 
     # --- streams ---------------------------------------------------------------------------
     def open(self, principal: Principal, match: Callable[[Event], bool], *, stats: bool = False,
-             job_id: str | None = None) -> Stream:
+             job_id: str | None = None, positions: bool = False) -> Stream:
         """A new stream, fed from now on; TooManyStreams past the user's cap."""
         name = principal.user.name
         cap = self.settings.streams.max_per_user
         if self.per_user[name] >= cap:
             raise TooManyStreams(f"{name} already has {cap} streams open "
                                  "([streams] max_per_user)")
-        stream = Stream(self, principal, match, stats, job_id)
+        stream = Stream(self, principal, match, stats, job_id, positions)
         self.streams.add(stream)
         self.per_user[name] += 1
         if principal.expires_at is not None:
@@ -305,8 +339,10 @@ class Hub:
             if stream.match(event):
                 frame = frame or Frame.of_event(event)
                 stream.push(frame)
-                if stream.job_id is not None and event.type in STATE_EVENTS:
-                    stream.job_queued = event.type in QUEUED_EVENTS
+                if event.type in STATE_EVENTS:
+                    if stream.job_id is not None:
+                        stream.job_queued = event.type in QUEUED_EVENTS
+                    stream.follow_queued(event)
         if event.type in STATE_EVENTS or event.type in CONTROL_EVENTS:
             self._stats_due.set()
 
@@ -366,6 +402,25 @@ class Hub:
         data["position"] = self.queue.positions.position(job_id)
         return Frame.make("stats", json.dumps(data, separators=(",", ":")))
 
+    async def seed_positions(self, stream: Stream) -> None:
+        """Read which of the stream's jobs are queued now (its events keep it after)."""
+        if stream.queued is None:
+            return
+        user = stream.principal.user
+        page = await self.queue.store.list_jobs(None if user.admin else user.name,
+                                                State.QUEUED, limit=MAX_TRACKED_POSITIONS)
+        stream.seeded([job.id for job in page.jobs])
+
+    def stats_for(self, stats: Frame, stream: Stream) -> Frame:
+        """`stats` for one stream: with the places of its queued jobs, if it follows them
+        (`positions`: job id → 1-based place, null while not due or waiting)."""
+        if not stream.queued:
+            return stats
+        where = self.queue.positions.position
+        places = {job_id: where(job_id) for job_id in stream.queued}
+        text = stats.text[:-1] + ',"positions":' + json.dumps(places, separators=(",", ":")) + "}"
+        return Frame.make("stats", text)
+
     async def _stats_loop(self) -> None:
         while True:
             await self._stats_due.wait()
@@ -379,7 +434,12 @@ class Hub:
             self.stats_frame = frame
             for stream in list(self.streams):
                 if stream.stats:
-                    stream.push(frame)
+                    try:
+                        own = self.stats_for(frame, stream)
+                    except Exception:  # one stream's places must not stop everyone's stats
+                        log.exception("the places of a stream's queued jobs failed")
+                        own = frame
+                    stream.push(own)
                 elif stream.job_id is not None and stream.job_queued:
                     stream.push(self.position_frame(frame, stream.job_id))
             await asyncio.sleep(STATS_INTERVAL_S)

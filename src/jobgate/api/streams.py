@@ -144,18 +144,24 @@ def install(app: FastAPI) -> None:
         request: Request,
         ticket: Annotated[str | None, Query(max_length=200)] = None,
         last_event_id: Annotated[str | None, Query(max_length=40)] = None,
+        positions: bool = False,
         authorization: Annotated[str | None, Header()] = None,
         last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     ) -> Response:
         """Server-Sent Events: every event the caller may see (own jobs; an admin: all)
-        and `queue.stats`. `Last-Event-ID` resumes."""
+        and `queue.stats`. With `?positions=true` each `queue.stats` also carries
+        `positions` (job id → place, null while not due) of the caller's queued jobs (the
+        newest 1,000): sent whenever anyone's job starts, ends or is cancelled, so a
+        page's places never wait for an event of its own jobs. `Last-Event-ID` resumes."""
         services = services_of(request)
         after = _resume_point(last_event_id_header, last_event_id)
         principal = await stream_principal(services, request, authorization, ticket)
         hub = services.hub
-        stream = _open(services, principal, match=visible_to(principal), stats=True)
+        stream = _open(services, principal, match=visible_to(principal), stats=True,
+                       positions=positions)
         try:
             reset = after is not None and await hub.too_old(after)
+            await hub.seed_positions(stream)
         except BaseException:
             stream.close()
             raise
@@ -169,7 +175,7 @@ def install(app: FastAPI) -> None:
                         for piece in _pieces(Frame.of_event(event).sse):
                             yield piece
                 if hub.stats_frame is not None:
-                    yield hub.stats_frame.sse
+                    yield hub.stats_for(hub.stats_frame, stream).sse
                 async for chunk in _live(stream, stream.opened_head):
                     yield chunk
 

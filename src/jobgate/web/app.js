@@ -10,11 +10,11 @@
   const POLL_MS = 1500;
   const SESSION_KEY = 'jobgate.session';
   const LAST_USER_KEY = 'jobgate.user';
-  const LOG_KEEP = 5000;          // lines kept in the log view
-  const LOG_PAGE = 1000;
+  const LOG_PAGE = 1000;          // lines per read of a log (all of them are shown)
   const FINAL = new Set(['completed', 'failed', 'cancelled']);
   const ACTIVE = new Set(['queued', 'running']);
   const ICONS = { queued: '◷', running: '▶', completed: '✓', failed: '✕', cancelled: '⊘' };
+  const FINAL_EVENTS = new Set(['job.completed', 'job.failed', 'job.cancelled']);
   const EVENT_META = new Set(['type', 'seq', 'ts', 'job_id', 'vt', 'first', 'lines']);
 
   const $ = (id) => document.getElementById(id);
@@ -41,8 +41,12 @@
     refreshDetail: false,
     lastEventId: null,    // of the last stored event the stream delivered, to resume from
     tickTimer: 0,
+    probeTimer: 0,        // while the server cannot be reached: the next look at it
+    probeAt: 0,
+    probeMs: 2000,
+    offlineSince: 0,
     expiryTimer: 0,
-    detail: null,         // {id, lastN, follow, pending: [], missing, loadingLogs}
+    detail: null,         // {id, lastN, follow, pending: [[n, line]], lineEls, missing, loadingLogs}
     events: 0,            // job events applied so far, to date the replies of reads
     changed: new Map(),   // job id -> Map of field -> [S.events when set, value]
   };
@@ -104,6 +108,17 @@
     return mb >= 1024 ? `${(mb / 1024).toFixed(1)} GB` : `${Math.round(mb)} MB`;
   }
 
+  // "3 min ago", "in 20 s": for what a person reads at a glance (the exact time in a title).
+  function fmtAgo(iso) {
+    const t = ts(iso);
+    if (Number.isNaN(t)) return '—';
+    const s = (Date.now() - t) / 1000;
+    if (Math.abs(s) < 5) return 'just now';
+    const text = s < 0 ? fmtDuration(-s) : fmtDuration(s);
+    const short = text.replace(/ \d+ s$| \d+ min$| \d+ h$/, '').replace(/\.\d s$/, ' s');
+    return s < 0 ? `in ${short}` : `${short} ago`;
+  }
+
   function fmtTime(iso) {
     const t = ts(iso);
     return Number.isNaN(t) ? '—' : new Date(t).toLocaleString();
@@ -111,6 +126,32 @@
 
   function fmtValue(v) {
     return typeof v === 'string' ? v : JSON.stringify(v);
+  }
+
+  // The tab's title, with "(2 ended) " before it while jobs of yours ended unseen (the
+  // tab hidden): the tab strip says so without the page being looked at.
+  let baseTitle = document.title;
+  let unseenEnds = 0;
+
+  function setTitle(text) {
+    baseTitle = text;
+    document.title = unseenEnds ? `(${unseenEnds} ended) ${text}` : text;
+  }
+
+  function noteEnd(ev) {
+    const me = S.session && S.session.user && S.session.user.name;
+    if (!document.hidden || !FINAL_EVENTS.has(ev.type) || !me) return;
+    const job = S.jobs.get(ev.job_id);
+    // A user's stream has only their own jobs; an admin's has everyone's.
+    if (isAdmin() && (ev.owner || (job && job.owner)) !== me) return;
+    unseenEnds += 1;
+    setTitle(baseTitle);
+  }
+
+  function seenEnds() {
+    if (!unseenEnds) return;
+    unseenEnds = 0;
+    setTitle(baseTitle);
   }
 
   function announce(text) {
@@ -188,7 +229,7 @@
     const last = localStorage.getItem(LAST_USER_KEY) || '';
     const user = $('username');
     if (!user.value) user.value = last;
-    document.title = 'Sign in · jobgate';
+    setTitle('Sign in · jobgate');
     (user.value ? $('password') : user).focus();
   }
 
@@ -224,6 +265,9 @@
   function endSession(note) {
     stopLive();
     stopPolling();
+    clearTimeout(S.probeTimer);
+    S.probeTimer = 0;
+    $('offline').hidden = true;
     clearTimeout(S.expiryTimer);
     clearTimeout(S.refreshTimer);
     S.refreshTimer = 0;
@@ -309,7 +353,7 @@
       S.detail = null;
       $('view-job').hidden = true;
       $('view-list').hidden = false;
-      document.title = 'jobgate';
+      setTitle('jobgate');
       $('f-state').value = S.route.params.get('state') || '';
       $('f-owner').value = S.route.params.get('owner') || '';
       const key = listKey();
@@ -341,12 +385,15 @@
   // --- queue header --------------------------------------------------------------------------
 
   async function loadQueue() {
+    const mark = S.statsFrames || 0;
     try {
       const [queue, health] = await Promise.all([
         api('GET', 'api/queue'),
         fetch('health', { cache: 'no-store' }).then((r) => r.json()).catch(() => null),
       ]);
-      S.queue = queue;
+      // A queue.stats that came after this read left is newer than its reply: it stays.
+      S.queue = (S.statsFrames || 0) > mark ? { ...queue, ...S.lastStats } : queue;
+      S.queueReadAt = Date.now();
       S.health = health;
       renderQueue();
     } catch (err) { /* shown by the connection state, or the session ended */ }
@@ -374,6 +421,29 @@
     const kinds = Array.isArray(q.paused_kinds) ? q.paused_kinds : [];
     paused.hidden = !q.paused && kinds.length === 0;
     paused.textContent = q.paused ? 'paused' : `paused: ${kinds.join(', ')}`;
+    renderStats();
+  }
+
+  // The stat strip: the last hour's outcomes (GET api/queue's throughput, read at most a
+  // minute ago) and the live rates of every queue.stats.
+  function renderStats() {
+    const q = S.queue;
+    const items = [];
+    const hour = q.throughput && q.throughput['60m'];
+    const rate = typeof q.success_rate === 'number' ? q.success_rate : null;
+    if (hour) {
+      const done = hour.completed;
+      items.push(['Done, last hour', String(done)]);
+      // success_rate is completed / finished over the same hour: the rest did not complete.
+      if (rate !== null && rate > 0) items.push(['Not completed, last hour', String(Math.round(done / rate - done))]);
+    }
+    if (typeof q.throughput_per_min === 'number') items.push(['Jobs per minute', String(q.throughput_per_min)]);
+    items.push(['Average run time', typeof q.avg_duration_s === 'number' ? fmtDuration(q.avg_duration_s) : '—']);
+    items.push(['Success rate, last hour', rate === null ? '—' : `${Math.round(rate * 100)}%`]);
+    const totals = q.totals && q.totals.since_start;
+    if (totals) items.push(['Since the server started', `${totals.completed} done, ${totals.failed} failed`]);
+    $('stat-strip').replaceChildren(...items.map(([k, v]) => el('li', null,
+      el('span', { class: 'stat-name', text: k }), el('span', { class: 'stat-value', text: v }))));
   }
 
   // --- kinds and the submit form ----------------------------------------------------------
@@ -587,6 +657,7 @@
     const kind = currentKind();
     if (!kind) return;
     clearFieldErrors();
+    $('submit-note').hidden = true;
     const args = {};
     for (const input of document.querySelectorAll('#kind-fields [data-arg]')) {
       const value = argValue(input);
@@ -614,8 +685,16 @@
         row.classList.add('fresh');
         setTimeout(() => row.classList.remove('fresh'), 2500);
       }
-      announce(`Submitted ${job.kind}: ${job.state}` +
-        (job.position ? `, number ${job.position} in the queue` : ''));
+      const said = `Submitted ${jobTitle(job)}: ${job.state}` +
+        (job.position ? `, #${job.position} in the queue` : '');
+      announce(said);
+      const note = $('submit-note');
+      note.replaceChildren(`${said}. `, el('a', { href: `#/job/${enc(job.id)}`, text: 'Open it' }));
+      note.hidden = false;
+      clearTimeout(S.noteTimer);
+      S.noteTimer = setTimeout(() => { note.hidden = true; }, 8000);
+      // On a phone the list is below the form: bring the new row into view.
+      if (row && window.matchMedia('(max-width: 700px)').matches) row.scrollIntoView({ block: 'center' });
       loadQueue();
       ensurePolling(true);
     } catch (err) {
@@ -710,7 +789,10 @@
       if (!job) continue;
       let li = rows.get(id);
       if (li) rows.delete(id);
-      else li = el('li', { class: 'job' }, el('a', { class: 'job-link', href: `#/job/${enc(id)}` }));
+      else {
+        li = el('li', { class: 'job' }, el('a', { class: 'job-link', href: `#/job/${enc(id)}` }),
+          el('span', { class: 'row-actions' }));
+      }
       li.dataset.id = id;
       fillRow(li, job);
       const ref = prev ? prev.nextSibling : ul.firstChild;
@@ -718,8 +800,16 @@
       prev = li;
     }
     for (const li of rows.values()) li.remove();
-    $('jobs-empty').hidden = S.order.length > 0;
+    const empty = $('jobs-empty');
+    empty.hidden = S.order.length > 0;
+    const p = S.route.params;
+    const state = p.get('state');
+    const owner = isAdmin() ? p.get('owner') : '';
+    empty.textContent = state || owner
+      ? `No ${state || ''} jobs${owner ? ` of ${owner}` : ''} match this filter.`.replace('  ', ' ')
+      : 'No jobs here yet. Submit one with the form.';
     $('more').hidden = !S.next;
+    renderBulk();
   }
 
   function stateBadge(state) {
@@ -743,8 +833,8 @@
         cell.append(el('span', { class: 'pos', title: 'Place in the queue', text: `#${job.position} in queue` }));
       }
       const start = ts(job.run_at);
-      if (start > Date.now() + 1000) {
-        cell.append(el('span', { class: 'msg', text: `starts ${new Date(start).toLocaleTimeString()}` }));
+      if (start > Date.now()) {
+        cell.append(el('span', { class: 'msg countdown', title: fmtTime(job.run_at), text: startText(job) }));
       } else if (job.message) {
         // The queue's message repeats the place shown beside it: only its estimate stays.
         const text = job.message.replace(/^position \d+(, )?/, '');
@@ -775,6 +865,26 @@
     return ['took', fmtDuration((end - start) / 1000)];
   }
 
+  // When it was submitted, or when it ended: relative, kept current by tick().
+  function whenText(job) {
+    return FINAL.has(job.state) && job.finished_at ? `finished ${fmtAgo(job.finished_at)}`
+      : `submitted ${fmtAgo(job.created_at)}`;
+  }
+
+  function whenBits(job) {
+    const iso = FINAL.has(job.state) && job.finished_at ? job.finished_at : job.created_at;
+    return el('span', { class: 'when', title: fmtTime(iso), text: whenText(job) });
+  }
+
+  // A delayed job's start (a retry's backoff): counted down, never a frozen "in 2.1 s".
+  function startText(job) {
+    const start = ts(job.run_at);
+    if (!(start > Date.now())) return job.attempt > 0 ? 'retrying now' : 'starting when a slot is free';
+    const left = fmtDuration((start - Date.now()) / 1000).replace(/\.\d s$/, ' s');
+    if (job.attempt > 0 && job.max_attempts > 1) return `attempt ${job.attempt} failed; retrying in ${left}`;
+    return `starts in ${left}`;
+  }
+
   function timeText(job) {
     const [label, text] = timing(job);
     return text === 'never ran' || text === 'not yet due' ? text : `${label} ${text}`;
@@ -787,14 +897,151 @@
     return '';
   }
 
+  // The argument that says which job this is: the first required one, else the first.
+  function mainArg(job) {
+    const kind = S.kinds.find((k) => k.name === job.kind);
+    const args = job.args || {};
+    const names = Object.keys(args);
+    const required = kind ? Object.entries(kind.args || {}).filter(([, a]) => a.required).map(([n]) => n) : [];
+    const name = required.find((n) => n in args) || names[0];
+    return name === undefined ? '' : fmtValue(args[name]);
+  }
+
+  function jobTitle(job) {
+    const arg = mainArg(job);
+    return arg ? `${job.kind} ${arg.length > 80 ? `${arg.slice(0, 79)}…` : arg}` : job.kind;
+  }
+
   function argsText(job) {
     return Object.entries(job.args || {}).map(([k, v]) => `${k}=${fmtValue(v)}`).join(' ');
+  }
+
+  // The buttons beside a row (outside its link): what one would do with it next.
+  function rowActions(job) {
+    const name = `${job.kind} ${argsText(job)}`.trim();
+    const buttons = [];
+    if (ACTIVE.has(job.state)) {
+      buttons.push(el('button', { type: 'button', class: 'secondary small', 'data-act': 'cancel',
+        'aria-label': `Cancel ${name}`, text: 'Cancel', onclick: (ev) => rowAct(job.id, 'cancel', ev.currentTarget) }));
+    }
+    if (job.state === 'failed' || job.state === 'cancelled') {
+      buttons.push(el('button', { type: 'button', class: 'secondary small', 'data-act': 'retry',
+        'aria-label': `Retry ${name}`, text: 'Retry', onclick: (ev) => rowAct(job.id, 'retry', ev.currentTarget) }));
+    }
+    const outputs = (job.outputs || []).map(outputEntry);
+    if (FINAL.has(job.state) && outputs.length === 1) {
+      const o = outputs[0];
+      const size = o.size === null || o.size === undefined ? '' : ` (${fmtBytes(o.size)})`;
+      buttons.push(el('button', { type: 'button', class: 'secondary small', 'data-act': 'download',
+        'aria-label': `Download ${o.name}${size}`, title: `${o.name}${size}`, text: 'Download',
+        onclick: () => download(job.id, o.name, $('list-error')) }));
+    }
+    return buttons;
+  }
+
+  async function rowAct(id, action, button) {
+    const job = S.jobs.get(id);
+    if (!job) return;
+    $('list-error').textContent = '';
+    if (action === 'cancel') {
+      const ok = await confirmDialog(`Cancel ${job.kind}?`, job.state === 'running'
+        ? 'Its process is stopped now, and what it has done so far is lost.'
+        : 'It leaves the queue and will not run.', 'Cancel job');
+      if (!ok) return;
+    }
+    button.disabled = true;
+    const mark = S.events;
+    try {
+      const updated = await api('POST', `api/jobs/${enc(id)}/${action}`);
+      adopt(updated, mark);
+      announce(`${updated.kind} is ${updated.state}`);
+      renderList();
+      scheduleRefresh(false);
+      ensurePolling(true);
+    } catch (err) {
+      if (S.session) $('list-error').textContent = `cannot ${action} ${job.kind}: ${err.message}`;
+      if (err.status === 409 || err.status === 404) loadList();
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  // --- bulk actions over the current filter (POST api/jobs/bulk), asked once with the count --
+
+  // What each bulk button does in this view: [body filter, label, or null when it is hidden].
+  function bulkPlan() {
+    const p = S.route.params;
+    const state = p.get('state') || '';
+    const owner = isAdmin() ? (p.get('owner') || '') : '';
+    const whose = isAdmin() ? (owner ? `${owner}'s ` : "everyone's ") : 'my ';
+    const base = owner ? { owner } : {};
+    const plan = {};
+    const cancelState = state === '' ? 'queued' : (ACTIVE.has(state) ? state : null);
+    plan.cancel = cancelState
+      ? [{ ...base, state: cancelState }, `Cancel ${whose}${cancelState} jobs`] : null;
+    const retryState = state === '' ? 'failed' : (state === 'failed' || state === 'cancelled' ? state : null);
+    plan.retry = retryState ? [{ ...base, state: retryState }, `Retry all ${retryState}`] : null;
+    const deleteState = state === '' ? null : (FINAL.has(state) ? state : undefined);
+    plan.delete = deleteState === undefined ? null
+      : [{ ...base, ...(deleteState ? { state: deleteState } : { state: [...FINAL] }) },
+        deleteState ? `Delete ${deleteState}` : 'Delete finished'];
+    return plan;
+  }
+
+  function renderBulk() {
+    const plan = bulkPlan();
+    for (const action of ['cancel', 'retry', 'delete']) {
+      const button = $(`bulk-${action}`);
+      button.hidden = !plan[action];
+      if (plan[action]) button.textContent = plan[action][1];
+    }
+  }
+
+  const BULK_DONE = { cancel: 'Cancelled', retry: 'Queued again', delete: 'Deleted' };
+
+  async function bulk(action) {
+    const planned = bulkPlan()[action];
+    if (!planned) return;
+    const [filter, label] = planned;
+    const note = $('bulk-note');
+    note.textContent = '';
+    $('list-error').textContent = '';
+    const button = $(`bulk-${action}`);
+    button.disabled = true;
+    try {
+      const counted = await api('POST', 'api/jobs/bulk', { action, filter, dry_run: true });
+      if (!counted.matched) {
+        note.textContent = `${label}: no job to take.`;
+        return;
+      }
+      const n = counted.matched;
+      const jobs = `${n}${counted.more ? '+' : ''} job${n === 1 ? '' : 's'}`;
+      const ok = await confirmDialog(`${label}?`, {
+        cancel: `This cancels ${jobs}: queued ones will not run, running ones are stopped now.`,
+        retry: `This queues ${jobs} again.`,
+        delete: `This deletes ${jobs} with their logs and output files. It cannot be undone.`,
+      }[action], `${label} (${jobs})`);
+      if (!ok) return;
+      const done = await api('POST', 'api/jobs/bulk', { action, filter });
+      const skipped = Object.values(done.skipped || {}).reduce((a, b) => a + b, 0);
+      note.textContent = `${BULK_DONE[action]} ${done.done} job${done.done === 1 ? '' : 's'}` +
+        (skipped ? ` (${skipped} had moved on meanwhile)` : '') +
+        (done.more ? '; more are left: run it again.' : '.');
+      announce(note.textContent);
+      await refreshAll();
+      ensurePolling(true);
+    } catch (err) {
+      if (S.session) $('list-error').textContent = `${label}: ${err.message}`;
+    } finally {
+      button.disabled = false;
+    }
   }
 
   function fillRow(li, job) {
     const sig = JSON.stringify(job);
     if (li.sig === sig) return;                      // unchanged: keep the DOM as it is
     li.sig = sig;
+    li.lastElementChild.replaceChildren(...rowActions(job));
     li.dataset.state = job.state;
     const a = li.firstElementChild;
     const meta = [attemptText(job)].filter(Boolean);
@@ -807,7 +1054,8 @@
       statusCell(job),
       el('span', { class: 'cell-meta' },
         el('span', { class: 'elapsed', text: timeText(job) }),
-        meta.length ? el('span', { class: 'attempt', text: meta.join(' · ') }) : null),
+        meta.length ? el('span', { class: 'attempt', text: meta.join(' · ') }) : null,
+        whenBits(job)),
     );
     a.setAttribute('aria-label',
       `${job.kind} ${argsText(job)}, ${job.state}` +
@@ -817,13 +1065,27 @@
   }
 
   function tick() {
+    renderOffline();
+    if (S.transport === 'offline') return;           // what it would count is not known
+    // The hour's numbers come with GET api/queue only (queue.stats has the rates).
+    if (S.queueReadAt && Date.now() - S.queueReadAt > 60000 && !document.hidden) {
+      S.queueReadAt = Date.now();
+      loadQueue();
+    }
     for (const li of document.querySelectorAll('#job-list li.job')) {
       const job = S.jobs.get(li.dataset.id);
-      if (job && ACTIVE.has(job.state)) {
+      if (!job) continue;
+      if (ACTIVE.has(job.state)) {
         const span = li.querySelector('.elapsed');
         if (span) span.textContent = timeText(job);
       }
+      const when = li.querySelector('.when');
+      if (when) when.textContent = whenText(job);
+      const countdown = li.querySelector('.countdown');
+      if (countdown) countdown.textContent = startText(job);
     }
+    const countdown = document.querySelector('#job-status .countdown');
+    if (countdown && S.detail && S.jobs.get(S.detail.id)) countdown.textContent = startText(S.jobs.get(S.detail.id));
     if (S.detail) {
       const job = S.jobs.get(S.detail.id);
       const dd = $('fact-time');
@@ -837,7 +1099,7 @@
     if (!S.detail || S.detail.id !== id) {
       S.detail = {
         id, lastN: 0, follow: true, pending: [], missing: false, loadingLogs: false,
-        logsAgain: false,
+        logsAgain: false, logsLoaded: false, lineEls: new Map(), total: null, textRoute: false,
       };
       $('job-log').replaceChildren();
       $('job-deliveries-box').hidden = true;
@@ -876,42 +1138,150 @@
       return;
     }
     d.loadingLogs = true;
+    renderLogState();
     try {
       for (;;) {
         d.logsAgain = false;
         const data = await api('GET', `api/jobs/${enc(d.id)}/logs?after=${d.lastN}&limit=${LOG_PAGE}`);
         if (S.detail !== d) return;
+        // Servers that keep a capped log's head and tail say what they dropped and how
+        // many lines there are, and serve the log as text: absent, it is all there is.
+        if (typeof data.total === 'number') d.total = data.total;
+        if ('dropped' in data || 'total' in data) d.textRoute = true;
+        if (data.dropped) d.dropped = data.dropped;
         addLogLines(d, data.lines.map((l) => [l.n, l.line]));
         if (data.lines.length < LOG_PAGE && !d.logsAgain) break;
       }
+      d.logsLoaded = true;
     } catch (err) {
       /* the next poll or event tries again */
     } finally {
       d.loadingLogs = false;
+      renderLogState();
     }
   }
 
   function addLogLines(d, lines) {
     const fresh = lines.filter(([n]) => n > d.lastN);
     if (!fresh.length) return;
+    if (d.follow) writeLog(d, fresh);
+    else d.pending.push(...fresh);
     d.lastN = fresh[fresh.length - 1][0];
-    if (d.follow) writeLog(fresh.map(([, line]) => line));
-    else d.pending.push(...fresh.map(([, line]) => line));
     renderLogState();
   }
 
-  function writeLog(lines) {
-    const pre = $('job-log');
-    pre.append(document.createTextNode(lines.map((l) => `${l}\n`).join('')));
-    if (pre.childNodes.length > 200) pre.normalize();
-    const text = pre.textContent;
-    const count = text.split('\n').length - 1;
-    if (count > LOG_KEEP) {
-      let cut = 0;
-      for (let i = 0; i < count - LOG_KEEP; i++) cut = text.indexOf('\n', cut) + 1;
-      pre.textContent = text.slice(cut);
+  // A `replace` event: line `n` again, as a progress bar redraws it (`\r`): updated where
+  // it is, not added.
+  function replaceLogLine(d, n, line) {
+    const held = d.pending.find(([m]) => m === n);
+    if (held) held[1] = line;
+    const e = d.lineEls.get(n);
+    if (e) fillLine(e, line);
+  }
+
+  // ANSI SGR colours (ESC[…m: 0 reset, 1 bold, 22 normal, 30–37 and 90–97 colours, 39
+  // default, 40–47 and 100–107 backgrounds, 49) become spans with classes; every other
+  // escape or control sequence is dropped. Text goes in by textContent only.
+  const ANSI = /\x1b\[([0-9;:?]*)([@-~])|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|[\x00-\x08\x0b-\x1f\x7f]/g;
+
+  function ansiSpans(text) {
+    const out = [];
+    let fg = null;
+    let bg = null;
+    let bold = false;
+    let last = 0;
+    const push = (piece) => {
+      if (!piece) return;
+      if (fg === null && bg === null && !bold) {
+        out.push(piece);
+        return;
+      }
+      const cls = [fg !== null ? `ansi-fg-${fg}` : '', bg !== null ? `ansi-bg-${bg}` : '', bold ? 'ansi-bold' : '']
+        .filter(Boolean).join(' ');
+      out.push(el('span', { class: cls, text: piece }));
+    };
+    ANSI.lastIndex = 0;
+    for (let m = ANSI.exec(text); m; m = ANSI.exec(text)) {
+      push(text.slice(last, m.index));
+      last = ANSI.lastIndex;
+      if (m[2] !== 'm') continue;
+      const codes = m[1] === '' ? [0] : m[1].split(/[;:]/).map(Number);
+      for (let i = 0; i < codes.length; i++) {
+        const c = codes[i];
+        if (c === 0) { fg = null; bg = null; bold = false; }
+        else if (c === 1) bold = true;
+        else if (c === 22) bold = false;
+        else if (c >= 30 && c <= 37) fg = c - 30;
+        else if (c >= 90 && c <= 97) fg = c - 90 + 8;
+        else if (c === 39) fg = null;
+        else if (c >= 40 && c <= 47) bg = c - 40;
+        else if (c >= 100 && c <= 107) bg = c - 100 + 8;
+        else if (c === 49) bg = null;
+        else if (c === 38 || c === 48) i += codes[i + 1] === 5 ? 2 : 4;  // 256 / RGB: skipped
+      }
     }
+    push(text.slice(last));
+    return out;
+  }
+
+  function fillLine(e, text) {
+    e.replaceChildren(...ansiSpans(text), '\n');
+  }
+
+  function writeLog(d, entries) {
+    const pre = $('job-log');
+    const bits = document.createDocumentFragment();
+    let prev = d.shownN || 0;                       // the last line written
+    for (const [n, line] of entries) {
+      if (n > prev + 1) bits.append(gapEl(d, prev + 1, n - 1));
+      const e = el('span', { class: 'ln' });
+      e.dataset.n = n;
+      fillLine(e, line);
+      d.lineEls.set(n, e);
+      bits.append(e);
+      prev = n;
+    }
+    d.shownN = prev;
+    pre.append(bits);
     pre.scrollTop = pre.scrollHeight;
+  }
+
+  // Lines the server did not keep (a capped log keeps its head and tail): said where they
+  // were, with the way to what there is.
+  function gapEl(d, first, last) {
+    const range = first === last ? `line ${first.toLocaleString()}` : `lines ${first.toLocaleString()}–${last.toLocaleString()}`;
+    return el('span', { class: 'log-gap' }, `… ${range} not kept — `,
+      el('a', { href: '#', onclick: (ev) => { ev.preventDefault(); downloadLog(); }, text: 'download the log' }), '\n');
+  }
+
+  // The whole kept log as a text file: the server's text route where it has one, else
+  // the lines this page has read (all of them: it keeps every line it was sent).
+  async function downloadLog() {
+    const d = S.detail;
+    if (!d) return;
+    const job = S.jobs.get(d.id);
+    const name = `${(job ? job.kind : 'job')}-${d.id}.log`;
+    let text = null;
+    if (d.textRoute) {
+      try {
+        const r = await fetch(`api/jobs/${enc(d.id)}/logs?format=text`, {
+          headers: S.session && S.session.token ? { Authorization: `Bearer ${S.session.token}` } : {},
+          cache: 'no-store',
+        });
+        if (r.ok && (r.headers.get('content-type') || '').startsWith('text/plain')) text = await r.text();
+      } catch (err) { text = null; }
+    }
+    if (text === null) {
+      const lines = [...d.lineEls.values()].map((e) => e.textContent).join('');
+      const held = d.pending.map(([, line]) => `${line}\n`).join('');
+      text = lines + held;
+    }
+    const url = URL.createObjectURL(new Blob([text], { type: 'text/plain' }));
+    const a = el('a', { href: url, download: name });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
   }
 
   function setFollow(on) {
@@ -922,8 +1292,9 @@
     if (!d) return;
     d.follow = on;
     if (on && d.pending.length) {
-      writeLog(d.pending);
+      const held = d.pending;
       d.pending = [];
+      writeLog(d, held);
     }
     renderLogState();
   }
@@ -936,12 +1307,16 @@
     if (!d.follow) {
       text = d.pending.length ? `Paused: ${d.pending.length} new lines held back.` : 'Paused.';
       $('log-follow').textContent = d.pending.length ? `Follow (${d.pending.length} new)` : 'Follow';
+    } else if (d.loadingLogs || !d.logsLoaded) {
+      // Never "End of the log." while pages are still coming.
+      text = d.total ? `Loading… (${d.lastN.toLocaleString()} of ${d.total.toLocaleString()} lines)` : 'Loading…';
     } else if (job && ACTIVE.has(job.state)) {
       text = 'Following the log.';
     } else {
-      text = $('job-log').textContent ? 'End of the log.' : 'No log lines.';
+      text = d.lineEls.size ? `End of the log (${d.lineEls.size.toLocaleString()} lines).` : 'No log lines.';
     }
     $('log-state').textContent = text;
+    $('log-download').hidden = !d.lineEls.size && !d.pending.length;
   }
 
   function fact(name, value, id) {
@@ -956,12 +1331,13 @@
     $('job-body').hidden = d.missing || !job;
     if (d.missing) {
       $('job-missing').textContent = `There is no job ${d.id}, or it is not yours to see.`;
-      document.title = 'No such job · jobgate';
+      setTitle('No such job · jobgate');
       return;
     }
     if (!job) return;
-    document.title = `${job.kind} ${job.state} · jobgate`;
-    $('job-title').textContent = `${job.kind} · ${job.id}`;
+    setTitle(`${jobTitle(job)} · ${job.state} · jobgate`);
+    $('job-title').textContent = jobTitle(job);
+    $('job-id').textContent = job.id;
     $('job-state').replaceChildren(stateBadge(job.state));
     $('job-state').dataset.state = job.state;
 
@@ -969,7 +1345,11 @@
     status.replaceChildren();
     if (job.state === 'queued' && job.position) {
       status.append(el('span', { class: 'pos', text: `#${job.position} in queue` }));
-      if (job.message) status.append(el('span', { class: 'msg', text: job.message }));
+      // Its message repeats the place (as it was when sent): only the rest stays.
+      const rest = (job.message || '').replace(/^position \d+(, )?/, '');
+      if (rest) status.append(el('span', { class: 'msg', text: rest }));
+    } else if (job.state === 'queued' && ts(job.run_at) > Date.now()) {
+      status.append(el('span', { class: 'msg countdown', title: fmtTime(job.run_at), text: startText(job) }));
     } else if (job.state === 'running' || job.state === 'completed') {
       status.append(...progressBits(job.state === 'completed' && job.progress === null
         ? { ...job, progress: 100 } : job));
@@ -985,12 +1365,14 @@
       ...fact('Owner', job.owner),
       ...fact({ waiting: 'Waiting', running: 'Running for', took: 'Duration' }[timing(job)[0]],
         timing(job)[1], 'fact-time'),
-      ...fact('Attempt', `${Math.max(job.attempt, job.state === 'queued' ? job.attempt : 1)} of ${job.max_attempts}`),
+      // A job that never ran has had no attempt: not "Attempt 0 of 1".
+      ...(job.attempt > 0 ? fact('Attempt', `${job.attempt} of ${job.max_attempts}`)
+        : job.max_attempts > 1 ? fact('Attempts', `none yet, up to ${job.max_attempts}`) : []),
       ...fact('Priority', String(job.priority)),
-      ...fact('Submitted', fmtTime(job.created_at)),
+      ...fact('Submitted', `${fmtAgo(job.created_at)} (${fmtTime(job.created_at)})`),
     ];
-    if (job.started_at) facts.push(...fact('Started', fmtTime(job.started_at)));
-    if (job.finished_at) facts.push(...fact('Finished', fmtTime(job.finished_at)));
+    if (job.started_at) facts.push(...fact('Started', `${fmtAgo(job.started_at)} (${fmtTime(job.started_at)})`));
+    if (job.finished_at) facts.push(...fact('Finished', `${fmtAgo(job.finished_at)} (${fmtTime(job.finished_at)})`));
     if (job.worker) facts.push(...fact('Worker', job.worker));
     if (job.memory_mb) facts.push(...fact('Memory reserved', fmtMB(job.memory_mb)));
     if (job.peak_memory_mb !== null && job.peak_memory_mb !== undefined) {
@@ -1047,8 +1429,9 @@
 
   // A signed link the browser fetches itself: it streams the file to disk (a fetch with
   // the bearer token would hold all of a multi-GB output in memory first).
-  async function download(id, name) {
-    $('act-error').textContent = '';
+  async function download(id, name, errorBox) {
+    const box = errorBox || $('act-error');
+    box.textContent = '';
     try {
       const link = await api('POST', `api/jobs/${enc(id)}/outputs/${name.split('/').map(enc).join('/')}/link`);
       const a = el('a', { href: relative(link.url), download: name.split('/').pop() });
@@ -1056,7 +1439,7 @@
       a.click();
       a.remove();
     } catch (err) {
-      if (err.status !== 401) $('act-error').textContent = `cannot download ${name}: ${err.message}`;
+      if (err.status !== 401) box.textContent = `cannot download ${name}: ${err.message}`;
     }
   }
 
@@ -1142,6 +1525,7 @@
   // --- live updates: the event stream, or polling -------------------------------------------
 
   function setTransport(t) {
+    const was = S.transport;
     S.transport = t;
     const c = $('conn');
     c.dataset.transport = t;
@@ -1156,6 +1540,75 @@
       offline: 'The server cannot be reached',
       connecting: '',
     }[t] || '';
+    if (t === 'offline' && was !== 'offline') goneOffline();
+    else if (t !== 'offline' && was === 'offline') backOnline();
+  }
+
+  // --- the server out of reach: say so, stop the clocks, look again now and then -------------
+
+  async function reachable() {
+    try {
+      await fetch('health', { cache: 'no-store' });
+      return true;                                   // any answer, even 503: it is there
+    } catch (err) {
+      return false;
+    }
+  }
+
+  function goneOffline() {
+    S.offlineSince = Date.now();
+    S.probeMs = 2000;
+    stopPolling();
+    document.body.classList.add('offline');
+    $('offline').hidden = false;
+    scheduleProbe();
+  }
+
+  function scheduleProbe() {
+    clearTimeout(S.probeTimer);
+    S.probeAt = Date.now() + S.probeMs;
+    S.probeTimer = setTimeout(probe, S.probeMs);
+    S.probeMs = Math.min(S.probeMs * 2, 30000);
+    renderOffline();
+  }
+
+  async function probe() {
+    clearTimeout(S.probeTimer);
+    S.probeTimer = 0;
+    $('offline-text').textContent = offlineText('checking now…');
+    const ok = await reachable();
+    if (!S.session || S.transport !== 'offline') return;
+    if (ok) setTransport(S.es ? 'live' : 'polling');
+    else scheduleProbe();
+  }
+
+  function backOnline() {
+    clearTimeout(S.probeTimer);
+    S.probeTimer = 0;
+    document.body.classList.remove('offline');
+    $('offline').hidden = true;
+    announce('The server can be reached again.');
+    if (!S.session) return;
+    if (S.liveSupported && !S.es) {
+      clearTimeout(S.liveTimer);
+      S.liveTimer = 0;
+      S.liveRetryMs = 2000;
+      startLive();
+    }
+    refreshAll().then(() => ensurePolling());
+    tick();
+  }
+
+  function offlineText(next) {
+    const since = new Date(S.offlineSince).toLocaleTimeString();
+    return `The server cannot be reached (since ${since}): what this page shows may be out `
+      + `of date, and its clocks are stopped. ${next}`;
+  }
+
+  function renderOffline() {
+    if (S.transport !== 'offline' || !S.probeTimer) return;
+    const left = Math.max(0, Math.ceil((S.probeAt - Date.now()) / 1000));
+    $('offline-text').textContent = offlineText(`Trying again in ${left} s.`);
   }
 
   function startLive() {
@@ -1171,7 +1624,8 @@
       // After a drop, resume where the last stream stopped: the server replays the gap
       // (or says stream.reset when it no longer has it).
       const resume = S.lastEventId ? `&last_event_id=${enc(S.lastEventId)}` : '';
-      const es = new EventSource(`api/events?ticket=${enc(data.ticket)}${resume}`);
+      // `positions`: each queue.stats carries the places of this user's queued jobs.
+      const es = new EventSource(`api/events?positions=true&ticket=${enc(data.ticket)}${resume}`);
       S.es = es;
       es.onopen = () => {
         S.liveRetryMs = 2000;
@@ -1191,12 +1645,20 @@
         if (S.es !== es) return;
         S.es = null;
         if (!S.session) return;
-        setTransport('polling');
-        ensurePolling();                             // polls only while something is active
-        scheduleLive();                              // a ticket is single use: get a new one
+        reachable().then((ok) => {
+          if (S.session !== session || S.es) return;
+          if (!ok) {
+            setTransport('offline');                 // the banner's look brings it back
+            return;
+          }
+          setTransport('polling');
+          ensurePolling();                           // polls only while something is active
+          scheduleLive();                            // a ticket is single use: get a new one
+        });
       };
     }).catch((err) => {
       if (S.session !== session) return;
+      if (err.status === 0) return;                  // out of reach: backOnline starts it
       if (err.status === 404 || err.status === 405 || err.status === 501) S.liveSupported = false;
       else scheduleLive();
       ensurePolling();
@@ -1233,8 +1695,12 @@
       return;
     }
     if (ev.type === 'queue.stats') {
-      S.queue = { ...(S.queue || {}), ...ev };
+      const { positions, ...stats } = ev;
+      S.statsFrames = (S.statsFrames || 0) + 1;
+      S.lastStats = stats;
+      S.queue = { ...(S.queue || {}), ...stats };
       renderQueue();
+      if (positions && typeof positions === 'object') applyPositions(positions);
       return;
     }
     if (!ev.job_id) return;
@@ -1246,11 +1712,18 @@
     if (ev.type === 'job.log') {
       const d = S.detail;
       if (d && d.id === ev.job_id && Array.isArray(ev.lines)) {
-        if (ev.first === d.lastN + 1) addLogLines(d, ev.lines.map((line, i) => [ev.first + i, line]));
+        const entries = ev.lines.map((line, i) => [ev.first + i, line]);
+        if (ev.replace && ev.first <= d.lastN) {
+          for (const [n, line] of entries) {
+            if (n <= d.lastN) replaceLogLine(d, n, line);
+          }
+          addLogLines(d, entries);                   // any lines after it are new ones
+        } else if (ev.first === d.lastN + 1) addLogLines(d, entries);
         else if (ev.first > d.lastN + 1) loadLogs();
       }
       return;
     }
+    noteEnd(ev);
     const mark = S.events;
     for (const [k, v] of Object.entries(ev)) {
       if (EVENT_META.has(k)) continue;
@@ -1267,6 +1740,18 @@
       const d = S.detail;
       const shown = d && S.jobs.get(d.id);
       scheduleRefresh(Boolean(d && (d.id === ev.job_id || (shown && shown.state === 'queued'))));
+    }
+  }
+
+  // The places of this user's queued jobs, pushed whenever anyone's job starts or ends:
+  // kept like an event's change, so a list read that left before does not undo them.
+  function applyPositions(positions) {
+    for (const [id, place] of Object.entries(positions)) {
+      const job = S.jobs.get(id);
+      if (!job || job.state !== 'queued' || job.position === place) continue;
+      change(id, 'position', place);
+      job.position = place;
+      renderJob(id);
     }
   }
 
@@ -1312,6 +1797,10 @@
   // once at least (after the user acted, or came back to the tab).
   function ensurePolling(now) {
     if (!S.session || S.es || S.pollTimer || S.pollBusy) return;
+    if (S.transport === 'offline') {
+      if (now && S.probeTimer) probe();              // the user is back: look now
+      return;
+    }
     if (now) {
       poll();
     } else if (anythingActive()) {
@@ -1332,9 +1821,9 @@
     } finally {
       S.pollBusy = false;
     }
-    if (!S.session || S.es) return;
+    if (!S.session || S.es || S.transport === 'offline') return;  // probe() takes over
     if (document.hidden) return;                     // resumes on visibilitychange
-    if (anythingActive() || S.transport === 'offline') {
+    if (anythingActive()) {
       S.pollTimer = setTimeout(poll, POLL_MS);
     } else {
       setTransport('idle');
@@ -1364,6 +1853,23 @@
     $('act-cancel').addEventListener('click', () => act('cancel'));
     $('act-retry').addEventListener('click', () => act('retry'));
     $('act-delete').addEventListener('click', () => act('delete'));
+    for (const action of ['cancel', 'retry', 'delete']) {
+      $(`bulk-${action}`).addEventListener('click', () => bulk(action));
+    }
+    $('copy-id').addEventListener('click', async () => {
+      const id = $('job-id').textContent;
+      try {
+        await navigator.clipboard.writeText(id);
+        announce('Copied the job id');
+        $('copy-id').textContent = 'Copied';
+      } catch (err) {
+        getSelection().selectAllChildren($('job-id'));  // no clipboard here: select it
+        $('copy-id').textContent = 'Selected: press Ctrl+C';
+      }
+      setTimeout(() => { $('copy-id').textContent = 'Copy id'; }, 2000);
+    });
+    $('offline-retry').addEventListener('click', () => { if (S.transport === 'offline') probe(); });
+    $('log-download').addEventListener('click', downloadLog);
     $('log-follow').addEventListener('click', () => setFollow(!(S.detail && S.detail.follow)));
     $('confirm').addEventListener('close', () => {
       const resolve = confirmResolve;
@@ -1377,6 +1883,7 @@
     });
     window.addEventListener('hashchange', () => { route(); });
     document.addEventListener('visibilitychange', () => {
+      if (!document.hidden) seenEnds();
       if (document.hidden || !S.session) return;
       retryLiveNow();
       ensurePolling(true);
@@ -1410,12 +1917,14 @@
     wire();
     S.session = loadSession();
     if (!S.session) {
-      // A server with [auth] enabled = false needs no sign-in: everybody is its admin.
+      // A server with [auth] enabled = false needs no sign-in (everybody is its admin),
+      // nor does a host app's own session: ui/session says so with a 200 either way, so a
+      // signed-out visit leaves no failed request in the console.
       try {
-        const r = await fetch('api/me', { cache: 'no-store' });
-        if (r.ok) {
-          const me = await r.json();
-          S.session = { token: null, expires_at: null, user: me, open: true };
+        const r = await fetch('ui/session', { cache: 'no-store' });
+        const data = r.ok ? await r.json() : null;
+        if (data && data.signed_in && data.user) {
+          S.session = { token: null, expires_at: null, user: data.user, open: true };
         }
       } catch (err) { /* shown when signing in */ }
     }
