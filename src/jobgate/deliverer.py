@@ -85,7 +85,11 @@ class Deliverer:
                     self._wake.clear()
                     # Until a job ends, or the retry this node set comes due; other
                     # nodes' retries are seen within _POLL_S.
-                    wait_s = min(_POLL_S, max(0.0, self._next_due - time.time()))
+                    # (With no retry of its own ahead, `_next_due` is in the past: that
+                    # is a wait of _POLL_S, not of 0 s, which spun this loop on the store
+                    # a thousand times a second on an idle node.)
+                    due_in_s = self._next_due - time.time()
+                    wait_s = min(_POLL_S, due_in_s) if due_in_s > 0 else _POLL_S
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), wait_s)
                         await asyncio.sleep(_GATHER_S)
