@@ -560,14 +560,8 @@ def _run(folder: Any, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 # What undoes each backend's latest migration: a database as the jobgate before it left it.
-_UNDO_LATEST = {  # sqlite_012, postgres_010
-    "sqlite": "DROP TRIGGER job_counts_insert; DROP TRIGGER job_counts_update; "
-              "DROP TRIGGER job_counts_delete; DROP TABLE job_counts; "
-              "DROP INDEX jobs_owner_list; DROP INDEX jobs_owner_state_list;",
-    "postgres": "DROP TRIGGER job_counts_insert ON jobs; DROP TRIGGER job_counts_update ON jobs; "
-                "DROP TRIGGER job_counts_delete ON jobs; DROP FUNCTION job_counts_moved(); "
-                "DROP TABLE job_count_deltas; DROP INDEX jobs_owner_list; "
-                "DROP INDEX jobs_owner_state_list; DROP INDEX jobs_state_list"}
+_UNDO_LATEST = {"sqlite": "DROP TABLE controls;",  # sqlite_010
+                "postgres": "DROP TABLE controls"}  # postgres_008
 
 
 async def _set_version(db_url: str, version: int, undo_latest: bool = False) -> None:
