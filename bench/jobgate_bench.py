@@ -389,26 +389,25 @@ def idle_rss(site: Site, procs: Procs, idle_s: float) -> int:
     return int(psutil.Process(pid).memory_info().rss)
 
 
-async def depths(sites: dict[tuple[int, int], Site], claims: int, lookups: int, seed: int
-                 ) -> dict[tuple[int, int], dict[str, float]]:
-    """For each {(depth, owners): site}, a queue filled to that depth with jobs from
-    `owners` users;
+async def depths(sites: dict[int, Site], owners: int, claims: int, lookups: int, seed: int
+                 ) -> dict[int, dict[str, float]]:
+    """For each {depth: site}, a queue filled to that depth with jobs from `owners` users;
     then, taking turns between the queues so that a noisy moment hits every depth alike, the
     median seconds of one claim of one job through the store, of `queue.position(job)` for
     a random queued job, and of `queue.get(id)` + position."""
-    queues: dict[tuple[int, int], JobQueue] = {}
+    queues: dict[int, JobQueue] = {}
     try:
-        for key, site in sites.items():
-            queues[key] = await open_queue(site)
+        for n, site in sites.items():
+            queues[n] = await open_queue(site)
         rng = random.Random(seed)
-        fill_s: dict[tuple[int, int], float] = {}
-        picks: dict[tuple[int, int], list[Job]] = {}
+        fill_s: dict[int, float] = {}
+        picks: dict[int, list[Job]] = {}
         for n, queue in queues.items():
             started = time.perf_counter()
-            jobs = await submit_many(queue, n[0], n[1])
+            jobs = await submit_many(queue, n, owners)
             fill_s[n] = time.perf_counter() - started
             picks[n] = [rng.choice(jobs) for _ in range(lookups)]
-        samples: dict[tuple[int, int], dict[str, list[float]]] = {
+        samples: dict[int, dict[str, list[float]]] = {
             n: {"claim": [], "position": [], "get_position": []} for n in queues}
 
         for i in range(lookups):

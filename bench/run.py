@@ -23,11 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import psutil
 
-import flat_bench
 import huey_bench
 import jobgate_bench as jg
 import pg_bench
@@ -41,15 +39,8 @@ LATENCY_JOBS = 200
 LATENCY_INTERVAL_MS = 20.0
 IDLE_S = 3.0
 DEPTH_OWNERS = 10
-MANY_OWNERS = 10_000  # issue 19: claim and position as flat for 10,000 users as for 10
 CLAIMS = 50
 LOOKUPS = 1000
-FLAT_HISTORY = (1_000, 1_000_000)  # finished jobs in the database
-FLAT_SAMPLES, FLAT_SAMPLES_QUICK = 300, 100
-FLAT_QUEUED, FLAT_EVENTS = 100_000, 1_000_000
-OWNERS_TEXT = (f"{flat_bench.OWNERS} owners, kinds {'/'.join(flat_bench.KINDS)} 6:1, "
-               "completed/failed/cancelled 16:3:1; the newest "
-               f"{flat_bench.RECENT:,} in the last hour, the rest over the six days before")
 STREAM_CLIENTS = (1, 100, 1000)
 STREAM_SETTLE_S = 3.0
 MB = 1_000_000
@@ -152,7 +143,6 @@ class Bench:
             "streams": ("event streams (SSE)", self.streams, "6"),
             "pg": ("PostgreSQL: jobgate nodes and Procrastinate", self.pg, "8"),
             "pyproc": ("Python jobs: process pool against in-process", self.pyproc, "11"),
-            "flat": ("costs that stay flat as work grows", self.flat, "12"),
         }
         for name, (title, fn, item) in parts.items():
             if only is None or name in only.split(","):
@@ -320,10 +310,8 @@ class Bench:
     # --- 5: depth ------------------------------------------------------------------------
     def depth(self) -> None:
         small, large = self.plan.depths
-        many = MANY_OWNERS
-        keys = [(small, DEPTH_OWNERS), (large, DEPTH_OWNERS), (large, many)]
-        sites = {k: jg.make_site(self.folder(f"depth-{k[0]}-{k[1]}o")) for k in keys}
-        results = asyncio.run(jg.depths(sites, CLAIMS, LOOKUPS, seed=small))
+        sites = {n: jg.make_site(self.folder(f"depth-{n}")) for n in (small, large)}
+        results = asyncio.run(jg.depths(sites, DEPTH_OWNERS, CLAIMS, LOOKUPS, seed=small))
         what = {
             "claim": (f"claim time (median of {CLAIMS})",
                       "`await store.claim(name, 1, queue.limits, 30.0, ['noop'])`: one job, "
@@ -335,31 +323,26 @@ class Bench:
                              "API pays to answer"),
         }
         for metric, (name, config) in what.items():
-            for key in keys:
-                n, owners = key
-                value = results[key][metric]
-                if key == keys[0]:
+            base = results[small][metric]
+            for n in (small, large):
+                value = results[n][metric]
+                if n == small:
                     result, target, met = fmt_us(value), "—", "—"
-                elif owners == DEPTH_OWNERS:
-                    ratio = value / results[keys[0]][metric]
+                else:
+                    ratio = value / base
                     result = f"{fmt_us(value)} (ratio {n:,}/{small:,}: {ratio:.2f}x)"
                     target, met = f"≤ 2x depth {small:,}", _met(ratio <= 2)
-                else:
-                    ratio = value / results[keys[1]][metric]
-                    result = (f"{fmt_us(value)} (ratio {owners:,}/{DEPTH_OWNERS} owners: "
-                              f"{ratio:.2f}x)")
-                    target, met = f"≤ 2x {DEPTH_OWNERS} owners", _met(ratio <= 2)
                 self.report.rows.append(Row(
-                    "5", f"{name} at depth {n:,}, {owners:,} owners", "jobgate",
-                    f"{config}; SQLite, durability=full; {owners:,} owners",
+                    "5", f"{name} at depth {n:,}", "jobgate",
+                    f"{config}; SQLite, durability=full; {DEPTH_OWNERS} owners",
                     result, target, met))
         self.report.notes.append(
-            "Depth: the queues are measured in turns (one sample at one depth, then one at "
-            "the next), so a noisy moment hits all alike. Fill (not a measurement of the "
+            "Depth: the two queues are measured in turns (one sample at one depth, then one at "
+            "the other), so a noisy moment hits both alike. Fill (not a measurement of the "
             "targets): "
-            + ", ".join(f"{n:,} jobs from {o:,} owners in {r['fill_s']:.1f} s "
-                        f"({n / r['fill_s']:,.0f} jobs/s)"
-                        for (n, o), r in results.items()) + ".")
+            + ", ".join(f"{n:,} jobs in {r['fill_s']:.1f} s ({n / r['fill_s']:,.0f} jobs/s)"
+                        for n, r in results.items()) + ".")
+
 
     # --- 6 and 7: event streams ---------------------------------------------------------
     def streams(self) -> None:
@@ -450,116 +433,6 @@ class Bench:
                                         system, config, texts[kind] + extra, "info", "—"))
 
 
-    # --- 12 to 14: costs that stay flat as work grows ----------------------------------
-    def flat(self) -> None:
-        self._flat_pages()
-        self._flat_rss()
-        self._flat_pg()
-
-    def _flat_pages(self) -> None:
-        small, large = FLAT_HISTORY
-        samples = FLAT_SAMPLES_QUICK if self.plan.quick else FLAT_SAMPLES
-        sites = {n: jg.make_site(self.folder(f"flat-pages-{n}")) for n in (small, large)}
-        fill = {}
-        for n, site in sites.items():
-            asyncio.run(flat_bench.migrated(site))
-            fill[n] = flat_bench.fill_finished_sqlite(site.db, n)
-        with Procs(self.root) as procs:
-            results = flat_bench.pages(sites, procs, samples)
-        labels = [label for label, _ in flat_bench.PAGES] + ["deep page", "queue"]
-        cells = []
-        worst = 0.0
-        for label in labels:
-            base = flat_bench.p99(results[small]["times"][label])
-            value = flat_bench.p99(results[large]["times"][label])
-            worst = max(worst, value / base)
-            mid = [median(results[n]["times"][label]) for n in (small, large)]
-            cells.append(f"{label}: {base * 1e3:.1f} → {value * 1e3:.1f} ms "
-                         f"({value / base:.2f}x; p50 {mid[0] * 1e3:.1f} → {mid[1] * 1e3:.1f} "
-                         f"ms, {mid[1] / mid[0]:.2f}x)")
-        self.report.rows.append(Row(
-            "12", f"`GET /api/jobs` pages and `GET /api/queue`, p99, {small:,} vs {large:,} "
-                  "finished jobs", "jobgate, `jobgate serve --no-worker`",
-            f"SQLite; history written with SQL ({OWNERS_TEXT}); an admin's bearer token, one "
-            f"sequential httpx client; {samples} requests of each page at each size, in "
-            f"turns; deep page: {flat_bench.DEEP_PAGES * max(1, samples // 20)} pages down "
-            "`state=completed`'s cursor",
-            "p99 " + "; ".join(cells), "≤ 2x each", _met(worst <= 2)))
-        self.report.notes.append(
-            "Flat pages: the pages asked for are " + ", ".join(
-                f"{label} (`?{query}`)" for label, query in flat_bench.PAGES)
-            + "; history filled in " + ", ".join(f"{s:.1f} s ({n:,} jobs)"
-                                                 for n, s in fill.items()) + ".")
-
-    def _flat_rss(self) -> None:
-        queued, events = FLAT_QUEUED, FLAT_EVENTS
-        sizes: dict[str, int] = {}
-        counts = {"empty": 0, f"{queued:,} queued jobs": queued,
-                  f"{events:,} kept events": events}
-        fills = {"empty": None,
-                 f"{queued:,} queued jobs":
-                     lambda db: flat_bench.fill_queued_sqlite(db, queued, 100),
-                 f"{events:,} kept events": lambda db: flat_bench.fill_events_sqlite(db, events)}
-        for label, fill in fills.items():
-            site = jg.make_site(self.folder(f"flat-rss-{label.split()[0].replace(',', '')}"))
-            asyncio.run(flat_bench.migrated(site))
-            if fill is not None:
-                fill(site.db)
-            with Procs(site.folder) as procs:
-                sizes[label] = flat_bench.serve_rss(site, procs)
-        base = sizes["empty"]
-        cells = [f"{label}: {rss / MB:.1f} MB" + (
-            f" (+{(rss - base) / MB:.1f} MB, {(rss - base) / counts[label]:.0f} B each)"
-            if counts[label] else "") for label, rss in sizes.items()]
-        self.report.rows.append(Row(
-            "13", "server RSS with a deep queue and a long event log",
-            "jobgate, `jobgate serve --no-worker`",
-            f"SQLite; rows written with SQL, then the server started; psutil RSS "
-            f"{flat_bench.SETTLE_S:g} s after it answered /api/queue and a page of /api/jobs",
-            "; ".join(cells), "info", "—"))
-
-    def _flat_pg(self) -> None:
-        n = self.plan.jobs
-        with step("PostgreSQL server"), pg_bench.server() as srv:
-            runs: dict[str, dict[str, Any]] = {}
-            for label, nodes, observe in (("1 node", 1, False), ("3 nodes", 3, False),
-                                          ("1 node + observer", 1, True)):
-                url = srv.new_database()
-                site = pg_bench.make_site(self.folder(f"flat-pg-{nodes}-{observe}"), url,
-                                          pg_bench.NOOP_MAX_RUNNING)
-                observer = jg.make_site(self.folder(f"flat-pg-observer-{nodes}"), url,
-                                        pg_bench.NOOP_MAX_RUNNING,
-                                        {"elsewhere": "pg_kinds:noop"}) if observe else None
-                with step(f"jobgate on PostgreSQL, {label}"), Procs(site.folder) as procs:
-                    runs[label] = asyncio.run(flat_bench.pg_nodes(site, observer, n, nodes,
-                                                                  procs))
-        one, three, obs = runs["1 node"], runs["3 nodes"], runs["1 node + observer"]
-        ran = obs["cpu_s"]["node1"] / n
-        seen = obs["cpu_s"]["observer"] / n
-        self.report.rows.append(Row(
-            "14", "PostgreSQL: CPU per job a node does not run, against per job it runs",
-            "jobgate, `jobgate worker` nodes",
-            f"{n:,} no-op jobs through the Python API; one node runs them, one more node "
-            "(kinds none of the jobs have) sees every event and claims nothing; psutil CPU "
-            "(user+system) over the run, less each node's idle CPU rate",
-            f"per job run {ran * 1e3:.2f} ms, per job not run {seen * 1e3:.2f} ms: "
-            f"{seen / ran:.2f}x; {obs['seconds']:.1f} s; " + _cpu_text(obs),
-            "≤ 0.1x", _met(seen <= 0.1 * ran)))
-        rate1, rate3 = n / one["seconds"], n / three["seconds"]
-        self.report.rows.append(Row(
-            "14", "PostgreSQL: three nodes against one, no-op jobs", "jobgate",
-            f"{n:,} no-op jobs through the Python API (as row 8), one run each",
-            f"1 node {rate1:,.0f} jobs/s, 3 nodes {rate3:,.0f} jobs/s: {rate3 / rate1:.2f}x; "
-            "CPU: 1 node: " + _cpu_text(one) + "; 3 nodes: " + _cpu_text(three),
-            "≥ 1x", _met(rate3 >= rate1)))
-
-
-def _cpu_text(run: dict[str, Any]) -> str:
-    return ", ".join(f"{name} {run['raw_cpu_s'][name]:.2f} s over the run, idle "
-                     f"{run['idle_cpu_per_s'][name] * 1e3:.0f} ms/s "
-                     f"({run['per_node'].get(name, 0):,} jobs)" for name in run["cpu_s"])
-
-
 def _fs_type(path: Path) -> str:
     best, fstype = "", "an unknown file system"
     for part in psutil.disk_partitions(all=True):
@@ -573,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="1,000 jobs, depths 1,000 and 10,000, one run each")
     parser.add_argument("--only", help="comma-separated parts: huey, e2e, submit, latency, "
-                        "rss, depth, streams, pg, pyproc, flat (default: all)")
+                        "rss, depth, streams, pg, pyproc (default: all)")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results.md",
                         help="where to write the table (default: bench/results.md)")
     args = parser.parse_args(argv)

@@ -84,11 +84,6 @@ from jobgate.store.rows import durations_by_kind, lease_cutoff
 __all__ = ["PostgresStore", "SchemaTooNew", "latest_version"]
 
 _CLAIM_LOCK = 0x6A6F6201  # advisory lock keys ("job" + n)
-_COUNTS_LOCK = 0x6A6F6204  # (postgres_conn.py has 3)
-# The deltas postgres_009's triggers append, folded into one row per state.
-_FOLD_COUNTS = ("WITH gone AS (DELETE FROM job_count_deltas RETURNING state, n) "
-                "INSERT INTO job_count_deltas (state, n) "
-                "SELECT state, sum(n) FROM gone GROUP BY state")
 _TURNS_LOCK = TURNS_LOCK
 _FINAL = [s.value for s in FINAL]
 
@@ -400,9 +395,8 @@ class PostgresStore(PgConnection, Store):
     async def stats(self) -> Stats:
         async def op(tx: Tx) -> Stats:
             counts = {s.value: 0 for s in State}
-            # The trigger-kept deltas (postgres_009), not a count over every finished job.
             counts.update({s: int(n) for s, n in await tx.rows(
-                "SELECT state, sum(n) FROM job_count_deltas GROUP BY state")})
+                "SELECT state, count(*) FROM jobs GROUP BY state")})
             reserved = await tx.value("SELECT coalesce(sum(memory_mb), 0) FROM jobs "
                                       "WHERE state = 'running'")
             last_min = await tx.value("SELECT count(*) FROM jobs WHERE finished_at >= %s "
@@ -473,11 +467,6 @@ class PostgresStore(PgConnection, Store):
                 "heartbeat_at = excluded.heartbeat_at",
                 (node.name, node.host, node.pid, node.slots, node.version, node.started_at,
                  tx.now))
-            # Each node's heartbeat folds the job count deltas, one node at a time (two
-            # deleting the same rows in different orders could deadlock): a busy lock means
-            # another node is folding them now.
-            if await tx.value("SELECT pg_try_advisory_xact_lock(%s)", (_COUNTS_LOCK,)):
-                await tx.cur.execute(_FOLD_COUNTS)
 
         await self._run(op)
 

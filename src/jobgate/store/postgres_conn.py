@@ -50,7 +50,7 @@ ItemT = TypeVar("ItemT")
 log = logging.getLogger("jobgate.store")
 
 _CHANNEL = "jobgate_events"
-_MIGRATE_LOCK = 0x6A6F6203  # advisory lock keys ("job" + n; postgres.py has 1, 2 and 4)
+_MIGRATE_LOCK = 0x6A6F6203  # advisory lock keys ("job" + n; postgres.py has 1 and 2)
 _POLL_S = 1.0  # the listener reads new events at least this often, notified or not
 _RETRIES = 20  # a transaction chosen as a deadlock victim runs again, up to this often
 _LOST_RETRIES = 5  # a transaction whose connection went runs again this often (over ~3 s)

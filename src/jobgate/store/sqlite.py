@@ -299,9 +299,8 @@ class SqliteStore(GroupCommit, Store):
     async def stats(self) -> Stats:
         def op(tx: Tx) -> Stats:
             counts = {s.value: 0 for s in State}
-            # Kept by triggers (sqlite_011), not a count over every finished job.
             counts.update(dict(tx.conn.execute(
-                "SELECT state, n FROM job_counts").fetchall()))
+                "SELECT state, count(*) FROM jobs GROUP BY state").fetchall()))
             reserved = tx.conn.execute("SELECT coalesce(sum(memory_mb), 0) FROM jobs "
                                        "WHERE state = 'running'").fetchone()[0]
             last_min = tx.conn.execute("SELECT count(*) FROM jobs WHERE finished_at >= ? "
@@ -399,10 +398,7 @@ class SqliteStore(GroupCommit, Store):
             busy: Counter[str] = Counter()
             running: dict[str, list[str]] = {}
             for worker, job_id, job_owner in tx.conn.execute(
-                    # `+id`: SQLite would otherwise walk the whole id index to skip a sort
-                    # of the few running jobs the partial index jobs_running holds.
-                    "SELECT worker, id, owner FROM jobs WHERE state = 'running' "
-                    "ORDER BY +id"):
+                    "SELECT worker, id, owner FROM jobs WHERE state = 'running' ORDER BY id"):
                 busy[worker] += 1
                 if owner is None or job_owner == owner:
                     running.setdefault(worker, []).append(job_id)
