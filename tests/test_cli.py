@@ -560,8 +560,10 @@ def _run(folder: Any, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 # What undoes each backend's latest migration: a database as the jobgate before it left it.
-_UNDO_LATEST = {"sqlite": "DROP TABLE controls;",  # sqlite_010
-                "postgres": "DROP TABLE controls"}  # postgres_008
+_UNDO_LATEST = {  # sqlite_011, postgres_009
+    "sqlite": "ALTER TABLE jobs DROP COLUMN log_dropped_first; "
+              "ALTER TABLE jobs DROP COLUMN log_dropped_last;",
+    "postgres": "ALTER TABLE jobs DROP COLUMN log_dropped_first, DROP COLUMN log_dropped_last"}
 
 
 async def _set_version(db_url: str, version: int, undo_latest: bool = False) -> None:
