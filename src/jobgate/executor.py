@@ -267,19 +267,11 @@ async def _run_command(job: Job, kind: Kind, folder: Path, progress: ProgressFn,
                 value = json.loads(raw)
                 last_json[:] = [value]
 
-    def on_partial(text: str, is_err: bool) -> None:
-        # The line as drawn so far. Not with ffmpeg's -progress blocks, which are left out
-        # of the log (a piece of one would stay); ffmpeg ends each redraw with its \r.
-        if not quiet_blocks:
-            log(text, "err" if is_err else "out", True)
-
     assert proc.stdout is not None and proc.stderr is not None
     readers = asyncio.gather(
         _read_lines(proc.stdout, lambda s, r: on_line(s, False, r),
-                    on_whole_stdout if kind.result == "json-last-line" else None,
-                    lambda s: on_partial(s, False)),
-        _read_lines(proc.stderr, lambda s, r: on_line(s, True, r),
-                    on_partial=lambda s: on_partial(s, True)))
+                    on_whole_stdout if kind.result == "json-last-line" else None),
+        _read_lines(proc.stderr, lambda s, r: on_line(s, True, r)))
     sampler = asyncio.create_task(peak.sample_until(proc))
     waiter = protocol.exited
     stopper: asyncio.Future[Any] = asyncio.ensure_future(cancel.wait())
@@ -374,14 +366,11 @@ def _completed(kind: Kind, folder: Path, last_json: list[Any],
 
 
 async def _read_lines(stream: asyncio.StreamReader, on_line: Callable[[str, bool], None],
-                     on_whole: Callable[[bytes], None] | None = None,
-                     on_partial: Callable[[str], None] | None = None) -> None:
+                     on_whole: Callable[[bytes], None] | None = None) -> None:
     """Split output where a line ends (\\n) and where a progress bar redraws it (\\r):
     `on_line` gets each segment with whether a \\r ended it; very long lines are cut for it.
     `on_whole`, if given, gets each segment whole (up to `_MAX_RESULT_BYTES`; a longer one
-    not at all): a result printed as one line of JSON can be long. `on_partial`, if given,
-    gets what was read of a segment not ended yet: a bar draws `\\r` first, then its text,
-    which must show before the next draw ends it."""
+    not at all): a result printed as one line of JSON can be long."""
     keep = _MAX_RESULT_BYTES if on_whole is not None else _MAX_LINE
     pending = b""
     shown = False  # the start of `pending` already went to on_line, cut
@@ -402,8 +391,6 @@ async def _read_lines(stream: asyncio.StreamReader, on_line: Callable[[str, bool
         if len(pending) > _MAX_LINE and not shown:
             on_line(pending[:_MAX_LINE].decode("utf-8", "replace"), False)
             shown = True
-        elif pending and not shown and on_partial is not None:
-            on_partial(pending.decode("utf-8", "replace"))
         if len(pending) > keep:
             if on_whole is None:  # as before: the rest of a long line reads as new lines
                 pending, shown = b"", False

@@ -136,8 +136,6 @@ class _Proc:
                 self.pending = b""
             for raw, redraw in ended:
                 self._line(raw[:_MAX_LINE].decode("utf-8", "replace"), redraw)
-            if self.pending and self.current is not None:  # a bar's text, before its next \r
-                self.current.log(self.pending.decode("utf-8", "replace"), "out", True)
         if self.pending:
             self._line(self.pending[:_MAX_LINE].decode("utf-8", "replace"), False)
             self.pending = b""
