@@ -321,6 +321,9 @@ def test_redact_rewrites_anything_shaped_like_a_credential() -> None:
         "postgresql://jobgate:pw123@db/jobs": "postgresql://jobgate:****@db/jobs",
         "key " + WEBHOOK_SECRET: "key [redacted]",
         "jwt eyJhbGciOi.eyJzdWIiOiJh.sig-Nature_1": "jwt [redacted]",
+        # The screen before the patterns is as blind to case as they are.
+        "COOKIE: SID=AbCd1234": "COOKIE: [redacted]",
+        "got BEARER XyZ.123 here": "got BEARER [redacted] here",
         "nothing secret: job 01ABC failed (exit code 3)":
             "nothing secret: job 01ABC failed (exit code 3)",
     }

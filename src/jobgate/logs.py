@@ -93,15 +93,21 @@ _SECRET_PATTERNS = [
 ]
 
 
-# What every pattern above needs somewhere in a text, looked for once: most values (ids,
-# names, states, numbers as text) have none of it, and skip the seven substitutions.
-_SCREEN = re.compile(r"(?i)authorization|cookie|x-api-key|bearer|basic|jg_|eyJ|whsec_|"
-                     r"[?&;][a-z_]+=|://")
+# What every pattern above needs somewhere in a text (in lower case), looked for once:
+# most values (ids, names, states, numbers as text) have none of it, and skip the seven
+# substitutions. Plain substring tests: a regex alternation of these cost 13 µs a line.
+_SCREEN = ("authorization", "cookie", "x-api-key", "bearer", "basic", "jg_", "eyj",
+           "whsec_", "=", "://")
+
+
+def _may_hold_secret(text: str) -> bool:
+    lowered = text.lower()
+    return any(needle in lowered for needle in _SCREEN)
 
 
 def redact(text: str) -> str:
     """`text` with anything shaped like a credential replaced."""
-    if _SCREEN.search(text) is None:
+    if not _may_hold_secret(text):
         return text
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
@@ -120,8 +126,8 @@ def _redact_values(value: Any) -> Any:
 
 def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     values = event_dict.values()
-    if not any(isinstance(v, dict | list | tuple) for v in values) and _SCREEN.search(
-            "\n".join(v for v in values if isinstance(v, str))) is None:
+    if not any(isinstance(v, dict | list | tuple) for v in values) and not _may_hold_secret(
+            "\n".join(v for v in values if isinstance(v, str))):
         return event_dict  # a line of plain words, ids and numbers: nothing to hide
     for key, value in list(event_dict.items()):
         event_dict[key] = _redact_values(value)
@@ -206,6 +212,10 @@ def configure(cfg: LoggingSettings, base_dir: Path | None = None,
         old.close()
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
+    # The logging HOWTO's "Optimization": no line shows the caller's frame, thread or
+    # process, so this process does not look them up for each record.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging.getLogger("jobgate").setLevel(cfg.level.upper())
     # structlog's own loggers (if any code uses them) go the same way.
     structlog.configure(
