@@ -57,7 +57,7 @@ def _move(job: Job, dst: State, **fields: Any) -> Move:
 # --- into the queue ------------------------------------------------------------------------
 def submitted(job: Job, vt: int) -> Move:
     """A new job entering the queue at its fair turn `vt` (its whole row is written)."""
-    after = dataclasses.replace(job, state=State.QUEUED, vt=vt)
+    after = job.but(state=State.QUEUED, vt=vt)
     return Move(after, {"state": State.QUEUED, "vt": vt}, event_type(None, State.QUEUED),
                 event_data(after))
 
@@ -205,7 +205,7 @@ def recovered(job: Job, now: float, vt: int | None = None) -> Move:
 def lost_run(move: Move, job: Job) -> Job:
     """The recovered job as `Store.recover` returns it: after its move, but with the `pid`,
     `worker` and `lease_token` of the run that was lost (to reap what it left running)."""
-    return dataclasses.replace(move.job, pid=job.pid, worker=job.worker,
+    return move.job.but(pid=job.pid, worker=job.worker,
                                lease_token=job.lease_token)
 
 
@@ -219,7 +219,7 @@ def cancelled(job: Job, now: float) -> Move | None:
     if job.state is State.RUNNING:
         if job.cancel_requested:
             return None
-        after = dataclasses.replace(job, cancel_requested=True, message="cancelling")
+        after = job.but(cancel_requested=True, message="cancelling")
         return Move(after, {"cancel_requested": True, "message": after.message},
                     EventType.PROGRESS, {"progress": after.progress, "message": after.message,
                                      "cancel_requested": True})
@@ -378,7 +378,7 @@ def submitted_waiting(job: Job, count: int) -> Move:
     """A new job entering the queue to wait for `count` dependencies: outside the
     dispatch order (no turn yet: it gets one when it becomes ready, `released`). Its event
     says `waiting`, which keeps it out of the queue positions."""
-    after = dataclasses.replace(job, state=State.QUEUED, vt=0, message=waiting_message(count))
+    after = job.but(state=State.QUEUED, vt=0, message=waiting_message(count))
     return Move(after, {"state": State.QUEUED, "vt": 0, "message": after.message},
                 event_type(None, State.QUEUED), {**event_data(after), "waiting": count})
 
@@ -386,7 +386,7 @@ def submitted_waiting(job: Job, count: int) -> Move:
 def still_waiting(job: Job, count: int) -> Move:
     """A waiting job one of whose dependencies completed, still waiting for `count`: its
     message says so (a `job.progress` event)."""
-    after = dataclasses.replace(job, message=waiting_message(count))
+    after = job.but(message=waiting_message(count))
     return Move(after, {"message": after.message}, EventType.PROGRESS,
                 {"progress": job.progress, "message": after.message, "waiting": count})
 
@@ -397,7 +397,7 @@ def released(job: Job, now: float, vt: int) -> Move:
     job keeps its later `run_at`, and `start_timeout` counts from now)."""
     if job.state is not State.QUEUED:
         raise IllegalMove(job.id, job.state, State.QUEUED)
-    after = dataclasses.replace(job, vt=vt, run_at=max(job.run_at, now), message=None)
+    after = job.but(vt=vt, run_at=max(job.run_at, now), message=None)
     return Move(after, {"vt": vt, "run_at": after.run_at, "message": None},
                 EventType.QUEUED, event_data(after))
 
@@ -413,7 +413,7 @@ def retried_waiting(job: Job, now: float, count: int) -> Move:
     """A failed or cancelled job retried by hand while `count` of its dependencies are
     still queued or running (retried too): it waits for them again, outside the order."""
     move = retried(job, now, 0)
-    after = dataclasses.replace(move.job, message=waiting_message(count))
+    after = move.job.but(message=waiting_message(count))
     return Move(after, {**move.fields, "message": after.message}, move.event,
                 {**event_data(after), "waiting": count})
 
