@@ -57,7 +57,8 @@ STATS_KEYS = {
     "node_memory_budget_mb", "memory_available_mb", "pressure", "running_rss_mb",
     "running_peak_mb", "nodes", "waiting", "paused", "paused_kinds", "drained_nodes",
     # stats.py's (tests/test_stats.py checks their numbers)
-    "throughput", "by_kind", "by_kind_window", "totals", "started_at", "uptime_s", "limits",
+    "throughput", "ended", "by_kind", "by_kind_window", "totals", "started_at", "uptime_s",
+    "limits",
 }
 FINAL = ("completed", "failed", "cancelled")
 
@@ -563,8 +564,8 @@ def test_queue_stats_have_the_contracts_keys_and_sensible_values(start_server):
         first = bob.get("/api/queue").json()
         available = first.pop("memory_available_mb")
         [node] = first.pop("nodes")  # the embedded worker
-        for key in ("throughput", "by_kind", "by_kind_window", "totals", "started_at",
-                    "uptime_s", "limits"):
+        for key in ("throughput", "ended", "by_kind", "by_kind_window", "totals",
+                    "started_at", "uptime_s", "limits"):
             first.pop(key)
         assert (node["slots"], node["running"], node["running_count"]) == (3, [], 0)
         assert first == {

@@ -38,11 +38,12 @@ STATS_KEYS = {
     "success_rate", "nodes",
     "node_memory_budget_mb", "memory_available_mb", "pressure", "running_rss_mb",
     "running_peak_mb", "paused", "paused_kinds", "drained_nodes",
-    "throughput", "by_kind", "by_kind_window", "totals", "started_at", "uptime_s", "limits",
+    "throughput", "ended", "by_kind", "by_kind_window", "totals", "started_at", "uptime_s",
+    "limits",
 }
 #: The keys `jobgate stats` shows in sections of their own, not one a line.
-STATS_SECTIONS = {"nodes", "throughput", "by_kind", "by_kind_window", "totals", "started_at",
-                  "uptime_s", "limits"}
+STATS_SECTIONS = {"nodes", "throughput", "ended", "by_kind", "by_kind_window", "totals",
+                  "started_at", "uptime_s", "limits"}
 
 
 @pytest.fixture(scope="module")
@@ -384,7 +385,7 @@ def test_stats_show_the_queue(server):
     scalars, activity, by_kind, nodes, kinds = text.stdout.split("\n\n")
     assert {line.split()[0] for line in scalars.splitlines()} == STATS_KEYS - STATS_SECTIONS
     assert [line.split()[0] for line in activity.splitlines()] == \
-        ["throughput", "since", "in", "uptime", "limits"]
+        ["throughput", "ended,", "ended,", "since", "in", "uptime", "limits"]
     assert by_kind.splitlines()[1].split()[:2] == ["KIND", "JOBS"]
     head, columns, row = nodes.splitlines()  # the embedded worker is the one live node
     assert head == "live nodes: 1"

@@ -121,7 +121,11 @@ def test_bulk_buttons_follow_the_filter(pages, server):
 
 def test_the_stat_strip_shows_the_queues_numbers(pages, server):
     with server.client("alice") as http:
+        flop = http.post("/api/jobs", json={"kind": "flop"}).json()["id"]
+    wait_api(server, "alice", flop, "failed")
+    with server.client("alice") as http:
         queue = http.get("/api/queue").json()
+    assert queue["ended"]["1h"]["failed"] >= 1 and queue["ended"]["24h"]["failed"] >= 1
     page = pages.new()
     sign_in(page, "alice")
     strip = page.locator("#stat-strip")
@@ -129,5 +133,7 @@ def test_the_stat_strip_shows_the_queues_numbers(pages, server):
     expect(strip).to_contain_text("Jobs per minute")
     expect(strip).to_contain_text("Average run time")
     expect(strip).to_contain_text("Success rate, last hour")
-    done = strip.locator("li", has_text="Done, last hour").locator(".stat-value")
-    assert int(done.inner_text()) >= queue["throughput"]["60m"]["completed"]
+    for window, label in (("1h", "last hour"), ("24h", "last day")):
+        for state, name in (("completed", "Done"), ("failed", "Failed")):
+            shown = strip.locator("li", has_text=f"{name}, {label}").locator(".stat-value")
+            assert int(shown.inner_text()) >= queue["ended"][window][state], (window, state)

@@ -78,6 +78,8 @@ async def test_the_numbers_of_a_known_workload(make_settings: Callable[..., Sett
     assert out["by_kind_window"] == {"window_s": queue_stats.WINDOW_S,
                                      "max_jobs": queue_stats.WINDOW_JOBS, "jobs": 11}
 
+    each_window = {"completed": 10, "failed": 1, "cancelled": 0}
+    assert out["ended"] == {"1h": each_window, "24h": each_window}
     assert out["throughput"] == {"1m": {"completed": 10, "per_min": 10.0},
                                  "15m": {"completed": 10, "per_min": 10 / 15},
                                  "60m": {"completed": 10, "per_min": 10 / 60}}

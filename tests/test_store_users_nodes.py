@@ -11,6 +11,7 @@ import pytest
 from jobgate.model import State
 from jobgate.store import store_for_url
 from jobgate.store.base import Conflict, Node, NotFound, Outcome
+from nodekit import write_row
 from storekit import (
     claim,
     claim_one,
@@ -55,6 +56,24 @@ async def test_stats_count_states_and_reserved_memory(store):
     assert stats.finished_last_min == 1
     assert stats.success_rate == pytest.approx(0.5)
     assert stats.avg_duration_s is not None and 0 <= stats.avg_duration_s < 5
+
+
+async def test_stats_count_the_last_hours_and_days_ends_by_state(store):
+    await finished_jobs(store)
+    stats = await store.stats()
+    each = {"completed": 1, "failed": 1, "cancelled": 1}
+    assert stats.ended_last_hour == stats.ended_last_day == each
+
+
+async def test_an_end_two_hours_ago_counts_in_the_day_and_two_days_ago_in_neither(
+        store, db_url):
+    jobs = await finished_jobs(store)
+    for final, ago_s in ((State.COMPLETED, 2 * 3600), (State.FAILED, 2 * 86400)):
+        write_row(db_url, "UPDATE jobs SET finished_at = ? WHERE id = ?",
+                  (time.time() - ago_s, jobs[final].id))
+    stats = await store.stats()
+    assert stats.ended_last_hour == {"completed": 0, "failed": 0, "cancelled": 1}
+    assert stats.ended_last_day == {"completed": 1, "failed": 0, "cancelled": 1}
 
 
 async def test_finished_before_and_delete_many_clean_old_jobs(store):

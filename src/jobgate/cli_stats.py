@@ -12,7 +12,7 @@ from jobgate.terminal import printable
 
 #: The contract's numbers, printed one a line as `key value` (in this order, then any
 #: other scalar key the server adds that the sections below do not show).
-_SECTIONS = frozenset({"nodes", "throughput", "by_kind", "by_kind_window", "totals",
+_SECTIONS = frozenset({"nodes", "throughput", "ended", "by_kind", "by_kind_window", "totals",
                        "started_at", "uptime_s", "limits"})
 
 
@@ -77,6 +77,9 @@ def _print_activity(stats: dict[str, Any]) -> None:
     if throughput := stats.get("throughput"):
         lines.append("throughput          " + "   ".join(
             f"{window} {_rate(t['per_min'])}" for window, t in throughput.items()))
+    for window, counts in (stats.get("ended") or {}).items():
+        lines.append(f"{'ended, last ' + window:20}" + "  ".join(
+            f"{k} {v}" for k, v in counts.items()))
     if totals := stats.get("totals"):
         for label, counts in (("since start", totals.get("since_start")),
                               ("in database", totals.get("in_database"))):

@@ -46,6 +46,8 @@ async def extra_json(queue: JobQueue, stats: Stats) -> dict[str, Any]:
     return {
         "throughput": {f"{m}m": {"completed": n, "per_min": n / m}
                        for m, n in completed.items()},
+        # The last hour's and day's ends by state: what the dashboard's stat strip shows.
+        "ended": {"1h": stats.ended_last_hour, "24h": stats.ended_last_day},
         "by_kind": kinds,
         "by_kind_window": {"window_s": WINDOW_S, "max_jobs": WINDOW_JOBS, "jobs": jobs},
         "totals": {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -126,6 +126,24 @@ class Stats:
     waiting: int = 0  # queued jobs waiting for their dependencies (in counts' "queued" too)
     completed_last_15min: int = 0
     completed_last_hour: int = 0
+    # Jobs that ended (completed, failed, cancelled) by their end state, over the last
+    # hour and the last day (`ended_counts`).
+    ended_last_hour: dict[str, int] = field(default_factory=dict)
+    ended_last_day: dict[str, int] = field(default_factory=dict)
+
+
+HOUR_S, DAY_S = 3600.0, 86400.0
+#: The end states `Stats.ended_last_hour` and `ended_last_day` count.
+ENDED_STATES = ("completed", "failed", "cancelled")
+
+
+def ended_counts(rows: Iterable[tuple[Any, Any, Any]]) -> tuple[dict[str, int], dict[str, int]]:
+    """`Stats.ended_last_hour` and `ended_last_day` from rows of (state, jobs that ended in
+    the last day, of which in the last hour); every end state is there, 0 if none."""
+    hour, day = dict.fromkeys(ENDED_STATES, 0), dict.fromkeys(ENDED_STATES, 0)
+    for state, in_day, in_hour in rows:
+        day[str(state)], hour[str(state)] = int(in_day or 0), int(in_hour or 0)
+    return hour, day
 
 
 @dataclass(frozen=True)

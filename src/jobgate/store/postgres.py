@@ -45,6 +45,8 @@ from jobgate.store import postgres_schedules as schedules_sql
 from jobgate.store import postgres_stats as stats_sql
 from jobgate.store import postgres_users as users_sql
 from jobgate.store.base import (
+    DAY_S,
+    HOUR_S,
     Conflict,
     LogSize,
     MetricCounts,
@@ -61,6 +63,7 @@ from jobgate.store.base import (
     Upload,
     User,
     UserInfo,
+    ended_counts,
 )
 from jobgate.store.postgres_conn import PgConnection, Tx, latest_version, pg_errors
 from jobgate.store.postgres_deps import (
@@ -410,9 +413,13 @@ class PostgresStore(PgConnection, Store):
             done, ok, avg = int(row[0]), int(row[1]), row[2]
             waiting = await tx.value("SELECT count(*) FROM jobs WHERE state = 'queued' "
                                      "AND waiting > 0")
+            hour, day = ended_counts(await tx.rows(
+                "SELECT state, count(*), count(*) FILTER (WHERE finished_at >= %s) FROM jobs "
+                "WHERE finished_at >= %s AND state IN ('completed', 'failed', 'cancelled') "
+                "GROUP BY state", (tx.now - HOUR_S, tx.now - DAY_S)))
             return Stats(counts, int(reserved), int(last_min),
                          None if avg is None else float(avg), (ok / done) if done else None,
-                         int(waiting), int(row[3]), ok)
+                         int(waiting), int(row[3]), ok, hour, day)
 
         return await self._run(op, write=False)
 

@@ -30,6 +30,8 @@ from jobgate.store import sqlite_schedules as schedules_sql
 from jobgate.store import sqlite_stats as stats_sql
 from jobgate.store import sqlite_users as users_sql
 from jobgate.store.base import (
+    DAY_S,
+    HOUR_S,
     Conflict,
     LogSize,
     MetricCounts,
@@ -45,6 +47,7 @@ from jobgate.store.base import (
     Upload,
     User,
     UserInfo,
+    ended_counts,
 )
 from jobgate.store.rows import durations_by_kind, event_from_row, lease_cutoff
 from jobgate.store.sqlite_conn import GroupCommit, SchemaTooNew, Tx, latest_version, placeholders
@@ -312,8 +315,12 @@ class SqliteStore(GroupCommit, Store):
                 "FROM jobs WHERE finished_at >= ?", (tx.now - 900, tx.now - 3600)).fetchone()
             waiting = tx.conn.execute(
                 "SELECT count(*) FROM jobs WHERE state = 'queued' AND waiting > 0").fetchone()[0]
+            hour, day = ended_counts(tx.conn.execute(
+                "SELECT state, count(*), sum(finished_at >= ?) FROM jobs WHERE finished_at >= ? "
+                "AND state IN ('completed', 'failed', 'cancelled') GROUP BY state",
+                (tx.now - HOUR_S, tx.now - DAY_S)))
             return Stats(counts, reserved, last_min, avg, (ok / done) if done else None,
-                         waiting, int(last_15 or 0), int(ok or 0))
+                         waiting, int(last_15 or 0), int(ok or 0), hour, day)
 
         return await self._call(op, write=False)
 

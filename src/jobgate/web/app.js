@@ -424,18 +424,18 @@
     renderStats();
   }
 
-  // The stat strip: the last hour's outcomes (GET api/queue's throughput, read at most a
-  // minute ago) and the live rates of every queue.stats.
+  // The stat strip: the last hour's and day's ends (GET api/queue's `ended`, read at most
+  // a minute ago) and the live rates of every queue.stats.
   function renderStats() {
     const q = S.queue;
     const items = [];
-    const hour = q.throughput && q.throughput['60m'];
     const rate = typeof q.success_rate === 'number' ? q.success_rate : null;
-    if (hour) {
-      const done = hour.completed;
-      items.push(['Done, last hour', String(done)]);
-      // success_rate is completed / finished over the same hour: the rest did not complete.
-      if (rate !== null && rate > 0) items.push(['Not completed, last hour', String(Math.round(done / rate - done))]);
+    const ended = q.ended || {};
+    for (const [window, label] of [['1h', 'last hour'], ['24h', 'last day']]) {
+      const counts = ended[window];
+      if (!counts) continue;
+      items.push([`Done, ${label}`, String(counts.completed)]);
+      items.push([`Failed, ${label}`, String(counts.failed)]);
     }
     if (typeof q.throughput_per_min === 'number') items.push(['Jobs per minute', String(q.throughput_per_min)]);
     items.push(['Average run time', typeof q.avg_duration_s === 'number' ? fmtDuration(q.avg_duration_s) : '—']);
