@@ -187,6 +187,17 @@ def test_a_bar_redrawn_after_its_line_was_written_is_updated_in_place():
     assert not log.waiting()
 
 
+def test_a_bar_that_ends_while_its_first_draw_is_being_written_keeps_its_last_draw():
+    log = RunLog()
+    log.add("  0%", "err", True)
+    lines, start = log.take()  # on its way to the store...
+    log.add(" 50%", "err", True)
+    log.add("100%", "err", False)  # ... while the bar is drawn again and ends
+    log.added(start, len(lines), 7)  # the store numbered it 7
+    assert log.take_redraws(0.0) == {7: "100%"}
+    assert not log.waiting()
+
+
 def test_the_run_s_end_writes_what_is_held_back():
     log = RunLog()
     log.add("1%", "out", True)

@@ -71,7 +71,9 @@ class RunLog:
         job is gone)."""
         if first is None:
             return
-        for index in self._open.values():
+        # A line still being redrawn needs its number, and so does one that was redrawn
+        # and ended while it was being written: its last text is still to be written.
+        for index in {*self._open.values(), *self._redraws}:
             if start <= index < start + count:
                 self._numbers[index] = first + index - start
 
