@@ -146,6 +146,50 @@ def test_on_a_wide_screen_the_header_lines_up_with_the_content(pages):
     assert abs((signout["x"] + signout["width"]) - (jobs["x"] + jobs["width"])) <= 2
 
 
+RECORD_NOTIFICATIONS = """(() => {
+    const Real = window.Notification;
+    window.shown = [];
+    class Recorded extends Real {
+        constructor(title, options) { super(title, options); window.shown.push(title); }
+    }
+    Object.defineProperty(Recorded, 'permission', {get: () => Real.permission});
+    Recorded.requestPermission = (...args) => Real.requestPermission(...args);
+    window.Notification = Recorded;
+})()"""
+
+
+def test_an_opted_in_browser_notification_says_which_job_ended_while_hidden(pages, server):
+    page = pages.new(permissions=["notifications"])
+    page.add_init_script(RECORD_NOTIFICATIONS)
+    sign_in(page, "bob")
+    expect(page.locator("#conn")).to_have_attribute("data-transport", "live")
+    notify = page.get_by_role("button", name="Notify me")
+    hide = """(on) => {
+        Object.defineProperty(document, 'hidden', {configurable: true, get: () => on});
+        document.dispatchEvent(new Event('visibilitychange'));
+    }"""
+    page.evaluate(hide, True)  # not asked for yet: the title says it, no notification
+    first = wait_api(server, "bob", api_submit(server, "bob", "noop")["id"], "completed")
+    expect(row(page, first["id"])).to_have_attribute("data-state", "completed")
+    assert page.evaluate("window.shown") == []
+    page.evaluate(hide, False)
+
+    notify.click()
+    expect(page.locator("#notify")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#notify")).to_have_text("Notifying")
+    page.evaluate(hide, True)
+    second = wait_api(server, "bob", api_submit(server, "bob", "noop")["id"], "completed")
+    expect(row(page, second["id"])).to_have_attribute("data-state", "completed")
+    page.wait_for_function("window.shown.length === 1")
+    assert page.evaluate("window.shown") == ["jobgate: noop completed"]
+    page.evaluate(hide, False)
+
+    page.locator("#notify").click()  # off again, and remembered
+    expect(page.locator("#notify")).to_have_text("Notify me")
+    page.reload()
+    expect(page.locator("#notify")).to_have_attribute("aria-pressed", "false")
+
+
 def test_a_job_that_ends_while_the_tab_is_hidden_shows_in_its_title(pages, server):
     page = pages.new()
     sign_in(page, "bob")

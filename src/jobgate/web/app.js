@@ -146,6 +146,45 @@
     if (isAdmin() && (ev.owner || (job && job.owner)) !== me) return;
     unseenEnds += 1;
     setTitle(baseTitle);
+    notifyEnd(ev, job);
+  }
+
+  // The opt-in browser notification of an end while the tab is hidden: asked for by the
+  // "Notify me" button (a browser asks its user once), remembered in this browser.
+  const NOTIFY_KEY = 'jobgate.notify';
+  const canNotify = () => typeof Notification === 'function';
+  const notifying = () => canNotify() && Notification.permission === 'granted'
+    && localStorage.getItem(NOTIFY_KEY) === 'on';
+
+  function notifyEnd(ev, job) {
+    if (!notifying()) return;
+    const what = job ? jobTitle(job) : ev.kind || 'a job';
+    const state = ev.type.replace('job.', '');
+    try {
+      new Notification(`jobgate: ${what} ${state}`, {
+        body: ev.message || (ev.error ? String(ev.error).split('\n')[0] : ''), tag: ev.job_id });
+    } catch (err) { /* a browser that shows them only from a service worker */ }
+  }
+
+  function renderNotifyButton() {
+    const button = $('notify');
+    button.hidden = !canNotify() || Notification.permission === 'denied';
+    const on = notifying();
+    button.textContent = on ? 'Notifying' : 'Notify me';
+    button.setAttribute('aria-pressed', String(on));
+    button.title = on ? 'A notification when one of your jobs ends while this tab is hidden (click to stop)'
+      : 'Get a notification when one of your jobs ends while this tab is hidden';
+  }
+
+  async function toggleNotify() {
+    if (notifying()) {
+      localStorage.setItem(NOTIFY_KEY, 'off');
+    } else {
+      const answer = Notification.permission === 'granted' ? 'granted'
+        : await Notification.requestPermission();
+      localStorage.setItem(NOTIFY_KEY, answer === 'granted' ? 'on' : 'off');
+    }
+    renderNotifyButton();
   }
 
   function seenEnds() {
@@ -1840,6 +1879,8 @@
   function wire() {
     $('signin-form').addEventListener('submit', signIn);
     $('signout').addEventListener('click', signOut);
+    $('notify').addEventListener('click', toggleNotify);
+    renderNotifyButton();
     $('submit-form').addEventListener('submit', submitJob);
     $('kind').addEventListener('change', renderKindForm);
     $('f-state').addEventListener('change', setFilters);
