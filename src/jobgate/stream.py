@@ -41,6 +41,7 @@ from jobgate.model import (
     iso,
 )
 from jobgate.queue import JobQueue, node_live_s
+from jobgate.stats import by_owner_json
 from jobgate.store.base import Node
 from jobgate.tasks import cancel_and_wait
 
@@ -239,6 +240,9 @@ class Hub:
         self.streams: set[Stream] = set()
         self.per_user: Counter[str] = Counter()
         self.stats_frame: Frame | None = None
+        # `by_owner` of the last queue.stats, as JSON text: admins' frames carry it (read
+        # only while an admin's stream takes stats frames).
+        self.by_owner_text: str | None = None
         self._stats_due = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: Callable[[], None] | None = None
@@ -393,6 +397,11 @@ class Hub:
         # GET /api/queue has each node's details and running jobs.
         nodes = await self.queue.store.nodes(node_live_s(self.settings))
         data["nodes"] = [n.name for n in nodes]
+        if any(s.stats and s.principal.user.admin for s in self.streams):
+            owners = by_owner_json(await self.queue.store.owner_counts())
+            self.by_owner_text = json.dumps(owners, separators=(",", ":"))
+        else:
+            self.by_owner_text = None
         return Frame.make("stats", json.dumps(data, separators=(",", ":")))
 
     def position_frame(self, stats: Frame, job_id: str) -> Frame:
@@ -413,13 +422,18 @@ class Hub:
 
     def stats_for(self, stats: Frame, stream: Stream) -> Frame:
         """`stats` for one stream: with the places of its queued jobs, if it follows them
-        (`positions`: job id → 1-based place, null while not due or waiting)."""
-        if not stream.queued:
+        (`positions`: job id → 1-based place, null while not due or waiting), and for an
+        admin's, `by_owner` (as `GET /api/queue` has it)."""
+        extra = ""
+        if stream.principal.user.admin and self.by_owner_text is not None:
+            extra += ',"by_owner":' + self.by_owner_text
+        if stream.queued:
+            where = self.queue.positions.position
+            places = {job_id: where(job_id) for job_id in stream.queued}
+            extra += ',"positions":' + json.dumps(places, separators=(",", ":"))
+        if not extra:
             return stats
-        where = self.queue.positions.position
-        places = {job_id: where(job_id) for job_id in stream.queued}
-        text = stats.text[:-1] + ',"positions":' + json.dumps(places, separators=(",", ":")) + "}"
-        return Frame.make("stats", text)
+        return Frame.make("stats", stats.text[:-1] + extra + "}")
 
     async def _stats_loop(self) -> None:
         while True:
