@@ -1,7 +1,7 @@
 """The dashboard's operator panel and admin filters (admin.js, app.js), in Debian's
 Chromium: the kind filter and the search (server side) list what the API lists, the
 per-user line follows other users' submits and cancels live, pause and resume, a limit
-change, drain and undrain; a non-admin sees none of it.
+change, drain and undrain, the depth chart; a non-admin sees none of it.
 
 One server for the module (its own: pauses and limits here must not reach other modules'
 tests); jobs are submitted to run in an hour, so they stay queued and nothing runs.
@@ -264,3 +264,23 @@ def test_a_non_admin_sees_no_admin_panel(pages, server):
     assert not any("/api/controls" in u or "q=zzz" in u for u in requests), requests
     assert httpx.get(f"{server.url}/api/controls", headers={
         "Authorization": f"Bearer {server.tokens['bob']}"}).status_code == 403
+
+
+def test_the_depth_chart_draws_the_last_hours_samples_and_follows_a_submit(admin, server):
+    text = admin.locator("#depth-text")
+    expect(text).to_contain_text("Queued (solid line)")
+    queued = admin.locator("#depth-chart polyline.depth-queued")
+    expect(queued).to_have_count(1)
+    assert admin.locator("#depth-chart polyline.depth-running").count() == 1
+    jobs = [submit(server, "carol", "noop") for _ in range(3)]
+    try:
+        last = api(server, "GET", "/api/queue")["depth"]["samples"][-1]["queued"]
+        assert last >= 3
+        expect(text).to_contain_text(f"Queued (solid line): {last} in the last 30 s")
+        points = queued.get_attribute("points") or ""
+        assert len(points.split()) >= 2  # a step: the slot's start and its end
+        ys = {float(p.split(",")[1]) for p in points.split()}
+        assert min(ys) < 96  # above the axis: jobs are queued
+    finally:
+        for job_id in jobs:
+            cancel(server, "carol", job_id)

@@ -1,5 +1,5 @@
 """`GET /api/jobs?q=` (a search over ids and arguments, server side) and the admins'
-`by_owner` of `GET /api/queue`, against a real `jobgate serve` on each backend.
+`by_owner` and `depth` of `GET /api/queue`, against a real `jobgate serve` on each backend.
 
 Jobs are submitted to run in an hour, so they stay queued and nothing runs; each test
 searches for words of its own, so the module's jobs do not meet.
@@ -154,3 +154,14 @@ def test_by_owner_counts_queued_and_running_for_admins_only(start_server):
         assert alice.get("/api/queue").json()["by_owner"] == {
             "bob": {"queued": 2, "running": 0}, "carol": {"queued": 1, "running": 0}}
 
+
+
+def test_depth_is_an_admins_and_counts_the_queued_jobs_of_this_slot(server):
+    with server.client("alice") as alice, server.client("bob") as bob:
+        before = alice.get("/api/queue").json()["depth"]
+        assert before["every_s"] == 30 and before["samples"]
+        queued_now = alice.get("/api/queue").json()["queued"]
+        submit(server, "bob", "echo", text=word())
+        depth = alice.get("/api/queue").json()["depth"]
+        assert depth["samples"][-1]["queued"] >= queued_now + 1
+        assert "depth" not in bob.get("/api/queue").json()

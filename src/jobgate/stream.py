@@ -30,6 +30,7 @@ import psutil
 
 from jobgate.auth import Principal
 from jobgate.config import Settings
+from jobgate.depth import DepthRing
 from jobgate.model import (
     CONTROL_EVENTS,
     QUEUED_EVENTS,
@@ -243,6 +244,7 @@ class Hub:
         # `by_owner` of the last queue.stats, as JSON text: admins' frames carry it (read
         # only while an admin's stream takes stats frames).
         self.by_owner_text: str | None = None
+        self.depth = DepthRing()  # the queue's depth over the last hour (depth.py)
         self._stats_due = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: Callable[[], None] | None = None
@@ -258,6 +260,7 @@ class Hub:
         self.stats_frame = await self._stats()
         self._tasks = [asyncio.create_task(self._stats_loop(), name="jobgate-stats"),
                        asyncio.create_task(self._keepalive_loop(), name="jobgate-keepalive"),
+                       asyncio.create_task(self._depth_loop(), name="jobgate-depth"),
                        asyncio.create_task(self._login_loop(), name="jobgate-logins")]
 
     async def stop(self) -> None:
@@ -391,8 +394,10 @@ class Hub:
 
     # --- queue.stats and keep-alive --------------------------------------------------------
     async def _stats(self) -> Frame:
+        stats = await self.queue.stats()
+        self.note_depth(stats)
         data = {"type": EventType.QUEUE_STATS, "seq": self.head, "ts": iso(time.time()),
-                **stats_json(self.queue, self.settings, await self.queue.stats())}
+                **stats_json(self.queue, self.settings, stats)}
         # Live nodes by name only: this frame goes to every client, at every queue change;
         # GET /api/queue has each node's details and running jobs.
         nodes = await self.queue.store.nodes(node_live_s(self.settings))
@@ -478,6 +483,20 @@ class Hub:
                 if not holds:
                     for stream in streams:
                         self.drop(stream, "login revoked: the user or token is gone")
+
+    def note_depth(self, stats: Any) -> None:
+        """Count the queued and running jobs of `stats` (just read) in the depth ring."""
+        self.depth.note(time.time(), stats.counts.get(State.QUEUED.value, 0),
+                        stats.counts.get(State.RUNNING.value, 0))
+
+    async def _depth_loop(self) -> None:
+        """A reading of the counts each slot of the depth ring, changes or not."""
+        while True:
+            await asyncio.sleep(self.depth.every_s)
+            try:
+                self.note_depth(await self.queue.stats())
+            except Exception:  # a database hiccup: a gap in the chart, not the end of it
+                log.exception("reading the queue's depth failed")
 
     async def _keepalive_loop(self) -> None:
         while True:

@@ -229,7 +229,8 @@ def install(app: FastAPI, settings: Settings) -> None:
     async def queue_stats(request: Request, user: CurrentUser) -> dict[str, Any]:
         """The queue's numbers: the contract's, then (stats.py) throughput windows, per-kind
         percentiles over `by_kind_window`, totals, uptime and limits; exact values. An
-        admin also gets `by_owner`: {owner: {queued, running}} of each owner with any."""
+        admin also gets `by_owner`: {owner: {queued, running}} of each owner with any, and
+        `depth`: the most jobs queued and running per 30 s over the last hour (depth.py)."""
         services = services_of(request)
         # A user sees which nodes run their own jobs; an admin sees every job's node.
         nodes = await services.queue.store.nodes(node_live_s(settings),
@@ -237,8 +238,10 @@ def install(app: FastAPI, settings: Settings) -> None:
         stats = await services.queue.stats()
         shown = {**stats_json(services.queue, settings, stats, nodes),
                  **await extra_json(services.queue, stats)}
+        services.hub.note_depth(stats)
         if user.admin:
             shown["by_owner"] = by_owner_json(await services.queue.store.owner_counts())
+            shown["depth"] = services.hub.depth.to_json()
         return shown
 
     @app.post("/api/clean", tags=["queue"])

@@ -1,8 +1,8 @@
 // jobgate's dashboard, the operator's panel (admins only): who has what queued and running
 // (the queue's numbers' `by_owner`, kept live by queue.stats as the header is), pause and
-// resume of the queue and of a kind, the run-time limits, and the live nodes with drain and
-// undrain. It uses app.js's helpers and hooks (window.jobgate); for anyone else it does
-// nothing, and the panel stays hidden.
+// resume of the queue and of a kind, the run-time limits, the live nodes with drain and
+// undrain, and a chart of the queue's depth over the last hour. It uses app.js's helpers
+// and hooks (window.jobgate); for anyone else it does nothing, and the panel stays hidden.
 'use strict';
 
 (() => {
@@ -175,6 +175,7 @@
       if (!A.on) return;
       A.nodes = Array.isArray(q.nodes) ? q.nodes.filter((n) => n && typeof n === 'object') : [];
       A.nodesReadAt = Date.now();
+      if (q.depth) renderDepth(q.depth);
       $('nodes-error').textContent = '';
       renderNodes();
     } catch (err) {
@@ -253,6 +254,43 @@
     if (ok) J.announce(`${name} ${on ? 'drained' : 'undrained'}`);
   }
 
+  // --- the depth chart: inline SVG, a step per sample, queued solid and running dashed ---
+
+  const SVG_NS = 'http://www.w3.org/2000/svg';
+  const HOUR_MS = 3600 * 1000;
+
+  function renderDepth(depth) {
+    const samples = Array.isArray(depth.samples) ? depth.samples : [];
+    const everyMs = (depth.every_s || 30) * 1000;
+    const now = Date.now();
+    const top = Math.max(1, ...samples.map((s) => Math.max(s.queued, s.running)));
+    const x = (t) => Math.max(0, Math.min(600, ((t - (now - HOUR_MS)) / HOUR_MS) * 600));
+    const y = (v) => (96 - (v / top) * 90).toFixed(1);
+    const line = (key, cls) => {
+      const points = [];
+      for (const s of samples) {
+        const at = Date.parse(s.at);
+        if (Number.isNaN(at) || at + everyMs < now - HOUR_MS) continue;
+        points.push(`${x(at).toFixed(1)},${y(s[key])}`, `${x(Math.min(at + everyMs, now)).toFixed(1)},${y(s[key])}`);
+      }
+      const e = document.createElementNS(SVG_NS, 'polyline');
+      e.setAttribute('points', points.join(' '));
+      e.setAttribute('class', cls);
+      return e;
+    };
+    const base = document.createElementNS(SVG_NS, 'line');
+    for (const [k, v] of Object.entries({ x1: 0, x2: 600, y1: 96, y2: 96, class: 'depth-axis' })) {
+      base.setAttribute(k, String(v));
+    }
+    $('depth-chart').replaceChildren(base, line('running', 'depth-running'), line('queued', 'depth-queued'));
+    const last = samples[samples.length - 1];
+    const most = Math.max(0, ...samples.map((s) => s.queued));
+    $('depth-text').textContent = last
+      ? `Queued (solid line): ${last.queued} in the last ${depth.every_s || 30} s, at most ${most} `
+        + `in the last hour; running (dashed): ${last.running}. Scale: 0 to ${top}.`
+      : 'No sample yet.';
+  }
+
   // --- hooks from app.js -----------------------------------------------------------------
 
   function onQueue(q) {
@@ -296,6 +334,8 @@
     A.limitsShown = {};
     $('admin').hidden = true;
     $('nodes-body').replaceChildren();
+    $('depth-chart').replaceChildren();
+    $('depth-text').textContent = '';
     for (const id of ['dispatch-error', 'limits-error', 'limits-note', 'nodes-error']) $(id).textContent = '';
   }
 
