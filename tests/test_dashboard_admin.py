@@ -284,3 +284,23 @@ def test_the_depth_chart_draws_the_last_hours_samples_and_follows_a_submit(admin
     finally:
         for job_id in jobs:
             cancel(server, "carol", job_id)
+
+
+def test_bulk_actions_take_the_kind_filter_and_are_hidden_while_searching(admin, server):
+    job = submit(server, "carol", "pick", name=word())
+    try:
+        admin.select_option("#f-kind", "pick")
+        cancel_all = admin.locator("#bulk-cancel")
+        expect(cancel_all).to_have_text("Cancel everyone's queued pick jobs")
+        with admin.expect_request(lambda r: r.url.endswith("/api/jobs/bulk")) as info:
+            cancel_all.click()
+        assert info.value.post_data_json["filter"] == {"kind": "pick", "state": "queued"}
+        expect(admin.locator("#confirm")).to_be_visible()
+        admin.get_by_role("button", name="Keep it").click()
+        assert api(server, "GET", f"/api/jobs/{job}")["state"] == "queued"
+        admin.fill("#f-q", "anything")
+        expect(admin.locator("#job-list li")).to_have_count(0)
+        for action in ("cancel", "retry", "delete"):
+            expect(admin.locator(f"#bulk-{action}")).to_be_hidden()
+    finally:
+        cancel(server, "carol", job)

@@ -1024,12 +1024,17 @@
     const p = S.route.params;
     const state = p.get('state') || '';
     const owner = isAdmin() ? (p.get('owner') || '') : '';
+    const kind = isAdmin() ? (p.get('kind') || '') : '';
     const whose = isAdmin() ? (owner ? `${owner}'s ` : "everyone's ") : 'my ';
-    const base = owner ? { owner } : {};
+    const base = { ...(owner ? { owner } : {}), ...(kind ? { kind } : {}) };
     const plan = {};
+    // A search narrows the list further than a bulk filter can: no bulk action then, so
+    // none takes jobs the view does not show.
+    if (isAdmin() && p.get('q')) return { cancel: null, retry: null, delete: null };
     const cancelState = state === '' ? 'queued' : (ACTIVE.has(state) ? state : null);
     plan.cancel = cancelState
-      ? [{ ...base, state: cancelState }, `Cancel ${whose}${cancelState} jobs`] : null;
+      ? [{ ...base, state: cancelState }, `Cancel ${whose}${cancelState} ${kind ? `${kind} ` : ''}jobs`]
+      : null;
     const retryState = state === '' ? 'failed' : (state === 'failed' || state === 'cancelled' ? state : null);
     plan.retry = retryState ? [{ ...base, state: retryState }, `Retry all ${retryState}`] : null;
     const deleteState = state === '' ? null : (FINAL.has(state) ? state : undefined);
