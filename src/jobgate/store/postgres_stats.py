@@ -18,7 +18,8 @@ async def recent_spans(tx: Tx, since: float, limit: int) -> list[Span]:
 
 
 async def owner_counts(tx: Tx) -> dict[str, tuple[int, int]]:
-    # The queued and running jobs only: a walk of the state index, not of the whole table.
+    # The index on (owner, state, …) covers it; the planner may prefer a scan of a small
+    # table.
     counts: dict[str, tuple[int, int]] = {}
     for owner, queued, running in await tx.rows(
             "SELECT owner, sum(CASE WHEN state = 'queued' THEN 1 ELSE 0 END), "

@@ -18,7 +18,8 @@ def recent_spans(tx: Tx, since: float, limit: int) -> list[Span]:
 
 
 def owner_counts(tx: Tx) -> dict[str, tuple[int, int]]:
-    # The queued and running jobs only: a walk of the state index, not of the whole table.
+    # SQLite reads it from the covering index jobs_owner_state (owner, state, …), in owner
+    # order: no row of the table itself.
     counts: dict[str, tuple[int, int]] = {}
     for owner, queued, running in tx.conn.execute(
             "SELECT owner, sum(CASE WHEN state = 'queued' THEN 1 ELSE 0 END), "
