@@ -402,6 +402,16 @@ def test_stats_show_the_queue(server):
     assert stats["max_running"] == 4
 
 
+def test_stats_for_an_admin_print_no_json_of_the_admins_own_keys(server):
+    # An admin's GET /api/queue adds by_owner and depth: dicts, not lines of `key value`.
+    text = jobgate(server, "stats", user="alice")
+    assert text.returncode == 0, text.stderr
+    firsts = {line.split()[0] for line in text.stdout.splitlines() if line.strip()}
+    assert not firsts & {"by_owner", "depth"}
+    as_json = json.loads(jobgate(server, "stats", "--json", user="alice").stdout)
+    assert {"by_owner", "depth"} <= set(as_json)
+
+
 def test_health_exits_0_when_the_server_is_up_and_1_when_it_is_not(server):
     up = jobgate_process(server, "health")
     assert up.returncode == 0, up.stderr

@@ -1,5 +1,6 @@
 """axe-core (bundled by axe-playwright-python, nothing fetched) over each view of the
-dashboard in both colour schemes and on a phone: no serious or critical violation.
+dashboard in both colour schemes and on a phone, an admin's (the operator's panel) too: no
+serious or critical violation.
 (tests/test_dashboard.py's server, browser and pages.)
 """
 
@@ -53,6 +54,28 @@ def test_no_serious_violations_on_any_view(pages, server, scheme):
     page.goto(f"/#/job/{failed['id']}")
     expect(page.locator("#job-error")).to_contain_text("boom a11y")
     found["failed job"] = serious_violations(page)
+
+    # The operator's panel (admins): filters, the per-user line, controls, limits, nodes;
+    # with a search and an error shown.
+    admin = pages.new(color_scheme=scheme)
+    sign_in(admin, "alice")
+    expect(admin.locator("#admin")).to_be_visible()
+    expect(admin.locator("#nodes-body tr").first).to_be_visible()
+    expect(admin.locator("#lim-max-running")).not_to_have_value("")
+    expect(admin.locator("#admin-owners")).not_to_contain_text("Reading")
+    found["admin list"] = serious_violations(admin)
+    admin.fill("#f-q", "a11y")
+    expect(row(admin, failed["id"])).to_be_visible()
+    pages.expect_console(r"422")
+    admin.fill("#lim-per-user", "lots")
+    admin.click("#limits-save")
+    expect(admin.locator("#limits-error")).to_contain_text("Not saved")
+    found["admin search, limit error"] = serious_violations(admin)
+    admin_phone = pages.new(viewport=PHONE, is_mobile=True, has_touch=True,
+                            color_scheme=scheme)
+    sign_in(admin_phone, "alice")
+    expect(admin_phone.locator("#nodes-body tr").first).to_be_visible()
+    found["admin phone"] = serious_violations(admin_phone)
 
     phone = pages.new(viewport=PHONE, is_mobile=True, has_touch=True, color_scheme=scheme)
     sign_in(phone, "bob")

@@ -13,7 +13,7 @@ from jobgate.terminal import printable
 #: The contract's numbers, printed one a line as `key value` (in this order, then any
 #: other scalar key the server adds that the sections below do not show).
 _SECTIONS = frozenset({"nodes", "throughput", "ended", "by_kind", "by_kind_window", "totals",
-                       "started_at", "uptime_s", "limits"})
+                       "started_at", "uptime_s", "limits", "by_owner", "depth"})
 
 
 def add_parser(sub: Any) -> None:

@@ -1,6 +1,6 @@
 """The web dashboard: plain HTML, CSS and JavaScript from `jobgate/web`, served at `/`.
 
-Nothing is built or fetched from elsewhere: the three files ship inside the package, so
+Nothing is built or fetched from elsewhere: the files ship inside the package, so
 the page works offline on a home network. The page talks to the same JSON API as every
 other client, with the bearer token it gets by signing in (or, inside a host app with a
 `user_resolver`, with the host's own session cookie). Every URL in the page is relative to
@@ -23,6 +23,7 @@ WEB_DIR = Path(__file__).parent / "web"
 #: The files the page is made of, by the name in its URL, with their media types.
 _ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
+    "admin.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
     "icon.svg": "image/svg+xml",
 }

@@ -60,6 +60,13 @@ async def extra_json(queue: JobQueue, stats: Stats) -> dict[str, Any]:
     }
 
 
+def by_owner_json(counts: dict[str, tuple[int, int]]) -> dict[str, dict[str, int]]:
+    """`by_owner` of `GET /api/queue` (admins only): each owner's queued and running jobs,
+    as `Store.owner_counts` read them."""
+    return {owner: {"queued": queued, "running": running}
+            for owner, (queued, running) in sorted(counts.items())}
+
+
 def limits_json(queue: JobQueue) -> dict[str, Any]:
     """The limits the queue enforces now (the one place their source is read)."""
     limits, quota = queue.live.limits, queue.live.quota_for("")

@@ -30,6 +30,7 @@ import psutil
 
 from jobgate.auth import Principal
 from jobgate.config import Settings
+from jobgate.depth import DepthRing
 from jobgate.model import (
     CONTROL_EVENTS,
     QUEUED_EVENTS,
@@ -41,6 +42,7 @@ from jobgate.model import (
     iso,
 )
 from jobgate.queue import JobQueue, node_live_s
+from jobgate.stats import by_owner_json
 from jobgate.store.base import Node
 from jobgate.tasks import cancel_and_wait
 
@@ -239,6 +241,10 @@ class Hub:
         self.streams: set[Stream] = set()
         self.per_user: Counter[str] = Counter()
         self.stats_frame: Frame | None = None
+        # `by_owner` of the last queue.stats, as JSON text: admins' frames carry it (read
+        # only while an admin's stream takes stats frames).
+        self.by_owner_text: str | None = None
+        self.depth = DepthRing()  # the queue's depth over the last hour (depth.py)
         self._stats_due = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: Callable[[], None] | None = None
@@ -254,6 +260,7 @@ class Hub:
         self.stats_frame = await self._stats()
         self._tasks = [asyncio.create_task(self._stats_loop(), name="jobgate-stats"),
                        asyncio.create_task(self._keepalive_loop(), name="jobgate-keepalive"),
+                       asyncio.create_task(self._depth_loop(), name="jobgate-depth"),
                        asyncio.create_task(self._login_loop(), name="jobgate-logins")]
 
     async def stop(self) -> None:
@@ -387,12 +394,19 @@ class Hub:
 
     # --- queue.stats and keep-alive --------------------------------------------------------
     async def _stats(self) -> Frame:
+        stats = await self.queue.stats()
+        self.note_depth(stats)
         data = {"type": EventType.QUEUE_STATS, "seq": self.head, "ts": iso(time.time()),
-                **stats_json(self.queue, self.settings, await self.queue.stats())}
+                **stats_json(self.queue, self.settings, stats)}
         # Live nodes by name only: this frame goes to every client, at every queue change;
         # GET /api/queue has each node's details and running jobs.
         nodes = await self.queue.store.nodes(node_live_s(self.settings))
         data["nodes"] = [n.name for n in nodes]
+        if any(s.stats and s.principal.user.admin for s in self.streams):
+            owners = by_owner_json(await self.queue.store.owner_counts())
+            self.by_owner_text = json.dumps(owners, separators=(",", ":"))
+        else:
+            self.by_owner_text = None
         return Frame.make("stats", json.dumps(data, separators=(",", ":")))
 
     def position_frame(self, stats: Frame, job_id: str) -> Frame:
@@ -413,13 +427,18 @@ class Hub:
 
     def stats_for(self, stats: Frame, stream: Stream) -> Frame:
         """`stats` for one stream: with the places of its queued jobs, if it follows them
-        (`positions`: job id → 1-based place, null while not due or waiting)."""
-        if not stream.queued:
+        (`positions`: job id → 1-based place, null while not due or waiting), and for an
+        admin's, `by_owner` (as `GET /api/queue` has it)."""
+        extra = ""
+        if stream.principal.user.admin and self.by_owner_text is not None:
+            extra += ',"by_owner":' + self.by_owner_text
+        if stream.queued:
+            where = self.queue.positions.position
+            places = {job_id: where(job_id) for job_id in stream.queued}
+            extra += ',"positions":' + json.dumps(places, separators=(",", ":"))
+        if not extra:
             return stats
-        where = self.queue.positions.position
-        places = {job_id: where(job_id) for job_id in stream.queued}
-        text = stats.text[:-1] + ',"positions":' + json.dumps(places, separators=(",", ":")) + "}"
-        return Frame.make("stats", text)
+        return Frame.make("stats", stats.text[:-1] + extra + "}")
 
     async def _stats_loop(self) -> None:
         while True:
@@ -464,6 +483,20 @@ class Hub:
                 if not holds:
                     for stream in streams:
                         self.drop(stream, "login revoked: the user or token is gone")
+
+    def note_depth(self, stats: Any) -> None:
+        """Count the queued and running jobs of `stats` (just read) in the depth ring."""
+        self.depth.note(time.time(), stats.counts.get(State.QUEUED.value, 0),
+                        stats.counts.get(State.RUNNING.value, 0))
+
+    async def _depth_loop(self) -> None:
+        """A reading of the counts each slot of the depth ring, changes or not."""
+        while True:
+            await asyncio.sleep(self.depth.every_s)
+            try:
+                self.note_depth(await self.queue.stats())
+            except Exception:  # a database hiccup: a gap in the chart, not the end of it
+                log.exception("reading the queue's depth failed")
 
     async def _keepalive_loop(self) -> None:
         while True:

@@ -35,7 +35,7 @@ from jobgate.logtext import plain
 from jobgate.model import FINAL, Job, State, content_type, iso, parse_iso
 from jobgate.queue import node_live_s
 from jobgate.sanitize import INT64_MAX, shown, stored_text, text_problem
-from jobgate.stats import extra_json
+from jobgate.stats import by_owner_json, extra_json
 from jobgate.store.base import LogSize, Store, User
 from jobgate.stream import stats_json
 
@@ -100,13 +100,17 @@ def install(app: FastAPI, settings: Settings) -> None:
         owner: Annotated[SafeStr | None, Query(max_length=64)] = None,
         cursor: Annotated[SafeStr | None, Query(max_length=64)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        q: Annotated[SafeStr | None, Query(max_length=100)] = None,
     ) -> dict[str, Any]:
-        """The caller's jobs, newest first (an admin: anyone's, or `owner`'s)."""
+        """The caller's jobs, newest first (an admin: anyone's, or `owner`'s). `q`: only
+        those whose id starts with it or whose arguments hold it as text (ignoring case;
+        SQLite folds ASCII letters only)."""
         services = services_of(request)
         if owner is not None and owner != user.name and not user.admin:
             raise ApiError(403, "forbidden", "only an admin may list other users' jobs")
         who = owner if owner is not None else (None if user.admin else user.name)
-        page = await services.queue.store.list_jobs(who, state, kind, cursor, limit)
+        page = await services.queue.store.list_jobs(who, state, kind, cursor, limit,
+                                                    q=q or None)
         shown = [services.queue.to_json(j) for j in page.jobs]
         await services.queue.estimates.annotate(page.jobs, shown)
         return {"jobs": shown, "next": page.next}
@@ -224,14 +228,21 @@ def install(app: FastAPI, settings: Settings) -> None:
     @app.get("/api/queue", tags=["queue"])
     async def queue_stats(request: Request, user: CurrentUser) -> dict[str, Any]:
         """The queue's numbers: the contract's, then (stats.py) throughput windows, per-kind
-        percentiles over `by_kind_window`, totals, uptime and limits; exact values."""
+        percentiles over `by_kind_window`, totals, uptime and limits; exact values. An
+        admin also gets `by_owner`: {owner: {queued, running}} of each owner with any, and
+        `depth`: the most jobs queued and running per 30 s over the last hour (depth.py)."""
         services = services_of(request)
         # A user sees which nodes run their own jobs; an admin sees every job's node.
         nodes = await services.queue.store.nodes(node_live_s(settings),
                                            None if user.admin else user.name)
         stats = await services.queue.stats()
-        return {**stats_json(services.queue, settings, stats, nodes),
-                **await extra_json(services.queue, stats)}
+        shown = {**stats_json(services.queue, settings, stats, nodes),
+                 **await extra_json(services.queue, stats)}
+        services.hub.note_depth(stats)
+        if user.admin:
+            shown["by_owner"] = by_owner_json(await services.queue.store.owner_counts())
+            shown["depth"] = services.hub.depth.to_json()
+        return shown
 
     @app.post("/api/clean", tags=["queue"])
     async def clean(body: CleanBody, request: Request, user: CurrentUser) -> dict[str, Any]:

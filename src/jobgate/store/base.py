@@ -287,8 +287,11 @@ class Store(ABC):
         kind: str | None = None,
         before: str | None = None,
         limit: int = 50,
+        q: str | None = None,
     ) -> Page:
-        """Newest first; `before` is the `next` cursor of the previous page."""
+        """Newest first; `before` is the `next` cursor of the previous page. With `q`: only
+        the jobs whose id starts with it or whose arguments' JSON text holds it (both
+        case-insensitive, `search_terms` says how)."""
 
     @abstractmethod
     async def claim(
@@ -411,6 +414,10 @@ class Store(ABC):
         state, and, by kind, the histograms (at most each of `bounds`, ascending seconds)
         of the queue wait and the run time of the finished jobs that ran, all of them
         still in the database: every node's numbers, in one read."""
+
+    @abstractmethod
+    async def owner_counts(self) -> dict[str, tuple[int, int]]:
+        """Per owner with a queued or running job: (queued, running), in one GROUP BY."""
 
     @abstractmethod
     async def recent_spans(self, since: float, limit: int) -> list[Span]:

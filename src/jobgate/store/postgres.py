@@ -82,7 +82,7 @@ from jobgate.store.postgres_grouped import (
     submit_many,
     turn_of,
 )
-from jobgate.store.rows import durations_by_kind, lease_cutoff
+from jobgate.store.rows import durations_by_kind, lease_cutoff, search_terms
 
 __all__ = ["PostgresStore", "SchemaTooNew", "latest_version"]
 
@@ -126,6 +126,7 @@ class PostgresStore(PgConnection, Store):
         kind: str | None = None,
         before: str | None = None,
         limit: int = 50,
+        q: str | None = None,
     ) -> Page:
         where, params = ["TRUE"], []
         before_clause = "id < %s"
@@ -138,6 +139,9 @@ class PostgresStore(PgConnection, Store):
             if value is not None:
                 where.append(clause)
                 params.append(value.value if isinstance(value, State) else value)
+        if q:
+            where.append("(id ILIKE %s ESCAPE '\\' OR position(lower(%s) in lower(args)) > 0)")
+            params.extend(search_terms(q))
 
         async def op(tx: Tx) -> Page:
             jobs = await tx.select(" AND ".join(where) + " ORDER BY id DESC LIMIT %s",
@@ -439,6 +443,9 @@ class PostgresStore(PgConnection, Store):
             return MetricCounts(jobs, deliveries, waits, runs)
 
         return await self._run(op, write=False)
+
+    async def owner_counts(self) -> dict[str, tuple[int, int]]:
+        return await self._run(stats_sql.owner_counts, write=False)
 
     async def recent_spans(self, since: float, limit: int) -> list[Span]:
         return await self._run(lambda tx: stats_sql.recent_spans(tx, since, limit),

@@ -206,3 +206,15 @@ def durations_by_kind(rows: Sequence[Sequence[Any]], bounds: int
         runs[str(kind)] = Durations(n, float(run_s or 0.0),
                                     tuple(int(b or 0) for b in buckets[bounds:]))
     return waits, runs
+
+
+def like_escaped(text: str) -> str:
+    """`text` for a LIKE pattern with `ESCAPE '\\'`: its `\\`, `%` and `_` taken literally."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def search_terms(q: str) -> tuple[str, str]:
+    """A list search's two parameters: the LIKE pattern of ids starting with `q`, and `q`
+    as it is written inside the JSON text of a job's arguments (a quote or a backslash
+    escaped), to find with `instr`/`position`. Both sides are lower-cased in SQL."""
+    return like_escaped(q) + "%", json.dumps(q, ensure_ascii=False)[1:-1]

@@ -49,7 +49,7 @@ from jobgate.store.base import (
     UserInfo,
     ended_counts,
 )
-from jobgate.store.rows import durations_by_kind, event_from_row, lease_cutoff
+from jobgate.store.rows import durations_by_kind, event_from_row, lease_cutoff, search_terms
 from jobgate.store.sqlite_conn import GroupCommit, SchemaTooNew, Tx, latest_version, placeholders
 from jobgate.store.sqlite_deps import (
     emit_batch,
@@ -91,6 +91,7 @@ class SqliteStore(GroupCommit, Store):
         kind: str | None = None,
         before: str | None = None,
         limit: int = 50,
+        q: str | None = None,
     ) -> Page:
         where, params = ["1 = 1"], []
         for clause, value in (("owner = ?", owner), ("state = ?", state), ("kind = ?", kind),
@@ -98,6 +99,10 @@ class SqliteStore(GroupCommit, Store):
             if value is not None:
                 where.append(clause)
                 params.append(value)
+        if q:
+            where.append("(lower(id) LIKE lower(?) ESCAPE '\\' "
+                         "OR instr(lower(args), lower(?)) > 0)")
+            params.extend(search_terms(q))
 
         def op(tx: Tx) -> Page:
             jobs = tx.select(" AND ".join(where) + " ORDER BY id DESC LIMIT ?",
@@ -339,6 +344,9 @@ class SqliteStore(GroupCommit, Store):
             return MetricCounts(jobs, deliveries, waits, runs)
 
         return await self._call(op, write=False)
+
+    async def owner_counts(self) -> dict[str, tuple[int, int]]:
+        return await self._call(stats_sql.owner_counts, write=False)
 
     async def recent_spans(self, since: float, limit: int) -> list[Span]:
         return await self._call(lambda tx: stats_sql.recent_spans(tx, since, limit),

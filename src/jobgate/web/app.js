@@ -19,6 +19,15 @@
 
   const $ = (id) => document.getElementById(id);
 
+  // What admin.js (the operator's panel) hooks into: called with the queue's numbers on
+  // each render, with each event that is no job's, at sign-in and at sign-out.
+  const HOOKS = { queue: [], event: [], enter: [], leave: [], kinds: [] };
+  function fire(name, ...args) {
+    for (const f of HOOKS[name]) {
+      try { f(...args); } catch (err) { console.error(err); }
+    }
+  }
+
   const S = {
     session: null,        // {token, expires_at, user: {name, admin}}
     kinds: [],
@@ -323,6 +332,7 @@
     S.detail = null;
     $('job-list').replaceChildren();
     closeConfirm();
+    fire('leave');
     showSignIn(note);
   }
 
@@ -348,6 +358,8 @@
     $('signout').hidden = Boolean(S.session.open);
     $('priority-field').hidden = !isAdmin();
     $('f-owner-box').hidden = !isAdmin();
+    $('f-kind-box').hidden = !isAdmin();
+    $('f-q-box').hidden = !isAdmin();
     $('jobs-title').textContent = isAdmin() ? 'All jobs' : 'Your jobs';
     clearTimeout(S.expiryTimer);
     const left = ts(S.session.expires_at) - Date.now();
@@ -360,6 +372,7 @@
     S.tickTimer = setInterval(tick, 1000);
     if (window.matchMedia('(max-width: 700px)').matches) $('submit-box').open = false;
     loadKinds();
+    fire('enter', S.session.user);
     await route();
     startLive();
   }
@@ -395,6 +408,9 @@
       setTitle('jobgate');
       $('f-state').value = S.route.params.get('state') || '';
       $('f-owner').value = S.route.params.get('owner') || '';
+      setKindFilter(S.route.params.get('kind') || '');
+      // Not while it is being typed in: the debounced search would undo keystrokes.
+      if (document.activeElement !== $('f-q')) $('f-q').value = S.route.params.get('q') || '';
       const key = listKey();
       if (key !== S.listKey) {
         S.order = [];
@@ -408,17 +424,43 @@
 
   function listKey() {
     const p = S.route.params;
-    return `${p.get('state') || ''}|${isAdmin() ? p.get('owner') || '' : ''}`;
+    const admin = isAdmin() ? [p.get('owner'), p.get('kind'), p.get('q')] : [];
+    return [p.get('state'), ...admin].map((v) => v || '').join('|');
   }
 
-  function setFilters() {
+  // `replace`: the search box's keystrokes change the view without a history entry each.
+  function setFilters(replace) {
     const p = new URLSearchParams();
     const state = $('f-state').value;
     const owner = $('f-owner').value.trim();
+    const kind = $('f-kind').value;
+    const q = $('f-q').value.trim().slice(0, 100);
     if (state) p.set('state', state);
     if (owner && isAdmin()) p.set('owner', owner);
+    if (kind && isAdmin()) p.set('kind', kind);
+    if (q && isAdmin()) p.set('q', q);
     const qs = p.toString();
-    location.hash = qs ? `#/jobs?${qs}` : '#/jobs';
+    const hash = qs ? `#/jobs?${qs}` : '#/jobs';
+    if (hash === location.hash) return;
+    if (replace === true) {
+      history.replaceState(null, '', hash);
+      route();
+    } else {
+      location.hash = hash;
+    }
+  }
+
+  // The kind filter's choices: every kind the server runs, and the one in the URL.
+  function setKindFilter(value) {
+    const select = $('f-kind');
+    const names = S.kinds.map((k) => k.name);
+    if (value && !names.includes(value)) names.push(value);
+    const have = [...select.options].slice(1).map((o) => o.value);
+    if (have.join('\n') !== names.join('\n')) {
+      select.replaceChildren(el('option', { value: '', text: 'Every kind' }),
+        ...names.map((n) => el('option', { value: n, text: n })));
+    }
+    select.value = value;
   }
 
   // --- queue header --------------------------------------------------------------------------
@@ -434,6 +476,7 @@
       S.queue = (S.statsFrames || 0) > mark ? { ...queue, ...S.lastStats } : queue;
       S.queueReadAt = Date.now();
       S.health = health;
+      S.queueRead = queue;                 // as read: its nodes in full (frames: names only)
       renderQueue();
     } catch (err) { /* shown by the connection state, or the session ended */ }
   }
@@ -461,6 +504,7 @@
     paused.hidden = !q.paused && kinds.length === 0;
     paused.textContent = q.paused ? 'paused' : `paused: ${kinds.join(', ')}`;
     renderStats();
+    fire('queue', q);
   }
 
   // The stat strip: the last hour's and day's ends (GET api/queue's `ended`, read at most
@@ -494,6 +538,8 @@
     } catch (err) {
       return;
     }
+    setKindFilter((S.route.view === 'list' && S.route.params.get('kind')) || '');
+    fire('kinds', S.kinds);
     const select = $('kind');
     const previous = select.value || sessionStorage.getItem('jobgate.kind');
     select.replaceChildren(...S.kinds.map((k) => el('option', { value: k.name, text: k.name })));
@@ -754,6 +800,8 @@
     const p = S.route.params;
     if (p.get('state')) q.set('state', p.get('state'));
     if (isAdmin() && p.get('owner')) q.set('owner', p.get('owner'));
+    if (isAdmin() && p.get('kind')) q.set('kind', p.get('kind'));
+    if (isAdmin() && p.get('q')) q.set('q', p.get('q'));
     if (cursor) q.set('cursor', cursor);
     return q.toString();
   }
@@ -844,8 +892,11 @@
     const p = S.route.params;
     const state = p.get('state');
     const owner = isAdmin() ? p.get('owner') : '';
-    empty.textContent = state || owner
-      ? `No ${state || ''} jobs${owner ? ` of ${owner}` : ''} match this filter.`.replace('  ', ' ')
+    const kind = isAdmin() ? p.get('kind') : '';
+    const search = isAdmin() ? p.get('q') : '';
+    empty.textContent = state || owner || kind || search
+      ? `No ${state || ''} ${kind || ''} jobs${owner ? ` of ${owner}` : ''}${
+        search ? ` matching “${search}”` : ''} match this filter.`.replace(/ {2,}/g, ' ')
       : 'No jobs here yet. Submit one with the form.';
     $('more').hidden = !S.next;
     renderBulk();
@@ -1012,12 +1063,17 @@
     const p = S.route.params;
     const state = p.get('state') || '';
     const owner = isAdmin() ? (p.get('owner') || '') : '';
+    const kind = isAdmin() ? (p.get('kind') || '') : '';
     const whose = isAdmin() ? (owner ? `${owner}'s ` : "everyone's ") : 'my ';
-    const base = owner ? { owner } : {};
+    const base = { ...(owner ? { owner } : {}), ...(kind ? { kind } : {}) };
     const plan = {};
+    // A search narrows the list further than a bulk filter can: no bulk action then, so
+    // none takes jobs the view does not show.
+    if (isAdmin() && p.get('q')) return { cancel: null, retry: null, delete: null };
     const cancelState = state === '' ? 'queued' : (ACTIVE.has(state) ? state : null);
     plan.cancel = cancelState
-      ? [{ ...base, state: cancelState }, `Cancel ${whose}${cancelState} jobs`] : null;
+      ? [{ ...base, state: cancelState }, `Cancel ${whose}${cancelState} ${kind ? `${kind} ` : ''}jobs`]
+      : null;
     const retryState = state === '' ? 'failed' : (state === 'failed' || state === 'cancelled' ? state : null);
     plan.retry = retryState ? [{ ...base, state: retryState }, `Retry all ${retryState}`] : null;
     const deleteState = state === '' ? null : (FINAL.has(state) ? state : undefined);
@@ -1742,7 +1798,10 @@
       if (positions && typeof positions === 'object') applyPositions(positions);
       return;
     }
-    if (!ev.job_id) return;
+    if (!ev.job_id) {
+      fire('event', ev);                   // the operator's controls changed, a schedule…
+      return;
+    }
     if (ev.type.startsWith('delivery.')) {
       // A webhook or notification of the job's end: not a change of the job itself.
       if (S.detail && S.detail.id === ev.job_id) loadDeliveries(ev.job_id);
@@ -1885,6 +1944,12 @@
     $('kind').addEventListener('change', renderKindForm);
     $('f-state').addEventListener('change', setFilters);
     $('f-owner').addEventListener('change', setFilters);
+    $('f-kind').addEventListener('change', setFilters);
+    let searchTimer = 0;
+    $('f-q').addEventListener('input', () => {       // the server searches: not per key
+      clearTimeout(searchTimer);
+      searchTimer = setTimeout(() => setFilters(true), 300);
+    });
     $('filters').addEventListener('submit', (ev) => { ev.preventDefault(); setFilters(); });
     $('refresh').addEventListener('click', () => {
       retryLiveNow();
@@ -1976,7 +2041,9 @@
     enter();
   }
 
-  // Exposed for tests and for curious people at the console; nothing depends on it.
-  window.jobgate = { state: S };
+  // Exposed for admin.js (the operator's panel), tests and curious people at the console.
+  window.jobgate = {
+    state: S, hooks: HOOKS, api, el, fmtMB, isAdmin, announce, renderQueue,
+  };
   boot();
 })();
