@@ -43,7 +43,7 @@ from jobgate.model import (
 )
 from jobgate.queue import JobQueue, node_live_s
 from jobgate.stats import by_owner_json
-from jobgate.store.base import Node
+from jobgate.store.base import Node, Stats
 from jobgate.tasks import cancel_and_wait
 
 log = logging.getLogger("jobgate.stream")
@@ -484,7 +484,7 @@ class Hub:
                     for stream in streams:
                         self.drop(stream, "login revoked: the user or token is gone")
 
-    def note_depth(self, stats: Any) -> None:
+    def note_depth(self, stats: Stats) -> None:
         """Count the queued and running jobs of `stats` (just read) in the depth ring."""
         self.depth.note(time.time(), stats.counts.get(State.QUEUED.value, 0),
                         stats.counts.get(State.RUNNING.value, 0))
