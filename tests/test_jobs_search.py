@@ -21,6 +21,12 @@ KINDS = TEST_KINDS + """
 argv = ["echo", "{text}"]
 [kinds.echo.args]
 text = { type = "string" }
+[kinds.flags]
+argv = ["true", "{label}"]
+[kinds.flags.args]
+label = { type = "string" }
+loud = { type = "boolean", default = false }
+n = { type = "integer", default = 1 }
 """
 
 
@@ -70,6 +76,25 @@ def test_q_finds_text_inside_arguments_ignoring_case(server):
     assert found(server, "bob", q=f"hello {w}") == [a["id"]]
     assert found(server, "bob", q=w.upper()) == [b["id"], a["id"]]
     assert found(server, "bob", q=word()) == []
+
+
+def test_q_written_as_the_row_shows_an_argument_finds_it(server):
+    w = word()
+    failing = submit(server, "carol", "flags", label=w, loud=True)
+    passing = submit(server, "carol", "flags", label=w, loud=False)
+    counted = submit(server, "carol", "flags", label=w, n=3)
+    texted = submit(server, "carol", "echo", text=f"{w} https://example.com/a")
+    assert found(server, "carol", q="loud=true") == [failing["id"]]
+    # Defaults are arguments too, shown on the row as they are stored.
+    assert found(server, "carol", q="LOUD=False") == [counted["id"], passing["id"]]
+    assert found(server, "carol", q="n=3") == [counted["id"]]
+    assert found(server, "carol", q=f"label={w}") == [counted["id"], passing["id"],
+                                                      failing["id"]]
+    assert found(server, "carol", q=f"text={w} https://") == [texted["id"]]
+    # A string that reads as a number is still found as the string it is.
+    number_text = submit(server, "carol", "echo", text="12345")
+    assert found(server, "carol", q="text=12345") == [number_text["id"]]
+    assert found(server, "carol", q="text=nothing-like-it") == []
 
 
 def test_q_matches_an_id_by_its_prefix_or_whole_in_any_case(server):

@@ -140,7 +140,9 @@ class PostgresStore(PgConnection, Store):
                 where.append(clause)
                 params.append(value.value if isinstance(value, State) else value)
         if q:
-            where.append("(id ILIKE %s ESCAPE '\\' OR position(lower(%s) in lower(args)) > 0)")
+            where.append("(id ILIKE %s ESCAPE '\\' OR position(lower(%s) in lower(args)) > 0 "
+                         "OR position(lower(%s) in lower(args)) > 0 "
+                         "OR position(lower(%s) in lower(args)) > 0)")
             params.extend(search_terms(q))
 
         async def op(tx: Tx) -> Page:

@@ -213,8 +213,30 @@ def like_escaped(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def search_terms(q: str) -> tuple[str, str]:
-    """A list search's two parameters: the LIKE pattern of ids starting with `q`, and `q`
-    as it is written inside the JSON text of a job's arguments (a quote or a backslash
-    escaped), to find with `instr`/`position`. Both sides are lower-cased in SQL."""
-    return like_escaped(q) + "%", json.dumps(q, ensure_ascii=False)[1:-1]
+def search_terms(q: str) -> tuple[str, str, str, str]:
+    """A list search's four parameters: the LIKE pattern of ids starting with `q`, and
+    three pieces of JSON text to find (with `instr`/`position`) in a job's arguments: `q`
+    as it is written inside a JSON string (a quote or a backslash escaped), and, when `q`
+    reads `key=value` as the dashboard shows an argument, that argument as JSON writes it,
+    a non-string value (`"fail":true`) and the start of a string one (`"url":"https://`).
+    Both sides are lower-cased in SQL."""
+    inside = _json_inside(q)
+    key, eq, value = q.partition("=")
+    as_value = as_string = inside
+    if eq and key.strip():
+        name = f'"{_json_inside(key.strip())}":'
+        as_string = name + '"' + _json_inside(value)
+        as_value = as_string
+        try:
+            parsed = json.loads(value.lower())  # as SQL compares: `True` is `true`
+        except ValueError:
+            pass
+        else:
+            if not isinstance(parsed, str):
+                as_value = name + json.dumps(parsed, ensure_ascii=False, separators=(",", ":"))
+    return like_escaped(q) + "%", inside, as_value, as_string
+
+
+def _json_inside(text: str) -> str:
+    """`text` as it is written inside a JSON string, without the quotes."""
+    return json.dumps(text, ensure_ascii=False)[1:-1]

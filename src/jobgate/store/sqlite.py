@@ -101,6 +101,8 @@ class SqliteStore(GroupCommit, Store):
                 params.append(value)
         if q:
             where.append("(lower(id) LIKE lower(?) ESCAPE '\\' "
+                         "OR instr(lower(args), lower(?)) > 0 "
+                         "OR instr(lower(args), lower(?)) > 0 "
                          "OR instr(lower(args), lower(?)) > 0)")
             params.extend(search_terms(q))
 
