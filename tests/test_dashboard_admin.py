@@ -1,7 +1,7 @@
 """The dashboard's operator panel and admin filters (admin.js, app.js), in Debian's
 Chromium: the kind filter and the search (server side) list what the API lists, the
 per-user line follows other users' submits and cancels live, pause and resume, a limit
-change, drain and undrain, the depth chart; a non-admin sees none of it.
+change, drain and undrain, the depth and wait charts; a non-admin sees none of it.
 
 One server for the module (its own: pauses and limits here must not reach other modules'
 tests); jobs are submitted to run in an hour, so they stay queued and nothing runs.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import re
 import string
 from collections.abc import Iterator
 from typing import Any
@@ -58,6 +59,12 @@ def submit(server: Server, user: str, kind: str, **args: Any) -> str:
 def cancel(server: Server, user: str, job_id: str) -> None:
     with server.client(user) as http:
         assert http.post(f"/api/jobs/{job_id}/cancel").status_code == 200
+
+
+def cancel_or_done(server: Server, user: str, job_id: str) -> None:
+    """Cancel a job that may have run meanwhile (a 409 then)."""
+    with server.client(user) as http:
+        assert http.post(f"/api/jobs/{job_id}/cancel").status_code in (200, 409)
 
 
 def api(server: Server, method: str, path: str, **kw: Any) -> Any:
@@ -284,6 +291,25 @@ def test_the_depth_chart_draws_the_last_hours_samples_and_follows_a_submit(admin
     finally:
         for job_id in jobs:
             cancel(server, "carol", job_id)
+
+
+def test_the_wait_chart_shows_how_long_a_due_job_has_waited_for_its_turn(admin, server):
+    text = admin.locator("#wait-text")
+    expect(text).to_contain_text("Longest wait in the last 30 s")
+    api(server, "POST", "/api/queue/pause")
+    try:
+        with server.client("carol") as http:  # due now, and nothing may start it
+            r = http.post("/api/jobs", json={"kind": "noop", "args": {}})
+            assert r.status_code == 201, r.text
+            job = r.json()["id"]
+        # The panel reads the queue every 5 s; the wait grows past a second meanwhile.
+        expect(text).to_contain_text(re.compile(r"Longest wait in the last 30 s: [1-9]"),
+                                     timeout=20_000)
+        points = admin.locator("#wait-chart polyline").get_attribute("points") or ""
+        assert min(float(p.split(",")[1]) for p in points.split()) < 96
+    finally:
+        api(server, "POST", "/api/queue/resume")
+    cancel_or_done(server, "carol", job)
 
 
 def test_bulk_actions_take_the_kind_filter_and_are_hidden_while_searching(admin, server):

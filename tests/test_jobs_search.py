@@ -8,6 +8,7 @@ searches for words of its own, so the module's jobs do not meet.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -190,3 +191,31 @@ def test_depth_is_an_admins_and_counts_the_queued_jobs_of_this_slot(server):
         depth = alice.get("/api/queue").json()["depth"]
         assert depth["samples"][-1]["queued"] >= queued_now + 1
         assert "depth" not in bob.get("/api/queue").json()
+
+
+def test_depth_samples_hold_how_long_the_job_due_the_longest_has_waited(start_server):
+    # One slot, nothing else running: the first job holds it, the second waits its turn.
+    srv = start_server("[limits]\nmax_running = 1\n")
+    with srv.client("bob") as bob, srv.client("alice") as alice:
+        assert alice.get("/api/queue").json()["depth"]["samples"][-1]["wait_s"] == 0
+        first = bob.post("/api/jobs", json={"kind": "sleep", "args": {"seconds": 60}}).json()
+        wait_job(bob, first["id"], "running")
+        waiting = bob.post("/api/jobs", json={"kind": "noop", "args": {}}).json()
+        submitted = dt.datetime.fromisoformat(waiting["run_at"]).timestamp()
+        # A delayed job is not waiting for its turn: it does not count.
+        bob.post("/api/jobs", json={"kind": "noop", "args": {}, "run_at": later()})
+
+        def read() -> tuple[float, float, float]:
+            before = dt.datetime.now(dt.UTC).timestamp()
+            wait_s = alice.get("/api/queue").json()["depth"]["samples"][-1]["wait_s"]
+            return before, float(wait_s), dt.datetime.now(dt.UTC).timestamp()
+
+        deadline = time.monotonic() + 30
+        before, wait_s, after = read()
+        while wait_s < 1.0 and time.monotonic() < deadline:  # it grows as the job waits
+            before, wait_s, after = read()
+        # Rounded to a tenth of a second: the wait as the server read it, between the two.
+        assert wait_s >= 1.0
+        assert before - submitted - 0.05 <= wait_s <= after - submitted + 0.05
+        assert alice.get("/api/jobs/" + waiting["id"]).json()["state"] == "queued"
+        assert bob.post(f"/api/jobs/{first['id']}/cancel").status_code == 200

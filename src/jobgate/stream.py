@@ -485,9 +485,12 @@ class Hub:
                         self.drop(stream, "login revoked: the user or token is gone")
 
     def note_depth(self, stats: Stats) -> None:
-        """Count the queued and running jobs of `stats` (just read) in the depth ring."""
-        self.depth.note(time.time(), stats.counts.get(State.QUEUED.value, 0),
-                        stats.counts.get(State.RUNNING.value, 0))
+        """Count the queued and running jobs of `stats` (just read), and how long the job
+        due the longest has waited, in the depth ring."""
+        now = time.time()
+        wait_s = 0.0 if stats.oldest_due_at is None else max(0.0, now - stats.oldest_due_at)
+        self.depth.note(now, stats.counts.get(State.QUEUED.value, 0),
+                        stats.counts.get(State.RUNNING.value, 0), wait_s)
 
     async def _depth_loop(self) -> None:
         """A reading of the counts each slot of the depth ring, changes or not."""

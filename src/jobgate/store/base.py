@@ -130,6 +130,9 @@ class Stats:
     # hour and the last day (`ended_counts`).
     ended_last_hour: dict[str, int] = field(default_factory=dict)
     ended_last_day: dict[str, int] = field(default_factory=dict)
+    # When the queued job that has been due the longest became due (its `run_at`; jobs
+    # waiting for their dependencies left out): None when none is due.
+    oldest_due_at: float | None = None
 
 
 HOUR_S, DAY_S = 3600.0, 86400.0

@@ -423,9 +423,14 @@ class PostgresStore(PgConnection, Store):
                 "SELECT state, count(*), count(*) FILTER (WHERE finished_at >= %s) FROM jobs "
                 "WHERE finished_at >= %s AND state IN ('completed', 'failed', 'cancelled') "
                 "GROUP BY state", (tx.now - HOUR_S, tx.now - DAY_S)))
+            # The first entry of the partial index jobs_run_at.
+            oldest_due = await tx.value(
+                "SELECT min(run_at) FROM jobs WHERE state = 'queued' AND waiting = 0 "
+                "AND run_at <= %s", (tx.now,))
             return Stats(counts, int(reserved), int(last_min),
                          None if avg is None else float(avg), (ok / done) if done else None,
-                         int(waiting), int(row[3]), ok, hour, day)
+                         int(waiting), int(row[3]), ok, hour, day,
+                         None if oldest_due is None else float(oldest_due))
 
         return await self._run(op, write=False)
 

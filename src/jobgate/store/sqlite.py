@@ -326,8 +326,12 @@ class SqliteStore(GroupCommit, Store):
                 "SELECT state, count(*), sum(finished_at >= ?) FROM jobs WHERE finished_at >= ? "
                 "AND state IN ('completed', 'failed', 'cancelled') GROUP BY state",
                 (tx.now - HOUR_S, tx.now - DAY_S)))
+            # The first entry of the partial index jobs_run_at.
+            oldest_due = tx.conn.execute(
+                "SELECT min(run_at) FROM jobs WHERE state = 'queued' AND waiting = 0 "
+                "AND run_at <= ?", (tx.now,)).fetchone()[0]
             return Stats(counts, reserved, last_min, avg, (ok / done) if done else None,
-                         waiting, int(last_15 or 0), int(ok or 0), hour, day)
+                         waiting, int(last_15 or 0), int(ok or 0), hour, day, oldest_due)
 
         return await self._call(op, write=False)
 

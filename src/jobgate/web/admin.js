@@ -1,7 +1,7 @@
 // jobgate's dashboard, the operator's panel (admins only): who has what queued and running
 // (the queue's numbers' `by_owner`, kept live by queue.stats as the header is), pause and
 // resume of the queue and of a kind, the run-time limits, the live nodes with drain and
-// undrain, and a chart of the queue's depth over the last hour. It uses app.js's helpers
+// undrain, and charts of the queue's depth and wait over the last hour. It uses app.js's helpers
 // and hooks (window.jobgate); for anyone else it does nothing, and the panel stays hidden.
 'use strict';
 
@@ -254,24 +254,24 @@
     if (ok) J.announce(`${name} ${on ? 'drained' : 'undrained'}`);
   }
 
-  // --- the depth chart: inline SVG, a step per sample, queued solid and running dashed ---
+  // --- the depth and wait charts: inline SVG, a step per sample ---------------------------
+  // Depth: queued solid, running dashed. Wait: how long the job due the longest had waited.
 
   const SVG_NS = 'http://www.w3.org/2000/svg';
   const HOUR_MS = 3600 * 1000;
 
-  function renderDepth(depth) {
-    const samples = Array.isArray(depth.samples) ? depth.samples : [];
-    const everyMs = (depth.every_s || 30) * 1000;
+  // Draw `series` ([sample key, class]) of the last hour's samples in `svg`, scaled to `top`.
+  function drawSteps(svg, samples, everyMs, top, series) {
     const now = Date.now();
-    const top = Math.max(1, ...samples.map((s) => Math.max(s.queued, s.running)));
     const x = (t) => Math.max(0, Math.min(600, ((t - (now - HOUR_MS)) / HOUR_MS) * 600));
     const y = (v) => (96 - (v / top) * 90).toFixed(1);
-    const line = (key, cls) => {
+    const line = ([key, cls]) => {
       const points = [];
       for (const s of samples) {
         const at = Date.parse(s.at);
         if (Number.isNaN(at) || at + everyMs < now - HOUR_MS) continue;
-        points.push(`${x(at).toFixed(1)},${y(s[key])}`, `${x(Math.min(at + everyMs, now)).toFixed(1)},${y(s[key])}`);
+        const v = Number(s[key]) || 0;
+        points.push(`${x(at).toFixed(1)},${y(v)}`, `${x(Math.min(at + everyMs, now)).toFixed(1)},${y(v)}`);
       }
       const e = document.createElementNS(SVG_NS, 'polyline');
       e.setAttribute('points', points.join(' '));
@@ -282,12 +282,27 @@
     for (const [k, v] of Object.entries({ x1: 0, x2: 600, y1: 96, y2: 96, class: 'depth-axis' })) {
       base.setAttribute(k, String(v));
     }
-    $('depth-chart').replaceChildren(base, line('running', 'depth-running'), line('queued', 'depth-queued'));
+    svg.replaceChildren(base, ...series.map(line));
+  }
+
+  function renderDepth(depth) {
+    const samples = Array.isArray(depth.samples) ? depth.samples : [];
+    const every = depth.every_s || 30;
+    const top = Math.max(1, ...samples.map((s) => Math.max(s.queued, s.running)));
+    drawSteps($('depth-chart'), samples, every * 1000, top,
+      [['running', 'depth-running'], ['queued', 'depth-queued']]);
     const last = samples[samples.length - 1];
     const most = Math.max(0, ...samples.map((s) => s.queued));
     $('depth-text').textContent = last
-      ? `Queued (solid line): ${last.queued} in the last ${depth.every_s || 30} s, at most ${most} `
+      ? `Queued (solid line): ${last.queued} in the last ${every} s, at most ${most} `
         + `in the last hour; running (dashed): ${last.running}. Scale: 0 to ${top}.`
+      : 'No sample yet.';
+    const waits = samples.map((s) => Number(s.wait_s) || 0);
+    const longest = Math.max(0, ...waits);
+    drawSteps($('wait-chart'), samples, every * 1000, Math.max(1, longest), [['wait_s', 'depth-queued']]);
+    $('wait-text').textContent = last
+      ? `Longest wait in the last ${every} s: ${J.fmtDuration(waits[waits.length - 1])}; `
+        + `at most ${J.fmtDuration(longest)} in the last hour. Scale: 0 to ${J.fmtDuration(Math.max(1, longest))}.`
       : 'No sample yet.';
   }
 
@@ -334,8 +349,8 @@
     A.limitsShown = {};
     $('admin').hidden = true;
     $('nodes-body').replaceChildren();
-    $('depth-chart').replaceChildren();
-    $('depth-text').textContent = '';
+    for (const id of ['depth-chart', 'wait-chart']) $(id).replaceChildren();
+    for (const id of ['depth-text', 'wait-text']) $(id).textContent = '';
     for (const id of ['dispatch-error', 'limits-error', 'limits-note', 'nodes-error']) $(id).textContent = '';
   }
 

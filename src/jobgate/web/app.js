@@ -2043,7 +2043,7 @@
 
   // Exposed for admin.js (the operator's panel), tests and curious people at the console.
   window.jobgate = {
-    state: S, hooks: HOOKS, api, el, fmtMB, isAdmin, announce, renderQueue,
+    state: S, hooks: HOOKS, api, el, fmtDuration, fmtMB, isAdmin, announce, renderQueue,
   };
   boot();
 })();
