@@ -126,6 +126,19 @@ def test_new_id_is_26_crockford_characters():
         assert re.fullmatch(r"[0-9A-HJKMNP-TV-Z]{26}", new_id())
 
 
+def test_new_id_reads_back_as_its_milliseconds_and_80_random_bits(monkeypatch):
+    import jobgate.model
+    # A clock of its own: the process's counts up past the latest id it made.
+    monkeypatch.setattr(jobgate.model, "_ids", jobgate.model._IdClock())
+    crockford = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    for now_s in (0.0, 1.0, 1_700_000_000.123, 2**48 / 1000 - 0.001):
+        value = 0
+        for char in new_id(now_s):
+            value = value * 32 + crockford.index(char)
+        assert value >> 80 == int(now_s * 1000)
+        assert value < 2**128
+
+
 def test_new_id_is_unique_over_10000_ids():
     ids = [new_id() for _ in range(10_000)]
     assert len(set(ids)) == len(ids)

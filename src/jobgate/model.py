@@ -61,6 +61,9 @@ def check_move(job_id: str, src: State, dst: State) -> None:
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Every pair of digits, by the 10 bits it stands for: an id is 13 lookups, not 26 steps.
+_DIGIT_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
+_PAIR_SHIFTS = tuple(range(120, -1, -10))
 
 
 class _IdClock:
@@ -87,11 +90,7 @@ def new_id(now_s: float | None = None) -> str:
     also among ids made in the same millisecond by one process."""
     ms = int((time.time() if now_s is None else now_s) * 1000)
     n = _ids.next(ms)
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[n & 31])
-        n >>= 5
-    return "".join(reversed(chars))
+    return "".join([_DIGIT_PAIRS[(n >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
 def iso(ts: float | None) -> str | None:
@@ -346,8 +345,8 @@ class Event:
 
 def event_data(job: Job) -> dict[str, Any]:
     """What a state event carries: the fields a change can touch (the rest stay as read)."""
-    data: dict[str, Any] = {
-        "state": job.state.value, "kind": job.kind, "owner": job.owner,
+    data: dict[str, Any] = {  # `_value_`: the member's value without the descriptor's cost
+        "state": job.state._value_, "kind": job.kind, "owner": job.owner,
         "attempt": job.attempt, "max_attempts": job.max_attempts, "message": job.message,
         "progress": job.progress,
     }

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from jobgate.model import (
@@ -35,10 +34,11 @@ RETRIED_BY_HAND = "retried by hand"
 #: The message of a run handed back by a worker that stops (not a retry: not an attempt).
 HANDED_BACK = "handed back: its worker stopped"
 
-@dataclass(frozen=True, slots=True)
-class Move:
+class Move(NamedTuple):
     """One change of one job: the job after it, the columns that change (by name, with
-    `state` when the state changes) and the event (type and data) that says so."""
+    `state` when the state changes) and the event (type and data) that says so. A tuple:
+    made for every job that enters, starts and ends, in the write transaction, where a
+    frozen dataclass's `__init__` cost twice what the rest of the move does."""
 
     job: Job
     fields: dict[str, Any]
@@ -358,6 +358,10 @@ class Dependencies(NamedTuple):
 
     failed: str | None  # the first that failed or was cancelled: the job fails
     waiting: int  # how many are still queued or running (0 and no failure: ready)
+
+
+#: What no dependencies come to: ready.
+NO_DEPENDENCIES = Dependencies(None, 0)
 
 
 def dependencies(states: Mapping[str, State | None]) -> Dependencies:

@@ -166,7 +166,7 @@ async def submit_many(tx: Tx, items: list[tuple[Job, Quota]]
         if same is not None:
             out.append((same, False))
             continue
-        rule = moves.Dependencies(None, 0)
+        rule = moves.NO_DEPENDENCIES
         if job.depends_on:  # read (and held) in this transaction: an end waits for it
             await _flush(tx, rows)
             try:

@@ -122,12 +122,15 @@ def job_from_row(row: Sequence[Any]) -> Job:
 
 def job_values(job: Job) -> tuple[Any, ...]:
     """A job as a row of `COLUMNS`."""
+    # Every submitted job passes here inside the write transaction: the common empty
+    # lists skip the encoder, and `_value_` is the member's value without the descriptor.
     return (
-        job.id, job.kind, job.owner, dumps(job.args), job.priority, job.state.value,
+        job.id, job.kind, job.owner, dumps(job.args), job.priority, job.state._value_,
         job.progress, job.message, job.attempt, job.max_attempts, job.created_at, job.run_at,
-        job.started_at, job.finished_at, json_or_null(job.result),
-        job.error, job.worker, job.memory_mb, job.peak_memory_mb, dumps(job.depends_on),
-        job.unique_key, outputs_value(job.outputs), job.vt, job.lease_token,
+        job.started_at, job.finished_at, None if job.result is None else dumps(job.result),
+        job.error, job.worker, job.memory_mb, job.peak_memory_mb,
+        dumps(job.depends_on) if job.depends_on else "[]", job.unique_key,
+        outputs_value(job.outputs) if job.outputs else "[]", job.vt, job.lease_token,
         job.lease_expires_at, bool(job.cancel_requested), job.pid, job.idempotency_key,
     )
 

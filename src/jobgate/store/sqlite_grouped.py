@@ -70,7 +70,7 @@ def submit_many(tx: Tx, items: list[tuple[Job, Quota]]) -> list[tuple[Job, bool]
         if same is not None:
             out.append((same, False))
             continue
-        rule = moves.Dependencies(None, 0)
+        rule = moves.NO_DEPENDENCIES
         if job.depends_on:  # read in this transaction: a dependency ending now is seen
             _flush(tx, rows)
             try:
