@@ -13,6 +13,7 @@ import datetime as dt
 import random
 import re
 import string
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from conftest import TEST_KINDS, Server, running_server
+from nodekit import write_row
 from test_dashboard import DASHBOARD_KINDS, NO_LOGIN_LIMITS, sign_in
 from test_dashboard import browser as browser  # the module's fixtures, by re-export
 from test_dashboard import pages as pages
@@ -255,6 +257,29 @@ def test_the_nodes_panel_shows_the_node_and_drains_and_undrains_it(admin, server
     finally:
         with server.client("alice") as http:
             http.post(f"/api/nodes/{node['name']}/undrain")
+
+
+def test_the_nodes_panel_shows_every_nodes_own_memory_and_a_dash_if_it_sent_none(
+        admin, server):
+    """Another node's heartbeat (written as that node would) shows its own memory; a node
+    of an older version, which writes none, shows '—'."""
+    db_url = f"sqlite:///{server.folder / 'jobgate.db'}"
+    insert = ("INSERT INTO nodes (name, host, pid, slots, version, started_at, heartbeat_at, "
+              "running_rss_mb, memory_available_mb) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    now = time.time()
+    write_row(db_url, insert, ("zz-newer", "host-b", 11, 2, "9.9", now, now, 1228.8, 3482))
+    write_row(db_url, insert, ("zz-older", "host-c", 12, 1, "0.1", now, now, None, None))
+    try:
+        own = api(server, "GET", "/api/queue")["nodes"][0]["name"]
+        rows = {name: admin.locator(f'#nodes-body tr[data-name="{name}"] td')
+                for name in (own, "zz-newer", "zz-older")}
+        expect(rows["zz-newer"].nth(0)).to_have_text("2")
+        expect(rows["zz-newer"].nth(3)).to_have_text("1.2 GB in jobs, 3.4 GB free")
+        expect(rows["zz-older"].nth(3)).to_have_text("—")
+        expect(rows[own].nth(3)).to_contain_text(" in jobs, ")  # this server's own node
+        expect(rows[own].nth(3)).to_contain_text(" free")
+    finally:
+        write_row(db_url, "DELETE FROM nodes WHERE name LIKE ?", ("zz-%",))
 
 
 def test_a_non_admin_sees_no_admin_panel(pages, server):

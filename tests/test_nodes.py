@@ -27,6 +27,7 @@ import pytest
 from conftest import TEST_KINDS, Server, survivors, wait_state
 from jobgate.config import Settings
 from jobgate.queue import JobQueue
+from jobgate.store.base import Node
 
 PG = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 BOTH = pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
@@ -482,6 +483,17 @@ async def test_live_nodes_show_in_the_queue_and_stats_and_a_killed_one_expires(
             {"nodeA": 2, "nodeB": 3}[name], proc.pid, socket.gethostname())
         assert node["version"] and node["heartbeat_age_s"] >= 0
         assert _ts(node["started_at"]) <= _ts(node["heartbeat_at"])
+    # Each node's own memory, from its heartbeat: its machine's, and its job's once sampled.
+    total_mb = psutil.virtual_memory().total // 1048576
+    for node in listed.values():
+        assert 0 < node["memory_available_mb"] <= total_mb, node
+        assert isinstance(node["running_rss_mb"], int | float), node
+    assert listed[idle]["running_rss_mb"] == 0
+
+    async def busy_memory() -> bool:
+        return bool(next(n for n in _queue(api)["nodes"] if n["name"] == busy)["running_rss_mb"])
+
+    await until(busy_memory, f"{busy}'s heartbeat to carry its job's memory")
     # Bob sees the nodes and how busy they are, not the ids of alice's jobs.
     seen_by_bob = {n["name"]: n for n in _queue(api, "bob")["nodes"]}
     assert (seen_by_bob[busy]["running"], seen_by_bob[busy]["running_count"]) == ([], 1)
@@ -509,3 +521,25 @@ async def test_live_nodes_show_in_the_queue_and_stats_and_a_killed_one_expires(
     assert nodes.term(procs[idle]) == 0
     assert _queue(api)["nodes"] == []  # a node that stops gracefully leaves at once
     assert "live nodes: 0" in (await asyncio.to_thread(api.cli, "stats")).stdout
+
+
+@BOTH
+async def test_the_queues_nodes_carry_the_memory_each_heartbeat_wrote_and_null_if_none(
+        db_url: str, make_settings: Callable[..., Settings], open_queue: Any,
+        start_server: Callable[..., Server]) -> None:
+    """`GET /api/queue`'s nodes carry the memory each node's last heartbeat wrote; a node
+    of an older version writes none, and its entry says null."""
+    queue, _ = await open_queue(make_settings(LEASE, kinds=NODE_KINDS), worker=False)
+    api = await _api_node(start_server, db_url)
+    now = time.time()
+    await queue.heartbeat(Node("newer", "host-b", 11, 2, "0.2.0", now, running_rss_mb=512.5,
+                               memory_available_mb=4096))
+    await queue.heartbeat(Node("older", "host-c", 12, 1, "0.1.0", now))
+    listed = {n["name"]: n for n in _queue(api)["nodes"]}
+    assert set(listed) == {"newer", "older"}
+    assert (listed["newer"]["running_rss_mb"], listed["newer"]["memory_available_mb"]) == (
+        512.5, 4096)
+    assert (listed["older"]["running_rss_mb"], listed["older"]["memory_available_mb"]) == (
+        None, None)
+    assert {n["name"]: n["memory_available_mb"] for n in _queue(api, "bob")["nodes"]} == {
+        "newer": 4096, "older": None}  # a user sees them as well

@@ -4,6 +4,7 @@ tokens, worker nodes, the schema version. Runs on every backend."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import pytest
@@ -153,6 +154,24 @@ async def test_a_node_registers_heartbeats_and_leaves(store, other_node):
     assert await store.remove_node("n1") is True
     assert await store.remove_node("n1") is False
     assert await other_node.nodes() == []
+
+
+async def test_a_heartbeats_memory_reads_back_and_an_older_nodes_is_none(store, other_node):
+    """Each heartbeat writes the node's jobs' and machine's memory; a node that reports
+    none (an older version) reads back None, even over a row that had some."""
+    await store.heartbeat(dataclasses.replace(make_node(), running_rss_mb=1234.5,
+                                              memory_available_mb=3456))
+    await store.heartbeat(make_node("n2"))
+    nodes = {n.name: n for n in await other_node.nodes()}
+    assert (nodes["n1"].running_rss_mb, nodes["n1"].memory_available_mb) == (1234.5, 3456)
+    assert (nodes["n2"].running_rss_mb, nodes["n2"].memory_available_mb) == (None, None)
+    await store.heartbeat(dataclasses.replace(make_node(), running_rss_mb=0.0,
+                                              memory_available_mb=10_000_000))
+    n1, _ = await other_node.nodes(alive_within_s=60, owner="bob")
+    assert (n1.running_rss_mb, n1.memory_available_mb) == (0.0, 10_000_000)
+    await store.heartbeat(make_node())
+    n1, _ = await store.nodes()
+    assert (n1.name, n1.running_rss_mb, n1.memory_available_mb) == ("n1", None, None)
 
 
 async def test_nodes_list_the_jobs_each_runs(store):

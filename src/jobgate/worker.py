@@ -9,8 +9,8 @@ what a run's end means and which nodes are dead; the worker never calls the stor
 - lease renewal and heartbeat: its own thread with its own event loop, so a job that hogs
   this process's event loop cannot starve it; a lease it finds lost stops the job. The
   same loop keeps this node's row in the node registry fresh (registered at start,
-  removed on a graceful stop); a node is live while its heartbeat is younger than
-  `queue.NODE_LIVE_LEASES` lease periods.
+  removed on a graceful stop), with its jobs' and its machine's memory; a node is live
+  while its heartbeat is younger than `queue.NODE_LIVE_LEASES` lease periods.
 - reporter: writes a job's progress and log lines as they come, then at most a few times
   a second per job, so the first line after a quiet spell is seen at once and a chatty
   job costs a few writes, not one per line. Each `job.progress` event carries the job's
@@ -31,7 +31,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,7 +131,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         self.node = dataclasses.replace(self.node, started_at=time.time())
         # Registered before it claims anything.
-        self._registry_at_start = await self.queue.register(self.node)
+        self._registry_at_start = await self.queue.register(self._measured(()))
         unsubscribe = self.queue.bus.on(self._on_event)
         self._renewer = threading.Thread(target=self._renew_thread, args=(loop,),
                                          name="jobgate-lease", daemon=True)
@@ -494,9 +494,18 @@ class Worker:
                 main.call_soon_threadsafe(self._stop_runs,
                                           {job_id: leases[job_id] for job_id in stop})
             try:
-                await self.queue.heartbeat(self.node)
+                await self.queue.heartbeat(self._measured(leases))
             except Exception:
                 log.exception("heartbeat failed; trying again")
+
+    def _measured(self, job_ids: Iterable[str]) -> Node:
+        """This node as its heartbeat writes it: with what its running jobs' process trees
+        hold (as sampled for `GET /api/queue`'s `running_rss_mb`) and what the machine has
+        available (its `memory_available_mb`), so every node's memory can be shown."""
+        sampled = [m[0] for j in job_ids if (m := self.queue.job_memory.get(j)) is not None]
+        return dataclasses.replace(
+            self.node, running_rss_mb=round(sum(sampled), 1),
+            memory_available_mb=psutil.virtual_memory().available // 1048576)
 
     def _stop_runs(self, runs: dict[str, int]) -> None:
         """Stop the runs holding these leases (job id: token); a newer run of the same

@@ -184,7 +184,9 @@ class MetricCounts:
 class Node:
     """A worker node as it registered itself. `heartbeat_at` is set by the store on every
     `heartbeat`; `busy` (how many jobs it runs now) and `running` (their ids) are filled in
-    by `nodes`."""
+    by `nodes`. `running_rss_mb` (what its running jobs' process trees hold, MB) and
+    `memory_available_mb` (what its machine has available, MB) are as the node measured
+    them for its last heartbeat; None when not known (a node of an older version)."""
 
     name: str
     host: str
@@ -195,6 +197,8 @@ class Node:
     heartbeat_at: float = 0.0
     busy: int = 0
     running: tuple[str, ...] = ()
+    running_rss_mb: float | None = None
+    memory_available_mb: int | None = None
 
 
 @dataclass(frozen=True)

@@ -402,13 +402,15 @@ class SqliteStore(GroupCommit, Store):
     async def heartbeat(self, node: Node) -> None:
         def op(tx: Tx) -> None:
             tx.conn.execute(
-                "INSERT INTO nodes (name, host, pid, slots, version, started_at, heartbeat_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "INSERT INTO nodes (name, host, pid, slots, version, started_at, heartbeat_at, "
+                "running_rss_mb, memory_available_mb) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
                 "host = excluded.host, pid = excluded.pid, slots = excluded.slots, "
                 "version = excluded.version, started_at = excluded.started_at, "
-                "heartbeat_at = excluded.heartbeat_at",
+                "heartbeat_at = excluded.heartbeat_at, running_rss_mb = excluded.running_rss_mb, "
+                "memory_available_mb = excluded.memory_available_mb",
                 (node.name, node.host, node.pid, node.slots, node.version, node.started_at,
-                 tx.now))
+                 tx.now, node.running_rss_mb, node.memory_available_mb))
 
         await self._call(op)
 
@@ -424,11 +426,14 @@ class SqliteStore(GroupCommit, Store):
                 if owner is None or job_owner == owner:
                     running.setdefault(worker, []).append(job_id)
             rows = tx.conn.execute(
-                "SELECT name, host, pid, slots, version, started_at, heartbeat_at FROM nodes "
+                "SELECT name, host, pid, slots, version, started_at, heartbeat_at, "
+                "running_rss_mb, memory_available_mb FROM nodes "
                 "WHERE heartbeat_at >= ? ORDER BY name", (since,))
             return [Node(name, host, int(pid), int(slots), version, float(started),
-                         float(beat), busy[name], tuple(running.get(name, ())))
-                    for name, host, pid, slots, version, started, beat in rows]
+                         float(beat), busy[name], tuple(running.get(name, ())),
+                         None if rss is None else float(rss),
+                         None if free is None else int(free))
+                    for name, host, pid, slots, version, started, beat, rss, free in rows]
 
         return await self._call(op, write=False)
 

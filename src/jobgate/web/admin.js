@@ -193,14 +193,15 @@
     return `${Math.max(0, Math.round((Date.now() - at) / 1000))} s ago`;
   }
 
-  // Memory: this server's own node reports its machine's (the queue's numbers); the store
-  // keeps no other node's.
+  // Memory: each node's own, as its last heartbeat wrote it (GET /api/queue's node
+  // entries); '—' when the node reported none (a node of an older version).
   function memoryText(node) {
-    const q = J.state.queue || {};
-    const health = J.state.health;
-    if (!health || health.worker !== node.name) return '—';
-    const bits = [`${J.fmtMB(q.running_rss_mb || 0)} in jobs`];
-    if (typeof q.memory_available_mb === 'number') bits.push(`${J.fmtMB(q.memory_available_mb)} free`);
+    const rss = node.running_rss_mb;
+    const free = node.memory_available_mb;
+    if (typeof rss !== 'number' && typeof free !== 'number') return '—';
+    const bits = [];
+    if (typeof rss === 'number') bits.push(`${J.fmtMB(rss)} in jobs`);
+    if (typeof free === 'number') bits.push(`${J.fmtMB(free)} free`);
     return bits.join(', ');
   }
 
