@@ -1244,7 +1244,7 @@
         if (typeof data.total === 'number') d.total = data.total;
         if ('dropped' in data || 'total' in data) d.textRoute = true;
         if (data.dropped) d.dropped = data.dropped;
-        addLogLines(d, data.lines.map((l) => [l.n, l.line]));
+        addLogLines(d, data.lines.map((l) => [l.n, l.line, Boolean(l.gap)]));
         if (data.lines.length < LOG_PAGE && !d.logsAgain) break;
       }
       d.logsLoaded = true;
@@ -1327,7 +1327,14 @@
     const pre = $('job-log');
     const bits = document.createDocumentFragment();
     let prev = d.shownN || 0;                       // the last line written
-    for (const [n, line] of entries) {
+    for (const [n, line, gap] of entries) {
+      // The server's gap line stands for the lines it dropped: one notice in its place.
+      const dropped = gap && d.dropped && d.dropped.first === n ? d.dropped : null;
+      if (dropped) {
+        bits.append(gapEl(d, dropped.first, dropped.last));
+        prev = dropped.last;
+        continue;
+      }
       if (n > prev + 1) bits.append(gapEl(d, prev + 1, n - 1));
       const e = el('span', { class: 'ln' });
       e.dataset.n = n;
@@ -1408,7 +1415,12 @@
     } else if (job && ACTIVE.has(job.state)) {
       text = 'Following the log.';
     } else {
-      text = d.lineEls.size ? `End of the log (${d.lineEls.size.toLocaleString()} lines).` : 'No log lines.';
+      const shown = d.lineEls.size;
+      const dropped = d.dropped ? d.dropped.last - d.dropped.first + 1 : 0;
+      text = !shown ? 'No log lines.' : dropped
+        ? `End of the log (${(d.total || shown + dropped).toLocaleString()} lines, `
+          + `${dropped.toLocaleString()} not kept).`
+        : `End of the log (${shown.toLocaleString()} lines).`;
     }
     $('log-state').textContent = text;
     $('log-download').hidden = !d.lineEls.size && !d.pending.length;
