@@ -14,7 +14,7 @@ import pytest
 from playwright.sync_api import expect
 
 from conftest import Server, running_server
-from test_dashboard import CONFIG, api_submit, sign_in, wait_api
+from test_dashboard import CONFIG, Pages, api_submit, sign_in, wait_api
 from test_dashboard import browser as browser  # the module's fixtures, by re-export
 from test_dashboard import pages as pages
 
@@ -24,7 +24,7 @@ KINDS = r"""
 [kinds.long]
 argv = ["sh", "-c", 'seq 1 $0 | sed "s/^/line /"', "{lines}"]
 [kinds.long.args]
-lines = { type = "integer", min = 1, max = 9000, default = 6000 }
+lines = { type = "integer", min = 1, max = 12000, default = 6000 }
 
 [kinds.colours]
 argv = ["sh", "-c", '''
@@ -34,10 +34,26 @@ printf '\033[38;5;196mfancy\033[39m back\n'
 ''']
 """
 
+# Above the 12,000 lines the long test prints: the whole log is kept.
+WHOLE = """
+[worker]
+log_max_lines = 20000
+"""
+
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("dashboard-logs"), CONFIG + KINDS) as srv:
+def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with the real cap (10,000 lines: the first 5,000 and the last kept)."""
+    with running_server(tmp_path_factory.mktemp("dashboard-capped"), CONFIG + KINDS) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, capped: Server) -> Iterator[Server]:
+    # `capped` first: a server's set-up runs asyncio, which cannot start once the browser
+    # (after `server`) runs Playwright's loop.
+    with running_server(tmp_path_factory.mktemp("dashboard-logs"),
+                        CONFIG + WHOLE + KINDS) as srv:
         yield srv
 
 
@@ -93,3 +109,105 @@ def test_ansi_colours_render_as_spans_and_other_escapes_go(pages, server):
     assert log.locator(".ln").first.evaluate("e => getComputedStyle(e.querySelector("
                                              "'.ansi-fg-1')).color") != \
         log.evaluate("e => getComputedStyle(e).color")
+
+
+# Before the page's own script: what the log view and its state line did, as they did it.
+# `states` has each text #log-state showed with the lines on screen then; `added` and
+# `removed` count the nodes put into and taken out of #job-log (each line once, none again).
+WATCH_LOG = """(() => {
+    window.logWatch = {states: [], added: 0, removed: 0};
+    document.addEventListener('DOMContentLoaded', () => {
+        const log = document.getElementById('job-log');
+        const state = document.getElementById('log-state');
+        new MutationObserver((records) => {
+            for (const r of records) {
+                window.logWatch.added += r.addedNodes.length;
+                window.logWatch.removed += r.removedNodes.length;
+            }
+        }).observe(log, {childList: true});
+        new MutationObserver(() => {
+            const lines = log.querySelectorAll(':scope > .ln');
+            const last = lines.length ? Number(lines[lines.length - 1].dataset.n) : 0;
+            window.logWatch.states.push({text: state.textContent, count: lines.length, last});
+        }).observe(state, {childList: true, characterData: true, subtree: true});
+    });
+})()"""
+
+READ_LOG = """() => [...document.querySelectorAll('#job-log > *')].map(
+    (e) => e.classList.contains('ln') ? [Number(e.dataset.n), e.textContent.replace(/\\n$/, '')]
+        : [0, e.textContent.replace(/\\n$/, '')])"""
+
+
+def open_long_log(page: Any, job_id: str, total: int, end_text: str) -> list[list[Any]]:
+    """Open a finished job's log in the page and wait for its end: what #job-log holds
+    (`[n, text]`, n 0 for a notice), checked to have said Loading… until it ended."""
+    page.add_init_script(WATCH_LOG)
+    sign_in(page, "bob", f"#/job/{job_id}")
+    expect(page.locator("#log-state")).to_have_text(end_text, timeout=60_000)
+    watch = page.evaluate("window.logWatch")
+    ended = [s for s in watch["states"] if s["text"].startswith("End of the log")]
+    assert ended and all(s["last"] == total for s in ended), ended    # never before the end
+    early = [s for s in watch["states"] if s["last"] < total]
+    assert early and all(s["text"].startswith("Loading…") for s in early), early
+    assert watch["removed"] == 0                  # appended as they came, never re-rendered
+    shown = page.evaluate(READ_LOG)
+    assert watch["added"] == len(shown)
+    return list(shown)
+
+
+def tail_then_head(page: Any, last: int) -> None:
+    """The log opens on its tail; Home in the log brings line 1 on screen."""
+    log = page.locator("#job-log")
+    log.scroll_into_view_if_needed()              # the page's scroll, not the log's
+    expect(log.locator(f'.ln[data-n="{last}"]')).to_be_in_viewport()
+    expect(log.locator('.ln[data-n="1"]')).not_to_be_in_viewport()
+    log.focus()
+    page.keyboard.press("Home")
+    expect(log.locator('.ln[data-n="1"]')).to_be_in_viewport()
+    expect(log.locator(f'.ln[data-n="{last}"]')).not_to_be_in_viewport()
+
+
+def downloaded(page: Any) -> list[str]:
+    with page.expect_download() as info:
+        page.click("#log-download")
+    return Path(info.value.path()).read_text().splitlines()
+
+
+def test_a_12000_line_log_is_all_there_from_line_1_and_downloads_whole(pages, server):
+    job = wait_api(server, "bob", api_submit(server, "bob", "long", lines=12_000)["id"],
+                   "completed", timeout_s=60)
+    page = pages.new()
+    shown = open_long_log(page, job["id"], 12_000, "End of the log (12,000 lines).")
+    assert shown == [[n, f"line {n}"] for n in range(1, 12_001)]    # in order, no gap, once
+    numbers = [n for n, _ in shown]
+    assert numbers.index(1) < numbers.index(6_000) < numbers.index(12_000)
+    tail_then_head(page, 12_000)
+    lines = downloaded(page)
+    assert len(lines) == 12_000 and lines[0] == "line 1" and lines[-1] == "line 12000"
+    assert lines == [f"line {n}" for n in range(1, 12_001)]
+
+
+GAP = ("[jobgate] 2000 more lines not kept (lines 5001-7000; worker.log_max_lines keeps "
+       "the first and the last lines)")
+
+
+def test_a_capped_log_says_which_lines_were_not_kept_in_their_place(browser, capped):
+    job = wait_api(capped, "bob", api_submit(capped, "bob", "long", lines=12_000)["id"],
+                   "completed", timeout_s=60)
+    pages = Pages(browser, capped)
+    try:
+        page = pages.new()
+        shown = open_long_log(page, job["id"], 12_000,
+                              "End of the log (12,000 lines, 2,000 not kept).")
+        kept = [*range(1, 5_001), *range(7_001, 12_001)]
+        assert [n for n, _ in shown if n] == kept
+        assert all(text == f"line {n}" for n, text in shown if n)
+        notices = [(i, text) for i, (n, text) in enumerate(shown) if not n]
+        assert notices == [(5_000, "… lines 5,001\u20137,000 not kept — download the log")]
+        tail_then_head(page, 12_000)
+        lines = downloaded(page)
+        assert lines == [*(f"line {n}" for n in range(1, 5_001)), GAP,
+                         *(f"line {n}" for n in range(7_001, 12_001))]
+    finally:
+        pages.close()
+    assert not pages.errors and not pages.unexpected_console() and not pages.outside

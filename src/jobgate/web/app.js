@@ -58,6 +58,8 @@
     detail: null,         // {id, lastN, follow, pending: [[n, line]], lineEls, missing, loadingLogs}
     events: 0,            // job events applied so far, to date the replies of reads
     changed: new Map(),   // job id -> Map of field -> [S.events when set, value]
+    waiting: new Set(),   // ids of the user's own queued jobs (the Waiting section)
+    waitingMore: false,   // more of them than the read brought
   };
 
   // --- small helpers -------------------------------------------------------------------
@@ -330,7 +332,9 @@
     S.kinds = [];
     S.queue = null;
     S.detail = null;
+    S.waiting = new Set();
     $('job-list').replaceChildren();
+    renderWaiting();
     closeConfirm();
     fire('leave');
     showSignIn(note);
@@ -417,7 +421,8 @@
         S.next = null;
         renderList();
       }
-      await Promise.all([loadList(), loadQueue()]);
+      renderWaiting();
+      await Promise.all([loadList(), loadQueue(), loadWaiting()]);
     }
     ensurePolling();
   }
@@ -764,7 +769,9 @@
       const fits = (!p.get('state') || p.get('state') === job.state)
         && (!owner || !isAdmin() || owner === job.owner);
       if (fits && !S.order.includes(job.id)) S.order.unshift(job.id);
+      if (job.state === 'queued') S.waiting.add(job.id);
       renderList();
+      renderWaiting();
       const row = document.querySelector(`#job-list [data-id="${CSS.escape(job.id)}"]`);
       if (row) {
         row.classList.add('fresh');
@@ -900,6 +907,90 @@
       : 'No jobs here yet. Submit one with the form.';
     $('more').hidden = !S.next;
     renderBulk();
+  }
+
+  // --- the Waiting section: the user's own queued jobs in the order they will run -------
+
+  const me = () => (S.session && S.session.user && S.session.user.name) || '';
+
+  async function loadWaiting() {
+    if (!S.session || !me()) return;
+    const mark = S.events;
+    const q = new URLSearchParams({ state: 'queued', limit: '50' });
+    if (isAdmin()) q.set('owner', me());
+    let data;
+    try {
+      data = await api('GET', `api/jobs?${q}`);
+    } catch (err) {
+      return;                                        // the list's read says what is wrong
+    }
+    if (!S.session) return;
+    for (const j of data.jobs) adopt(j, mark);
+    // Jobs that changed after the read left (a submit, an event) keep their place here.
+    const kept = [...S.waiting].filter((id) => lastChange(id) > mark);
+    S.waiting = new Set([...data.jobs.map((j) => j.id), ...kept]);
+    S.waitingMore = Boolean(data.next);
+    renderWaiting();
+  }
+
+  // Why a queued job has no place yet: its start is later, or it waits for other jobs.
+  function waitReason(job) {
+    if (ts(job.run_at) > Date.now()) return startText(job);
+    const deps = (job.depends_on || []).length;
+    if (deps) return `waiting for ${deps === 1 ? 'the job' : `the ${deps} jobs`} it depends on`;
+    return 'waiting for its turn';
+  }
+
+  const counting = (job) => job.position === null || job.position === undefined
+    ? ts(job.run_at) > Date.now() : false;
+
+  function waitingJobs() {
+    const jobs = [...S.waiting].map((id) => S.jobs.get(id))
+      .filter((j) => j && j.state === 'queued' && j.owner === me());
+    const placed = jobs.filter((j) => j.position).sort((a, b) => a.position - b.position);
+    const later = jobs.filter((j) => !j.position)
+      .sort((a, b) => (ts(a.run_at) || 0) - (ts(b.run_at) || 0) || ts(a.created_at) - ts(b.created_at));
+    return [placed, later];
+  }
+
+  function renderWaiting() {
+    const box = $('waiting');
+    const state = S.route.params.get('state') || '';
+    const [placed, later] = S.session ? waitingJobs() : [[], []];
+    box.hidden = S.route.view !== 'list' || !(state === '' || state === 'queued')
+      || !(placed.length + later.length);
+    if (box.hidden) return;
+    $('waiting-count').textContent = ` (${placed.length + later.length}${S.waitingMore ? '+' : ''})`;
+    const estimate = (job) => (job.message || '').replace(/^position \d+(, )?/, '');
+    const entries = [...placed.map((j) => [j, `#${j.position}`, estimate(j), 'pos']),
+      ...later.map((j) => [j, 'later', waitReason(j), 'later'])];
+    // Kept by id and moved, not drawn again: a link with the focus keeps it.
+    const ol = $('waiting-list');
+    const focused = ol.contains(document.activeElement) ? document.activeElement : null;
+    const ids = new Set(entries.map(([job]) => job.id));
+    for (const li of [...ol.children]) if (!ids.has(li.dataset.id)) li.remove();  // first: fewer moves
+    const items = new Map([...ol.children].map((li) => [li.dataset.id, li]));
+    let prev = null;
+    for (const [job, badge, why, cls] of entries) {
+      let li = items.get(job.id);
+      if (li) items.delete(job.id);
+      else {
+        li = el('li', { class: 'waiting-job', 'data-id': job.id },
+          el('a', { href: `#/job/${enc(job.id)}` }));
+      }
+      const sig = JSON.stringify([badge, why, cls, jobTitle(job)]);
+      if (li.sig !== sig) {
+        li.sig = sig;
+        li.firstElementChild.replaceChildren(
+          el('span', { class: cls, text: badge }),
+          el('span', { class: 'kind', text: jobTitle(job) }),
+          why ? el('span', { class: counting(job) ? 'msg countdown' : 'msg', text: why }) : '');
+      }
+      const ref = prev ? prev.nextSibling : ol.firstChild;
+      if (li !== ref) ol.insertBefore(li, ref);
+      prev = li;
+    }
+    if (focused && focused.isConnected && document.activeElement !== focused) focused.focus();
   }
 
   function stateBadge(state) {
@@ -1179,6 +1270,11 @@
       const countdown = li.querySelector('.countdown');
       if (countdown) countdown.textContent = startText(job);
     }
+    for (const li of document.querySelectorAll('#waiting-list li')) {
+      const job = S.jobs.get(li.dataset.id);
+      const span = li.querySelector('.countdown');
+      if (job && span) span.textContent = startText(job);
+    }
     const countdown = document.querySelector('#job-status .countdown');
     if (countdown && S.detail && S.jobs.get(S.detail.id)) countdown.textContent = startText(S.jobs.get(S.detail.id));
     if (S.detail) {
@@ -1244,7 +1340,7 @@
         if (typeof data.total === 'number') d.total = data.total;
         if ('dropped' in data || 'total' in data) d.textRoute = true;
         if (data.dropped) d.dropped = data.dropped;
-        addLogLines(d, data.lines.map((l) => [l.n, l.line]));
+        addLogLines(d, data.lines.map((l) => [l.n, l.line, Boolean(l.gap)]));
         if (data.lines.length < LOG_PAGE && !d.logsAgain) break;
       }
       d.logsLoaded = true;
@@ -1327,7 +1423,14 @@
     const pre = $('job-log');
     const bits = document.createDocumentFragment();
     let prev = d.shownN || 0;                       // the last line written
-    for (const [n, line] of entries) {
+    for (const [n, line, gap] of entries) {
+      // The server's gap line stands for the lines it dropped: one notice in its place.
+      const dropped = gap && d.dropped && d.dropped.first === n ? d.dropped : null;
+      if (dropped) {
+        bits.append(gapEl(d, dropped.first, dropped.last));
+        prev = dropped.last;
+        continue;
+      }
       if (n > prev + 1) bits.append(gapEl(d, prev + 1, n - 1));
       const e = el('span', { class: 'ln' });
       e.dataset.n = n;
@@ -1408,7 +1511,12 @@
     } else if (job && ACTIVE.has(job.state)) {
       text = 'Following the log.';
     } else {
-      text = d.lineEls.size ? `End of the log (${d.lineEls.size.toLocaleString()} lines).` : 'No log lines.';
+      const shown = d.lineEls.size;
+      const dropped = d.dropped ? d.dropped.last - d.dropped.first + 1 : 0;
+      text = !shown ? 'No log lines.' : dropped
+        ? `End of the log (${(d.total || shown + dropped).toLocaleString()} lines, `
+          + `${dropped.toLocaleString()} not kept).`
+        : `End of the log (${shown.toLocaleString()} lines).`;
     }
     $('log-state').textContent = text;
     $('log-download').hidden = !d.lineEls.size && !d.pending.length;
@@ -1856,6 +1964,7 @@
   function renderJob(id) {
     const li = document.querySelector(`#job-list [data-id="${CSS.escape(id)}"]`);
     if (li) fillRow(li, S.jobs.get(id));
+    if (S.waiting.has(id)) renderWaiting();
     if (S.detail && S.detail.id === id) renderDetail();
   }
 
@@ -1868,7 +1977,10 @@
       const detail = S.refreshDetail;
       S.refreshDetail = false;
       if (!S.session) return;
-      if (S.route.view === 'list') loadList();
+      if (S.route.view === 'list') {
+        loadList();
+        loadWaiting();
+      }
       if (S.detail && detail) loadDetail();
     }, 300);
   }
@@ -1876,7 +1988,7 @@
   async function refreshAll() {
     if (!S.session) return;
     const work = [loadQueue()];
-    if (S.route.view === 'list') work.push(loadList());
+    if (S.route.view === 'list') work.push(loadList(), loadWaiting());
     if (S.detail) work.push(loadDetail());
     await Promise.all(work);
   }
