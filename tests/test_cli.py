@@ -571,10 +571,10 @@ def _run(folder: Any, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 # What undoes each backend's latest migration: a database as the jobgate before it left it.
-_UNDO_LATEST = {  # sqlite_011, postgres_009
-    "sqlite": "ALTER TABLE jobs DROP COLUMN log_dropped_first; "
-              "ALTER TABLE jobs DROP COLUMN log_dropped_last;",
-    "postgres": "ALTER TABLE jobs DROP COLUMN log_dropped_first, DROP COLUMN log_dropped_last"}
+_UNDO_LATEST = {  # sqlite_012, postgres_010
+    "sqlite": "ALTER TABLE nodes DROP COLUMN running_rss_mb; "
+              "ALTER TABLE nodes DROP COLUMN memory_available_mb;",
+    "postgres": "ALTER TABLE nodes DROP COLUMN running_rss_mb, DROP COLUMN memory_available_mb"}
 
 
 async def _set_version(db_url: str, version: int, undo_latest: bool = False) -> None:

@@ -20,7 +20,7 @@ from weakref import WeakKeyDictionary
 
 from jobgate.model import State, iso
 from jobgate.queue import JobQueue, percentile
-from jobgate.store.base import Node, Span, Stats
+from jobgate.store.base import Span, Stats
 
 #: The per-kind numbers are over the jobs that finished in this window (seconds)...
 WINDOW_S = 86400.0
@@ -65,16 +65,6 @@ def by_owner_json(counts: dict[str, tuple[int, int]]) -> dict[str, dict[str, int
     as `Store.owner_counts` read them."""
     return {owner: {"queued": queued, "running": running}
             for owner, (queued, running) in sorted(counts.items())}
-
-
-def nodes_memory_json(listed: list[dict[str, Any]], nodes: list[Node]) -> list[dict[str, Any]]:
-    """`GET /api/queue`'s `nodes` (as `stream.stats_json` lists `nodes`, in order) with
-    each node's memory as its last heartbeat wrote it: `running_rss_mb`, what its running
-    jobs' process trees hold, and `memory_available_mb`, what its machine has available
-    (MB; null when not known, e.g. a node of an older version)."""
-    return [{**shown, "running_rss_mb": node.running_rss_mb,
-             "memory_available_mb": node.memory_available_mb}
-            for shown, node in zip(listed, nodes, strict=True)]
 
 
 def limits_json(queue: JobQueue) -> dict[str, Any]:

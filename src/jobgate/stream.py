@@ -545,12 +545,15 @@ def stats_json(queue: JobQueue, settings: Settings, stats: Any,
 
 def node_json(node: Node) -> dict[str, Any]:
     """A live node as `GET /api/queue` lists it: `running` are the ids of the jobs it runs
-    that the caller may see, `running_count` counts all of them."""
+    that the caller may see, `running_count` counts all of them; its memory as its last
+    heartbeat wrote it, `running_rss_mb` (its running jobs' process trees) and
+    `memory_available_mb` (its machine's; MB, null when not known, e.g. an older node)."""
     return {
         "name": node.name, "host": node.host, "pid": node.pid, "slots": node.slots,
         "version": node.version, "running": list(node.running), "running_count": node.busy,
         "started_at": iso(node.started_at), "heartbeat_at": iso(node.heartbeat_at),
         "heartbeat_age_s": round(max(0.0, time.time() - node.heartbeat_at), 1),
+        "running_rss_mb": node.running_rss_mb, "memory_available_mb": node.memory_available_mb,
     }
 
 

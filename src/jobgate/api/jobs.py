@@ -35,7 +35,7 @@ from jobgate.logtext import plain
 from jobgate.model import FINAL, Job, State, content_type, iso, parse_iso
 from jobgate.queue import node_live_s
 from jobgate.sanitize import INT64_MAX, shown, stored_text, text_problem
-from jobgate.stats import by_owner_json, extra_json, nodes_memory_json
+from jobgate.stats import by_owner_json, extra_json
 from jobgate.store.base import LogSize, Store, User
 from jobgate.stream import stats_json
 
@@ -238,7 +238,6 @@ def install(app: FastAPI, settings: Settings) -> None:
         stats = await services.queue.stats()
         shown = {**stats_json(services.queue, settings, stats, nodes),
                  **await extra_json(services.queue, stats)}
-        shown["nodes"] = nodes_memory_json(shown["nodes"], nodes)  # each node's own memory
         services.hub.note_depth(stats)
         if user.admin:
             shown["by_owner"] = by_owner_json(await services.queue.store.owner_counts())
