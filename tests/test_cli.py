@@ -389,10 +389,12 @@ def test_stats_show_the_queue(server):
     assert by_kind.splitlines()[1].split()[:2] == ["KIND", "JOBS"]
     head, columns, row = nodes.splitlines()  # the embedded worker is the one live node
     assert head == "live nodes: 1"
-    assert columns.split() == ["NODE", "HOST", "SLOTS", "RUNNING", "HEARTBEAT"]
-    name, host, slots, running, age, *ago = row.split()
+    assert columns.split() == ["NODE", "HOST", "SLOTS", "RUNNING", "JOBS_MB", "FREE_MB",
+                               "HEARTBEAT"]
+    name, host, slots, running, jobs_mb, free_mb, age, *ago = row.split()
     assert name.startswith(f"{host}:") and (slots, running, ago) == ("4", "0", ["s", "ago"])
     assert float(age) >= 0
+    assert jobs_mb == "0" and int(free_mb) > 0  # nothing runs; the machine's free memory
     assert kinds.split()[:2] == ["KIND", "ESTIMATE_MB"]
 
     as_json = jobgate(server, "stats", "--json")

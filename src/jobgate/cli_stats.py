@@ -123,17 +123,25 @@ def _print_kinds(kinds: dict[str, Any] | None, window: dict[str, Any] | None) ->
 
 
 def _print_nodes(nodes: list[dict[str, Any]] | None) -> None:
-    """The live worker nodes as a table: name, host, slots, jobs running, heartbeat age."""
+    """The live worker nodes as a table: name, host, slots, jobs running, the memory its
+    jobs hold and its machine has available (MB, "-" when a node does not say), heartbeat
+    age."""
     if nodes is None:
         return
     print(f"\nlive nodes: {len(nodes)}")
     if not nodes:
         return
     width = max(12, *(len(n["name"]) for n in nodes))
-    print(f"{'NODE':{width}}  {'HOST':16} {'SLOTS':>5} {'RUNNING':>7}  HEARTBEAT")
+
+    def mb(value: Any) -> str:
+        return "-" if not isinstance(value, int | float) else f"{value:.0f}"
+
+    print(f"{'NODE':{width}}  {'HOST':16} {'SLOTS':>5} {'RUNNING':>7} {'JOBS_MB':>8} "
+          f"{'FREE_MB':>8}  HEARTBEAT")
     for n in nodes:
         print(printable(f"{n['name']:{width}}  {n['host'][:16]:16} {n['slots']:>5} "
-                        f"{n.get('running_count', len(n['running'])):>7}  "
+                        f"{n.get('running_count', len(n['running'])):>7} "
+                        f"{mb(n.get('running_rss_mb')):>8} {mb(n.get('memory_available_mb')):>8}  "
                         f"{n['heartbeat_age_s']:.1f} s ago"))
 
 
