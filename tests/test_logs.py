@@ -332,6 +332,26 @@ def test_redact_rewrites_anything_shaped_like_a_credential() -> None:
 
 
 # --- settings -------------------------------------------------------------------------
+def test_console_line_is_what_structlogs_console_renderer_writes() -> None:
+    import structlog
+
+    renderer = structlog.dev.ConsoleRenderer(
+        colors=False, pad_event_to=0, exception_formatter=structlog.dev.plain_traceback)
+    head = {"timestamp": "2026-12-04T00:39:48.944890Z", "logger": "jobgate.jobs"}
+    values: list[Any] = ["plain", "two words", "a=b", "tab\there", "line\nbreak", 'say "hi"',
+                         "it's", "", "ünïcödé ✓", None, 0, 3, -1.5, 0.1, True, 10**20, [1, "x"],
+                         {"k": "v"}, ("t",)]
+    cases = [{**head, "level": level, "event": event} for level in
+             ("debug", "info", "warning", "error", "critical") for event in
+             ("job.started", "jobgate: serving on http://x", "")]
+    cases += [{**head, "level": "info", "event": "job.completed", "job_id": "01J", "zz": v,
+               "attempt": 1, "aa": v} for v in values]
+    cases.append({"level": "info", "event": "no time, no logger", "message": "x y"})
+    cases.append({**head, "level": "warning", "event": "e", "logger_name": "other"})
+    for event in cases:
+        assert logs.console_line(event) == renderer(None, "", dict(event)), event
+
+
 def test_logging_settings_are_checked_and_overridable_by_the_environment() -> None:
     settings = load_settings(env={"JOBGATE_LOGGING_FORMAT": "json",
                                   "JOBGATE_LOGGING_LEVEL": "warning"})

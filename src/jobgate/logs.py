@@ -101,8 +101,7 @@ _SCREEN = ("authorization", "cookie", "x-api-key", "bearer", "basic", "jg_", "ey
 
 
 def _may_hold_secret(text: str) -> bool:
-    lowered = text.lower()
-    return any(needle in lowered for needle in _SCREEN)
+    return any(map(text.lower().__contains__, _SCREEN))
 
 
 def redact(text: str) -> str:
@@ -124,11 +123,19 @@ def _redact_values(value: Any) -> Any:
     return value
 
 
+_NESTED = (dict, list, tuple)
+
+
 def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    values = event_dict.values()
-    if not any(isinstance(v, dict | list | tuple) for v in values) and not _may_hold_secret(
-            "\n".join(v for v in values if isinstance(v, str))):
-        return event_dict  # a line of plain words, ids and numbers: nothing to hide
+    texts = []
+    for value in event_dict.values():
+        if isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, _NESTED):
+            break
+    else:
+        if not _may_hold_secret("\n".join(texts)):
+            return event_dict  # a line of plain words, ids and numbers: nothing to hide
     for key, value in list(event_dict.items()):
         event_dict[key] = _redact_values(value)
     return event_dict
@@ -146,6 +153,39 @@ def _lift_fields(_: Any, __: str, event_dict: MutableMapping[str, Any]
 
 
 # --- set-up -----------------------------------------------------------------------------
+_QUOTED_IF = frozenset(" \t=\r\n\"'")  # a text value with one of these is shown as its repr
+_LEVEL_WIDTH = len("exception")  # the console renderer pads levels to its longest name
+_HEAD_KEYS = ("timestamp", "level", "event", "logger", "logger_name")
+
+
+def console_line(event: Mapping[str, Any]) -> str:
+    """What structlog's `ConsoleRenderer(colors=False, pad_event_to=0)` writes for a flat
+    line (no exception, no stack): the time, `[level]`, the event, `[logger]`, then the
+    other keys sorted as `key=value`. A worker writes two of these a job, and the
+    renderer's per-column machinery was most of their cost (`test_logs` holds the two
+    equal)."""
+    parts: list[str] = []
+    for key in _HEAD_KEYS:
+        if key not in event:
+            continue
+        value = event[key]
+        if key == "level":
+            parts.append(f"[{value:<{_LEVEL_WIDTH}}]")
+        elif key in ("logger", "logger_name"):
+            parts.append(f"[{value}]")
+        else:
+            parts.append(str(value))
+    for key in sorted(event):
+        if key not in _HEAD_KEYS:
+            value = event[key]
+            if isinstance(value, str):
+                text = repr(value) if _QUOTED_IF.intersection(value) else value
+            else:
+                text = repr(value)
+            parts.append(f"{key}={text}")
+    return " ".join(p for p in parts if p).rstrip(" ")
+
+
 class _Formatter(structlog.stdlib.ProcessorFormatter):
     """structlog's formatter, with a short way for jobgate's own lines: a record `_emit`
     made already holds its fields, so it skips the copy of the record and the foreign
@@ -157,6 +197,7 @@ class _Formatter(structlog.stdlib.ProcessorFormatter):
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                         structlog.processors.format_exc_info, _redact, renderer])
         self._renderer = renderer
+        self._console = isinstance(renderer, structlog.dev.ConsoleRenderer)
         self._stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
 
     def format(self, record: logging.LogRecord) -> str:
@@ -168,7 +209,8 @@ class _Formatter(structlog.stdlib.ProcessorFormatter):
                                        "logger": record.name})
         for key, value in fields.items():
             event.setdefault(key, value)
-        return str(self._renderer(None, "", _redact(None, "", event)))
+        event = _redact(None, "", event)
+        return console_line(event) if self._console else str(self._renderer(None, "", event))
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
