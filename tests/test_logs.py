@@ -337,7 +337,7 @@ def test_console_line_is_what_structlogs_console_renderer_writes() -> None:
 
     renderer = structlog.dev.ConsoleRenderer(
         colors=False, pad_event_to=0, exception_formatter=structlog.dev.plain_traceback)
-    head = {"timestamp": "2026-12-04T00:39:48.944890Z", "logger": "jobgate.jobs"}
+    head: dict[str, Any] = {"timestamp": "2026-12-04T00:39:48.944890Z", "logger": "jobgate.jobs"}
     values: list[Any] = ["plain", "two words", "a=b", "tab\there", "line\nbreak", 'say "hi"',
                          "it's", "", "ünïcödé ✓", None, 0, 3, -1.5, 0.1, True, 10**20, [1, "x"],
                          {"k": "v"}, ("t",)]
