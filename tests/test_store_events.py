@@ -212,9 +212,12 @@ async def test_a_log_capped_before_the_upgrade_says_its_end_was_dropped(db_url):
     job = await running(store)
     await store.append_logs(job.id, [f"line {i}" for i in range(1, 5)], cap=100)
     await store.close()
-    # The database as the older jobgate left it: 4 lines kept of 9 counted, no gap columns.
+    # The database as the older jobgate left it: 4 lines kept of 9 counted, no gap columns
+    # (nor the nodes' memory columns of a later migration).
     old = ["UPDATE jobs SET log_count = 9", "ALTER TABLE jobs DROP COLUMN log_dropped_first",
-           "ALTER TABLE jobs DROP COLUMN log_dropped_last"]
+           "ALTER TABLE jobs DROP COLUMN log_dropped_last",
+           "ALTER TABLE nodes DROP COLUMN running_rss_mb",
+           "ALTER TABLE nodes DROP COLUMN memory_available_mb"]
     if db_url.startswith("sqlite"):
         with contextlib.closing(sqlite3.connect(db_url.removeprefix("sqlite:///"))) as conn:
             for sql in [*old, "PRAGMA user_version = 10"]:
@@ -222,7 +225,7 @@ async def test_a_log_capped_before_the_upgrade_says_its_end_was_dropped(db_url):
             conn.commit()
     else:
         with psycopg.connect(db_url, autocommit=True) as conn:
-            for sql in [*old, "DELETE FROM jobgate_schema WHERE version = 9"]:
+            for sql in [*old, "DELETE FROM jobgate_schema WHERE version >= 9"]:
                 conn.execute(sql)
     store = store_for_url(db_url)
     await store.open()

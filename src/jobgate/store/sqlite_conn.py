@@ -31,7 +31,7 @@ from jobgate.store.base import EventListener, NotFound, hand_own
 from jobgate.store.base import SchemaTooNew as SchemaTooNew  # moved to base
 from jobgate.store.rows import (
     COLUMNS,
-    column_value,
+    column_values,
     event_from_row,
     job_from_row,
     migrations,
@@ -115,7 +115,7 @@ class Tx:
         what a worker spends per job."""
         by_columns: dict[tuple[str, ...], dict[tuple[Any, ...], list[str]]] = {}
         for move in moves:
-            values = tuple([column_value(n, v) for n, v in move.fields.items()])
+            values = column_values(move.fields)
             by_columns.setdefault(tuple(move.fields), {}).setdefault(values, []).append(
                 move.job.id)
         for columns, by_values in by_columns.items():
