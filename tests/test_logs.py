@@ -395,6 +395,50 @@ def test_the_log_file_setting_writes_there(tmp_path: Path) -> None:
         "hello there", "warning", "jobgate.test")
 
 
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_commits_transitions_travel_together_yet_are_a_line_each_at_its_level(
+        tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / "j.log"
+    root = logging.getLogger()
+    before = list(root.handlers), root.level, logging.getLogger("jobgate").level
+    for handler in before[0]:  # pytest's own capture: the one handler must be jobgate's
+        root.removeHandler(handler)
+    base = {"kind": "k", "attempt": 1, "max_attempts": 1}
+    try:
+        logs.configure(logs.LoggingSettings(format=fmt, file=str(path)))
+        assert logs._only_ours()
+        log = logs.TransitionLog("n1")
+        log([Event(1, EventType.QUEUED, 1.0, "j1", "ann", {**base, "state": "queued"}),
+             Event(2, EventType.STARTED, 1.0, "j1", "ann", {**base, "state": "running"}),
+             Event(3, EventType.PROGRESS, 1.0, "j1", "ann", {"progress": 5.0}),
+             Event(4, EventType.FAILED, 3.5, "j1", "ann",
+                   {**base, "state": "failed", "message": "m", "error": "boom"})])
+        log([Event(5, EventType.COMPLETED, 4.0, "j2", "bob", {**base, "state": "completed"})])
+    finally:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+            handler.close()
+        for handler in before[0]:
+            root.addHandler(handler)
+        root.setLevel(before[1])
+        logging.getLogger("jobgate").setLevel(before[2])
+    lines = path.read_text().splitlines()
+    expected = [("job.queued", "info", "j1"), ("job.started", "info", "j1"),
+                ("job.failed", "warning", "j1"), ("job.completed", "info", "j2")]
+    if fmt == "json":
+        shown = json_lines("\n".join(lines))
+        assert [(d["event"], d["level"], d["job_id"]) for d in shown] == expected
+        assert shown[2]["error"] == "boom" and shown[2]["duration_s"] == 2.5
+        assert len({d["timestamp"] for d in shown[:3]}) == 1  # one commit, one moment
+    else:
+        assert len(lines) == 4
+        for line, (event, level, job_id) in zip(lines, expected, strict=True):
+            stamp, rest = line.split(" ", 1)
+            assert stamp.endswith("Z")
+            assert rest.startswith(f"[{level:<9}] {event} [jobgate.jobs] ")
+            assert f" job_id={job_id} " in rest
+
+
 def fields_of(record: logging.LogRecord) -> dict[str, Any]:
     """The structured fields of one of jobgate's log records."""
     fields: dict[str, Any] = vars(record)["jobgate_fields"]

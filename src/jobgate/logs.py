@@ -55,6 +55,7 @@ _NODE_LOGGER = "jobgate.node"  # pressure and limits
 _ERROR_CHARS = 200  # of a failed job's error, its first line only
 _STARTS_KEPT = 10_000  # runs started here whose end another node may have written
 _FIELDS = "jobgate_fields"  # the LogRecord attribute carrying a line's structured fields
+_LINES = "jobgate_lines"  # ... and the one carrying several lines: (level, message, fields)
 _REDACTED = "[redacted]"
 
 
@@ -201,16 +202,35 @@ class _Formatter(structlog.stdlib.ProcessorFormatter):
         self._stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
 
     def format(self, record: logging.LogRecord) -> str:
+        lines = getattr(record, _LINES, None)
+        if isinstance(lines, list):  # one commit's transitions (`TransitionLog`), a line each
+            stamp = self._stamp(None, "", {})["timestamp"]
+            return "\n".join(self._line(stamp, logging.getLevelName(level).lower(), message,
+                                        record.name, fields)
+                             for level, message, fields in lines)
         fields = getattr(record, _FIELDS, None)
         if not isinstance(fields, dict) or record.exc_info:
             return super().format(record)
-        event = self._stamp(None, "", {"event": record.getMessage(),
-                                       "level": record.levelname.lower(),
-                                       "logger": record.name})
+        stamp = self._stamp(None, "", {})["timestamp"]
+        return self._line(stamp, record.levelname.lower(), record.getMessage(), record.name,
+                          fields)
+
+    def _line(self, stamp: str, level: str, message: str, logger: str,
+              fields: Mapping[str, Any]) -> str:
+        event: dict[str, Any] = {"event": message, "level": level, "logger": logger,
+                                 "timestamp": stamp}
         for key, value in fields.items():
             event.setdefault(key, value)
-        event = _redact(None, "", event)
-        return console_line(event) if self._console else str(self._renderer(None, "", event))
+        shown = _redact(None, "", event)
+        return console_line(shown) if self._console else str(self._renderer(None, "", shown))
+
+
+def _only_ours() -> bool:
+    """Whether this process's lines go through the one handler `configure` installed and
+    no other: then a commit's transition lines can travel as one record, one write."""
+    handlers = logging.getLogger().handlers
+    return len(handlers) == 1 and isinstance(handlers[0], _Handler | _FileHandler) and \
+        not logging.getLogger(TRANSITIONS).handlers and not logging.getLogger("jobgate").handlers
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -323,12 +343,23 @@ class TransitionLog:
         self._lock = threading.Lock()  # called on the thread that committed
 
     def __call__(self, events: list[Event]) -> None:
-        if not logging.getLogger(TRANSITIONS).isEnabledFor(logging.INFO):
+        logger = logging.getLogger(TRANSITIONS)
+        if not logger.isEnabledFor(logging.INFO):
             return
+        lines: list[tuple[int, str, dict[str, Any]]] = []
         for event in events:
             if event.type in STATE_EVENTS and event.job_id is not None:
                 level, fields = self.fields(event)
-                _emit(TRANSITIONS, level, str(event.type), fields)
+                if logger.isEnabledFor(level):
+                    lines.append((level, str(event.type), fields))
+        if len(lines) > 1 and _only_ours():
+            # A record, a lock and a write for the whole commit rather than for each line:
+            # those were half of what a line cost, and a worker writes two lines a job.
+            logger.log(max(level for level, _, _ in lines), "%d transitions", len(lines),
+                       extra={_LINES: lines})
+            return
+        for level, message, fields in lines:
+            _emit(TRANSITIONS, level, message, fields)
 
     def fields(self, event: Event) -> tuple[int, dict[str, Any]]:
         """The line's level and fields for one state event."""
