@@ -29,7 +29,11 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
-POLL_MS = 1500  # app.js POLL_MS
+POLL_MS = 1500  # live.js POLL_MS
+# The page's scripts in the order index.html loads them: app.js (the core) first, each view's
+# file after it, admin.js last.
+SCRIPTS = ["app.js", "signin.js", "submit.js", "waiting.js", "list.js", "detail.js", "log.js",
+           "live.js", "admin.js"]
 
 # The page talks to the API only, it does not know the backend: SQLite is enough here
 # (tests/test_api.py and tests/test_stream.py run the same API on both backends).
@@ -254,9 +258,9 @@ def test_the_page_and_its_files_are_served_from_the_package(server):
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert "script-src 'self'" in page.headers["content-security-policy"]
-    assert 'src="ui/app.js"' in page.text
-    assert 'src="ui/admin.js"' in page.text
-    for name, media in (("app.js", "text/javascript"), ("admin.js", "text/javascript"),
+    assert re.findall(r'<script src="ui/([^"]+)" defer></script>', page.text) == SCRIPTS
+    assert sorted(p.name for p in WEB_DIR.glob("*.js")) == sorted(SCRIPTS)   # none left out
+    for name, media in (*((s, "text/javascript") for s in SCRIPTS),
                         ("app.css", "text/css"),
                         ("icon.svg", "image/svg+xml")):
         r = httpx.get(f"{server.url}/ui/{name}")
@@ -276,6 +280,27 @@ def test_nothing_is_fetched_from_elsewhere():
         if path.name in ("icon.svg", "admin.js"):  # the icon; the depth chart's elements
             found = [u for u in found if u != "http://www.w3.org"]  # the SVG namespace
         assert found == [], (path.name, found)
+
+
+def test_each_script_looks_up_only_what_another_gives():
+    """The scripts share functions by name on window.jobgate: app.js's `window.jobgate = {…}`
+    and each other file's `Object.assign(J, {…})` give them, `const {…} = J`, `J.name`
+    and `late('name')` take them. A name taken that no file gives would fail only when called."""
+    given: list[str] = []
+    taken: dict[str, set[str]] = {}
+    for name in SCRIPTS:
+        text = (WEB_DIR / name).read_text()
+        text = re.sub(r"^\s*//.*$", "", text, flags=re.M)
+        for block in re.findall(r"window\.jobgate = \{(.*?)\};|Object\.assign\(J, \{(.*?)\}\);",
+                                text, re.S):
+            given += [n.split(":")[0].strip() for n in "".join(block).split(",") if n.strip()]
+        names = set(re.findall(r"late\('(\w+)'\)", text)) | set(re.findall(r"\bJ\.(\w+)", text))
+        for block in re.findall(r"const \{([^}]*)\} = J;", text):
+            names |= {n.split(":")[0].strip() for n in block.split(",") if n.strip()}
+        taken[name] = names
+    assert len(given) == len(set(given)), sorted(n for n in given if given.count(n) > 1)
+    for name, names in taken.items():
+        assert names <= set(given), (name, sorted(names - set(given)))
 
 
 # --- signing in and out ---------------------------------------------------------------------

@@ -23,6 +23,13 @@ WEB_DIR = Path(__file__).parent / "web"
 #: The files the page is made of, by the name in its URL, with their media types.
 _ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
+    "signin.js": "text/javascript; charset=utf-8",
+    "submit.js": "text/javascript; charset=utf-8",
+    "waiting.js": "text/javascript; charset=utf-8",
+    "list.js": "text/javascript; charset=utf-8",
+    "detail.js": "text/javascript; charset=utf-8",
+    "log.js": "text/javascript; charset=utf-8",
+    "live.js": "text/javascript; charset=utf-8",
     "admin.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
     "icon.svg": "image/svg+xml",
