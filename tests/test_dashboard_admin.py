@@ -1,4 +1,4 @@
-"""The dashboard's operator panel and admin filters (admin.js, app.js), in Debian's
+"""The dashboard's operator panel and admin filters (admin.js, list.js), in Debian's
 Chromium: the kind filter and the search (server side) list what the API lists, the
 per-user line follows other users' submits and cancels live, pause and resume, a limit
 change, drain and undrain, the depth and wait charts; a non-admin sees none of it.
