@@ -56,6 +56,7 @@
     session: null,        // {token, expires_at, user: {name, admin}}
     kinds: [],
     jobs: new Map(),      // id → job JSON
+    endsAt: new Map(),    // id → when a running job should end (ms), from its remaining_s
     order: [],            // ids shown in the list, newest first
     next: null,           // cursor of the next page
     listKey: null,        // the filters the list was loaded for
@@ -103,9 +104,13 @@
   // Keep a job read from the API, with what events changed after the read left (`mark`,
   // S.events then) laid over it: the reply can be older than the row, whose bar would
   // otherwise jump back, or than the job's start, which would then never show.
-  function adopt(job, mark) {
+  // `read`: the job as the API answered (not one an event changed), with its estimates.
+  function adopt(job, mark, read = true) {
     for (const [k, [n, v]] of S.changed.get(job.id) || []) if (n > mark) job[k] = v;
     if (job.state !== 'queued') job.position = null;
+    // A read's remaining_s counts from the read: kept as a moment, so the clock counts down.
+    if (job.state !== 'running') S.endsAt.delete(job.id);
+    else if (read && typeof job.remaining_s === 'number') S.endsAt.set(job.id, Date.now() + job.remaining_s * 1000);
     S.jobs.set(job.id, job);
   }
 

@@ -130,12 +130,12 @@
 
     const outputs = (job.outputs || []).map(outputEntry);
     $('job-no-outputs').hidden = outputs.length > 0;
-    $('job-outputs').replaceChildren(...outputs.map((o) => el('li', { class: o.partial ? 'partial' : null },
-      el('button', { type: 'button', class: 'link', 'data-output': o.name, onclick: () => download(job.id, o.name) },
-        el('span', { 'aria-hidden': 'true', text: '⬇ ' }), o.name),
-      o.size === null ? '' : el('span', { class: 'output-size', text: ` ${fmtBytes(o.size)}` }),
-      // A run that did not complete left it: whatever it holds is not the job's result.
-      o.partial ? el('span', { class: 'output-partial', text: ' partial: the job did not complete' }) : '')));
+    // Rebuilt only when the outputs change: an open preview keeps playing across events.
+    const outputsKey = JSON.stringify([job.id, outputs]);
+    if (S.detail.outputsKey !== outputsKey) {
+      S.detail.outputsKey = outputsKey;
+      $('job-outputs').replaceChildren(...outputs.map((o) => outputItem(job.id, o)));
+    }
 
     if (FINAL.has(job.state) && S.detail.deliveriesFor !== job.finished_at) {
       S.detail.deliveriesFor = job.finished_at;
@@ -181,6 +181,91 @@
       a.remove();
     } catch (err) {
       if (err.status !== 401) box.textContent = `cannot download ${name}: ${err.message}`;
+    }
+  }
+
+  // One output: its download, size, "Copy link", and a preview in place for an image, a
+  // video or a sound (the browser plays it from a signed link, as it downloads).
+  function outputItem(id, o) {
+    const note = el('span', { class: 'output-note', role: 'status' });
+    const box = el('div', { class: 'output-preview' });
+    const tag = previewTag(o.content_type);
+    const preview = tag && el('button', {
+      type: 'button', class: 'secondary small', 'aria-expanded': 'false',
+      'aria-label': `Preview ${o.name}`, text: 'Preview',
+      onclick: () => togglePreview(id, o.name, tag, preview, box, note),
+    });
+    return el('li', { class: o.partial ? 'partial' : null, 'data-name': o.name },
+      el('button', { type: 'button', class: 'link', 'data-output': o.name, 'aria-label': `Download ${o.name}`, onclick: () => download(id, o.name) },
+        el('span', { 'aria-hidden': 'true', text: '⬇ ' }), o.name),
+      o.size === null ? '' : el('span', { class: 'output-size', text: ` ${fmtBytes(o.size)}` }),
+      // A run that did not complete left it: whatever it holds is not the job's result.
+      o.partial ? el('span', { class: 'output-partial', text: ' partial: the job did not complete' }) : '',
+      el('span', { class: 'output-actions' },
+        el('button', { type: 'button', class: 'secondary small', 'aria-label': `Copy link to ${o.name}`,
+          text: 'Copy link', onclick: () => copyLink(id, o.name, note) }),
+        preview),
+      note, box);
+  }
+
+  function previewTag(type) {
+    const major = String(type || '').split('/')[0];
+    return { image: 'img', video: 'video', audio: 'audio' }[major] || null;
+  }
+
+  function outputLink(id, name) {
+    return api('POST', `api/jobs/${enc(id)}/outputs/${name.split('/').map(enc).join('/')}/link`);
+  }
+
+  // How long a link works: "5 min", from its expires_at.
+  function linkLife(link) {
+    const s = Math.max(0, (ts(link.expires_at) - Date.now()) / 1000);
+    return s >= 5400 ? `${Math.round(s / 3600)} h` : `${Math.max(1, Math.round(s / 60))} min`;
+  }
+
+  async function togglePreview(id, name, tag, button, box, note) {
+    if (box.firstChild) {
+      box.replaceChildren();
+      button.textContent = 'Preview';
+      button.setAttribute('aria-label', `Preview ${name}`);
+      button.setAttribute('aria-expanded', 'false');
+      return;
+    }
+    note.textContent = '';
+    try {
+      const link = await outputLink(id, name);
+      const media = tag === 'img'
+        ? el('img', { src: relative(link.url), alt: `Preview of ${name}` })
+        : el(tag, { src: relative(link.url), controls: true, preload: 'metadata', 'aria-label': `Preview of ${name}` });
+      media.addEventListener('error', () => {
+        note.textContent = `This browser cannot show ${name}: download it instead.`;
+      });
+      box.replaceChildren(media);
+      button.textContent = 'Hide preview';
+      button.setAttribute('aria-label', `Hide the preview of ${name}`);
+      button.setAttribute('aria-expanded', 'true');
+    } catch (err) {
+      if (err.status !== 401) note.textContent = `Cannot preview ${name}: ${err.message}`;
+    }
+  }
+
+  // A link anyone can open without signing in, until it expires: on the clipboard, or
+  // shown selected where the page may not write there (plain http on another machine).
+  async function copyLink(id, name, note) {
+    note.textContent = '';
+    try {
+      const link = await outputLink(id, name);
+      const url = new URL(relative(link.url), window.location.href).href;
+      try {
+        await navigator.clipboard.writeText(url);
+        note.textContent = `Link copied: it works for ${linkLife(link)}, without signing in.`;
+      } catch (err) {
+        const input = el('input', { type: 'text', readonly: true, value: url, 'aria-label': `Link to ${name}` });
+        note.replaceChildren(`Copy this link (it works for ${linkLife(link)}, without signing in): `, input);
+        input.select();
+      }
+    } catch (err) {
+      if (err.status !== 401) note.textContent = `Cannot make a link to ${name}: ${err.message}`;
     }
   }
 

@@ -140,7 +140,38 @@
     const pct = job.progress !== null && job.progress !== undefined
       ? `${Math.floor(job.progress)}%` : '';
     return [bar, el('span', { class: 'pct', text: pct }),
-      el('span', { class: 'msg', text: job.message || '' })];
+      el('span', { class: 'msg', text: job.message || '' }),
+      job.state === 'running' ? el('span', { class: 'left', text: leftText(job) }) : null];
+  }
+
+  // The running jobs' estimates read again (every ESTIMATES_MS while one is shown): a
+  // job's progress events say how far it is, only a read says what the server makes of it.
+  const ESTIMATES_MS = 10000;
+  async function readEstimates() {
+    const shown = [...S.jobs.values()].some((j) => j.state === 'running');
+    if (!shown || S.estimatesBusy || Date.now() - (S.estimatesAt || 0) < ESTIMATES_MS) return;
+    S.estimatesBusy = true;
+    S.estimatesAt = Date.now();
+    try {
+      const page = await api('GET', 'api/jobs?state=running&limit=100');
+      for (const job of page.jobs || []) {
+        if (typeof job.remaining_s === 'number' && S.jobs.has(job.id)) {
+          S.endsAt.set(job.id, Date.now() + job.remaining_s * 1000);
+        }
+      }
+    } catch (err) {
+      // The next tick looks again; the offline banner says why if the server is gone.
+    } finally {
+      S.estimatesBusy = false;
+    }
+  }
+
+  // A running job's estimated time left (the API's remaining_s), counted down by tick().
+  function leftText(job) {
+    const end = S.endsAt.get(job.id);
+    if (job.state !== 'running' || end === undefined) return '';
+    const s = (end - Date.now()) / 1000;
+    return s >= 1 ? `about ${fmtDuration(s).replace(/\.\d s$/, ' s')} left` : 'about to finish';
   }
 
   function statusCell(job) {
@@ -394,5 +425,5 @@
   }
 
   Object.assign(J, { loadList, renderList, fillRow, jobTitle, stateBadge, progressBits,
-    startText, timing, timeText, whenText });
+    startText, timing, timeText, whenText, leftText, readEstimates });
 })();

@@ -19,6 +19,8 @@
   const fillRow = J.late('fillRow');
   const loadList = J.late('loadList');
   const startText = J.late('startText');
+  const leftText = J.late('leftText');
+  const readEstimates = J.late('readEstimates');
   const timeText = J.late('timeText');
   const timing = J.late('timing');
   const whenText = J.late('whenText');
@@ -241,7 +243,7 @@
     }
     const job = S.jobs.get(ev.job_id);
     if (job) {
-      adopt(job, mark);
+      adopt(job, mark, false);
       renderJob(job.id);
     }
     if (ev.type !== 'job.progress') {
@@ -358,12 +360,15 @@
       S.queueReadAt = Date.now();
       loadQueue();
     }
+    if (!document.hidden) readEstimates();
     for (const li of document.querySelectorAll('#job-list li.job')) {
       const job = S.jobs.get(li.dataset.id);
       if (!job) continue;
       if (ACTIVE.has(job.state)) {
         const span = li.querySelector('.elapsed');
         if (span) span.textContent = timeText(job);
+        const left = li.querySelector('.left');
+        if (left) left.textContent = leftText(job);
       }
       const when = li.querySelector('.when');
       if (when) when.textContent = whenText(job);
@@ -375,6 +380,8 @@
       const span = li.querySelector('.countdown');
       if (job && span) span.textContent = startText(job);
     }
+    const left = document.querySelector('#job-status .left');
+    if (left && S.detail && S.jobs.get(S.detail.id)) left.textContent = leftText(S.jobs.get(S.detail.id));
     const countdown = document.querySelector('#job-status .countdown');
     if (countdown && S.detail && S.jobs.get(S.detail.id)) countdown.textContent = startText(S.jobs.get(S.detail.id));
     if (S.detail) {
