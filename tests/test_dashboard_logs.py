@@ -1,6 +1,7 @@
 """The log view in a real browser (tests/test_dashboard.py's browser and pages): every line
 from the first, "Loading…" until the last page has come, ANSI colours as spans (text only,
-never markup) with other escapes dropped, and the log as a text download.
+never markup) with other escapes dropped, a progress bar's `\r` redraws as one line
+updating in place, and the log as a text download.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ KINDS = r"""
 argv = ["sh", "-c", 'seq 1 $0 | sed "s/^/line /"', "{lines}"]
 [kinds.long.args]
 lines = { type = "integer", min = 1, max = 12000, default = 6000 }
+
+[kinds.bar]
+argv = ["sh", "-c", '''
+echo start; i=1
+while [ $i -le 12 ]; do printf '\r\033[32mbar %d/12\033[0m' $i; i=$((i+1)); sleep 0.4; done
+printf '\n'; echo end''']
 
 [kinds.colours]
 argv = ["sh", "-c", '''
@@ -109,6 +116,40 @@ def test_ansi_colours_render_as_spans_and_other_escapes_go(pages, server):
     assert log.locator(".ln").first.evaluate("e => getComputedStyle(e.querySelector("
                                              "'.ansi-fg-1')).color") != \
         log.evaluate("e => getComputedStyle(e).color")
+
+
+# Each text the log's lines had, as they changed: a redraw changes a line, never adds one.
+WATCH_LINES = """(() => {
+    window.lineTexts = [];
+    document.addEventListener('DOMContentLoaded', () => {
+        const log = document.getElementById('job-log');
+        new MutationObserver(() => {
+            window.lineTexts.push([...log.querySelectorAll(':scope > .ln')].map(
+                (e) => e.textContent.replace(/\\n$/, '')));
+        }).observe(log, {childList: true, subtree: true, characterData: true});
+    });
+})()"""
+
+
+def test_a_progress_bars_redraws_are_one_line_updating_in_place(pages, server):
+    job = api_submit(server, "bob", "bar")
+    page = pages.new()
+    page.add_init_script(WATCH_LINES)
+    sign_in(page, "bob", f"#/job/{job['id']}")
+    wait_api(server, "bob", job["id"], "completed")
+    expect(page.locator("#log-state")).to_have_text("End of the log (3 lines).")
+    log = page.locator("#job-log")
+    assert log.inner_text().splitlines() == ["start", "bar 12/12", "end"]
+    expect(log.locator(".ln").nth(1).locator("span.ansi-fg-2")).to_have_text("bar 12/12")
+    seen = page.evaluate("window.lineTexts")
+    assert max(len(lines) for lines in seen) == 3  # never a line per redraw
+    bars = {lines[1] for lines in seen if len(lines) > 1 and lines[1].startswith("bar ")}
+    assert len(bars) >= 2, seen  # the page saw the bar move, in the same line
+    # The server kept one line for it too.
+    with server.client("bob") as http:
+        kept = http.get(f"/api/jobs/{job['id']}/logs").json()
+    assert [line["line"] for line in kept["lines"]] == ["start", "\x1b[32mbar 12/12\x1b[0m",
+                                                       "end"]
 
 
 # Before the page's own script: what the log view and its state line did, as they did it.
