@@ -1,6 +1,6 @@
 """The log view in a real browser (tests/test_dashboard.py's browser and pages): every line
 from the first, "Loading…" until the last page has come, ANSI colours as spans (text only,
-never markup) with other escapes dropped, a progress bar's `\r` redraws as one line
+never markup) with other escapes dropped, a progress bar's carriage-return redraws as one line
 updating in place, and the log as a text download.
 """
 
