@@ -140,10 +140,10 @@ class PostgresStore(PgConnection, Store):
                 where.append(clause)
                 params.append(value.value if isinstance(value, State) else value)
         if q:
-            where.append("(id ILIKE %s ESCAPE '\\' OR position(lower(%s) in lower(args)) > 0 "
-                         "OR position(lower(%s) in lower(args)) > 0 "
-                         "OR position(lower(%s) in lower(args)) > 0)")
-            params.extend(search_terms(q))
+            prefix, pieces = search_terms(q)
+            where.append("(id ILIKE %s ESCAPE '\\'" + "".join(
+                " OR position(lower(%s) in lower(args)) > 0" for _ in pieces) + ")")
+            params.extend([prefix, *pieces])
 
         async def op(tx: Tx) -> Page:
             jobs = await tx.select(" AND ".join(where) + " ORDER BY id DESC LIMIT %s",

@@ -225,13 +225,13 @@ def like_escaped(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def search_terms(q: str) -> tuple[str, str, str, str]:
-    """A list search's four parameters: the LIKE pattern of ids starting with `q`, and
-    three pieces of JSON text to find (with `instr`/`position`) in a job's arguments: `q`
-    as it is written inside a JSON string (a quote or a backslash escaped), and, when `q`
-    reads `key=value` as the dashboard shows an argument, that argument as JSON writes it,
-    a non-string value (`"fail":true`) and the start of a string one (`"url":"https://`).
-    Both sides are lower-cased in SQL."""
+def search_terms(q: str) -> tuple[str, list[str]]:
+    """A list search's parameters: the LIKE pattern of ids starting with `q`, and the
+    pieces of JSON text to find (with `instr`/`position`) in a job's arguments, any of
+    them: `q` as it is written inside a JSON string (a quote or a backslash escaped), and,
+    when `q` reads `key=value` as the dashboard shows an argument, that argument as JSON
+    writes it, a non-string value (`"fail":true`) and the start of a string one
+    (`"url":"https://`). Both sides are lower-cased in SQL."""
     inside = _json_inside(q)
     key, eq, value = q.partition("=")
     as_value = as_string = inside
@@ -246,7 +246,7 @@ def search_terms(q: str) -> tuple[str, str, str, str]:
         else:
             if not isinstance(parsed, str):
                 as_value = name + json.dumps(parsed, ensure_ascii=False, separators=(",", ":"))
-    return like_escaped(q) + "%", inside, as_value, as_string
+    return like_escaped(q) + "%", list(dict.fromkeys((inside, as_value, as_string)))
 
 
 def _json_inside(text: str) -> str:

@@ -100,11 +100,10 @@ class SqliteStore(GroupCommit, Store):
                 where.append(clause)
                 params.append(value)
         if q:
-            where.append("(lower(id) LIKE lower(?) ESCAPE '\\' "
-                         "OR instr(lower(args), lower(?)) > 0 "
-                         "OR instr(lower(args), lower(?)) > 0 "
-                         "OR instr(lower(args), lower(?)) > 0)")
-            params.extend(search_terms(q))
+            prefix, pieces = search_terms(q)
+            where.append("(lower(id) LIKE lower(?) ESCAPE '\\' " + "".join(
+                " OR instr(lower(args), lower(?)) > 0" for _ in pieces) + ")")
+            params.extend([prefix, *pieces])
 
         def op(tx: Tx) -> Page:
             jobs = tx.select(" AND ".join(where) + " ORDER BY id DESC LIMIT ?",
