@@ -69,6 +69,8 @@ def test_images_video_and_sound_preview_in_place_from_a_signed_link(pages, serve
     page = pages.new()
     sign_in(page, "bob", f"#/job/{media_job['id']}")
     expect(page.locator("#job-outputs li")).to_have_count(4)
+    expect(page.locator("#job-status")).to_contain_text("100%")
+    expect(page.locator("#job-status")).not_to_contain_text("null")
     # Text has nothing to preview; the rest do.
     expect(output_item(page, "notes.txt").get_by_role("button", name=re.compile("Preview"))
            ).to_have_count(0)

@@ -341,6 +341,11 @@ def test_the_dashboard_uploads_a_picked_file_with_progress_and_submits_its_ref(
             assert submitted.value.status == 201, submitted.value.text()
             job = submitted.value.json()
             assert job["args"] == {"file": ref}
+            # The job is titled by the file's name, not by its reference; after a reload too.
+            page.goto(f"/#/job/{job['id']}")
+            expect(page.locator("#job-title")).to_contain_text("checksum picked film.mkv")
+            page.reload()
+            expect(page.locator("#job-title")).to_contain_text("checksum picked film.mkv")
             assert not errors, errors
         finally:
             browser.close()

@@ -57,6 +57,7 @@
     kinds: [],
     jobs: new Map(),      // id → job JSON
     endsAt: new Map(),    // id → when a running job should end (ms), from its remaining_s
+    uploadNames: new Map(), // `upload:<id>` → the file's name (your uploads): for titles
     order: [],            // ids shown in the list, newest first
     next: null,           // cursor of the next page
     listKey: null,        // the filters the list was loaded for

@@ -139,9 +139,10 @@
     if (job.progress !== null && job.progress !== undefined) bar.value = job.progress;
     const pct = job.progress !== null && job.progress !== undefined
       ? `${Math.floor(job.progress)}%` : '';
-    return [bar, el('span', { class: 'pct', text: pct }),
-      el('span', { class: 'msg', text: job.message || '' }),
-      job.state === 'running' ? el('span', { class: 'left', text: leftText(job) }) : null];
+    const bits = [bar, el('span', { class: 'pct', text: pct }),
+      el('span', { class: 'msg', text: job.message || '' })];
+    if (job.state === 'running') bits.push(el('span', { class: 'left', text: leftText(job) }));
+    return bits;
   }
 
   // The running jobs' estimates read again (every ESTIMATES_MS while one is shown): a
@@ -252,7 +253,10 @@
     const names = Object.keys(args);
     const required = kind ? Object.entries(kind.args || {}).filter(([, a]) => a.required).map(([n]) => n) : [];
     const name = required.find((n) => n in args) || names[0];
-    return name === undefined ? '' : fmtValue(args[name]);
+    if (name === undefined) return '';
+    const value = args[name];
+    return typeof value === 'string' && S.uploadNames.has(value) ? S.uploadNames.get(value)
+      : fmtValue(value);
   }
 
   function jobTitle(job) {

@@ -17,6 +17,8 @@
   const tick = J.late('tick');
   const loadKinds = J.late('loadKinds');
   const renderWaiting = J.late('renderWaiting');
+  const renderList = J.late('renderList');
+  const renderDetail = J.late('renderDetail');
 
   // --- session ---------------------------------------------------------------------------
 
@@ -135,9 +137,23 @@
     S.tickTimer = setInterval(tick, 1000);
     if (window.matchMedia('(max-width: 700px)').matches) $('submit-box').open = false;
     loadKinds();
+    loadUploadNames();
     fire('enter', S.session.user);
     await route();
     startLive();
+  }
+
+  // Your uploads' names, so that a job whose file you uploaded is titled by the file.
+  async function loadUploadNames() {
+    try {
+      const data = await api('GET', 'api/uploads');
+      for (const u of data.uploads || []) S.uploadNames.set(u.ref, u.name);
+      if (!data.uploads || !data.uploads.length) return;
+      renderList();
+      if (S.detail) renderDetail();
+    } catch (err) {
+      // Titles then show the upload's reference, as the API has it.
+    }
   }
 
   // --- wiring ---------------------------------------------------------------------------

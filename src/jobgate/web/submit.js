@@ -157,6 +157,7 @@
       try { data = JSON.parse(xhr.responseText); } catch (err) { data = null; }
       if (xhr.status === 201 && data && data.ref) {
         target.value = data.ref;
+        S.uploadNames.set(data.ref, data.name);
         bar.value = 100;
         finish(`uploaded ${data.name} (${fmtBytes(data.size)}) as ${data.ref}`);
         announce(`Uploaded ${data.name}`);
