@@ -506,7 +506,9 @@ async def test_live_nodes_show_in_the_queue_and_stats_and_a_killed_one_expires(
     rows = {line.split()[0]: line.split() for line in table[2:]}
     assert rows[busy][2:4] == [str(listed[busy]["slots"]), "1"]
     assert rows[idle][2:4] == [str(listed[idle]["slots"]), "0"]
-    assert rows[busy][5:] == ["s", "ago"]
+    assert rows[busy][7:] == ["s", "ago"]
+    # JOBS_MB and FREE_MB: the busy node's job holds memory; both machines have some free.
+    assert float(rows[busy][4]) > 0 and int(rows[busy][5]) > 0 and int(rows[idle][5]) > 0
 
     nodes.kill9(procs[busy])
 
