@@ -9,6 +9,7 @@ context (progress, log, output folder), results, exceptions, `NonRetryable`, can
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -441,7 +442,8 @@ async def test_cancel_also_ends_a_child_that_left_the_process_group(make_setting
     finally:
         for p in procs:
             if alive(p):
-                p.kill()
+                with contextlib.suppress(psutil.NoSuchProcess):  # it ended in between
+                    p.kill()
 
 
 async def test_a_command_that_exits_ends_even_if_a_detached_child_holds_its_output(

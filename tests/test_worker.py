@@ -138,7 +138,8 @@ async def stop_everything(queue, job_id: str, procs: list[psutil.Process]) -> No
         await queue.cancel(job_id)  # the run the worker knows of
     for p in procs:  # and the one it may have lost track of
         if alive(p):
-            p.kill()
+            with contextlib.suppress(psutil.NoSuchProcess):  # the cancel got there first
+                p.kill()
     await wait_state(queue, job_id, "cancelled", "failed", "completed")
 
 
