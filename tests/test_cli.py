@@ -394,7 +394,8 @@ def test_stats_show_the_queue(server):
     name, host, slots, running, jobs_mb, free_mb, age, *ago = row.split()
     assert name.startswith(f"{host}:") and (slots, running, ago) == ("4", "0", ["s", "ago"])
     assert float(age) >= 0
-    assert jobs_mb == "0" and int(free_mb) > 0  # nothing runs; the machine's free memory
+    # As the node's last heartbeat measured them (a job may have run then).
+    assert float(jobs_mb) >= 0 and int(free_mb) > 0
     assert kinds.split()[:2] == ["KIND", "ESTIMATE_MB"]
 
     as_json = jobgate(server, "stats", "--json")
